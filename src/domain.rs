@@ -1,0 +1,242 @@
+//! Identifiers of the domain, validated when they are parsed so that the
+//! rest of the code never sees a malformed one.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Why an identifier was refused; the text is shown to API clients.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidIdentifier(pub String);
+
+fn all_digits(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A LeiKa service key ("Leistungsschlüssel"): 14 digits starting with `99`.
+/// The URN form `urn:de:fim:leika:leistung:<key>` is accepted and stored as
+/// the bare key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct ServiceKey(String);
+
+impl ServiceKey {
+    pub fn parse(s: &str) -> Result<Self, InvalidIdentifier> {
+        let key = s.strip_prefix("urn:de:fim:leika:leistung:").unwrap_or(s);
+        if key.len() == 14 && all_digits(key) && key.starts_with("99") {
+            Ok(Self(key.to_owned()))
+        } else {
+            Err(InvalidIdentifier(
+                "must be a LeiKa service key: 14 digits starting with 99".into(),
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Where an application is to be processed: an ARS (12 digits,
+/// "Regionalschlüssel") or an AGS (8 digits, "Gemeindeschlüssel").
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Region {
+    Ars(String),
+    Ags(String),
+}
+
+impl Region {
+    pub fn parse(s: &str) -> Result<Self, InvalidIdentifier> {
+        match (s.len(), all_digits(s)) {
+            (12, true) => Ok(Self::Ars(s.to_owned())),
+            (8, true) => Ok(Self::Ags(s.to_owned())),
+            _ => Err(InvalidIdentifier(
+                "must be an ARS (12 digits) or an AGS (8 digits)".into(),
+            )),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Region::Ars(s) | Region::Ags(s) => s,
+        }
+    }
+}
+
+impl fmt::Display for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Region {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// The leading digits of an ARS that a route covers: `05` is a Land,
+/// `05315` a Kreis or kreisfreie Stadt, the full 12 digits one
+/// municipality; the empty prefix covers everything.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ArsPrefix(String);
+
+impl ArsPrefix {
+    pub fn parse(s: &str) -> Result<Self, InvalidIdentifier> {
+        if s.len() <= 12 && all_digits(s) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(InvalidIdentifier(format!(
+                "region {s:?} must be an ARS prefix: up to 12 digits"
+            )))
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether this prefix covers `region`.
+    ///
+    /// An AGS lacks the four Gemeindeverband digits of the ARS, so it is
+    /// matched by prefixes up to the Kreis (5 digits) and by a complete
+    /// ARS that names the same municipality (same Kreis, same last three
+    /// digits); the Gemeindeverband levels in between cannot be decided
+    /// from an AGS and do not match it.
+    pub fn covers(&self, region: &Region) -> bool {
+        match region {
+            Region::Ars(ars) => ars.starts_with(&self.0),
+            Region::Ags(ags) => match self.0.len() {
+                0..=5 => ags.starts_with(&self.0),
+                12 => self.0[..5] == ags[..5] && self.0[9..] == ags[5..],
+                _ => false,
+            },
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ArsPrefix {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for ServiceKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(|e| serde::de::Error::custom(format!("service {s:?} {e}")))
+    }
+}
+
+/// Name of a delivery target, used in queue names and routing keys, so it
+/// is restricted to lower-case letters, digits, `-` and `_`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct TargetName(String);
+
+impl TargetName {
+    pub const MAX_LEN: usize = 48;
+
+    pub fn parse(s: &str) -> Result<Self, InvalidIdentifier> {
+        let ok_chars = s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !s.is_empty() && s.len() <= Self::MAX_LEN && ok_chars {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(InvalidIdentifier(format!(
+                "target name {s:?} must be 1 to {} characters of a-z, 0-9, '-' and '_'",
+                Self::MAX_LEN
+            )))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TargetName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for TargetName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The delivery id for a (submission, target) pair: a name-based UUID, so
+/// every attempt and every process derives the same one without storing it.
+pub fn delivery_id(submission: uuid::Uuid, target: &TargetName) -> uuid::Uuid {
+    uuid::Uuid::new_v5(&submission, target.as_str().as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_key_accepts_leika_and_urn() {
+        assert_eq!(ServiceKey::parse("99050012104000").unwrap().as_str(), "99050012104000");
+        assert_eq!(
+            ServiceKey::parse("urn:de:fim:leika:leistung:99050012104000").unwrap().as_str(),
+            "99050012104000"
+        );
+        for bad in ["", "9905001210400", "990500121040001", "10050012104000", "9905001210400x"] {
+            assert!(ServiceKey::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn region_is_ars_or_ags() {
+        assert_eq!(Region::parse("053150000000").unwrap(), Region::Ars("053150000000".into()));
+        assert_eq!(Region::parse("05315000").unwrap(), Region::Ags("05315000".into()));
+        for bad in ["0531500000", "05315000000a", "", "0531500000000"] {
+            assert!(Region::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn prefix_covers_ars_and_what_an_ags_can_tell() {
+        let koeln_ars = Region::parse("053150000000").unwrap();
+        let koeln_ags = Region::parse("05315000").unwrap();
+        let p = |s| ArsPrefix::parse(s).unwrap();
+        assert!(p("").covers(&koeln_ars) && p("").covers(&koeln_ags));
+        assert!(p("05315").covers(&koeln_ars) && p("05315").covers(&koeln_ags));
+        assert!(p("053150000000").covers(&koeln_ags));
+        assert!(!p("05316").covers(&koeln_ars));
+        assert!(!p("0531500").covers(&koeln_ags), "Gemeindeverband level is unknown for an AGS");
+        assert!(!p("053150000001").covers(&koeln_ags));
+    }
+
+    #[test]
+    fn delivery_id_is_stable_per_target() {
+        let s = uuid::Uuid::new_v4();
+        let a = TargetName::parse("a").unwrap();
+        let b = TargetName::parse("b").unwrap();
+        assert_eq!(delivery_id(s, &a), delivery_id(s, &a));
+        assert_ne!(delivery_id(s, &a), delivery_id(s, &b));
+    }
+
+    #[test]
+    fn target_names_are_safe_for_queues_and_routing_keys() {
+        assert!(TargetName::parse("gewerbe-koeln_2").is_ok());
+        for bad in ["", "Gewerbe", "a.b", "a#", &"x".repeat(49)] {
+            assert!(TargetName::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
