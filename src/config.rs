@@ -1,3 +1,249 @@
+//! Configuration: one YAML file, then environment overrides.
+//!
+//! Layering: built-in defaults < the config file < `AMTSBOTE_*` variables
+//! (`AMTSBOTE_BROKER_URL`, `AMTSBOTE_HTTP_LISTEN`, `AMTSBOTE_STORE_PATH`).
+//! Secrets (the broker URL carries a password) are held as
+//! [`SecretString`] and never printed. Relative paths in the file are
+//! relative to the file's directory, so a config works from any working
+//! directory.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use amtsbote_connector_http::HttpConfig;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::domain::TargetName;
+use crate::routing::RouteConfig;
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The intake API.
+    #[serde(default)]
+    pub http: HttpSettings,
+    /// The RabbitMQ broker.
+    #[serde(default)]
+    pub broker: BrokerSettings,
+    /// The embedded store for submission states and idempotency keys.
+    #[serde(default)]
+    pub store: StoreSettings,
+    /// Directory of the mapping files (default `mappings`).
+    #[serde(default = "default_mappings_dir")]
+    pub mappings: PathBuf,
+    /// Delivery targets by name (`a-z`, `0-9`, `-`, `_`).
+    pub targets: BTreeMap<TargetName, TargetConfig>,
+    /// Which targets get which submissions; see [`RouteConfig`].
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Address the intake API listens on (default `127.0.0.1:8080`).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Largest accepted request body in bytes (default 32 MiB, enough for
+    /// a building application with its attachments in base64).
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerSettings {
+    /// AMQP URL with credentials; prefer `AMTSBOTE_BROKER_URL` over the file.
+    #[serde(default = "default_broker_url")]
+    pub url: SecretString,
+    /// Prefix of every exchange and queue amtsbote declares (default
+    /// `amtsbote`), so several installations can share a vhost.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    /// SQLite file (default `var/amtsbote.sqlite`); created if missing.
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+}
+
+/// One back office that receives documents.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// Mapping file, relative to the mappings directory.
+    pub mapping: PathBuf,
+    /// Deliveries in flight at once for this target (default 8).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u16,
+    /// How documents reach the target.
+    pub connector: ConnectorConfig,
+}
+
+/// The connector of a target, by kind.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum ConnectorConfig {
+    Http(HttpConfig),
+}
+
+fn default_mappings_dir() -> PathBuf {
+    "mappings".into()
+}
+fn default_listen() -> SocketAddr {
+    ([127, 0, 0, 1], 8080).into()
+}
+fn default_max_body_bytes() -> usize {
+    32 * 1024 * 1024
+}
+fn default_broker_url() -> SecretString {
+    "amqp://guest:guest@127.0.0.1:5672/%2f".into()
+}
+fn default_prefix() -> String {
+    "amtsbote".into()
+}
+fn default_store_path() -> PathBuf {
+    "var/amtsbote.sqlite".into()
+}
+fn default_concurrency() -> u16 {
+    8
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self { listen: default_listen(), max_body_bytes: default_max_body_bytes() }
+    }
+}
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self { url: default_broker_url(), prefix: default_prefix() }
+    }
+}
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self { path: default_store_path() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read { file: String, source: std::io::Error },
+    #[error("{file}: {message}")]
+    Invalid { file: String, message: String },
+    #[error("environment variable {name}: {message}")]
+    Env { name: &'static str, message: String },
+}
+
+/// Parses YAML with the limits of serde-saphyr's defaults (aliases and
+/// nesting are bounded, so a hostile file cannot exhaust memory).
 pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
     serde_saphyr::from_str(text).map_err(|e| e.to_string())
+}
+
+impl Config {
+    /// Reads `path`, applies the environment, resolves relative paths.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        let mut config: Config =
+            parse_yaml(&text).map_err(|message| ConfigError::Invalid { file: file.clone(), message })?;
+        config.apply_env(|name| std::env::var(name).ok())?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.mappings = base.join(&config.mappings);
+        config.store.path = base.join(&config.store.path);
+        Ok(config)
+    }
+
+    fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(url) = var("AMTSBOTE_BROKER_URL") {
+            self.broker.url = url.into();
+        }
+        if let Some(listen) = var("AMTSBOTE_HTTP_LISTEN") {
+            self.http.listen = listen.parse().map_err(|_| ConfigError::Env {
+                name: "AMTSBOTE_HTTP_LISTEN",
+                message: format!("{listen:?} is not an address such as 127.0.0.1:8080"),
+            })?;
+        }
+        if let Some(path) = var("AMTSBOTE_STORE_PATH") {
+            self.store.path = path.into();
+        }
+        Ok(())
+    }
+}
+
+impl BrokerSettings {
+    /// The URL without credentials, for logs and messages.
+    pub fn display_url(&self) -> String {
+        redact_url(self.url.expose_secret())
+    }
+}
+
+/// `amqp://user:pass@host:5672/vhost` → `amqp://host:5672/vhost`.
+pub fn redact_url(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://{}", &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+targets:
+  fv:
+    mapping: m.yaml
+    connector:
+      http:
+        url: http://127.0.0.1:9/x
+routes:
+  - service: "99050012104000"
+    region: "05"
+    targets: [fv]
+"#;
+
+    #[test]
+    fn defaults_fill_what_the_file_leaves_out() {
+        let c: Config = parse_yaml(MINIMAL).unwrap();
+        assert_eq!(c.http.listen, default_listen());
+        assert_eq!(c.broker.prefix, "amtsbote");
+        assert_eq!(c.targets.values().next().unwrap().concurrency, 8);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let mut c: Config = parse_yaml(MINIMAL).unwrap();
+        c.apply_env(|n| match n {
+            "AMTSBOTE_BROKER_URL" => Some("amqp://u:p@broker:5672/%2f".into()),
+            "AMTSBOTE_HTTP_LISTEN" => Some("0.0.0.0:9000".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.broker.display_url(), "amqp://broker:5672/%2f");
+        assert_eq!(c.http.listen.port(), 9000);
+        assert!(c.apply_env(|n| (n == "AMTSBOTE_HTTP_LISTEN").then(|| "nonsense".into())).is_err());
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_names_are_refused() {
+        let typo = MINIMAL.replace("mapping:", "mappping:");
+        assert!(parse_yaml::<Config>(&typo).unwrap_err().contains("mappping"));
+        let bad_name = MINIMAL.replace("  fv:", "  Fv.1:");
+        assert!(parse_yaml::<Config>(&bad_name).is_err());
+        let bad_region = MINIMAL.replace("region: \"05\"", "region: \"Köln\"");
+        assert!(parse_yaml::<Config>(&bad_region).unwrap_err().contains("ARS prefix"));
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let c: Config = parse_yaml(&MINIMAL.replacen("targets:", "broker:\n  url: amqp://u:hunter2@h/%2f\ntargets:", 1)).unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
 }

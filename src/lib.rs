@@ -1,4 +1,35 @@
+//! amtsbote carries applications from online services to the back offices
+//! that process them.
+//!
+//! The flow, and the module that owns each step:
+//!
+//! * [`intake`]: the HTTP API. Validates a [`submission`] (ids from
+//!   [`domain`]), picks its targets from the [`routing`] table, records it
+//!   in the [`store`], publishes it once through the [`broker`] with a
+//!   publisher confirm, and only then answers `202`. Errors are
+//!   [`problem`] documents.
+//! * [`broker`]: RabbitMQ topology (exchange, per-target work and parking
+//!   queues) and confirmed publishing.
+//! * [`worker`]: one consumer per target; renders the target's [`mapping`]
+//!   and hands the document to the target's connector (the
+//!   `amtsbote-connector` crate defines the contract, `connectors/` holds
+//!   the implementations); acknowledges only after delivery or parking.
+//! * [`config`] is read once; [`pipeline`] compiles it (routes, mappings,
+//!   connectors) for `serve` and `check` alike.
+//! * [`app`] starts and stops everything; [`telemetry`] sets up logging;
+//!   [`demo`] runs the self-contained demonstration.
+
+pub mod app;
+pub mod broker;
 pub mod config;
+pub mod demo;
 pub mod domain;
+pub mod intake;
 pub mod mapping;
+pub mod pipeline;
+pub mod problem;
 pub mod routing;
+pub mod store;
+pub mod submission;
+pub mod telemetry;
+pub mod worker;

@@ -21,6 +21,7 @@
 //! ```
 
 pub mod expr;
+pub mod fixtures;
 mod json;
 mod template;
 mod xml;

@@ -1,3 +1,5 @@
+use std::path::Path;
+
 use super::*;
 
 fn submission(json: &str) -> Val {
@@ -141,4 +143,25 @@ fn hostile_input_cannot_break_rendering() {
     // before it reaches a mapping.
     let deep = "[".repeat(100_000) + &"]".repeat(100_000);
     assert!(serde_json::from_str::<Val>(&deep).is_err());
+}
+
+/// The mappings shipped in `mappings/` produce their fixtures byte for
+/// byte. `AMTSBOTE_BLESS=1` writes missing expected files (review them!).
+#[test]
+fn shipped_mappings_match_their_fixtures() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");
+    let fixtures = fixtures::discover(&dir).unwrap();
+    assert!(fixtures.len() >= 2, "fixtures found: {fixtures:?}");
+    for f in fixtures {
+        let mapping = Mapping::load(&f.mapping, &f.mapping.display().to_string()).unwrap();
+        let input: Val = serde_json::from_slice(&std::fs::read(&f.input).unwrap()).unwrap();
+        let actual = mapping.render(&input).unwrap().body;
+        if !f.expected.exists() && std::env::var("AMTSBOTE_BLESS").is_ok() {
+            let ext = if mapping.content_type.contains("json") { "json" } else { "xml" };
+            std::fs::write(format!("{}.{ext}", f.expected.display()), &actual).unwrap();
+            continue;
+        }
+        let expected = std::fs::read(&f.expected).unwrap_or_else(|e| panic!("{}: {e}", f.expected.display()));
+        assert_eq!(String::from_utf8_lossy(&actual), String::from_utf8_lossy(&expected), "{}", f.mapping.display());
+    }
 }

@@ -1,0 +1,133 @@
+//! Startup and shutdown: builds the pipeline, opens the store, starts the
+//! intake API and one worker per target, and stops them in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::broker::{Publisher, Topology};
+use crate::config::Config;
+use crate::intake::{self, Intake};
+use crate::pipeline::Pipeline;
+use crate::store::{SqliteStore, Store};
+use crate::worker::Worker;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("configuration problems:\n  {}", .0.join("\n  "))]
+    Pipeline(Vec<String>),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+/// How long shutdown waits for in-flight deliveries before it leaves them
+/// to the broker (unacknowledged messages are redelivered).
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
+
+pub struct Application {
+    listener: TcpListener,
+    intake: Arc<Intake>,
+    workers: Vec<Arc<Worker>>,
+    max_body_bytes: usize,
+}
+
+impl Application {
+    pub async fn build(config: &Config) -> Result<Self, StartupError> {
+        let pipeline = Pipeline::build(config).map_err(StartupError::Pipeline)?;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store.path)?);
+        let topology = Topology::new(&config.broker.prefix);
+        let targets: Vec<_> = pipeline.targets.keys().cloned().collect();
+        let publisher = Arc::new(Publisher::new(config.broker.url.clone(), topology.clone(), targets));
+        let workers = pipeline
+            .targets
+            .values()
+            .map(|target| {
+                Arc::new(Worker {
+                    target: target.clone(),
+                    topology: topology.clone(),
+                    broker_url: config.broker.url.clone(),
+                    store: store.clone(),
+                })
+            })
+            .collect();
+        let intake = Arc::new(Intake {
+            routes: Arc::new(pipeline.routes),
+            publisher,
+            store,
+            draining: AtomicBool::new(false),
+        });
+        let addr = config.http.listen;
+        let listener = TcpListener::bind(addr).await.map_err(|source| StartupError::Listen { addr, source })?;
+        Ok(Self { listener, intake, workers, max_body_bytes: config.http.max_body_bytes })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` resolves: then intake answers 503, workers
+    /// stop taking messages and finish what they hold (bounded), and the
+    /// HTTP server drains.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut workers = JoinSet::new();
+        for worker in self.workers {
+            workers.spawn(worker.run(stop_rx.clone()));
+        }
+        // Try the broker early so the first submission does not pay for it.
+        let _ = self.intake.publisher.is_connected().await;
+
+        let intake = self.intake.clone();
+        let mut server_stop = stop_rx.clone();
+        let app = intake::router(self.intake.clone(), self.max_body_bytes);
+        let server = tokio::spawn(async move {
+            axum::serve(self.listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = server_stop.wait_for(|stop| *stop).await;
+                })
+                .await
+        });
+        tracing::info!(event = "started", "amtsbote is running");
+
+        shutdown.await;
+        tracing::info!(event = "stopping", "shutdown requested: refusing new submissions, finishing deliveries");
+        intake.draining.store(true, Ordering::Relaxed);
+        let _ = stop_tx.send(true);
+        let drained = tokio::time::timeout(SHUTDOWN_DEADLINE, async {
+            while workers.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(event = "shutdown_deadline", "deliveries still running at the deadline are left to the broker");
+            workers.abort_all();
+        }
+        intake.publisher.close().await;
+        match server.await {
+            Ok(result) => result,
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler works");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

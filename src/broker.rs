@@ -1,0 +1,264 @@
+//! RabbitMQ: the topology amtsbote declares and the confirmed publisher.
+//!
+//! Topology (names under the configured prefix, default `amtsbote`):
+//!
+//! * `<prefix>.submissions`: durable topic exchange that intake publishes
+//!   to, once per submission (see [`crate::routing`] for the keys).
+//! * `<prefix>.target.<name>`: one durable quorum queue per target, bound
+//!   with `#.<name>.#`. Its `x-delivery-limit` is set explicitly and what
+//!   exceeds it is dead-lettered at-least-once into the parking queue, so a
+//!   message that keeps crashing a worker ends up parked, never dropped.
+//! * `<prefix>.parked.<name>`: durable quorum queue of what could not be
+//!   delivered, with the reason in the headers.
+//!
+//! Every declaration is idempotent and repeated on every (re)connect, so a
+//! broker that lost its definitions gets them back.
+
+use std::time::{Duration, Instant};
+
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::RwLock;
+
+use crate::config::redact_url;
+use crate::domain::TargetName;
+
+/// Redeliveries after which a message is parked instead of tried again.
+pub const DELIVERY_LIMIT: i64 = 50;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker {url} unreachable: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("broker: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("broker did not confirm the message (nack)")]
+    Nacked,
+    #[error("broker returned the message as unroutable: no queue is bound for routing key {0:?}")]
+    Unroutable(String),
+}
+
+/// Names of exchanges and queues.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    prefix: String,
+}
+
+impl Topology {
+    pub fn new(prefix: &str) -> Self {
+        Self { prefix: prefix.to_owned() }
+    }
+
+    pub fn exchange(&self) -> String {
+        format!("{}.submissions", self.prefix)
+    }
+
+    pub fn work_queue(&self, target: &TargetName) -> String {
+        format!("{}.target.{target}", self.prefix)
+    }
+
+    pub fn parking_queue(&self, target: &TargetName) -> String {
+        format!("{}.parked.{target}", self.prefix)
+    }
+
+    /// Declares the exchange and, for each target, its queues and binding.
+    pub async fn declare<'a>(&self, channel: &Channel, targets: impl IntoIterator<Item = &'a TargetName>) -> Result<(), BrokerError> {
+        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        channel.exchange_declare(self.exchange().into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
+        for target in targets {
+            let parking = self.parking_queue(target);
+            channel
+                .queue_declare(parking.as_str().into(), durable_queue(), quorum(FieldTable::default()))
+                .await?;
+            let mut args = FieldTable::default();
+            args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+            args.insert("x-dead-letter-exchange".into(), long_string(""));
+            args.insert("x-dead-letter-routing-key".into(), long_string(&parking));
+            args.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
+            args.insert("x-overflow".into(), long_string("reject-publish"));
+            let queue = self.work_queue(target);
+            channel.queue_declare(queue.as_str().into(), durable_queue(), quorum(args)).await?;
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    self.exchange().into(),
+                    crate::routing::binding_pattern(target).into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+fn durable_queue() -> QueueDeclareOptions {
+    QueueDeclareOptions { durable: true, ..Default::default() }
+}
+
+fn quorum(mut args: FieldTable) -> FieldTable {
+    args.insert("x-queue-type".into(), long_string("quorum"));
+    args
+}
+
+pub fn long_string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}
+
+/// Opens a connection, bounded by a timeout so that an unreachable broker
+/// is reported instead of waited for.
+pub async fn connect(url: &SecretString, name: &str) -> Result<Connection, BrokerError> {
+    let unreachable = |reason: String| BrokerError::Unreachable { url: redact_url(url.expose_secret()), reason };
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url.expose_secret(), properties)).await {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(e)) => Err(unreachable(e.to_string())),
+        Err(_) => Err(unreachable(format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()))),
+    }
+}
+
+/// A message to publish: persistent, with its id.
+pub struct Outgoing<'a> {
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+    pub message_id: &'a str,
+    pub headers: FieldTable,
+    pub body: &'a [u8],
+}
+
+/// Publishes persistent messages with mandatory routing and waits for the
+/// broker's confirm. `Ok` means the broker has the message in every queue
+/// it was routed to.
+pub async fn publish_confirmed(channel: &Channel, message: Outgoing<'_>) -> Result<(), BrokerError> {
+    let properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(ShortString::from("application/json"))
+        .with_message_id(message.message_id.into())
+        .with_headers(message.headers);
+    let confirm = channel
+        .basic_publish(
+            message.exchange.into(),
+            message.routing_key.into(),
+            BasicPublishOptions { mandatory: true, ..Default::default() },
+            message.body,
+            properties,
+        )
+        .await?
+        .await?;
+    match confirm {
+        lapin::Confirmation::Ack(None) => Ok(()),
+        lapin::Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable(message.routing_key.to_owned())),
+        lapin::Confirmation::Nack(_) | lapin::Confirmation::NotRequested => Err(BrokerError::Nacked),
+    }
+}
+
+/// The intake's publisher: one connection and confirm channel, reopened
+/// on demand after the broker went away.
+pub struct Publisher {
+    url: SecretString,
+    topology: Topology,
+    targets: Vec<TargetName>,
+    state: RwLock<State>,
+}
+
+#[derive(Default)]
+struct State {
+    link: Option<(Connection, Channel)>,
+    last_failure: Option<Instant>,
+}
+
+/// After a failed connect, requests fail fast for this long instead of
+/// each trying to connect again.
+const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
+
+impl Publisher {
+    pub fn new(url: SecretString, topology: Topology, targets: Vec<TargetName>) -> Self {
+        Self { url, topology, targets, state: RwLock::new(State::default()) }
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Publishes to the submissions exchange and waits for the confirm.
+    pub async fn publish(&self, routing_key: &str, message_id: &str, headers: FieldTable, body: &[u8]) -> Result<(), BrokerError> {
+        let channel = self.channel().await?;
+        let exchange = self.topology.exchange();
+        let result = publish_confirmed(&channel, Outgoing { exchange: &exchange, routing_key, message_id, headers, body }).await;
+        if let Err(BrokerError::Amqp(_)) = &result {
+            // The channel or connection is gone; the next request reconnects.
+            self.forget(&channel).await;
+        }
+        result
+    }
+
+    /// Whether the publisher can reach the broker now (for readiness).
+    pub async fn is_connected(&self) -> bool {
+        let state = self.state.read().await;
+        state.link.as_ref().is_some_and(|(c, ch)| c.status().connected() && ch.status().connected())
+    }
+
+    async fn channel(&self) -> Result<Channel, BrokerError> {
+        {
+            let state = self.state.read().await;
+            if let Some((connection, channel)) = &state.link {
+                if connection.status().connected() && channel.status().connected() {
+                    return Ok(channel.clone());
+                }
+            }
+        }
+        let mut state = self.state.write().await;
+        if let Some((connection, channel)) = &state.link {
+            if connection.status().connected() && channel.status().connected() {
+                return Ok(channel.clone());
+            }
+        }
+        if state.last_failure.is_some_and(|at| at.elapsed() < RECONNECT_PAUSE) {
+            return Err(BrokerError::Unreachable {
+                url: redact_url(self.url.expose_secret()),
+                reason: "connect failed moments ago".into(),
+            });
+        }
+        match self.open().await {
+            Ok((connection, channel)) => {
+                tracing::info!(event = "broker_connected", role = "intake", "intake connected to the broker");
+                state.link = Some((connection, channel.clone()));
+                state.last_failure = None;
+                Ok(channel)
+            }
+            Err(e) => {
+                tracing::warn!(event = "broker_unreachable", role = "intake", error = %e, "intake cannot reach the broker");
+                state.link = None;
+                state.last_failure = Some(Instant::now());
+                Err(e)
+            }
+        }
+    }
+
+    async fn open(&self) -> Result<(Connection, Channel), BrokerError> {
+        let connection = connect(&self.url, "amtsbote-intake").await?;
+        let channel = connection.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        self.topology.declare(&channel, &self.targets).await?;
+        Ok((connection, channel))
+    }
+
+    async fn forget(&self, failed: &Channel) {
+        let mut state = self.state.write().await;
+        if state.link.as_ref().is_some_and(|(_, ch)| ch.id() == failed.id()) {
+            state.link = None;
+        }
+    }
+
+    pub async fn close(&self) {
+        if let Some((connection, _)) = self.state.write().await.link.take() {
+            let _ = connection.close(200, "shutdown".into()).await;
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The intake API (axum).
+//!
+//! * `POST /v1/submissions`: validate, route, record, publish with
+//!   confirm, and only then answer `202 Accepted`.
+//! * `GET /v1/submissions/{id}`: the submission's state per target.
+//! * `GET /health/live`, `GET /health/ready`.
+//!
+//! Every error is `application/problem+json` naming the field; nothing from
+//! the form data reaches a log line.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use lapin::types::FieldTable;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::broker::{BrokerError, Publisher, long_string};
+use crate::problem::Problem;
+use crate::routing::RouteTable;
+use crate::store::{Claim, IdempotencyKey, NewSubmission, Store};
+use crate::submission::{FieldError, InvalidSubmission, Submission};
+
+/// Seconds a client should wait before retrying after a 503.
+const RETRY_AFTER_SECS: u64 = 5;
+
+pub struct Intake {
+    pub routes: Arc<RouteTable>,
+    pub publisher: Arc<Publisher>,
+    pub store: Arc<dyn Store>,
+    /// Set when shutdown begins: new submissions get 503.
+    pub draining: AtomicBool,
+}
+
+pub fn router(intake: Arc<Intake>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/v1/submissions", post(submit))
+        .route("/v1/submissions/{id}", get(status))
+        .route("/health/live", get(|| async { StatusCode::NO_CONTENT }))
+        .route("/health/ready", get(ready))
+        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "Not Found", "no such resource") })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(intake)
+}
+
+async fn submit(State(intake): State<Arc<Intake>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    match accept(&intake, &headers, body).await {
+        Ok(response) => response,
+        Err(problem) => problem.into_response(),
+    }
+}
+
+async fn accept(intake: &Intake, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, Problem> {
+    if intake.draining.load(Ordering::Relaxed) {
+        return Err(unavailable("amtsbote is shutting down"));
+    }
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            "Submission Too Large",
+            "the request body exceeds the configured limit (http.max_body_bytes)",
+        ),
+        status => Problem::new(status, "unreadable-body", "Unreadable Body", rejection.body_text()),
+    })?;
+    if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
+        let essence = content_type.to_str().unwrap_or("").split(';').next().unwrap_or("").trim();
+        if !(essence.eq_ignore_ascii_case("application/json") || essence.to_ascii_lowercase().ends_with("+json")) {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported Media Type",
+                "submissions are JSON: send Content-Type: application/json",
+            ));
+        }
+    }
+    let idempotency = idempotency_key(headers, &body)?;
+
+    let submission = Submission::parse(&body).map_err(|invalid| match invalid {
+        InvalidSubmission::Malformed(reason) => Problem::new(
+            StatusCode::BAD_REQUEST,
+            "malformed-json",
+            "Malformed JSON",
+            format!("the body is not valid JSON: {reason}"),
+        ),
+        InvalidSubmission::Fields(errors) => {
+            let fields: Vec<&str> = errors.iter().map(|e| e.pointer.trim_start_matches("#/")).collect();
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-submission",
+                "Invalid Submission",
+                format!("invalid field(s): {}", fields.join(", ")),
+            )
+            .with_errors(errors)
+        }
+    })?;
+
+    let Some(route) = intake.routes.resolve(&submission.service, &submission.region) else {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no-route",
+            "No Route",
+            format!(
+                "no route delivers service {} for region {}",
+                submission.service.as_str(),
+                submission.region
+            ),
+        )
+        .with_errors(vec![
+            FieldError { pointer: "#/service".into(), detail: "no route for this service and region".into() },
+            FieldError { pointer: "#/region".into(), detail: "no route for this service and region".into() },
+        ]));
+    };
+
+    let id = Uuid::new_v4();
+    let received_at = OffsetDateTime::now_utc();
+    let record = NewSubmission {
+        id,
+        service: submission.service.as_str().to_owned(),
+        region: submission.region.as_str().to_owned(),
+        reference: submission.reference.clone(),
+        received_at,
+        targets: route.targets.clone(),
+    };
+    match intake.store.begin_intake(record, idempotency).await.map_err(internal)? {
+        Claim::Fresh => {}
+        Claim::Replay { id } => return Ok(accepted(id)),
+        Claim::InProgress => {
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                "idempotency-key-in-use",
+                "Request In Progress",
+                "a request with this Idempotency-Key is still being processed; retry shortly",
+            )
+            .retry_after(1));
+        }
+        Claim::Mismatch => {
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency-Key Reused",
+                "this Idempotency-Key was used for a different request body",
+            ));
+        }
+    }
+
+    let mut headers = FieldTable::default();
+    headers.insert("service".into(), long_string(submission.service.as_str()));
+    headers.insert("region".into(), long_string(submission.region.as_str()));
+    let message = submission.to_message(id, received_at);
+    let message_id = id.to_string();
+    match intake.publisher.publish(&route.routing_key, &message_id, headers, &message).await {
+        Ok(()) => {
+            if let Err(e) = intake.store.confirm_intake(id).await {
+                // The broker has the submission; only the status view lags.
+                tracing::error!(event = "store_failed", submission = %id, error = %e, "could not mark submission accepted");
+            }
+            tracing::info!(event = "submission_accepted", submission = %id, service = submission.service.as_str(),
+                region = %submission.region, targets = %route.routing_key, "submission accepted");
+            Ok(accepted(id))
+        }
+        Err(error) => {
+            if let Err(e) = intake.store.abandon_intake(id).await {
+                tracing::error!(event = "store_failed", submission = %id, error = %e, "could not forget unpublished submission");
+            }
+            tracing::warn!(event = "submission_refused", submission = %id, error = %error, "broker did not take the submission");
+            Err(match error {
+                BrokerError::Unroutable(_) => unavailable("the broker has no queue for this route; an operator must check the topology"),
+                _ => unavailable("the message broker is unavailable; nothing was accepted"),
+            })
+        }
+    }
+}
+
+fn accepted(id: Uuid) -> Response {
+    let location = format!("/v1/submissions/{id}");
+    (
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(json!({ "id": id, "status": "accepted" })),
+    )
+        .into_response()
+}
+
+fn unavailable(detail: &str) -> Problem {
+    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service Unavailable", detail).retry_after(RETRY_AFTER_SECS)
+}
+
+fn internal(error: impl std::fmt::Display) -> Problem {
+    tracing::error!(event = "internal_error", error = %error, "intake failed");
+    Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal Error", "the submission was not accepted")
+}
+
+fn idempotency_key(headers: &HeaderMap, body: &[u8]) -> Result<Option<IdempotencyKey>, Problem> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = value
+        .to_str()
+        .ok()
+        .map(|k| k.trim().trim_matches('"'))
+        .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-idempotency-key",
+                "Invalid Idempotency-Key",
+                "the Idempotency-Key header must be 1 to 255 visible ASCII characters",
+            )
+        })?;
+    Ok(Some(IdempotencyKey { key: key.to_owned(), fingerprint: Sha256::digest(body).into() }))
+}
+
+async fn status(State(intake): State<Arc<Intake>>, Path(id): Path<String>) -> Response {
+    let not_found = || Problem::new(StatusCode::NOT_FOUND, "unknown-submission", "Unknown Submission", "no submission with this id").into_response();
+    let Ok(id) = id.parse::<Uuid>() else { return not_found() };
+    match intake.store.status(id).await {
+        Ok(Some(status)) => Json(status).into_response(),
+        Ok(None) => not_found(),
+        Err(e) => internal(e).into_response(),
+    }
+}
+
+async fn ready(State(intake): State<Arc<Intake>>) -> StatusCode {
+    if !intake.draining.load(Ordering::Relaxed) && intake.publisher.is_connected().await {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}

@@ -1,0 +1,380 @@
+//! The store: submission and delivery states, and idempotency keys.
+//!
+//! The broker is the source of truth for what still has to be delivered;
+//! the store answers "where is submission X" and makes a retried POST with
+//! the same `Idempotency-Key` return the first answer. It holds ids,
+//! service keys, regions, references, states and connector outcomes —
+//! never form data or attachments.
+//!
+//! [`Store`] is the seam; [`SqliteStore`] the embedded implementation
+//! (WAL, `synchronous=NORMAL`: a crash of the process loses nothing, a
+//! power loss may lose the last state changes but never a submission,
+//! which the broker holds).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use uuid::Uuid;
+
+use crate::domain::TargetName;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("store: cannot create directory {path}: {source}")]
+    Directory { path: String, source: std::io::Error },
+    #[error("store: worker thread failed")]
+    Join,
+}
+
+/// What intake records before it publishes.
+#[derive(Debug, Clone)]
+pub struct NewSubmission {
+    pub id: Uuid,
+    pub service: String,
+    pub region: String,
+    pub reference: Option<String>,
+    pub received_at: OffsetDateTime,
+    pub targets: Vec<TargetName>,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub key: String,
+    /// SHA-256 of the request body: the same key with another body is a
+    /// client error, not a retry.
+    pub fingerprint: [u8; 32],
+}
+
+/// The result of claiming an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// First use: the submission was recorded, go ahead and publish.
+    Fresh,
+    /// A retry of an accepted submission: answer with its id again.
+    Replay { id: Uuid },
+    /// The first request with this key is still being published.
+    InProgress,
+    /// The key was used for a different request body.
+    Mismatch,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    Queued,
+    Delivered,
+    Parked,
+}
+
+impl DeliveryState {
+    fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Queued => "queued",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Parked => "parked",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "delivered" => DeliveryState::Delivered,
+            "parked" => DeliveryState::Parked,
+            _ => DeliveryState::Queued,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubmissionStatus {
+    pub id: Uuid,
+    /// `received` (not yet confirmed by the broker), `accepted`,
+    /// `delivered` (every target has it) or `parked` (a target needs an
+    /// operator).
+    pub status: &'static str,
+    pub service: String,
+    pub region: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    pub received_at: String,
+    pub targets: Vec<TargetStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetStatus {
+    pub target: String,
+    pub state: DeliveryState,
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_outcome: Option<String>,
+    pub updated_at: String,
+}
+
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Records a submission (state `received`) and claims its idempotency
+    /// key, atomically.
+    async fn begin_intake(&self, submission: NewSubmission, key: Option<IdempotencyKey>) -> Result<Claim, StoreError>;
+    /// The broker confirmed the submission.
+    async fn confirm_intake(&self, id: Uuid) -> Result<(), StoreError>;
+    /// The broker did not take the submission: forget it and free its key.
+    async fn abandon_intake(&self, id: Uuid) -> Result<(), StoreError>;
+    /// A delivery attempt for one target ended in `state`.
+    async fn record_attempt(&self, id: Uuid, target: &TargetName, state: DeliveryState, outcome: &str) -> Result<(), StoreError>;
+    async fn status(&self, id: Uuid) -> Result<Option<SubmissionStatus>, StoreError>;
+}
+
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+PRAGMA foreign_keys = ON;
+CREATE TABLE IF NOT EXISTS submissions (
+    id          TEXT PRIMARY KEY,
+    service     TEXT NOT NULL,
+    region      TEXT NOT NULL,
+    reference   TEXT,
+    state       TEXT NOT NULL,
+    received_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    submission_id TEXT NOT NULL REFERENCES submissions(id) ON DELETE CASCADE,
+    target        TEXT NOT NULL,
+    state         TEXT NOT NULL,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    last_outcome  TEXT,
+    updated_at    TEXT NOT NULL,
+    PRIMARY KEY (submission_id, target)
+);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key           TEXT PRIMARY KEY,
+    fingerprint   BLOB NOT NULL,
+    submission_id TEXT NOT NULL REFERENCES submissions(id) ON DELETE CASCADE,
+    created_at    TEXT NOT NULL
+);
+";
+
+fn now() -> String {
+    OffsetDateTime::now_utc().format(&Rfc3339).expect("now formats")
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|source| StoreError::Directory { path: dir.display().to_string(), source })?;
+        }
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            f(&mut conn)
+        })
+        .await
+        .map_err(|_| StoreError::Join)?
+        .map_err(StoreError::from)
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn begin_intake(&self, s: NewSubmission, key: Option<IdempotencyKey>) -> Result<Claim, StoreError> {
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            if let Some(k) = &key {
+                let existing: Option<(Vec<u8>, String, String)> = tx
+                    .query_row(
+                        "SELECT k.fingerprint, k.submission_id, s.state FROM idempotency_keys k
+                         JOIN submissions s ON s.id = k.submission_id WHERE k.key = ?1",
+                        [&k.key],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()?;
+                if let Some((fingerprint, id, state)) = existing {
+                    return Ok(if fingerprint != k.fingerprint {
+                        Claim::Mismatch
+                    } else if state == "received" {
+                        Claim::InProgress
+                    } else {
+                        Claim::Replay { id: id.parse().expect("stored ids are UUIDs") }
+                    });
+                }
+            }
+            let id = s.id.to_string();
+            let received_at = s.received_at.format(&Rfc3339).expect("now formats");
+            tx.execute(
+                "INSERT INTO submissions (id, service, region, reference, state, received_at) VALUES (?1, ?2, ?3, ?4, 'received', ?5)",
+                params![id, s.service, s.region, s.reference, received_at],
+            )?;
+            for target in &s.targets {
+                tx.execute(
+                    "INSERT INTO deliveries (submission_id, target, state, updated_at) VALUES (?1, ?2, 'queued', ?3)",
+                    params![id, target.as_str(), received_at],
+                )?;
+            }
+            if let Some(k) = &key {
+                tx.execute(
+                    "INSERT INTO idempotency_keys (key, fingerprint, submission_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![k.key, k.fingerprint.as_slice(), id, received_at],
+                )?;
+            }
+            tx.commit()?;
+            Ok(Claim::Fresh)
+        })
+        .await
+    }
+
+    async fn confirm_intake(&self, id: Uuid) -> Result<(), StoreError> {
+        self.with(move |conn| {
+            conn.execute("UPDATE submissions SET state = 'accepted' WHERE id = ?1", [id.to_string()])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn abandon_intake(&self, id: Uuid) -> Result<(), StoreError> {
+        self.with(move |conn| {
+            conn.execute("DELETE FROM submissions WHERE id = ?1", [id.to_string()])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn record_attempt(&self, id: Uuid, target: &TargetName, state: DeliveryState, outcome: &str) -> Result<(), StoreError> {
+        let (target, outcome) = (target.as_str().to_owned(), outcome.to_owned());
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT INTO deliveries (submission_id, target, state, attempts, last_outcome, updated_at)
+                 SELECT ?1, ?2, ?3, 1, ?4, ?5 WHERE EXISTS (SELECT 1 FROM submissions WHERE id = ?1)
+                 ON CONFLICT (submission_id, target) DO UPDATE SET
+                   state = excluded.state, attempts = attempts + 1,
+                   last_outcome = excluded.last_outcome, updated_at = excluded.updated_at",
+                params![id.to_string(), target, state.as_str(), outcome, now()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn status(&self, id: Uuid) -> Result<Option<SubmissionStatus>, StoreError> {
+        self.with(move |conn| {
+            let key = id.to_string();
+            let Some((service, region, reference, state, received_at)) = conn
+                .query_row(
+                    "SELECT service, region, reference, state, received_at FROM submissions WHERE id = ?1",
+                    [&key],
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?)),
+                )
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let mut statement = conn.prepare(
+                "SELECT target, state, attempts, last_outcome, updated_at FROM deliveries WHERE submission_id = ?1 ORDER BY target",
+            )?;
+            let targets = statement
+                .query_map([&key], |r| {
+                    Ok(TargetStatus {
+                        target: r.get(0)?,
+                        state: DeliveryState::parse(&r.get::<_, String>(1)?),
+                        attempts: r.get(2)?,
+                        last_outcome: r.get(3)?,
+                        updated_at: r.get(4)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let status = if state == "received" {
+                "received"
+            } else if targets.iter().any(|t| t.state == DeliveryState::Parked) {
+                "parked"
+            } else if targets.iter().all(|t| t.state == DeliveryState::Delivered) {
+                "delivered"
+            } else {
+                "accepted"
+            };
+            Ok(Some(SubmissionStatus { id, status, service, region, reference, received_at, targets }))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn submission(id: Uuid) -> NewSubmission {
+        NewSubmission {
+            id,
+            service: "99050012104000".into(),
+            region: "053150000000".into(),
+            reference: Some("R-1".into()),
+            received_at: OffsetDateTime::now_utc(),
+            targets: vec![TargetName::parse("a").unwrap(), TargetName::parse("b").unwrap()],
+        }
+    }
+
+    fn key(k: &str, body: u8) -> Option<IdempotencyKey> {
+        Some(IdempotencyKey { key: k.into(), fingerprint: [body; 32] })
+    }
+
+    #[tokio::test]
+    async fn idempotency_key_lifecycle() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.sqlite")).unwrap();
+        let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+        assert_eq!(store.begin_intake(submission(first), key("k", 1)).await.unwrap(), Claim::Fresh);
+        assert_eq!(store.begin_intake(submission(second), key("k", 1)).await.unwrap(), Claim::InProgress);
+        store.confirm_intake(first).await.unwrap();
+        assert_eq!(store.begin_intake(submission(second), key("k", 1)).await.unwrap(), Claim::Replay { id: first });
+        assert_eq!(store.begin_intake(submission(second), key("k", 2)).await.unwrap(), Claim::Mismatch);
+    }
+
+    #[tokio::test]
+    async fn abandoned_intake_frees_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.sqlite")).unwrap();
+        let id = Uuid::new_v4();
+        store.begin_intake(submission(id), key("k", 1)).await.unwrap();
+        store.abandon_intake(id).await.unwrap();
+        assert!(store.status(id).await.unwrap().is_none());
+        assert_eq!(store.begin_intake(submission(Uuid::new_v4()), key("k", 1)).await.unwrap(), Claim::Fresh);
+    }
+
+    #[tokio::test]
+    async fn status_follows_deliveries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.sqlite")).unwrap();
+        let id = Uuid::new_v4();
+        store.begin_intake(submission(id), None).await.unwrap();
+        assert_eq!(store.status(id).await.unwrap().unwrap().status, "received");
+        store.confirm_intake(id).await.unwrap();
+        let a = TargetName::parse("a").unwrap();
+        let b = TargetName::parse("b").unwrap();
+        store.record_attempt(id, &a, DeliveryState::Delivered, "HTTP 200").await.unwrap();
+        assert_eq!(store.status(id).await.unwrap().unwrap().status, "accepted");
+        store.record_attempt(id, &b, DeliveryState::Delivered, "HTTP 201").await.unwrap();
+        let status = store.status(id).await.unwrap().unwrap();
+        assert_eq!(status.status, "delivered");
+        assert_eq!(status.targets[1].attempts, 1);
+        assert_eq!(status.targets[1].last_outcome.as_deref(), Some("HTTP 201"));
+    }
+}

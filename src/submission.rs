@@ -1,0 +1,301 @@
+//! Submissions: the intake envelope, its validation, and the message that
+//! travels through the broker.
+//!
+//! Validation happens once, at intake, and names the offending field as a
+//! JSON pointer. What goes onto the queue is the envelope with amtsbote's
+//! id and receive time added; form data and attachment contents are copied
+//! through as received (no re-encoding of base64, no re-serialization of
+//! the form data).
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use uuid::Uuid;
+
+use crate::domain::{Region, ServiceKey};
+
+/// A field that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// JSON pointer (RFC 6901) to the field, e.g. `#/attachments/0/content`.
+    pub pointer: String,
+    pub detail: String,
+}
+
+impl FieldError {
+    fn new(pointer: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self { pointer: pointer.into(), detail: detail.into() }
+    }
+}
+
+/// Why a request body is not a submission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InvalidSubmission {
+    /// Not JSON at all.
+    Malformed(String),
+    /// JSON, but fields are missing, mistyped or invalid.
+    Fields(Vec<FieldError>),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Envelope<'a> {
+    service: String,
+    region: String,
+    #[serde(default)]
+    reference: Option<String>,
+    #[serde(default)]
+    submitted_at: Option<String>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+    #[serde(default, borrow)]
+    attachments: Vec<AttachmentIn<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AttachmentIn<'a> {
+    name: String,
+    media_type: String,
+    purpose: Purpose,
+    #[serde(borrow)]
+    content: &'a str,
+}
+
+/// What an attachment is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Purpose {
+    /// The PDF rendering of the filled-in form.
+    Form,
+    /// An upload of the applicant.
+    Attachment,
+}
+
+/// A validated submission, borrowing the request body.
+#[derive(Debug)]
+pub struct Submission<'a> {
+    pub service: ServiceKey,
+    pub region: Region,
+    pub reference: Option<String>,
+    pub submitted_at: Option<String>,
+    data: &'a RawValue,
+    attachments: Vec<Attachment<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Attachment<'a> {
+    name: String,
+    media_type: String,
+    purpose: Purpose,
+    /// Decoded size in bytes.
+    size: usize,
+    /// Base64, exactly as received.
+    content: &'a str,
+}
+
+/// The message on the queue: what workers and mappings see.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Queued<'s, 'a> {
+    id: Uuid,
+    service: &'s ServiceKey,
+    region: &'s Region,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reference: &'s Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    submitted_at: &'s Option<String>,
+    received_at: String,
+    data: &'a RawValue,
+    attachments: &'s [Attachment<'a>],
+}
+
+const MAX_REFERENCE_LEN: usize = 200;
+const MAX_ATTACHMENT_NAME_LEN: usize = 255;
+
+impl<'a> Submission<'a> {
+    /// Parses and validates a request body.
+    pub fn parse(body: &'a [u8]) -> Result<Self, InvalidSubmission> {
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let envelope: Envelope<'a> = match serde_path_to_error::deserialize(&mut de) {
+            Ok(e) => e,
+            Err(e) => return Err(from_serde(e)),
+        };
+        if let Err(e) = de.end() {
+            return Err(InvalidSubmission::Malformed(e.to_string()));
+        }
+
+        let mut errors = Vec::new();
+        let service = ServiceKey::parse(&envelope.service)
+            .map_err(|e| errors.push(FieldError::new("#/service", e.0)))
+            .ok();
+        let region = Region::parse(&envelope.region)
+            .map_err(|e| errors.push(FieldError::new("#/region", e.0)))
+            .ok();
+        if let Some(reference) = &envelope.reference {
+            if reference.is_empty() || reference.chars().count() > MAX_REFERENCE_LEN || reference.chars().any(char::is_control) {
+                errors.push(FieldError::new(
+                    "#/reference",
+                    format!("must be 1 to {MAX_REFERENCE_LEN} characters without control characters"),
+                ));
+            }
+        }
+        if let Some(at) = &envelope.submitted_at {
+            if OffsetDateTime::parse(at, &Rfc3339).is_err() {
+                errors.push(FieldError::new("#/submittedAt", "must be an RFC 3339 timestamp such as 2026-11-20T09:14:00Z"));
+            }
+        }
+        if !envelope.data.get().starts_with('{') {
+            errors.push(FieldError::new("#/data", "must be a JSON object"));
+        }
+        let mut attachments = Vec::with_capacity(envelope.attachments.len());
+        for (i, a) in envelope.attachments.into_iter().enumerate() {
+            let at = |field: &str| format!("#/attachments/{i}/{field}");
+            if !is_safe_file_name(&a.name) {
+                errors.push(FieldError::new(
+                    at("name"),
+                    format!("must be a file name of 1 to {MAX_ATTACHMENT_NAME_LEN} bytes without path separators or control characters"),
+                ));
+            }
+            if !is_media_type(&a.media_type) {
+                errors.push(FieldError::new(at("mediaType"), "must be a media type such as application/pdf"));
+            }
+            if is_base64(a.content) {
+                attachments.push(Attachment {
+                    size: decoded_len(a.content),
+                    name: a.name,
+                    media_type: a.media_type,
+                    purpose: a.purpose,
+                    content: a.content,
+                });
+            } else {
+                errors.push(FieldError::new(at("content"), "must be standard base64 (RFC 4648, with padding)"));
+            }
+        }
+        match (service, region) {
+            (Some(service), Some(region)) if errors.is_empty() => Ok(Submission {
+                service,
+                region,
+                reference: envelope.reference,
+                submitted_at: envelope.submitted_at,
+                data: envelope.data,
+                attachments,
+            }),
+            _ => Err(InvalidSubmission::Fields(errors)),
+        }
+    }
+
+    /// The message body for the queue.
+    pub fn to_message(&self, id: Uuid, received_at: OffsetDateTime) -> Vec<u8> {
+        let queued = Queued {
+            id,
+            service: &self.service,
+            region: &self.region,
+            reference: &self.reference,
+            submitted_at: &self.submitted_at,
+            received_at: received_at.format(&Rfc3339).expect("a current time formats as RFC 3339"),
+            data: self.data,
+            attachments: &self.attachments,
+        };
+        serde_json::to_vec(&queued).expect("a submission serializes")
+    }
+}
+
+fn from_serde(e: serde_path_to_error::Error<serde_json::Error>) -> InvalidSubmission {
+    let inner = e.inner();
+    if inner.is_syntax() || inner.is_eof() || inner.is_io() {
+        return InvalidSubmission::Malformed(inner.to_string());
+    }
+    let mut pointer = String::from("#");
+    for segment in e.path().iter() {
+        use serde_path_to_error::Segment;
+        match segment {
+            Segment::Seq { index } => pointer.push_str(&format!("/{index}")),
+            Segment::Map { key } | Segment::Enum { variant: key } => pointer.push_str(&format!("/{}", escape_pointer(key))),
+            Segment::Unknown => {}
+        }
+    }
+    // serde reports a missing field and an unknown field at the enclosing
+    // object; point at the field itself.
+    let message = strip_position(&inner.to_string());
+    let named = |prefix: &str| message.strip_prefix(prefix).and_then(|rest| rest.split('`').next().map(str::to_owned));
+    if let Some(field) = named("missing field `") {
+        pointer.push_str(&format!("/{}", escape_pointer(&field)));
+        return InvalidSubmission::Fields(vec![FieldError::new(pointer, "is required")]);
+    }
+    if let Some(field) = named("unknown field `") {
+        if pointer.ends_with(&format!("/{}", escape_pointer(&field))) {
+            // serde_path_to_error already descended into it.
+        } else {
+            pointer.push_str(&format!("/{}", escape_pointer(&field)));
+        }
+        return InvalidSubmission::Fields(vec![FieldError::new(pointer, "is not a field of a submission")]);
+    }
+    InvalidSubmission::Fields(vec![FieldError::new(pointer, message)])
+}
+
+/// serde_json appends " at line 1 column 20"; the pointer says where.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+fn escape_pointer(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+fn is_safe_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_ATTACHMENT_NAME_LEN
+        && name != "."
+        && name != ".."
+        && !name.chars().any(|c| c == '/' || c == '\\' || c.is_control())
+}
+
+fn is_media_type(s: &str) -> bool {
+    let token = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b));
+    let essence = s.split(';').next().unwrap_or("").trim();
+    matches!(essence.split_once('/'), Some((t, sub)) if token(t) && token(sub))
+}
+
+fn is_base64(s: &str) -> bool {
+    // Validates without allocating the decoded bytes (attachments can be
+    // many megabytes): alphabet, length and padding per RFC 4648.
+    let b = s.as_bytes();
+    if b.len() % 4 != 0 {
+        return false;
+    }
+    let padding = b.iter().rev().take_while(|&&c| c == b'=').count();
+    if padding > 2 {
+        return false;
+    }
+    let body = &b[..b.len() - padding];
+    if !body.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/') {
+        return false;
+    }
+    // The unused bits of the last symbol must be zero (canonical encoding).
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        _ => 63,
+    };
+    match (padding, body.last()) {
+        (1, Some(&c)) => value(c) & 0b11 == 0,
+        (2, Some(&c)) => value(c) & 0b1111 == 0,
+        _ => true,
+    }
+}
+
+fn decoded_len(s: &str) -> usize {
+    let padding = s.bytes().rev().take_while(|&c| c == b'=').count();
+    s.len() / 4 * 3 - padding
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,76 @@
+use super::*;
+
+const VALID: &str = r#"{"service":"99050012104000","region":"053150000000","reference":"OAA-2026-000123",
+  "submittedAt":"2026-11-20T09:14:00Z","data":{"name":"Anna"},
+  "attachments":[{"name":"antrag.pdf","mediaType":"application/pdf","purpose":"form","content":"JVBERi0xLjQ="}]}"#;
+
+fn fields(body: &str) -> Vec<FieldError> {
+    match Submission::parse(body.as_bytes()) {
+        Err(InvalidSubmission::Fields(f)) => f,
+        other => panic!("expected field errors, got {other:?}"),
+    }
+}
+
+fn pointers(body: &str) -> Vec<String> {
+    fields(body).into_iter().map(|f| f.pointer).collect()
+}
+
+#[test]
+fn valid_submission_becomes_a_queue_message() {
+    let s = Submission::parse(VALID.as_bytes()).unwrap();
+    let id = Uuid::nil();
+    let at = time::macros::datetime!(2026-11-20 09:15:00 UTC);
+    let message: serde_json::Value = serde_json::from_slice(&s.to_message(id, at)).unwrap();
+    assert_eq!(message["id"], "00000000-0000-0000-0000-000000000000");
+    assert_eq!(message["receivedAt"], "2026-11-20T09:15:00Z");
+    assert_eq!(message["data"]["name"], "Anna");
+    assert_eq!(message["attachments"][0]["size"], 8);
+    assert_eq!(message["attachments"][0]["content"], "JVBERi0xLjQ=");
+}
+
+#[test]
+fn malformed_json_is_malformed() {
+    assert!(matches!(Submission::parse(b"{\"service\":"), Err(InvalidSubmission::Malformed(_))));
+    let trailing = format!("{VALID} {{}}");
+    assert!(matches!(Submission::parse(trailing.as_bytes()), Err(InvalidSubmission::Malformed(_))));
+}
+
+#[test]
+fn each_bad_field_is_named() {
+    let with = |from: &str, to: &str| VALID.replace(from, to);
+    assert_eq!(pointers(&with("\"service\":\"99050012104000\",", "")), ["#/service"]);
+    assert_eq!(pointers(&with("99050012104000", "12345")), ["#/service"]);
+    assert_eq!(pointers(&with("053150000000", "0531")), ["#/region"]);
+    assert_eq!(pointers(&with("\"service\":\"99050012104000\"", "\"service\":99050012104000")), ["#/service"]);
+    assert_eq!(pointers(&with("JVBERi0xLjQ=", "not base64!")), ["#/attachments/0/content"]);
+    assert_eq!(pointers(&with("JVBERi0xLjQ=", "JVBERi0xLjR=")), ["#/attachments/0/content"], "non-canonical");
+    assert_eq!(pointers(&with("antrag.pdf", "../etc/passwd")), ["#/attachments/0/name"]);
+    assert_eq!(pointers(&with("\"form\"", "\"selfie\"")), ["#/attachments/0/purpose"]);
+    assert_eq!(pointers(&with("{\"name\":\"Anna\"}", "[1]")), ["#/data"]);
+    assert_eq!(pointers(&with("2026-11-20T09:14:00Z", "20.11.2026")), ["#/submittedAt"]);
+    assert_eq!(pointers(&with("\"reference\"", "\"referenz\"")), ["#/referenz"]);
+    assert_eq!(
+        pointers(&with("99050012104000", "1").replace("053150000000", "2")),
+        ["#/service", "#/region"],
+        "all invalid identifiers at once"
+    );
+}
+
+#[test]
+fn error_details_never_echo_values() {
+    for f in fields(&VALID.replace("053150000000", "Anna Musterfrau")) {
+        assert!(!f.detail.contains("Anna"), "{f:?}");
+    }
+}
+
+#[test]
+fn base64_rules() {
+    for ok in ["", "AA==", "AAA=", "AAAA", "+/+/"] {
+        assert!(is_base64(ok), "{ok}");
+    }
+    for bad in ["A", "AA=", "A===", "AB==", "AAB=", "AA AA", "AA-_"] {
+        assert!(!is_base64(bad), "{bad}");
+    }
+    assert_eq!(decoded_len("AA=="), 1);
+    assert_eq!(decoded_len("AAAA"), 3);
+}
