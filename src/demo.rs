@@ -1,1 +1,215 @@
-//! placeholder
+//! `amtsbote demo`: sample back offices on loopback, amtsbote with the
+//! example config, the sample submissions; prints what arrived where.
+//!
+//! [`SampleBackOffice`] is also what the integration tests deliver to.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{State, Path as UrlPath};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+
+use crate::app::Application;
+use crate::config::Config;
+
+/// One request a back office received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub idempotency_key: Option<String>,
+    pub content_type: Option<String>,
+    pub body: Bytes,
+}
+
+/// A back office on loopback that accepts any POST/PUT, remembers it, and
+/// answers with a configurable status. Repeats of an `Idempotency-Key` it
+/// already accepted are answered `200` and not stored twice, as a
+/// deduplicating back office would.
+#[derive(Clone)]
+pub struct SampleBackOffice {
+    pub addr: SocketAddr,
+    state: Arc<BackOfficeState>,
+}
+
+struct BackOfficeState {
+    received: Mutex<Vec<Received>>,
+    status: Mutex<StatusCode>,
+    seen_keys: Mutex<HashMap<String, usize>>,
+}
+
+impl SampleBackOffice {
+    pub async fn start(addr: SocketAddr) -> std::io::Result<Self> {
+        let state = Arc::new(BackOfficeState {
+            received: Mutex::default(),
+            status: Mutex::new(StatusCode::CREATED),
+            seen_keys: Mutex::default(),
+        });
+        let app = Router::new()
+            .route("/{*path}", post(receive).put(receive))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(Self { addr, state })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}/{}", self.addr, path.trim_start_matches('/'))
+    }
+
+    pub fn answer_with(&self, status: StatusCode) {
+        *self.state.status.lock().unwrap() = status;
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    /// Waits until `count` documents arrived (or the timeout passed).
+    pub async fn wait_for(&self, count: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let received = self.received();
+            if received.len() >= count || tokio::time::Instant::now() >= deadline {
+                return received;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn receive(State(state): State<Arc<BackOfficeState>>, UrlPath(path): UrlPath<String>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let status = *state.status.lock().unwrap();
+    if !status.is_success() {
+        return status;
+    }
+    let key = header("idempotency-key");
+    if let Some(key) = &key {
+        let mut seen = state.seen_keys.lock().unwrap();
+        if seen.contains_key(key) {
+            return StatusCode::OK;
+        }
+        seen.insert(key.clone(), 1);
+    }
+    state.received.lock().unwrap().push(Received {
+        path: format!("/{path}"),
+        idempotency_key: key,
+        content_type: header("content-type"),
+        body,
+    });
+    status
+}
+
+/// Runs the demo end to end and prints a report.
+pub async fn run(config_path: &Path, submissions: &Path) -> anyhow::Result<()> {
+    let config = Config::load(config_path).with_context(|| format!("loading {}", config_path.display()))?;
+    // Each demo run starts from a fresh store, so its idempotency keys do
+    // not replay the previous run's answers.
+    let _ = std::fs::remove_file(&config.store.path);
+    let back_office = SampleBackOffice::start(([127, 0, 0, 1], 18090).into())
+        .await
+        .context("starting the sample back office on 127.0.0.1:18090")?;
+    let app = Application::build(&config).await?;
+    let base = format!("http://{}", app.local_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async move {
+        let _ = stopped.await;
+    }));
+
+    println!("amtsbote demo: intake {base}, broker {}, back offices {}", config.broker.display_url(), back_office.url(""));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(submissions)
+        .with_context(|| format!("reading {}", submissions.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+
+    let client = reqwest::Client::new();
+    let mut accepted = Vec::new();
+    println!("\nSubmitting {} sample forms:", files.len());
+    for file in &files {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let body = std::fs::read(file)?;
+        let response = client
+            .post(format!("{base}/v1/submissions"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", format!("demo-{name}"))
+            .body(body)
+            .send()
+            .await?;
+        let status = response.status();
+        let answer: serde_json::Value = response.json().await.unwrap_or_default();
+        match answer.get("id").and_then(|id| id.as_str()) {
+            Some(id) if status == StatusCode::ACCEPTED => {
+                println!("  {name:<28} {status} id {id}");
+                accepted.push((name, id.to_owned()));
+            }
+            _ => println!("  {name:<28} {status} {}", answer["detail"].as_str().unwrap_or("")),
+        }
+    }
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut statuses = Vec::new();
+    for (name, id) in &accepted {
+        loop {
+            let status: serde_json::Value = client.get(format!("{base}/v1/submissions/{id}")).send().await?.json().await?;
+            let settled = !matches!(status["status"].as_str(), Some("received" | "accepted"));
+            if settled || tokio::time::Instant::now() >= deadline {
+                statuses.push((name.clone(), status));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    println!("\nDelivery state (GET /v1/submissions/{{id}}):");
+    for (name, status) in &statuses {
+        println!("  {name:<28} {}", status["status"].as_str().unwrap_or("?"));
+        for target in status["targets"].as_array().into_iter().flatten() {
+            println!(
+                "      → {:<22} {:<10} {}",
+                target["target"].as_str().unwrap_or("?"),
+                target["state"].as_str().unwrap_or("?"),
+                target["lastOutcome"].as_str().unwrap_or("")
+            );
+        }
+    }
+
+    let out_dir = Path::new("target/demo/inbox");
+    println!("\nWhat the back offices received (copies in {}):", out_dir.display());
+    for (i, r) in back_office.received().iter().enumerate() {
+        let ext = if r.content_type.as_deref().unwrap_or("").contains("json") { "json" } else { "xml" };
+        let file = out_dir.join(format!("{}-{i}.{ext}", r.path.trim_start_matches('/').replace('/', "_")));
+        std::fs::create_dir_all(out_dir)?;
+        std::fs::write(&file, &r.body)?;
+        println!(
+            "  POST {:<32} {:<18} {:>6} bytes  Idempotency-Key {}",
+            r.path,
+            r.content_type.as_deref().unwrap_or("-"),
+            r.body.len(),
+            r.idempotency_key.as_deref().unwrap_or("-")
+        );
+    }
+    if let Some(first) = back_office.received().iter().find(|r| r.path.ends_with("gewerbeamt")) {
+        let text = String::from_utf8_lossy(&first.body);
+        println!("\nFirst lines of the XGewerbeanzeige message sent to {}:", first.path);
+        for line in text.lines().take(12) {
+            println!("  {line}");
+        }
+    }
+
+    let _ = stop.send(());
+    server.await??;
+    let all_delivered = statuses.iter().all(|(_, s)| s["status"] == "delivered");
+    anyhow::ensure!(all_delivered, "not every accepted submission was delivered");
+    println!("\nDemo finished: every accepted submission was delivered.");
+    Ok(())
+}
