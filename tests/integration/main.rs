@@ -1,1 +1,7 @@
-fn main(){}
+//! Integration tests: the real binary's library against a real RabbitMQ
+//! (started by `scripts/test`) and real HTTP back offices on loopback.
+//! One test binary keeps link time down.
+
+mod delivery;
+mod helpers;
+mod intake;

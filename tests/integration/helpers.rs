@@ -1,0 +1,178 @@
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use amtsbote::app::Application;
+use amtsbote::config::{Config, parse_yaml};
+use amtsbote::demo::SampleBackOffice;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// The broker `scripts/test` started. No broker is a failure, never a skip.
+pub fn broker_url() -> String {
+    std::env::var("AMTSBOTE_TEST_BROKER_URL").unwrap_or_else(|_| {
+        panic!("AMTSBOTE_TEST_BROKER_URL is not set: run the tests with scripts/test, which starts a private RabbitMQ node")
+    })
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub back_office: SampleBackOffice,
+    _store: tempfile::TempDir,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Targets (name, mapping) all delivering to one sample back office at
+/// `/<name>`, and routes (service, region prefix, targets).
+pub struct Setup<'a> {
+    pub targets: &'a [(&'a str, &'a str)],
+    pub routes: &'a [(&'a str, &'a str, &'a [&'a str])],
+    pub broker_url: Option<String>,
+    pub max_body_bytes: Option<usize>,
+}
+
+impl Default for Setup<'_> {
+    fn default() -> Self {
+        Self {
+            targets: &[("fv", "xgewerbeanzeige-2.2/gewerbeanmeldung.yaml")],
+            routes: &[("99050012104000", "", &["fv"])],
+            broker_url: None,
+            max_body_bytes: None,
+        }
+    }
+}
+
+/// Starts amtsbote on port 0 with its own queue prefix, store and back office.
+pub async fn spawn_app(setup: Setup<'_>) -> TestApp {
+    let back_office = SampleBackOffice::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let mut yaml = format!(
+        "http:\n  listen: 127.0.0.1:0\n  max_body_bytes: {}\nbroker:\n  url: {}\n  prefix: test-{}\nstore:\n  path: {}\nmappings: {}\ntargets:\n",
+        setup.max_body_bytes.unwrap_or(1 << 20),
+        setup.broker_url.clone().unwrap_or_else(broker_url),
+        uuid::Uuid::new_v4().simple(),
+        store.path().join("store.sqlite").display(),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings").display(),
+    );
+    for (name, mapping) in setup.targets {
+        yaml += &format!(
+            "  {name}:\n    mapping: {mapping}\n    connector:\n      http:\n        url: {}\n        timeout_secs: 5\n",
+            back_office.url(name)
+        );
+    }
+    yaml += "routes:\n";
+    for (service, region, targets) in setup.routes {
+        yaml += &format!("  - service: \"{service}\"\n    region: \"{region}\"\n    targets: [{}]\n", targets.join(", "));
+    }
+    let config: Config = parse_yaml(&yaml).unwrap();
+    let app = Application::build(&config).await.unwrap();
+    let base = format!("http://{}", app.local_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async move {
+        let _ = stopped.await;
+    }));
+    TestApp { base, client: reqwest::Client::new(), back_office, _store: store, _stop: stop }
+}
+
+impl TestApp {
+    pub async fn submit(&self, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.client
+            .post(format!("{}/v1/submissions", self.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn submit_with_key(&self, body: &str, key: &str) -> reqwest::Response {
+        self.client
+            .post(format!("{}/v1/submissions", self.base))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn status(&self, id: &str) -> serde_json::Value {
+        self.client.get(format!("{}/v1/submissions/{id}", self.base)).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// Polls the status until it leaves `received`/`accepted`.
+    pub async fn settled_status(&self, id: &str) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = self.status(id).await;
+            if !matches!(status["status"].as_str(), Some("received" | "accepted")) || tokio::time::Instant::now() > deadline {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A submission envelope built from the shipped fixture's form data.
+pub fn gewerbeanmeldung(region: &str) -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/xgewerbeanzeige-2.2/fixtures/gewerbeanmeldung.input.json");
+    let mut queued: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let object = queued.as_object_mut().unwrap();
+    object.remove("id");
+    object.remove("receivedAt");
+    for attachment in object["attachments"].as_array_mut().unwrap() {
+        attachment.as_object_mut().unwrap().remove("size");
+    }
+    object.insert("region".into(), region.into());
+    queued
+}
+
+/// A TCP proxy in front of the broker that a test can cut and restore, to
+/// make the broker unreachable without stopping the shared node.
+pub struct BrokerProxy {
+    pub port: u16,
+    upstream: String,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl BrokerProxy {
+    pub async fn start() -> Self {
+        let upstream = broker_url();
+        let upstream = upstream.split('@').nth(1).unwrap().split('/').next().unwrap().to_owned();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let proxy = Self { port, upstream, tasks: Arc::default() };
+        proxy.restore().await;
+        proxy
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Closes the listener and every connection through it.
+    pub fn cut(&self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    pub async fn restore(&self) {
+        let listener = TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
+        let upstream = self.upstream.clone();
+        let tasks = self.tasks.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else { return };
+                let upstream = upstream.clone();
+                let connection = tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                tasks.lock().unwrap().push(connection);
+            }
+        });
+        self.tasks.lock().unwrap().push(accept);
+    }
+}
