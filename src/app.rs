@@ -82,7 +82,7 @@ impl Application {
             workers.spawn(worker.run(stop_rx.clone()));
         }
         // Try the broker early so the first submission does not pay for it.
-        let _ = self.intake.publisher.is_connected().await;
+        let _ = self.intake.publisher.ensure_connected().await;
 
         let intake = self.intake.clone();
         let mut server_stop = stop_rx.clone();

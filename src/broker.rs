@@ -38,6 +38,8 @@ pub enum BrokerError {
     Unreachable { url: String, reason: String },
     #[error("broker: {0}")]
     Amqp(#[from] lapin::Error),
+    #[error("broker ended the consumer (queue deleted or connection lost)")]
+    ConsumerEnded,
     #[error("broker did not confirm the message (nack)")]
     Nacked,
     #[error("broker returned the message as unroutable: no queue is bound for routing key {0:?}")]
@@ -198,10 +200,10 @@ impl Publisher {
         result
     }
 
-    /// Whether the publisher can reach the broker now (for readiness).
-    pub async fn is_connected(&self) -> bool {
-        let state = self.state.read().await;
-        state.link.as_ref().is_some_and(|(c, ch)| c.status().connected() && ch.status().connected())
+    /// Connects now if not connected (throttled after a failure); for
+    /// readiness and to spare the first submission the connect.
+    pub async fn ensure_connected(&self) -> Result<(), BrokerError> {
+        self.channel().await.map(drop)
     }
 
     async fn channel(&self) -> Result<Channel, BrokerError> {

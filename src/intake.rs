@@ -229,7 +229,7 @@ async fn status(State(intake): State<Arc<Intake>>, Path(id): Path<String>) -> Re
 }
 
 async fn ready(State(intake): State<Arc<Intake>>) -> StatusCode {
-    if !intake.draining.load(Ordering::Relaxed) && intake.publisher.is_connected().await {
+    if !intake.draining.load(Ordering::Relaxed) && intake.publisher.ensure_connected().await.is_ok() {
         StatusCode::NO_CONTENT
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -107,10 +107,6 @@ impl RouteTable {
     pub fn resolve(&self, service: &ServiceKey, region: &Region) -> Option<&Route> {
         self.by_service.get(service)?.iter().find(|r| r.region.covers(region))
     }
-
-    pub fn targets(&self) -> impl Iterator<Item = &TargetName> {
-        self.by_service.values().flatten().flat_map(|r| r.targets.iter())
-    }
 }
 
 #[cfg(test)]

@@ -90,7 +90,7 @@ impl Worker {
                         in_flight.spawn(async move { worker.handle(delivery, &parking).await });
                     }
                     Some(Err(e)) => break Err(e.into()),
-                    None => break Err(BrokerError::Unreachable { url: String::new(), reason: "consumer cancelled".into() }),
+                    None => break Err(BrokerError::ConsumerEnded),
                 },
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
                 _ = shutdown.changed() => break Ok(()),

@@ -26,7 +26,7 @@ mod json;
 mod template;
 mod xml;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use jaq_json::Val;
 use serde::Deserialize;
@@ -194,12 +194,6 @@ impl<'a> Scope<'a> {
     fn plain_error(&self, path: &str, message: &str) -> RenderError {
         RenderError { file: self.file.into(), path: path.into(), expression: None, message: message.into() }
     }
-}
-
-/// Resolves a mapping reference from the config against the mappings
-/// directory.
-pub fn resolve(mappings_dir: &Path, reference: &Path) -> PathBuf {
-    mappings_dir.join(reference)
 }
 
 #[cfg(test)]

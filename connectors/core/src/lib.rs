@@ -42,12 +42,6 @@ pub enum Outcome {
     Permanent { reason: String },
 }
 
-impl Outcome {
-    pub fn is_delivered(&self) -> bool {
-        matches!(self, Outcome::Delivered { .. })
-    }
-}
-
 /// A way to hand documents to a back office.
 ///
 /// Implementations must be cheap to share between tasks (`&self`), must
