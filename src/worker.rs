@@ -140,7 +140,7 @@ impl Worker {
             // Parsed and rendered without an await in between: jaq values
             // are not `Send`.
             let submission: Val = serde_json::from_slice(body)
-                .map_err(|e| ParkReason::Undecodable(format!("message is not JSON: {}", e.classify_name())))?;
+                .map_err(|e| ParkReason::Undecodable(format!("message is not JSON: {:?}", e.classify())))?;
             target.mapping.render(&submission).map_err(|e| ParkReason::Mapping(e.to_string()))?
         };
         let delivery = Delivery {
@@ -202,21 +202,6 @@ impl ParkReason {
             ParkReason::Mapping(_) => "mapping-error",
             ParkReason::Transient(_) => "target-unavailable",
             ParkReason::Rejected(_) => "target-rejected",
-        }
-    }
-}
-
-trait ClassifyName {
-    fn classify_name(&self) -> &'static str;
-}
-
-impl ClassifyName for serde_json::Error {
-    fn classify_name(&self) -> &'static str {
-        match self.classify() {
-            serde_json::error::Category::Io => "i/o error",
-            serde_json::error::Category::Syntax => "syntax error",
-            serde_json::error::Category::Data => "unexpected data",
-            serde_json::error::Category::Eof => "truncated",
         }
     }
 }

@@ -9,7 +9,7 @@
 use jaq_json::Val;
 use serde_json::{Map, Value};
 
-use super::template::{Template, TemplateError};
+use super::template::{MapTemplate, Template, TemplateError};
 use super::{RenderError, Scope};
 
 pub fn check(document: &Template) -> Result<(), TemplateError> {
@@ -60,15 +60,7 @@ fn value_of(t: &Template, scope: &Scope, path: &str) -> Result<Option<Value>, Re
                 n => Err(scope.error(path, expr, format!("yields {n} values where one is expected; collect them with [ ... ]"))),
             }
         }
-        Template::Map(map) => {
-            let mut object = Map::new();
-            for (key, child) in &map.entries {
-                if let Some(v) = value_of(child, scope, &format!("{path}/{key}"))? {
-                    object.insert(key.clone(), v);
-                }
-            }
-            Ok(Some(Value::Object(object)))
-        }
+        Template::Map(map) => object_of(map, scope, path).map(Some),
         Template::List(items) => {
             let mut array = Vec::new();
             for (i, item) in items.iter().enumerate() {
@@ -76,13 +68,7 @@ fn value_of(t: &Template, scope: &Scope, path: &str) -> Result<Option<Value>, Re
                 match item {
                     Template::Map(m) if m.each.is_some() => {
                         for inner in scope.each(m.each.as_ref().unwrap(), &item_path)? {
-                            let mut object = Map::new();
-                            for (key, child) in &m.entries {
-                                if let Some(v) = value_of(child, &inner, &format!("{item_path}/{key}"))? {
-                                    object.insert(key.clone(), v);
-                                }
-                            }
-                            array.push(Value::Object(object));
+                            array.push(object_of(m, &inner, &item_path)?);
                         }
                     }
                     Template::Expr(expr) => {
@@ -96,6 +82,16 @@ fn value_of(t: &Template, scope: &Scope, path: &str) -> Result<Option<Value>, Re
             Ok(Some(Value::Array(array)))
         }
     }
+}
+
+fn object_of(map: &MapTemplate, scope: &Scope, path: &str) -> Result<Value, RenderError> {
+    let mut object = Map::new();
+    for (key, child) in &map.entries {
+        if let Some(v) = value_of(child, scope, &format!("{path}/{key}"))? {
+            object.insert(key.clone(), v);
+        }
+    }
+    Ok(Value::Object(object))
 }
 
 /// Converts a jaq value to JSON; object keys must be strings.
