@@ -13,6 +13,8 @@ use tokio::task::JoinSet;
 use crate::broker::{Publisher, Topology};
 use crate::config::Config;
 use crate::intake::{self, Intake};
+use crate::operator::{self, OperatorApi};
+use crate::parking::ParkingLot;
 use crate::pipeline::Pipeline;
 use crate::store::{SqliteStore, Store};
 use crate::worker::Worker;
@@ -23,19 +25,23 @@ pub enum StartupError {
     Pipeline(Vec<String>),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Operators(#[from] crate::operator::BadTokenHash),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
 }
 
-/// How long shutdown waits for in-flight deliveries before it leaves them
-/// to the broker (unacknowledged messages are redelivered).
-const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
+/// What shutdown allows beyond the configured deadline for closing
+/// connections, before it stops waiting for workers.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 pub struct Application {
     listener: TcpListener,
     intake: Arc<Intake>,
+    operator: Arc<OperatorApi>,
     workers: Vec<Arc<Worker>>,
     max_body_bytes: usize,
+    shutdown_deadline: Duration,
 }
 
 impl Application {
@@ -45,6 +51,8 @@ impl Application {
         let topology = Topology::new(&config.broker.prefix);
         let targets: Vec<_> = pipeline.targets.keys().cloned().collect();
         let publisher = Arc::new(Publisher::new(config.broker.url.clone(), topology.clone(), targets));
+        let parking = ParkingLot::new(config, store.clone());
+        let operator = Arc::new(OperatorApi::new(parking, &config.operators)?);
         let workers = pipeline
             .targets
             .values()
@@ -65,7 +73,7 @@ impl Application {
         });
         let addr = config.http.listen;
         let listener = TcpListener::bind(addr).await.map_err(|source| StartupError::Listen { addr, source })?;
-        Ok(Self { listener, intake, workers, max_body_bytes: config.http.max_body_bytes })
+        Ok(Self { listener, intake, operator, workers, max_body_bytes: config.http.max_body_bytes, shutdown_deadline: config.shutdown_deadline })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -79,14 +87,14 @@ impl Application {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut workers = JoinSet::new();
         for worker in self.workers {
-            workers.spawn(worker.run(stop_rx.clone()));
+            workers.spawn(worker.run(stop_rx.clone(), self.shutdown_deadline));
         }
         // Try the broker early so the first submission does not pay for it.
         let _ = self.intake.publisher.ensure_connected().await;
 
         let intake = self.intake.clone();
         let mut server_stop = stop_rx.clone();
-        let app = intake::router(self.intake.clone(), self.max_body_bytes);
+        let app = intake::router(self.intake.clone(), self.max_body_bytes).merge(operator::router(self.operator));
         let server = tokio::spawn(async move {
             axum::serve(self.listener, app)
                 .with_graceful_shutdown(async move {
@@ -100,12 +108,13 @@ impl Application {
         tracing::info!(event = "stopping", "shutdown requested: refusing new submissions, finishing deliveries");
         intake.draining.store(true, Ordering::Relaxed);
         let _ = stop_tx.send(true);
-        let drained = tokio::time::timeout(SHUTDOWN_DEADLINE, async {
+        // Each worker bounds itself by the deadline; this only guards
+        // against a close that hangs.
+        let drained = tokio::time::timeout(self.shutdown_deadline + CLOSE_GRACE, async {
             while workers.join_next().await.is_some() {}
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(event = "shutdown_deadline", "deliveries still running at the deadline are left to the broker");
             workers.abort_all();
         }
         intake.publisher.close().await;

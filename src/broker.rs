@@ -10,6 +10,11 @@
 //!   message that keeps crashing a worker ends up parked, never dropped.
 //! * `<prefix>.parked.<name>`: durable quorum queue of what could not be
 //!   delivered, with the reason in the headers.
+//! * `<prefix>.delay` (headers exchange) and `<prefix>.delay.<level>`: the
+//!   retry ladder of [`crate::retry::DELAY_LEVELS`], one quorum queue per
+//!   level with one TTL, shared by all targets. A message waits there and is
+//!   dead-lettered (at-least-once) through the default exchange under its
+//!   original routing key, which is its target's work queue.
 //!
 //! Every declaration is idempotent and repeated on every (re)connect, so a
 //! broker that lost its definitions gets them back.
@@ -28,9 +33,38 @@ use crate::config::redact_url;
 use crate::domain::TargetName;
 
 /// Redeliveries after which a message is parked instead of tried again.
+/// A redelivery means no outcome was reached (a crash, a lost connection,
+/// a shutdown past its deadline); failed attempts are retried through the
+/// delay queues and do not count here.
 pub const DELIVERY_LIMIT: i64 = 50;
 
+/// The parking queue's own limit: listing parked messages returns them to
+/// the queue, which counts as a redelivery. Set explicitly because
+/// RabbitMQ 4 defaults quorum queues to 20 and drops what exceeds it when
+/// no dead-letter target is set.
+const PARKING_DELIVERY_LIMIT: i64 = 1_000_000_000;
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long intake waits for a publisher confirm before it answers 503
+/// (a broker under memory or disk alarm blocks publishers).
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest pause between two attempts to reach a lost broker.
+pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
+
+/// Pauses between reconnect attempts: from 500 ms doubling to
+/// [`MAX_RECONNECT_DELAY`], with jitter so that many workers do not
+/// reconnect in lockstep.
+pub fn reconnect_backoff() -> impl Iterator<Item = Duration> + Send {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(MAX_RECONNECT_DELAY / 2)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -42,6 +76,8 @@ pub enum BrokerError {
     ConsumerEnded,
     #[error("broker did not confirm the message (nack)")]
     Nacked,
+    #[error("broker did not confirm the message within {}s", CONFIRM_TIMEOUT.as_secs())]
+    ConfirmTimeout,
     #[error("broker returned the message as unroutable: no queue is bound for routing key {0:?}")]
     Unroutable(String),
 }
@@ -69,21 +105,26 @@ impl Topology {
         format!("{}.parked.{target}", self.prefix)
     }
 
+    pub fn delay_exchange(&self) -> String {
+        format!("{}.delay", self.prefix)
+    }
+
+    pub fn delay_queue(&self, level: Duration) -> String {
+        format!("{}.delay.{}", self.prefix, crate::retry::level_name(level))
+    }
+
     /// Declares the exchange and, for each target, its queues and binding.
     pub async fn declare<'a>(&self, channel: &Channel, targets: impl IntoIterator<Item = &'a TargetName>) -> Result<(), BrokerError> {
         let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
         channel.exchange_declare(self.exchange().into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
+        self.declare_delay_ladder(channel).await?;
         for target in targets {
             let parking = self.parking_queue(target);
-            channel
-                .queue_declare(parking.as_str().into(), durable_queue(), quorum(FieldTable::default()))
-                .await?;
             let mut args = FieldTable::default();
+            args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(PARKING_DELIVERY_LIMIT));
+            channel.queue_declare(parking.as_str().into(), durable_queue(), quorum(args)).await?;
+            let mut args = dead_letter_to(&parking);
             args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
-            args.insert("x-dead-letter-exchange".into(), long_string(""));
-            args.insert("x-dead-letter-routing-key".into(), long_string(&parking));
-            args.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
-            args.insert("x-overflow".into(), long_string("reject-publish"));
             let queue = self.work_queue(target);
             channel.queue_declare(queue.as_str().into(), durable_queue(), quorum(args)).await?;
             channel
@@ -98,6 +139,41 @@ impl Topology {
         }
         Ok(())
     }
+
+    async fn declare_delay_ladder(&self, channel: &Channel) -> Result<(), BrokerError> {
+        let exchange = self.delay_exchange();
+        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        channel.exchange_declare(exchange.as_str().into(), ExchangeKind::Headers, durable, FieldTable::default()).await?;
+        for level in crate::retry::DELAY_LEVELS {
+            let queue = self.delay_queue(level);
+            // No dead-letter routing key: the message keeps the one it was
+            // published with, its target's work queue.
+            let mut args = dead_letter_to("");
+            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(level.as_millis() as i64));
+            channel.queue_declare(queue.as_str().into(), durable_queue(), quorum(args)).await?;
+            let mut binding = FieldTable::default();
+            binding.insert("x-match".into(), long_string("all"));
+            binding.insert(crate::retry::header::DELAY.into(), long_string(&crate::retry::level_name(level)));
+            channel
+                .queue_bind(queue.as_str().into(), exchange.as_str().into(), "".into(), QueueBindOptions::default(), binding)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Quorum-queue arguments that dead-letter at-least-once through the
+/// default exchange, to `routing_key` or (when empty) to the message's own.
+fn dead_letter_to(routing_key: &str) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-dead-letter-exchange".into(), long_string(""));
+    if !routing_key.is_empty() {
+        args.insert("x-dead-letter-routing-key".into(), long_string(routing_key));
+    }
+    args.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
+    // At-least-once dead-lettering requires it.
+    args.insert("x-overflow".into(), long_string("reject-publish"));
+    args
 }
 
 fn durable_queue() -> QueueDeclareOptions {
@@ -192,8 +268,11 @@ impl Publisher {
     pub async fn publish(&self, routing_key: &str, message_id: &str, headers: FieldTable, body: &[u8]) -> Result<(), BrokerError> {
         let channel = self.channel().await?;
         let exchange = self.topology.exchange();
-        let result = publish_confirmed(&channel, Outgoing { exchange: &exchange, routing_key, message_id, headers, body }).await;
-        if let Err(BrokerError::Amqp(_)) = &result {
+        let outgoing = Outgoing { exchange: &exchange, routing_key, message_id, headers, body };
+        let result = tokio::time::timeout(CONFIRM_TIMEOUT, publish_confirmed(&channel, outgoing))
+            .await
+            .unwrap_or(Err(BrokerError::ConfirmTimeout));
+        if let Err(BrokerError::Amqp(_) | BrokerError::ConfirmTimeout) = &result {
             // The channel or connection is gone; the next request reconnects.
             self.forget(&channel).await;
         }

@@ -10,12 +10,14 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use amtsbote_connector_http::HttpConfig;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::domain::TargetName;
+use crate::retry::RetryPolicy;
 use crate::routing::RouteConfig;
 
 /// The whole configuration file.
@@ -38,6 +40,28 @@ pub struct Config {
     pub targets: BTreeMap<TargetName, TargetConfig>,
     /// Which targets get which submissions; see [`RouteConfig`].
     pub routes: Vec<RouteConfig>,
+    /// How long a stopping amtsbote waits for deliveries in flight (default
+    /// `20s`). What is still running then goes back to the broker and is
+    /// delivered again after the restart.
+    #[serde(default = "default_shutdown_deadline", with = "humantime_serde")]
+    pub shutdown_deadline: Duration,
+    /// Who may use the operator API (`/v1/parked`). Without entries the
+    /// operator API answers 403; the `amtsbote parked` command works
+    /// regardless, as it talks to the broker and store directly.
+    #[serde(default)]
+    pub operators: Vec<OperatorConfig>,
+}
+
+/// An operator of the HTTP API, identified by a bearer token of which only
+/// the SHA-256 is configured: `openssl rand -hex 32` makes a token,
+/// `printf %s "$TOKEN" | sha256sum` its hash.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorConfig {
+    /// The name recorded with every replay and discard.
+    pub name: String,
+    /// Lower-case hex SHA-256 of the operator's token.
+    pub token_sha256: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,6 +107,9 @@ pub struct TargetConfig {
     pub concurrency: u16,
     /// How documents reach the target.
     pub connector: ConnectorConfig,
+    /// How transient failures are retried; see [`RetryPolicy`].
+    #[serde(default)]
+    pub retry: RetryPolicy,
 }
 
 /// The connector of a target, by kind.
@@ -112,6 +139,9 @@ fn default_store_path() -> PathBuf {
 }
 fn default_concurrency() -> u16 {
     8
+}
+fn default_shutdown_deadline() -> Duration {
+    Duration::from_secs(20)
 }
 
 impl Default for HttpSettings {

@@ -3,7 +3,7 @@
 //!
 //! [`SampleBackOffice`] is also what the integration tests deliver to.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -19,7 +19,7 @@ use axum::routing::post;
 use crate::app::Application;
 use crate::config::Config;
 
-/// One request a back office received.
+/// One document a back office accepted.
 #[derive(Debug, Clone)]
 pub struct Received {
     pub path: String,
@@ -28,29 +28,42 @@ pub struct Received {
     pub body: Bytes,
 }
 
+/// One request a back office answered, accepted or not.
+#[derive(Debug, Clone)]
+pub struct Answered {
+    /// When the request arrived.
+    pub at: std::time::Instant,
+    pub path: String,
+    pub idempotency_key: Option<String>,
+    pub status: StatusCode,
+}
+
 /// A back office on loopback that accepts any POST/PUT, remembers it, and
 /// answers with a configurable status. Repeats of an `Idempotency-Key` it
 /// already accepted are answered `200` and not stored twice, as a
-/// deduplicating back office would.
+/// deduplicating back office would, unless deduplication is switched off
+/// for the path.
 #[derive(Clone)]
 pub struct SampleBackOffice {
     pub addr: SocketAddr,
     state: Arc<BackOfficeState>,
 }
 
+#[derive(Default)]
 struct BackOfficeState {
     received: Mutex<Vec<Received>>,
-    status: Mutex<StatusCode>,
-    seen_keys: Mutex<HashMap<String, usize>>,
+    answered: Mutex<Vec<Answered>>,
+    status: Mutex<Option<StatusCode>>,
+    /// Statuses to answer first, one per request, before `status`.
+    script: Mutex<VecDeque<StatusCode>>,
+    delays: Mutex<HashMap<String, Duration>>,
+    keeps_duplicates: Mutex<HashSet<String>>,
+    seen_keys: Mutex<HashSet<String>>,
 }
 
 impl SampleBackOffice {
     pub async fn start(addr: SocketAddr) -> std::io::Result<Self> {
-        let state = Arc::new(BackOfficeState {
-            received: Mutex::default(),
-            status: Mutex::new(StatusCode::CREATED),
-            seen_keys: Mutex::default(),
-        });
+        let state = Arc::new(BackOfficeState::default());
         let app = Router::new()
             .route("/{*path}", post(receive).put(receive))
             .with_state(state.clone());
@@ -64,12 +77,33 @@ impl SampleBackOffice {
         format!("http://{}/{}", self.addr, path.trim_start_matches('/'))
     }
 
+    /// Answers every following request with `status` (default `201`).
     pub fn answer_with(&self, status: StatusCode) {
-        *self.state.status.lock().unwrap() = status;
+        *self.state.status.lock().unwrap() = Some(status);
+    }
+
+    /// Answers the next requests with these statuses, in order.
+    pub fn script(&self, statuses: &[StatusCode]) {
+        self.state.script.lock().unwrap().extend(statuses);
+    }
+
+    /// Takes `delay` to answer requests to `path`.
+    pub fn slow_down(&self, path: &str, delay: Duration) {
+        self.state.delays.lock().unwrap().insert(format!("/{}", path.trim_start_matches('/')), delay);
+    }
+
+    /// Stores every request to `path`, repeats included, as a back office
+    /// that does not deduplicate would.
+    pub fn keep_duplicates(&self, path: &str) {
+        self.state.keeps_duplicates.lock().unwrap().insert(format!("/{}", path.trim_start_matches('/')));
     }
 
     pub fn received(&self) -> Vec<Received> {
         self.state.received.lock().unwrap().clone()
+    }
+
+    pub fn answered(&self) -> Vec<Answered> {
+        self.state.answered.lock().unwrap().clone()
     }
 
     /// Waits until `count` documents arrived (or the timeout passed).
@@ -86,25 +120,31 @@ impl SampleBackOffice {
 }
 
 async fn receive(State(state): State<Arc<BackOfficeState>>, UrlPath(path): UrlPath<String>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let at = std::time::Instant::now();
+    let path = format!("/{path}");
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let status = *state.status.lock().unwrap();
-    if !status.is_success() {
-        return status;
-    }
     let key = header("idempotency-key");
-    if let Some(key) = &key {
-        let mut seen = state.seen_keys.lock().unwrap();
-        if seen.contains_key(key) {
-            return StatusCode::OK;
-        }
-        seen.insert(key.clone(), 1);
+    let delay = state.delays.lock().unwrap().get(&path).copied();
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
     }
-    state.received.lock().unwrap().push(Received {
-        path: format!("/{path}"),
-        idempotency_key: key,
-        content_type: header("content-type"),
-        body,
-    });
+    let scripted = state.script.lock().unwrap().pop_front();
+    let mut status = scripted.or(*state.status.lock().unwrap()).unwrap_or(StatusCode::CREATED);
+    if status.is_success() {
+        let deduplicates = !state.keeps_duplicates.lock().unwrap().contains(&path);
+        let repeat = key.as_ref().is_some_and(|key| !state.seen_keys.lock().unwrap().insert(format!("{path} {key}")));
+        if repeat && deduplicates {
+            status = StatusCode::OK;
+        } else {
+            state.received.lock().unwrap().push(Received {
+                path: path.clone(),
+                idempotency_key: key.clone(),
+                content_type: header("content-type"),
+                body,
+            });
+        }
+    }
+    state.answered.lock().unwrap().push(Answered { at, path, idempotency_key: key, status });
     status
 }
 

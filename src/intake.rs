@@ -121,8 +121,8 @@ async fn accept(intake: &Intake, headers: &HeaderMap, body: Result<Bytes, BytesR
         ]));
     };
 
-    let id = Uuid::new_v4();
-    let received_at = OffsetDateTime::now_utc();
+    let mut id = Uuid::new_v4();
+    let mut received_at = OffsetDateTime::now_utc();
     let record = NewSubmission {
         id,
         service: submission.service.as_str().to_owned(),
@@ -134,6 +134,11 @@ async fn accept(intake: &Intake, headers: &HeaderMap, body: Result<Bytes, BytesR
     match intake.store.begin_intake(record, idempotency).await.map_err(internal)? {
         Claim::Fresh => {}
         Claim::Replay { id } => return Ok(accepted(id)),
+        Claim::Resume { id: first_id, received_at: first_received_at } => {
+            tracing::info!(event = "intake_resumed", submission = %first_id, "resuming a submission whose first request did not finish");
+            id = first_id;
+            received_at = first_received_at;
+        }
         Claim::InProgress => {
             return Err(Problem::new(
                 StatusCode::CONFLICT,

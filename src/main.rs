@@ -1,6 +1,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
+use amtsbote::domain::TargetName;
+use amtsbote::parking::{Action, ParkingLot, Selection};
+use amtsbote::store::{SqliteStore, Store};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
@@ -24,6 +29,14 @@ enum Command {
         #[arg(long, short, env = "AMTSBOTE_CONFIG", default_value = "amtsbote.yaml")]
         config: PathBuf,
     },
+    /// Look at and act on parked deliveries (talks to the broker and the
+    /// store directly; the running server need not be reachable).
+    Parked {
+        #[arg(long, short, env = "AMTSBOTE_CONFIG", default_value = "amtsbote.yaml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: ParkedCommand,
+    },
     /// Run the demo: sample back offices, amtsbote, sample submissions.
     Demo {
         /// The demo config (its targets point at the sample back offices).
@@ -33,6 +46,71 @@ enum Command {
         #[arg(long, default_value = "examples/demo/submissions")]
         submissions: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum ParkedCommand {
+    /// List parked deliveries.
+    List {
+        #[command(flatten)]
+        select: Select,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one parked delivery.
+    Show { target: String, submission: uuid::Uuid },
+    /// Send parked deliveries back to their target's queue.
+    Replay {
+        #[command(flatten)]
+        select: Select,
+        /// Act on every parked delivery (needed when no filter is given).
+        #[arg(long)]
+        all: bool,
+        /// Recorded in the audit trail (default: the login name).
+        #[arg(long, env = "AMTSBOTE_OPERATOR")]
+        operator: Option<String>,
+    },
+    /// Remove parked deliveries for good (recorded in the audit trail).
+    Discard {
+        #[command(flatten)]
+        select: Select,
+        #[arg(long)]
+        all: bool,
+        #[arg(long, env = "AMTSBOTE_OPERATOR")]
+        operator: Option<String>,
+        /// Why, for the audit trail.
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Who replayed or discarded what, newest first.
+    Audit {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+/// Which parked deliveries: every given filter must match.
+#[derive(clap::Args)]
+struct Select {
+    #[arg(long)]
+    target: Option<String>,
+    /// e.g. target-rejected, retries-exhausted, mapping-error, undecodable.
+    #[arg(long)]
+    reason: Option<String>,
+    /// Parked at least this long ago, e.g. 30m, 2h, 3d.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    older_than: Option<std::time::Duration>,
+    /// One submission (an id).
+    #[arg(long)]
+    submission: Option<uuid::Uuid>,
+}
+
+impl Select {
+    fn selection(self) -> anyhow::Result<Selection> {
+        let target = self.target.map(|t| TargetName::parse(&t)).transpose().map_err(|e| anyhow::anyhow!("--target: {e}"))?;
+        Ok(Selection { target, reason: self.reason, older_than: self.older_than, submission: self.submission })
+    }
 }
 
 fn main() -> ExitCode {
@@ -73,6 +151,73 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Parked { config, command } => {
+            let config = amtsbote::config::Config::load(&config)?;
+            let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store.path)?);
+            let parking = ParkingLot::new(&config, store.clone());
+            parked(&parking, command).await
+        }
         Command::Demo { config, submissions } => amtsbote::demo::run(&config, &submissions).await.map(|()| ExitCode::SUCCESS),
     }
+}
+
+async fn parked(parking: &ParkingLot, command: ParkedCommand) -> anyhow::Result<ExitCode> {
+    let operator = |given: Option<String>| {
+        given.or_else(|| std::env::var("USER").ok()).or_else(|| std::env::var("LOGNAME").ok()).unwrap_or_else(|| "unknown".into())
+    };
+    let require_selection = |selection: &Selection, all: bool| {
+        anyhow::ensure!(!selection.is_everything() || all, "name --target, --reason, --older-than or --submission, or pass --all");
+        Ok(())
+    };
+    match command {
+        ParkedCommand::List { select, json } => {
+            let parked = parking.list(&select.selection()?).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&parked)?);
+            } else {
+                print!("{}", amtsbote::parking::table(&parked));
+                println!("{} parked", parked.len());
+            }
+        }
+        ParkedCommand::Show { target, submission } => {
+            let target = TargetName::parse(&target).map_err(|e| anyhow::anyhow!("target: {e}"))?;
+            let selection = Selection { target: Some(target), submission: Some(submission), ..Selection::default() };
+            match parking.list(&selection).await?.first() {
+                Some(parked) => println!("{}", serde_json::to_string_pretty(parked)?),
+                None => {
+                    eprintln!("no parked delivery of submission {submission} for that target");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+        ParkedCommand::Replay { select, all, operator: who } => {
+            let selection = select.selection()?;
+            require_selection(&selection, all)?;
+            let done = parking.apply(&selection, &Action::Replay { operator: operator(who) }).await?;
+            print!("{}", amtsbote::parking::table(&done));
+            println!("{} replayed", done.len());
+        }
+        ParkedCommand::Discard { select, all, operator: who, comment } => {
+            let selection = select.selection()?;
+            require_selection(&selection, all)?;
+            let done = parking.apply(&selection, &Action::Discard { operator: operator(who), comment }).await?;
+            print!("{}", amtsbote::parking::table(&done));
+            println!("{} discarded", done.len());
+        }
+        ParkedCommand::Audit { limit } => {
+            for entry in parking.store.audit_trail(limit).await? {
+                println!(
+                    "{}  {:<8} {:<16} {:<24} {}  (was {}){}",
+                    entry.at,
+                    entry.action,
+                    entry.operator,
+                    entry.target,
+                    entry.submission_id,
+                    entry.parked_reason,
+                    entry.comment.map(|c| format!("  {c}")).unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

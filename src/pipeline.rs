@@ -11,6 +11,7 @@ use amtsbote_connector_http::HttpConnector;
 use crate::config::{Config, ConnectorConfig};
 use crate::domain::TargetName;
 use crate::mapping::Mapping;
+use crate::retry::RetryPolicy;
 use crate::routing::RouteTable;
 
 pub struct Target {
@@ -18,6 +19,7 @@ pub struct Target {
     pub mapping: Arc<Mapping>,
     pub connector: Arc<dyn Connector>,
     pub concurrency: u16,
+    pub retry: RetryPolicy,
 }
 
 pub struct Pipeline {
@@ -46,6 +48,7 @@ impl Pipeline {
             if target.concurrency == 0 {
                 problems.push(format!("targets: {name}: concurrency must be at least 1"));
             }
+            problems.extend(target.retry.problems().into_iter().map(|p| format!("targets: {name}: {p}")));
             let mapping = match mappings.get(target.mapping.as_path()) {
                 Some(m) => Some(m.clone()),
                 None => {
@@ -75,7 +78,7 @@ impl Pipeline {
             if let (Some(mapping), Some(connector)) = (mapping, connector) {
                 targets.insert(
                     name.clone(),
-                    Arc::new(Target { name: name.clone(), mapping, connector, concurrency: target.concurrency.max(1) }),
+                    Arc::new(Target { name: name.clone(), mapping, connector, concurrency: target.concurrency.max(1), retry: target.retry.clone() }),
                 );
             }
         }

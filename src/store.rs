@@ -58,6 +58,12 @@ pub enum Claim {
     Fresh,
     /// A retry of an accepted submission: answer with its id again.
     Replay { id: Uuid },
+    /// The first request with this key never finished (its process
+    /// died between recording and the broker's confirm). Publish again
+    /// under the first request's id and receive time: the broker may
+    /// already hold that message, and the stable delivery ids let targets
+    /// recognise the repeat.
+    Resume { id: Uuid, received_at: OffsetDateTime },
     /// The first request with this key is still being published.
     InProgress,
     /// The key was used for a different request body.
@@ -67,27 +73,68 @@ pub enum Claim {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryState {
+    /// Waiting in the target's queue (also after a replay).
     Queued,
+    /// An attempt failed transiently; the next waits in a delay queue.
+    Retrying,
     Delivered,
+    /// In the parking queue, waiting for an operator.
     Parked,
+    /// An operator discarded the parked delivery.
+    Discarded,
 }
 
 impl DeliveryState {
     fn as_str(self) -> &'static str {
         match self {
             DeliveryState::Queued => "queued",
+            DeliveryState::Retrying => "retrying",
             DeliveryState::Delivered => "delivered",
             DeliveryState::Parked => "parked",
+            DeliveryState::Discarded => "discarded",
         }
     }
 
     fn parse(s: &str) -> Self {
         match s {
+            "retrying" => DeliveryState::Retrying,
             "delivered" => DeliveryState::Delivered,
             "parked" => DeliveryState::Parked,
+            "discarded" => DeliveryState::Discarded,
             _ => DeliveryState::Queued,
         }
     }
+}
+
+/// An operator's action on a parked delivery, kept for the audit trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperatorAction {
+    Replay,
+    Discard,
+}
+
+impl OperatorAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperatorAction::Replay => "replay",
+            OperatorAction::Discard => "discard",
+        }
+    }
+}
+
+/// One recorded operator action.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    pub at: String,
+    pub operator: String,
+    pub action: String,
+    pub target: String,
+    pub submission_id: String,
+    /// Why the delivery had been parked.
+    pub parked_reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -95,8 +142,9 @@ impl DeliveryState {
 pub struct SubmissionStatus {
     pub id: Uuid,
     /// `received` (not yet confirmed by the broker), `accepted`,
-    /// `delivered` (every target has it) or `parked` (a target needs an
-    /// operator).
+    /// `delivered` (every target has it), `parked` (a target needs an
+    /// operator) or `discarded` (an operator gave up a delivery; the other
+    /// targets have it).
     pub status: &'static str,
     pub service: String,
     pub region: String,
@@ -124,21 +172,38 @@ pub trait Store: Send + Sync + 'static {
     async fn begin_intake(&self, submission: NewSubmission, key: Option<IdempotencyKey>) -> Result<Claim, StoreError>;
     /// The broker confirmed the submission.
     async fn confirm_intake(&self, id: Uuid) -> Result<(), StoreError>;
-    /// The broker did not take the submission: forget it and free its key.
+    /// The broker did not confirm the submission. Without an idempotency
+    /// key it is forgotten. With one, the claim is released but the id
+    /// kept: the broker may have the message after all (a confirm lost with
+    /// the connection), so the client's retry resumes under the same id.
     async fn abandon_intake(&self, id: Uuid) -> Result<(), StoreError>;
     /// A delivery attempt for one target ended in `state`.
     async fn record_attempt(&self, id: Uuid, target: &TargetName, state: DeliveryState, outcome: &str) -> Result<(), StoreError>;
     async fn status(&self, id: Uuid) -> Result<Option<SubmissionStatus>, StoreError>;
+    /// Records who replayed or discarded a parked delivery, and sets the
+    /// delivery's state accordingly.
+    async fn record_operator_action(&self, entry: AuditEntry, action: OperatorAction) -> Result<(), StoreError>;
+    /// The audit trail, newest first.
+    async fn audit_trail(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
 }
+
+/// A claim of an idempotency key that has not reached the broker's
+/// confirm after this long belongs to a request that died.
+const STALE_CLAIM: std::time::Duration = std::time::Duration::from_secs(15);
 
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
 }
 
-const SCHEMA: &str = "
+const PRAGMAS: &str = "
 PRAGMA journal_mode = WAL;
 PRAGMA synchronous = NORMAL;
 PRAGMA foreign_keys = ON;
+";
+
+/// Schema versions in order; `PRAGMA user_version` counts those applied.
+const MIGRATIONS: [&str; 2] = [
+    "
 CREATE TABLE IF NOT EXISTS submissions (
     id          TEXT PRIMARY KEY,
     service     TEXT NOT NULL,
@@ -162,7 +227,21 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     submission_id TEXT NOT NULL REFERENCES submissions(id) ON DELETE CASCADE,
     created_at    TEXT NOT NULL
 );
-";
+",
+    "
+ALTER TABLE idempotency_keys ADD COLUMN claimed_at TEXT;
+CREATE TABLE operator_actions (
+    at            TEXT NOT NULL,
+    operator      TEXT NOT NULL,
+    action        TEXT NOT NULL,
+    target        TEXT NOT NULL,
+    submission_id TEXT NOT NULL,
+    parked_reason TEXT NOT NULL,
+    comment       TEXT
+);
+CREATE INDEX operator_actions_at ON operator_actions (at);
+",
+];
 
 fn now() -> String {
     OffsetDateTime::now_utc().format(&Rfc3339).expect("now formats")
@@ -174,9 +253,10 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|source| StoreError::Directory { path: dir.display().to_string(), source })?;
         }
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(PRAGMAS)?;
+        migrate(&mut conn)?;
         Ok(Self { conn: Arc::new(Mutex::new(conn)) })
     }
 
@@ -195,28 +275,49 @@ impl SqliteStore {
     }
 }
 
+fn migrate(conn: &mut Connection) -> Result<(), rusqlite::Error> {
+    let tx = conn.transaction()?;
+    let applied: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (version, migration) in MIGRATIONS.iter().enumerate().skip(applied.max(0) as usize) {
+        tx.execute_batch(migration)?;
+        tx.pragma_update(None, "user_version", version as i64 + 1)?;
+    }
+    tx.commit()
+}
+
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn begin_intake(&self, s: NewSubmission, key: Option<IdempotencyKey>) -> Result<Claim, StoreError> {
         self.with(move |conn| {
             let tx = conn.transaction()?;
             if let Some(k) = &key {
-                let existing: Option<(Vec<u8>, String, String)> = tx
+                let existing: Option<(Vec<u8>, String, String, String, Option<String>)> = tx
                     .query_row(
-                        "SELECT k.fingerprint, k.submission_id, s.state FROM idempotency_keys k
+                        "SELECT k.fingerprint, k.submission_id, s.state, s.received_at, k.claimed_at FROM idempotency_keys k
                          JOIN submissions s ON s.id = k.submission_id WHERE k.key = ?1",
                         [&k.key],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
                     )
                     .optional()?;
-                if let Some((fingerprint, id, state)) = existing {
-                    return Ok(if fingerprint != k.fingerprint {
-                        Claim::Mismatch
-                    } else if state == "received" {
-                        Claim::InProgress
-                    } else {
-                        Claim::Replay { id: id.parse().expect("stored ids are UUIDs") }
-                    });
+                if let Some((fingerprint, id, state, received_at, claimed_at)) = existing {
+                    let id: Uuid = id.parse().expect("stored ids are UUIDs");
+                    if fingerprint != k.fingerprint {
+                        return Ok(Claim::Mismatch);
+                    }
+                    if state != "received" {
+                        return Ok(Claim::Replay { id });
+                    }
+                    let claimed = claimed_at.as_deref().unwrap_or(&received_at);
+                    let stale = OffsetDateTime::parse(claimed, &Rfc3339)
+                        .map(|at| OffsetDateTime::now_utc() - at > STALE_CLAIM)
+                        .unwrap_or(true);
+                    if !stale {
+                        return Ok(Claim::InProgress);
+                    }
+                    tx.execute("UPDATE idempotency_keys SET claimed_at = ?2 WHERE key = ?1", params![k.key, now()])?;
+                    tx.commit()?;
+                    let received_at = OffsetDateTime::parse(&received_at, &Rfc3339).expect("stored times are RFC 3339");
+                    return Ok(Claim::Resume { id, received_at });
                 }
             }
             let id = s.id.to_string();
@@ -233,7 +334,7 @@ impl Store for SqliteStore {
             }
             if let Some(k) = &key {
                 tx.execute(
-                    "INSERT INTO idempotency_keys (key, fingerprint, submission_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+                    "INSERT INTO idempotency_keys (key, fingerprint, submission_id, created_at, claimed_at) VALUES (?1, ?2, ?3, ?4, ?4)",
                     params![k.key, k.fingerprint.as_slice(), id, received_at],
                 )?;
             }
@@ -253,7 +354,12 @@ impl Store for SqliteStore {
 
     async fn abandon_intake(&self, id: Uuid) -> Result<(), StoreError> {
         self.with(move |conn| {
-            conn.execute("DELETE FROM submissions WHERE id = ?1", [id.to_string()])?;
+            let id = id.to_string();
+            let released =
+                conn.execute("UPDATE idempotency_keys SET claimed_at = '1970-01-01T00:00:00Z' WHERE submission_id = ?1", [&id])?;
+            if released == 0 {
+                conn.execute("DELETE FROM submissions WHERE id = ?1", [&id])?;
+            }
             Ok(())
         })
         .await
@@ -271,6 +377,56 @@ impl Store for SqliteStore {
                 params![id.to_string(), target, state.as_str(), outcome, now()],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn record_operator_action(&self, entry: AuditEntry, action: OperatorAction) -> Result<(), StoreError> {
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            tx.execute(
+                "INSERT INTO operator_actions (at, operator, action, target, submission_id, parked_reason, comment)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![entry.at, entry.operator, action.as_str(), entry.target, entry.submission_id, entry.parked_reason, entry.comment],
+            )?;
+            let state = match action {
+                OperatorAction::Replay => DeliveryState::Queued,
+                OperatorAction::Discard => DeliveryState::Discarded,
+            };
+            tx.execute(
+                "UPDATE deliveries SET state = ?3, last_outcome = ?4, updated_at = ?5 WHERE submission_id = ?1 AND target = ?2",
+                params![
+                    entry.submission_id,
+                    entry.target,
+                    state.as_str(),
+                    format!("{} by {}", if action == OperatorAction::Replay { "replayed" } else { "discarded" }, entry.operator),
+                    entry.at
+                ],
+            )?;
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn audit_trail(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+        self.with(move |conn| {
+            let mut statement = conn.prepare(
+                "SELECT at, operator, action, target, submission_id, parked_reason, comment
+                 FROM operator_actions ORDER BY at DESC, rowid DESC LIMIT ?1",
+            )?;
+            statement
+                .query_map([limit], |r| {
+                    Ok(AuditEntry {
+                        at: r.get(0)?,
+                        operator: r.get(1)?,
+                        action: r.get(2)?,
+                        target: r.get(3)?,
+                        submission_id: r.get(4)?,
+                        parked_reason: r.get(5)?,
+                        comment: r.get(6)?,
+                    })
+                })?
+                .collect()
         })
         .await
     }
@@ -308,6 +464,8 @@ impl Store for SqliteStore {
                 "parked"
             } else if targets.iter().all(|t| t.state == DeliveryState::Delivered) {
                 "delivered"
+            } else if targets.iter().all(|t| matches!(t.state, DeliveryState::Delivered | DeliveryState::Discarded)) {
+                "discarded"
             } else {
                 "accepted"
             };
@@ -349,14 +507,73 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn abandoned_intake_frees_its_key() {
+    async fn an_abandoned_key_resumes_under_the_same_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.sqlite")).unwrap();
+        let first = submission(Uuid::new_v4());
+        store.begin_intake(first.clone(), key("k", 1)).await.unwrap();
+        store.abandon_intake(first.id).await.unwrap();
+        match store.begin_intake(submission(Uuid::new_v4()), key("k", 1)).await.unwrap() {
+            Claim::Resume { id, received_at } => {
+                assert_eq!(id, first.id);
+                assert_eq!(received_at.unix_timestamp(), first.received_at.unix_timestamp());
+            }
+            other => panic!("expected a resume, got {other:?}"),
+        }
+        // The resumed claim is fresh again for a concurrent request.
+        assert_eq!(store.begin_intake(submission(Uuid::new_v4()), key("k", 1)).await.unwrap(), Claim::InProgress);
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_submission_without_key_is_forgotten() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("s.sqlite")).unwrap();
         let id = Uuid::new_v4();
-        store.begin_intake(submission(id), key("k", 1)).await.unwrap();
+        store.begin_intake(submission(id), None).await.unwrap();
         store.abandon_intake(id).await.unwrap();
         assert!(store.status(id).await.unwrap().is_none());
-        assert_eq!(store.begin_intake(submission(Uuid::new_v4()), key("k", 1)).await.unwrap(), Claim::Fresh);
+    }
+
+    #[tokio::test]
+    async fn operator_actions_are_recorded_and_change_the_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.sqlite")).unwrap();
+        let id = Uuid::new_v4();
+        store.begin_intake(submission(id), None).await.unwrap();
+        store.confirm_intake(id).await.unwrap();
+        let a = TargetName::parse("a").unwrap();
+        store.record_attempt(id, &a, DeliveryState::Parked, "HTTP 422").await.unwrap();
+        let entry = AuditEntry {
+            at: now(),
+            operator: "alice".into(),
+            action: String::new(),
+            target: "a".into(),
+            submission_id: id.to_string(),
+            parked_reason: "target-rejected".into(),
+            comment: Some("duplicate of R-1".into()),
+        };
+        store.record_operator_action(entry, OperatorAction::Discard).await.unwrap();
+        let trail = store.audit_trail(10).await.unwrap();
+        assert_eq!((trail[0].operator.as_str(), trail[0].action.as_str()), ("alice", "discard"));
+        let status = store.status(id).await.unwrap().unwrap();
+        assert_eq!(status.targets[0].state, DeliveryState::Discarded);
+        assert_eq!(status.targets[0].last_outcome.as_deref(), Some("discarded by alice"));
+    }
+
+    #[test]
+    fn a_store_of_the_first_schema_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+        }
+        SqliteStore::open(&path).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        SqliteStore::open(&path).unwrap();
     }
 
     #[tokio::test]

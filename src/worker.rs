@@ -4,11 +4,18 @@
 //! the target's concurrency, so a slow or dead back office only ever holds
 //! its own messages. For each message the worker renders the target's
 //! mapping, hands the document to the connector, and acknowledges only
-//! after the outcome is safe: delivered, or published (with confirm) to the
-//! target's parking queue with the reason. Until retries with backoff
-//! arrive, every failure is parked rather than retried in a loop.
+//! after the outcome is safe:
 //!
-//! The consumer loop reconnects with capped exponential backoff after the
+//! * delivered;
+//! * a transient failure: published (with confirm) to the delay queue the
+//!   target's [`crate::retry::RetryPolicy`] picks, with the attempt count,
+//!   first-attempt time and last error in the headers;
+//! * a permanent failure, a message that cannot be read or mapped, or a
+//!   transient failure past the policy's `max_age`: published (with
+//!   confirm) to the target's parking queue with the [`ParkReason`].
+//!
+//! If that publish fails the message is returned to the queue instead.
+//! The consumer loop reconnects with backon's exponential backoff after the
 //! broker went away; unacknowledged messages return to the queue.
 
 use std::sync::Arc;
@@ -18,17 +25,19 @@ use amtsbote_connector::{Delivery, Outcome};
 use futures_lite::StreamExt;
 use jaq_json::Val;
 use lapin::message::Delivery as AmqpDelivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
 use secrecy::SecretString;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::broker::{self, BrokerError, Outgoing, Topology, long_string};
 use crate::domain::delivery_id;
 use crate::pipeline::Target;
+use crate::retry::{self, History};
 use crate::store::{DeliveryState, Store};
 
 pub struct Worker {
@@ -38,38 +47,44 @@ pub struct Worker {
     pub store: Arc<dyn Store>,
 }
 
-const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
+/// A connection that stayed up this long was healthy: the next loss starts
+/// the reconnect backoff from the beginning.
+const HEALTHY_SESSION: Duration = Duration::from_secs(60);
 
 impl Worker {
-    /// Consumes until `shutdown` turns true, then lets in-flight deliveries
-    /// finish (bounded by the caller's deadline).
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut delay = Duration::from_millis(500);
+    /// Consumes until `shutdown` turns true; then stops taking messages,
+    /// lets deliveries in flight finish for up to `deadline`, and returns
+    /// what is still unfinished to the broker by closing the connection.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>, deadline: Duration) {
+        let mut backoff = broker::reconnect_backoff();
         while !*shutdown.borrow() {
-            match self.consume(&mut shutdown).await {
+            let started = tokio::time::Instant::now();
+            let error = match self.consume(&mut shutdown, deadline).await {
                 Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(event = "worker_disconnected", target = %self.target.name, error = %e,
-                        retry_in_ms = delay.as_millis() as u64, "worker lost the broker; reconnecting");
-                }
+                Err(e) => e,
+            };
+            if started.elapsed() >= HEALTHY_SESSION {
+                backoff = broker::reconnect_backoff();
             }
+            let delay = backoff.next().unwrap_or(broker::MAX_RECONNECT_DELAY);
+            tracing::warn!(event = "worker_disconnected", target = %self.target.name, error = %error,
+                retry_in_ms = delay.as_millis() as u64, "worker lost the broker; reconnecting");
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.changed() => break,
             }
-            delay = (delay * 2).min(MAX_RECONNECT_DELAY);
         }
     }
 
-    async fn consume(self: &Arc<Self>, shutdown: &mut watch::Receiver<bool>) -> Result<(), BrokerError> {
+    async fn consume(self: &Arc<Self>, shutdown: &mut watch::Receiver<bool>, deadline: Duration) -> Result<(), BrokerError> {
         let name = format!("amtsbote-worker-{}", self.target.name);
         let connection = broker::connect(&self.broker_url, &name).await?;
         let channel = connection.create_channel().await?;
         self.topology.declare(&channel, [&self.target.name]).await?;
         channel.basic_qos(self.target.concurrency, BasicQosOptions::default()).await?;
-        // Parking publishes go on their own confirm channel.
-        let parking = connection.create_channel().await?;
-        parking.confirm_select(ConfirmSelectOptions::default()).await?;
+        // Retries and parking are published on their own confirm channel.
+        let side = connection.create_channel().await?;
+        side.confirm_select(ConfirmSelectOptions::default()).await?;
         let mut consumer = channel
             .basic_consume(
                 self.topology.work_queue(&self.target.name).into(),
@@ -86,8 +101,8 @@ impl Worker {
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
                         let worker = self.clone();
-                        let parking = parking.clone();
-                        in_flight.spawn(async move { worker.handle(delivery, &parking).await });
+                        let side = side.clone();
+                        in_flight.spawn(async move { worker.handle(delivery, &side).await });
                     }
                     Some(Err(e)) => break Err(e.into()),
                     None => break Err(BrokerError::ConsumerEnded),
@@ -96,29 +111,76 @@ impl Worker {
                 _ = shutdown.changed() => break Ok(()),
             }
         };
-        // Finish what is in flight; the caller bounds this with its deadline.
-        while in_flight.join_next().await.is_some() {}
+        if result.is_ok() {
+            // Shutdown: take no more, finish what is in flight within the
+            // deadline, and leave the rest unacknowledged to the broker.
+            let _ = channel.basic_cancel(name.as_str().into(), BasicCancelOptions::default()).await;
+            let finished = tokio::time::timeout(deadline, async { while in_flight.join_next().await.is_some() {} }).await;
+            if finished.is_err() {
+                tracing::warn!(event = "shutdown_deadline", target = %self.target.name, unfinished = in_flight.len(),
+                    "deliveries still running at the deadline go back to the queue");
+                in_flight.abort_all();
+            }
+        } else {
+            in_flight.abort_all();
+        }
         close(&connection, &channel).await;
         result
     }
 
-    async fn handle(&self, message: AmqpDelivery, parking: &Channel) {
+    async fn handle(&self, message: AmqpDelivery, side: &Channel) {
         let submission_id = message
             .properties
             .message_id()
             .as_ref()
             .and_then(|id| id.as_str().parse::<Uuid>().ok());
-        let (state, outcome_text) = match self.deliver(submission_id, &message.data).await {
-            Ok(detail) => (DeliveryState::Delivered, detail),
-            Err(reason) => match self.park(parking, &message, &reason).await {
-                Ok(()) => (DeliveryState::Parked, reason.to_string()),
-                Err(e) => {
-                    tracing::error!(event = "park_failed", target = %self.target.name, error = %e,
-                        "could not park; message returns to the queue");
-                    let _ = message.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
-                    return;
+        let mut history = message.properties.headers().as_ref().map(History::from_headers).unwrap_or_default();
+        let first_attempt = history.first_attempt.unwrap_or_else(OffsetDateTime::now_utc);
+        history.attempts += 1;
+        history.first_attempt = Some(first_attempt);
+        let policy = &self.target.retry;
+        let next = match self.deliver(submission_id, &message.data).await {
+            Ok(detail) => Next::Done(detail),
+            Err(Failure::Transient { reason, retry_after }) => {
+                history.last_error = Some(reason.clone());
+                if policy.exhausted(first_attempt, OffsetDateTime::now_utc()) {
+                    Next::Park(ParkReason::RetriesExhausted(reason))
+                } else {
+                    Next::Retry { delay: policy.delay_after(history.attempts, retry_after), reason }
                 }
-            },
+            }
+            Err(Failure::Park(reason)) => {
+                history.last_error = Some(reason.to_string());
+                Next::Park(reason)
+            }
+        };
+        let id = message.properties.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default();
+        let settled = match next {
+            Next::Done(detail) => Ok((DeliveryState::Delivered, detail)),
+            Next::Retry { delay, reason } => self
+                .schedule_retry(side, &message, &history, delay)
+                .await
+                .map(|()| {
+                    tracing::info!(event = "retry_scheduled", submission = %id, target = %self.target.name,
+                        attempt = history.attempts, delay = %retry::level_name(delay), error = %reason, "delivery failed; retry scheduled");
+                    (DeliveryState::Retrying, reason)
+                }),
+            Next::Park(reason) => self.park(side, &message, &history, &reason).await.map(|()| {
+                tracing::warn!(event = "parked", submission = %id, target = %self.target.name,
+                    reason = reason.kind(), attempts = history.attempts, error = %reason, "delivery parked");
+                (DeliveryState::Parked, reason.to_string())
+            }),
+        };
+        let (state, outcome_text) = match settled {
+            Ok(settled) => settled,
+            Err(e) => {
+                // Neither retried nor parked: the message goes back to the
+                // queue (its redelivery count grows, see DELIVERY_LIMIT).
+                tracing::error!(event = "requeued", submission = %id, target = %self.target.name, error = %e,
+                    "could not hand the message on; it returns to the queue");
+                let _ = message.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                return;
+            }
         };
         if let Some(id) = submission_id {
             if let Err(e) = self.store.record_attempt(id, &self.target.name, state, &outcome_text).await {
@@ -132,16 +194,17 @@ impl Worker {
         }
     }
 
-    /// Renders and delivers; `Err` is the reason to park.
-    async fn deliver(&self, submission_id: Option<Uuid>, body: &[u8]) -> Result<String, ParkReason> {
+    /// Renders and delivers; `Ok` carries the connector's detail.
+    async fn deliver(&self, submission_id: Option<Uuid>, body: &[u8]) -> Result<String, Failure> {
         let target = &self.target;
-        let id = submission_id.ok_or(ParkReason::Undecodable("message has no submission id".into()))?;
+        let id = submission_id.ok_or(Failure::Park(ParkReason::Undecodable("message has no submission id".into())))?;
         let rendered = {
             // Parsed and rendered without an await in between: jaq values
             // are not `Send`.
-            let submission: Val = serde_json::from_slice(body)
-                .map_err(|e| ParkReason::Undecodable(format!("message is not JSON: {:?}", e.classify())))?;
-            target.mapping.render(&submission).map_err(|e| ParkReason::Mapping(e.to_string()))?
+            let submission: Val = serde_json::from_slice(body).map_err(|e| {
+                Failure::Park(ParkReason::Undecodable(format!("message is not JSON: {:?}", e.classify())))
+            })?;
+            target.mapping.render(&submission).map_err(|e| Failure::Park(ParkReason::Mapping(e.to_string())))?
         };
         let delivery = Delivery {
             submission_id: id,
@@ -155,53 +218,81 @@ impl Worker {
                 tracing::info!(event = "delivered", submission = %id, target = %target.name, detail = %detail, "delivered");
                 Ok(detail)
             }
-            Outcome::Transient { reason, .. } => Err(ParkReason::Transient(reason)),
-            Outcome::Permanent { reason } => Err(ParkReason::Rejected(reason)),
+            Outcome::Transient { reason, retry_after } => Err(Failure::Transient { reason, retry_after }),
+            Outcome::Permanent { reason } => Err(Failure::Park(ParkReason::Rejected(reason))),
         }
     }
 
-    async fn park(&self, parking: &Channel, message: &AmqpDelivery, reason: &ParkReason) -> Result<(), BrokerError> {
-        let mut headers = message.properties.headers().clone().unwrap_or_default();
-        headers.insert("x-amtsbote-reason".into(), long_string(reason.kind()));
-        headers.insert("x-amtsbote-error".into(), long_string(&reason.to_string()));
-        headers.insert("x-amtsbote-target".into(), long_string(self.target.name.as_str()));
+    /// Sends the message to the delay queue for `delay`; the broker returns
+    /// it to the work queue when the delay is over.
+    async fn schedule_retry(&self, side: &Channel, message: &AmqpDelivery, history: &History, delay: Duration) -> Result<(), BrokerError> {
+        let mut headers = retry::carry_headers(&message.properties.headers().clone().unwrap_or_default(), &[]);
+        history.write(&mut headers);
+        headers.insert(retry::header::DELAY.into(), long_string(&retry::level_name(delay)));
+        let message_id = message.properties.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default();
+        let exchange = self.topology.delay_exchange();
+        let work_queue = self.topology.work_queue(&self.target.name);
+        broker::publish_confirmed(
+            side,
+            Outgoing { exchange: &exchange, routing_key: &work_queue, message_id: &message_id, headers, body: &message.data },
+        )
+        .await
+    }
+
+    async fn park(&self, side: &Channel, message: &AmqpDelivery, history: &History, reason: &ParkReason) -> Result<(), BrokerError> {
+        let mut headers = retry::carry_headers(&message.properties.headers().clone().unwrap_or_default(), &[]);
+        history.write(&mut headers);
+        headers.insert(retry::header::REASON.into(), long_string(reason.kind()));
+        headers.insert(retry::header::TARGET.into(), long_string(self.target.name.as_str()));
         headers.insert(
-            "x-amtsbote-parked-at".into(),
-            AMQPValue::LongLongInt(time::OffsetDateTime::now_utc().unix_timestamp()),
+            retry::header::PARKED_AT.into(),
+            AMQPValue::LongLongInt(retry::to_millis(OffsetDateTime::now_utc())),
         );
         let message_id = message.properties.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default();
         let queue = self.topology.parking_queue(&self.target.name);
         broker::publish_confirmed(
-            parking,
+            side,
             Outgoing { exchange: "", routing_key: &queue, message_id: &message_id, headers, body: &message.data },
         )
-        .await?;
-        tracing::warn!(event = "parked", submission = %message_id, target = %self.target.name,
-            reason = reason.kind(), error = %reason, "delivery parked");
-        Ok(())
+        .await
     }
+}
+
+enum Next {
+    Done(String),
+    Retry { delay: Duration, reason: String },
+    Park(ParkReason),
+}
+
+enum Failure {
+    Transient { reason: String, retry_after: Option<Duration> },
+    Park(ParkReason),
 }
 
 /// Why a message was parked. Texts name the problem, never form data.
 #[derive(Debug, thiserror::Error)]
-enum ParkReason {
+pub enum ParkReason {
+    /// The message is not a submission amtsbote can read.
     #[error("{0}")]
     Undecodable(String),
+    /// The target's mapping failed on this submission.
     #[error("{0}")]
     Mapping(String),
-    #[error("{0}")]
-    Transient(String),
+    /// The target refused the document (a permanent failure).
     #[error("{0}")]
     Rejected(String),
+    /// Transient failures went on past the retry policy's `max_age`.
+    #[error("{0}")]
+    RetriesExhausted(String),
 }
 
 impl ParkReason {
-    fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> &'static str {
         match self {
             ParkReason::Undecodable(_) => "undecodable",
             ParkReason::Mapping(_) => "mapping-error",
-            ParkReason::Transient(_) => "target-unavailable",
             ParkReason::Rejected(_) => "target-rejected",
+            ParkReason::RetriesExhausted(_) => "retries-exhausted",
         }
     }
 }

@@ -6,6 +6,7 @@ use amtsbote::app::Application;
 use amtsbote::config::{Config, parse_yaml};
 use amtsbote::demo::SampleBackOffice;
 use tokio::net::{TcpListener, TcpStream};
+use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 
 /// The broker `scripts/test` started. No broker is a failure, never a skip.
@@ -15,10 +16,15 @@ pub fn broker_url() -> String {
     })
 }
 
+/// The bearer token of the operator `test-operator` in every test config.
+pub const OPERATOR_TOKEN: &str = "0123456789abcdef-test-operator-token";
+
 pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
     pub back_office: SampleBackOffice,
+    /// Queue names start with this.
+    pub prefix: String,
     _store: tempfile::TempDir,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -30,6 +36,8 @@ pub struct Setup<'a> {
     pub routes: &'a [(&'a str, &'a str, &'a [&'a str])],
     pub broker_url: Option<String>,
     pub max_body_bytes: Option<usize>,
+    /// YAML added to every target, indented by four spaces (e.g. `retry:`).
+    pub target_settings: &'a str,
 }
 
 impl Default for Setup<'_> {
@@ -39,43 +47,75 @@ impl Default for Setup<'_> {
             routes: &[("99050012104000", "", &["fv"])],
             broker_url: None,
             max_body_bytes: None,
+            target_settings: "",
         }
     }
 }
 
-/// Starts amtsbote on port 0 with its own queue prefix, store and back office.
-pub async fn spawn_app(setup: Setup<'_>) -> TestApp {
-    let back_office = SampleBackOffice::start(([127, 0, 0, 1], 0).into()).await.unwrap();
-    let store = tempfile::tempdir().unwrap();
+/// A retry policy scaled down for tests: 100 ms, 200 ms, 500 ms, 1 s, …
+pub const FAST_RETRY: &str = "    retry:\n      first_delay: 100ms\n      factor: 2\n      max_delay: 1s\n      max_age: 1m\n      jitter: false\n";
+
+/// The config file for `setup`, delivering to `back_office`.
+pub fn config_yaml(setup: &Setup<'_>, back_office: &SampleBackOffice, prefix: &str, store: &Path) -> String {
+    let token_hash: String = Sha256::digest(OPERATOR_TOKEN.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
     let mut yaml = format!(
-        "http:\n  listen: 127.0.0.1:0\n  max_body_bytes: {}\nbroker:\n  url: {}\n  prefix: test-{}\nstore:\n  path: {}\nmappings: {}\ntargets:\n",
+        "http:\n  listen: 127.0.0.1:0\n  max_body_bytes: {}\nbroker:\n  url: {}\n  prefix: {prefix}\nstore:\n  path: {}\nmappings: {}\nshutdown_deadline: 5s\noperators:\n  - name: test-operator\n    token_sha256: {token_hash}\ntargets:\n",
         setup.max_body_bytes.unwrap_or(1 << 20),
         setup.broker_url.clone().unwrap_or_else(broker_url),
-        uuid::Uuid::new_v4().simple(),
-        store.path().join("store.sqlite").display(),
+        store.join("store.sqlite").display(),
         Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings").display(),
     );
     for (name, mapping) in setup.targets {
         yaml += &format!(
-            "  {name}:\n    mapping: {mapping}\n    connector:\n      http:\n        url: {}\n        timeout_secs: 5\n",
-            back_office.url(name)
+            "  {name}:\n    mapping: {mapping}\n    connector:\n      http:\n        url: {}\n        timeout_secs: 30\n{}",
+            back_office.url(name),
+            setup.target_settings,
         );
     }
     yaml += "routes:\n";
     for (service, region, targets) in setup.routes {
         yaml += &format!("  - service: \"{service}\"\n    region: \"{region}\"\n    targets: [{}]\n", targets.join(", "));
     }
-    let config: Config = parse_yaml(&yaml).unwrap();
+    yaml
+}
+
+pub fn unique_prefix() -> String {
+    format!("test-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Starts amtsbote on port 0 with its own queue prefix, store and back office.
+pub async fn spawn_app(setup: Setup<'_>) -> TestApp {
+    let back_office = SampleBackOffice::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let prefix = unique_prefix();
+    let config: Config = parse_yaml(&config_yaml(&setup, &back_office, &prefix, store.path())).unwrap();
     let app = Application::build(&config).await.unwrap();
     let base = format!("http://{}", app.local_addr());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until(async move {
         let _ = stopped.await;
     }));
-    TestApp { base, client: reqwest::Client::new(), back_office, _store: store, _stop: stop }
+    TestApp { base, client: reqwest::Client::new(), back_office, prefix, _store: store, _stop: stop }
 }
 
 impl TestApp {
+    /// A request to the operator API as `test-operator`.
+    pub fn operator(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, format!("{}{path}", self.base)).bearer_auth(OPERATOR_TOKEN)
+    }
+
+    /// Polls the status until `done` holds for it (or 30 s passed).
+    pub async fn status_when(&self, id: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.status(id).await;
+            if done(&status) || tokio::time::Instant::now() > deadline {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn submit(&self, body: impl Into<reqwest::Body>) -> reqwest::Response {
         self.client
             .post(format!("{}/v1/submissions", self.base))
@@ -103,14 +143,7 @@ impl TestApp {
 
     /// Polls the status until it leaves `received`/`accepted`.
     pub async fn settled_status(&self, id: &str) -> serde_json::Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let status = self.status(id).await;
-            if !matches!(status["status"].as_str(), Some("received" | "accepted")) || tokio::time::Instant::now() > deadline {
-                return status;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.status_when(id, |s| !matches!(s["status"].as_str(), Some("received" | "accepted"))).await
     }
 }
 

@@ -5,6 +5,7 @@
 //! restarts, so a back office that deduplicates never books an application
 //! twice.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use amtsbote_connector::{Connector, Delivery, Outcome};
@@ -18,7 +19,14 @@ use serde::Deserialize;
 ///   http:
 ///     url: https://fachverfahren.example.de/api/gewerbe
 ///     timeout_secs: 30
+///     status_outcomes:
+///       409: delivered   # "already exists": the back office has it
+///       423: transient   # locked for maintenance: try again later
 /// ```
+///
+/// Without `status_outcomes`: 2xx is delivered; 5xx, 408 and 429 are
+/// transient (their `Retry-After` in seconds is honoured); every other
+/// status is permanent, and so are redirects, which are not followed.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
@@ -33,6 +41,19 @@ pub struct HttpConfig {
     /// Upper bound for one attempt, connect to last byte of the answer.
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+    /// Overrides the outcome of single status codes: `delivered`,
+    /// `transient` or `permanent`.
+    #[serde(default)]
+    pub status_outcomes: BTreeMap<u16, StatusOutcome>,
+}
+
+/// What an HTTP status means for a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusOutcome {
+    Delivered,
+    Transient,
+    Permanent,
 }
 
 fn default_method() -> String {
@@ -51,6 +72,8 @@ pub enum HttpConfigError {
     BadMethod(String),
     #[error("timeout_secs must be between 1 and 3600")]
     BadTimeout,
+    #[error("status_outcomes: {0} is not an HTTP status code")]
+    BadStatus(u16),
     #[error("content_type {0:?} is not a valid header value")]
     BadContentType(String),
     #[error("could not build the HTTP client: {0}")]
@@ -62,6 +85,7 @@ pub struct HttpConnector {
     url: reqwest::Url,
     method: reqwest::Method,
     content_type: Option<HeaderValue>,
+    status_outcomes: BTreeMap<u16, StatusOutcome>,
 }
 
 impl HttpConnector {
@@ -85,12 +109,15 @@ impl HttpConnector {
                 HeaderValue::from_str(ct).map_err(|_| HttpConfigError::BadContentType(ct.to_owned()))
             })
             .transpose()?;
+        if let Some(bad) = config.status_outcomes.keys().find(|code| !(100..=599).contains(*code)) {
+            return Err(HttpConfigError::BadStatus(*bad));
+        }
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(config.timeout_secs))
             .connect_timeout(Duration::from_secs(config.timeout_secs.min(10)))
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        Ok(Self { client, url, method, content_type })
+        Ok(Self { client, url, method, content_type, status_outcomes: config.status_outcomes.clone() })
     }
 
     fn headers(&self, delivery: &Delivery) -> HeaderMap {
@@ -119,30 +146,85 @@ impl Connector for HttpConnector {
             .headers(self.headers(delivery))
             .body(delivery.body.clone());
         match request.send().await {
-            Ok(response) => classify(response.status(), response.headers()),
+            Ok(response) => self.classify(response).await,
             Err(error) => Outcome::Transient { reason: describe(&error), retry_after: None },
         }
     }
 }
 
-/// Maps an HTTP answer onto an outcome; the body of the answer is not read
-/// into the outcome because back offices echo personal data in error pages.
-fn classify(status: reqwest::StatusCode, headers: &HeaderMap) -> Outcome {
-    let code = status.as_u16();
-    if status.is_success() {
-        return Outcome::Delivered { detail: format!("HTTP {code}") };
+impl HttpConnector {
+    /// Maps an HTTP answer onto an outcome. Of the answer's body only the
+    /// `title` of an RFC 9457 problem document is kept: titles name the
+    /// kind of problem, while other fields and error pages of back offices
+    /// echo personal data.
+    async fn classify(&self, response: reqwest::Response) -> Outcome {
+        let status = response.status();
+        let code = status.as_u16();
+        let default = if status.is_success() {
+            StatusOutcome::Delivered
+        } else if status.is_server_error() || code == 408 || code == 429 {
+            StatusOutcome::Transient
+        } else {
+            StatusOutcome::Permanent
+        };
+        let configured = self.status_outcomes.get(&code).copied();
+        let outcome = configured.unwrap_or(default);
+        let mut text = format!("HTTP {code}");
+        if configured.is_some_and(|c| c != default) {
+            text.push_str(match outcome {
+                StatusOutcome::Delivered => " (counted as delivered)",
+                StatusOutcome::Transient => " (counted as transient)",
+                StatusOutcome::Permanent => " (counted as permanent)",
+            });
+        }
+        match outcome {
+            StatusOutcome::Delivered => Outcome::Delivered { detail: text },
+            StatusOutcome::Transient => {
+                let retry_after = response
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                Outcome::Transient { reason: text, retry_after }
+            }
+            StatusOutcome::Permanent => {
+                if let Some(title) = problem_title(response).await {
+                    text = format!("{text}: {title}");
+                }
+                Outcome::Permanent { reason: text }
+            }
+        }
     }
-    let transient = status.is_server_error() || code == 408 || code == 429;
-    if transient {
-        let retry_after = headers
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        Outcome::Transient { reason: format!("HTTP {code}"), retry_after }
-    } else {
-        Outcome::Permanent { reason: format!("HTTP {code}") }
+}
+
+/// The `title` of a problem+json answer, shortened; `None` for any other
+/// answer.
+async fn problem_title(mut response: reqwest::Response) -> Option<String> {
+    const MAX_BODY: usize = 16 * 1024;
+    const MAX_TITLE: usize = 200;
+    let is_problem = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/problem+json"));
+    if !is_problem {
+        return None;
     }
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_BODY {
+            return None;
+        }
+    }
+    #[derive(Deserialize)]
+    struct Problem {
+        title: Option<String>,
+    }
+    let title = serde_json::from_slice::<Problem>(&body).ok()?.title?;
+    let title: String = title.chars().filter(|c| !c.is_control()).take(MAX_TITLE).collect();
+    (!title.is_empty()).then_some(title)
 }
 
 fn describe(error: &reqwest::Error) -> String {

@@ -42,6 +42,7 @@ fn connector(url: &str) -> HttpConnector {
         method: "POST".into(),
         content_type: None,
         timeout_secs: 5,
+        status_outcomes: BTreeMap::new(),
     })
     .unwrap()
 }
@@ -71,6 +72,41 @@ async fn server_errors_are_transient_and_client_errors_permanent() {
 }
 
 #[tokio::test]
+async fn configured_status_outcomes_override_the_defaults() {
+    let (url, _) = back_office(StatusCode::CONFLICT).await;
+    let mut config = HttpConfig { url, method: "POST".into(), content_type: None, timeout_secs: 5, status_outcomes: BTreeMap::new() };
+    assert!(matches!(HttpConnector::new(&config).unwrap().deliver(&delivery()).await, Outcome::Permanent { .. }));
+    config.status_outcomes.insert(409, StatusOutcome::Delivered);
+    assert_eq!(
+        HttpConnector::new(&config).unwrap().deliver(&delivery()).await,
+        Outcome::Delivered { detail: "HTTP 409 (counted as delivered)".into() }
+    );
+    config.status_outcomes.insert(1000, StatusOutcome::Delivered);
+    assert!(matches!(HttpConnector::new(&config), Err(HttpConfigError::BadStatus(1000))));
+}
+
+#[tokio::test]
+async fn a_rejection_keeps_the_problem_title_and_nothing_else() {
+    let app = Router::new().route(
+        "/inbox",
+        post(|| async {
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                [("content-type", "application/problem+json")],
+                r#"{"title":"Ungültige Gewerbeanzeige","detail":"Erika Mustermann, geb. 1.1.1970"}"#,
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/inbox", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    assert_eq!(
+        connector(&url).deliver(&delivery()).await,
+        Outcome::Permanent { reason: "HTTP 422: Ungültige Gewerbeanzeige".into() }
+    );
+}
+
+#[tokio::test]
 async fn unreachable_target_is_transient() {
     // Bind and drop to get a port nobody listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -80,7 +116,13 @@ async fn unreachable_target_is_transient() {
 
 #[test]
 fn rejects_bad_config() {
-    let mut config = HttpConfig { url: "ftp://x/".into(), method: "POST".into(), content_type: None, timeout_secs: 5 };
+    let mut config = HttpConfig {
+        url: "ftp://x/".into(),
+        method: "POST".into(),
+        content_type: None,
+        timeout_secs: 5,
+        status_outcomes: BTreeMap::new(),
+    };
     assert!(matches!(HttpConnector::new(&config), Err(HttpConfigError::BadUrl(_))));
     config.url = "http://x/".into();
     config.method = "DELETE".into();

@@ -1,0 +1,242 @@
+//! The operator API: parked deliveries and the audit trail over HTTP.
+//!
+//! * `GET /v1/parked?target=&reason=&olderThan=&submission=`: list.
+//! * `GET /v1/parked/{target}/{submission}`: one parked delivery.
+//! * `POST /v1/parked/replay`, `POST /v1/parked/discard`: act on a
+//!   selection (`{"target": …, "reason": …, "olderThan": "2h",
+//!   "submission": …}`; `{"all": true}` for everything; `comment` for a
+//!   discard).
+//! * `GET /v1/audit?limit=`: who replayed or discarded what, and when.
+//!
+//! Every request needs `Authorization: Bearer <token>` of a configured
+//! operator ([`crate::config::OperatorConfig`]); the operator's name is
+//! what the audit trail records.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::config::OperatorConfig;
+use crate::domain::TargetName;
+use crate::parking::{Action, ParkingError, ParkingLot, Selection};
+use crate::problem::Problem;
+
+pub struct OperatorApi {
+    pub parking: ParkingLot,
+    /// (name, SHA-256 of the token).
+    operators: Vec<(String, [u8; 32])>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("operator {name}: token_sha256 must be 64 hex digits")]
+pub struct BadTokenHash {
+    name: String,
+}
+
+impl OperatorApi {
+    pub fn new(parking: ParkingLot, operators: &[OperatorConfig]) -> Result<Self, BadTokenHash> {
+        let operators = operators
+            .iter()
+            .map(|o| {
+                parse_hash(&o.token_sha256).map(|hash| (o.name.clone(), hash)).ok_or_else(|| BadTokenHash { name: o.name.clone() })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { parking, operators })
+    }
+
+    /// The operator the request authenticates as.
+    fn authenticate(&self, headers: &HeaderMap) -> Result<String, Problem> {
+        if self.operators.is_empty() {
+            return Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "operator-api-disabled",
+                "Operator API Disabled",
+                "no operators are configured (operators: in the config file)",
+            ));
+        }
+        let unauthorized = || {
+            Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", "send Authorization: Bearer <operator token>")
+        };
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(unauthorized)?;
+        let presented: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+        // Compare every configured hash in full, so the time taken tells
+        // nothing about which bytes matched.
+        let mut found = None;
+        for (name, hash) in &self.operators {
+            let difference = hash.iter().zip(presented.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            if difference == 0 {
+                found = Some(name.clone());
+            }
+        }
+        found.ok_or_else(unauthorized)
+    }
+}
+
+fn parse_hash(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut hash = [0u8; 32];
+    for (i, byte) in hash.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(hash)
+}
+
+pub fn router(api: Arc<OperatorApi>) -> Router {
+    Router::new()
+        .route("/v1/parked", get(list))
+        .route("/v1/parked/{target}/{submission}", get(show))
+        .route("/v1/parked/replay", post(replay))
+        .route("/v1/parked/discard", post(discard))
+        .route("/v1/audit", get(audit))
+        .with_state(api)
+}
+
+async fn list(State(api): State<Arc<OperatorApi>>, headers: HeaderMap, query: Result<Query<Selection>, QueryRejection>) -> Response {
+    respond(async {
+        api.authenticate(&headers)?;
+        let Query(selection) = query.map_err(|e| bad_request(e.body_text()))?;
+        let parked = api.parking.list(&selection).await.map_err(parking_problem)?;
+        Ok(Json(json!({ "count": parked.len(), "parked": parked })).into_response())
+    })
+    .await
+}
+
+async fn show(State(api): State<Arc<OperatorApi>>, headers: HeaderMap, Path((target, submission)): Path<(String, String)>) -> Response {
+    respond(async {
+        api.authenticate(&headers)?;
+        let not_found = || Problem::new(StatusCode::NOT_FOUND, "not-parked", "Not Parked", "no such parked delivery");
+        let target = TargetName::parse(&target).map_err(|_| not_found())?;
+        let submission = submission.parse::<Uuid>().map_err(|_| not_found())?;
+        let selection = Selection { target: Some(target), submission: Some(submission), ..Selection::default() };
+        let parked = api.parking.list(&selection).await.map_err(parking_problem)?;
+        let first = parked.into_iter().next().ok_or_else(not_found)?;
+        Ok(Json(first).into_response())
+    })
+    .await
+}
+
+/// The body of a replay or discard.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Bulk {
+    target: Option<TargetName>,
+    reason: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    older_than: Option<std::time::Duration>,
+    submission: Option<Uuid>,
+    /// Must be `true` to act on every parked delivery (an empty selection).
+    #[serde(default)]
+    all: bool,
+    /// Recorded with a discard.
+    comment: Option<String>,
+}
+
+impl Bulk {
+    fn selection(&self) -> Result<Selection, Problem> {
+        let selection = Selection {
+            target: self.target.clone(),
+            reason: self.reason.clone(),
+            older_than: self.older_than,
+            submission: self.submission,
+        };
+        if selection.is_everything() && !self.all {
+            return Err(bad_request(
+                "the selection is empty: name a target, reason, olderThan or submission, or send \"all\": true".into(),
+            ));
+        }
+        Ok(selection)
+    }
+}
+
+async fn replay(State(api): State<Arc<OperatorApi>>, headers: HeaderMap, body: Result<Json<Bulk>, JsonRejection>) -> Response {
+    respond(async {
+        let operator = api.authenticate(&headers)?;
+        let Json(bulk) = body.map_err(|e| bad_request(e.body_text()))?;
+        let done = api.parking.apply(&bulk.selection()?, &Action::Replay { operator }).await.map_err(parking_problem)?;
+        Ok(Json(json!({ "count": done.len(), "replayed": done })).into_response())
+    })
+    .await
+}
+
+async fn discard(State(api): State<Arc<OperatorApi>>, headers: HeaderMap, body: Result<Json<Bulk>, JsonRejection>) -> Response {
+    respond(async {
+        let operator = api.authenticate(&headers)?;
+        let Json(bulk) = body.map_err(|e| bad_request(e.body_text()))?;
+        let action = Action::Discard { operator, comment: bulk.comment.clone() };
+        let done = api.parking.apply(&bulk.selection()?, &action).await.map_err(parking_problem)?;
+        Ok(Json(json!({ "count": done.len(), "discarded": done })).into_response())
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    limit: Option<u32>,
+}
+
+async fn audit(State(api): State<Arc<OperatorApi>>, headers: HeaderMap, query: Result<Query<AuditQuery>, QueryRejection>) -> Response {
+    respond(async {
+        api.authenticate(&headers)?;
+        let Query(query) = query.map_err(|e| bad_request(e.body_text()))?;
+        let trail = api.parking.store.audit_trail(query.limit.unwrap_or(100).min(10_000)).await.map_err(|e| {
+            tracing::error!(event = "store_failed", error = %e, "could not read the audit trail");
+            Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal Error", "the audit trail could not be read")
+        })?;
+        Ok(Json(json!({ "entries": trail })).into_response())
+    })
+    .await
+}
+
+async fn respond(work: impl Future<Output = Result<Response, Problem>>) -> Response {
+    work.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+fn bad_request(detail: String) -> Problem {
+    Problem::new(StatusCode::BAD_REQUEST, "invalid-request", "Invalid Request", detail)
+}
+
+fn parking_problem(error: ParkingError) -> Problem {
+    match error {
+        ParkingError::UnknownTarget(_) => {
+            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown-target", "Unknown Target", error.to_string())
+        }
+        ParkingError::Broker(e) => {
+            tracing::warn!(event = "broker_unreachable", role = "operator", error = %e, "operator request failed");
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service Unavailable", "the message broker is unavailable")
+                .retry_after(5)
+        }
+        ParkingError::Store(e) => {
+            tracing::error!(event = "store_failed", error = %e, "operator request failed");
+            Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal Error", "the store failed; see the log")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_hashes_are_hex_sha256() {
+        assert!(parse_hash(&"ab".repeat(32)).is_some());
+        assert!(parse_hash("abc").is_none());
+        assert!(parse_hash(&"zz".repeat(32)).is_none());
+    }
+}

@@ -1,0 +1,296 @@
+//! Parked deliveries: list, show, replay and discard.
+//!
+//! The parking queues in the broker are the truth: a parked message stays
+//! there until an operator replays or discards it. To look at them, the
+//! [`ParkingLot`] takes every message of a parking queue without
+//! acknowledging it, acts on the ones the [`Selection`] matches, and
+//! returns the others to the queue. Were the process to die half-way, the
+//! broker would return every unacknowledged message; nothing is lost.
+//!
+//! * replay: republish (with confirm) to the target's work queue with a
+//!   fresh attempt history, record the action, then acknowledge the parked
+//!   copy. A crash in between leaves both copies; the stable delivery id
+//!   lets a deduplicating target ignore the second.
+//! * discard: record the action, then acknowledge.
+//!
+//! Every replay and discard is written to the store's audit trail with
+//! the operator and the time. Nothing here reads the message body beyond
+//! its size: bodies carry personal data.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use uuid::Uuid;
+
+use crate::broker::{self, BrokerError, Outgoing, Topology};
+use crate::config::Config;
+use crate::domain::{TargetName, delivery_id};
+use crate::retry::{self, History, header};
+use crate::store::{AuditEntry, OperatorAction, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ParkingError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no target named {0} is configured")]
+    UnknownTarget(String),
+}
+
+/// One parked delivery, as operators see it: ids, reason and history,
+/// never the content.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParkedDelivery {
+    pub target: String,
+    pub submission_id: String,
+    pub delivery_id: Option<String>,
+    /// `target-rejected`, `retries-exhausted`, `mapping-error`,
+    /// `undecodable`, or `redelivery-limit` (the broker parked it after
+    /// repeated deliveries without an outcome, e.g. worker crashes).
+    pub reason: String,
+    /// The last failure: the target's answer (`HTTP 422`) or the error.
+    pub last_error: Option<String>,
+    pub attempts: u32,
+    pub first_attempt_at: Option<String>,
+    pub parked_at: Option<String>,
+    pub replays: u32,
+    /// Size of the queued submission in bytes.
+    pub size: usize,
+}
+
+/// Which parked deliveries an operation applies to. Every given field must
+/// match; an empty selection matches everything.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Selection {
+    pub target: Option<TargetName>,
+    /// A parking reason such as `target-rejected`.
+    pub reason: Option<String>,
+    /// Parked at least this long ago (`30m`, `2h`, `3d`).
+    #[serde(default, with = "humantime_serde")]
+    pub older_than: Option<Duration>,
+    pub submission: Option<Uuid>,
+}
+
+impl Selection {
+    pub fn is_everything(&self) -> bool {
+        self.target.is_none() && self.reason.is_none() && self.older_than.is_none() && self.submission.is_none()
+    }
+
+    fn matches(&self, parked: &ParkedDelivery, parked_at: Option<OffsetDateTime>, now: OffsetDateTime) -> bool {
+        self.reason.as_ref().is_none_or(|r| *r == parked.reason)
+            && self.submission.is_none_or(|s| s.to_string() == parked.submission_id)
+            && self.older_than.is_none_or(|age| parked_at.is_some_and(|at| now - at >= age))
+    }
+}
+
+/// What to do with the selected deliveries.
+#[derive(Debug, Clone)]
+pub enum Action {
+    Replay { operator: String },
+    Discard { operator: String, comment: Option<String> },
+}
+
+pub struct ParkingLot {
+    pub broker_url: SecretString,
+    pub topology: Topology,
+    pub targets: Vec<TargetName>,
+    pub store: Arc<dyn Store>,
+}
+
+impl ParkingLot {
+    pub fn new(config: &Config, store: Arc<dyn Store>) -> Self {
+        Self {
+            broker_url: config.broker.url.clone(),
+            topology: Topology::new(&config.broker.prefix),
+            targets: config.targets.keys().cloned().collect(),
+            store,
+        }
+    }
+
+    /// The selected parked deliveries, oldest first per target.
+    pub async fn list(&self, selection: &Selection) -> Result<Vec<ParkedDelivery>, ParkingError> {
+        self.sweep(selection, None).await
+    }
+
+    /// Applies `action` to the selected deliveries; returns them.
+    pub async fn apply(&self, selection: &Selection, action: &Action) -> Result<Vec<ParkedDelivery>, ParkingError> {
+        self.sweep(selection, Some(action)).await
+    }
+
+    async fn sweep(&self, selection: &Selection, action: Option<&Action>) -> Result<Vec<ParkedDelivery>, ParkingError> {
+        let targets: Vec<TargetName> = match &selection.target {
+            Some(wanted) if !self.targets.contains(wanted) => return Err(ParkingError::UnknownTarget(wanted.to_string())),
+            Some(wanted) => vec![wanted.clone()],
+            None => self.targets.clone(),
+        };
+        let connection = broker::connect(&self.broker_url, "amtsbote-parking").await?;
+        let channel = connection.create_channel().await.map_err(BrokerError::from)?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(BrokerError::from)?;
+        self.topology.declare(&channel, &targets).await?;
+        let mut selected = Vec::new();
+        let mut result = Ok(());
+        for target in &targets {
+            if let Err(e) = self.sweep_target(&channel, target, selection, action, &mut selected).await {
+                result = Err(e);
+                break;
+            }
+        }
+        // Closing returns whatever is still unacknowledged to the queue.
+        let _ = channel.close(200, "done".into()).await;
+        let _ = connection.close(200, "done".into()).await;
+        result.map(|()| selected)
+    }
+
+    async fn sweep_target(
+        &self,
+        channel: &Channel,
+        target: &TargetName,
+        selection: &Selection,
+        action: Option<&Action>,
+        selected: &mut Vec<ParkedDelivery>,
+    ) -> Result<(), ParkingError> {
+        let queue = self.topology.parking_queue(target);
+        let now = OffsetDateTime::now_utc();
+        // Returned to the queue at the end: what was not selected, and all of
+        // a listing.
+        let mut unselected = Vec::new();
+        // Take the whole queue first: returning a message while taking
+        // would hand it out again.
+        let mut taken = Vec::new();
+        while let Some(message) = channel
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+            .await
+            .map_err(BrokerError::from)?
+        {
+            taken.push(message.delivery);
+        }
+        for message in taken {
+            let headers = message.properties.headers().clone().unwrap_or_default();
+            let (parked, parked_at) = describe(target, &message.properties, &headers, message.data.len());
+            if !selection.matches(&parked, parked_at, now) {
+                unselected.push(message.delivery_tag);
+                continue;
+            }
+            match action {
+                None => unselected.push(message.delivery_tag),
+                Some(Action::Replay { operator }) => {
+                    self.replay(channel, target, &message.properties, &headers, &message.data).await?;
+                    self.record(&parked, operator, None, OperatorAction::Replay).await?;
+                    channel.basic_ack(message.delivery_tag, BasicAckOptions::default()).await.map_err(BrokerError::from)?;
+                    tracing::info!(event = "parked_replayed", submission = %parked.submission_id, target = %target, operator = %operator, "parked delivery replayed");
+                }
+                Some(Action::Discard { operator, comment }) => {
+                    self.record(&parked, operator, comment.clone(), OperatorAction::Discard).await?;
+                    channel.basic_ack(message.delivery_tag, BasicAckOptions::default()).await.map_err(BrokerError::from)?;
+                    tracing::info!(event = "parked_discarded", submission = %parked.submission_id, target = %target, operator = %operator, "parked delivery discarded");
+                }
+            }
+            selected.push(parked);
+        }
+        for tag in unselected {
+            channel
+                .basic_nack(tag, BasicNackOptions { requeue: true, ..Default::default() })
+                .await
+                .map_err(BrokerError::from)?;
+        }
+        Ok(())
+    }
+
+    async fn replay(
+        &self,
+        channel: &Channel,
+        target: &TargetName,
+        properties: &BasicProperties,
+        headers: &FieldTable,
+        body: &[u8],
+    ) -> Result<(), ParkingError> {
+        let history = History::from_headers(headers);
+        let mut fresh = retry::carry_headers(headers, &[header::ATTEMPTS, header::FIRST_ATTEMPT, header::LAST_ERROR, header::REASON, header::TARGET, header::PARKED_AT]);
+        History { replays: history.replays + 1, ..History::default() }.write(&mut fresh);
+        let message_id = properties.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default();
+        let queue = self.topology.work_queue(target);
+        broker::publish_confirmed(
+            channel,
+            Outgoing { exchange: "", routing_key: &queue, message_id: &message_id, headers: fresh, body },
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn record(&self, parked: &ParkedDelivery, operator: &str, comment: Option<String>, action: OperatorAction) -> Result<(), ParkingError> {
+        let entry = AuditEntry {
+            at: OffsetDateTime::now_utc().format(&Rfc3339).expect("now formats"),
+            operator: operator.to_owned(),
+            action: action.as_str().to_owned(),
+            target: parked.target.clone(),
+            submission_id: parked.submission_id.clone(),
+            parked_reason: parked.reason.clone(),
+            comment,
+        };
+        Ok(self.store.record_operator_action(entry, action).await?)
+    }
+}
+
+fn describe(target: &TargetName, properties: &BasicProperties, headers: &FieldTable, size: usize) -> (ParkedDelivery, Option<OffsetDateTime>) {
+    let history = History::from_headers(headers);
+    let submission_id = properties.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default();
+    let reason = retry::text(headers, header::REASON).unwrap_or_else(|| {
+        match retry::text(headers, "x-first-death-reason").as_deref() {
+            Some("delivery_limit") => "redelivery-limit".into(),
+            Some(other) => other.replace('_', "-"),
+            None => "unknown".into(),
+        }
+    });
+    let parked_at = retry::integer(headers, header::PARKED_AT).and_then(retry::from_millis).or_else(|| death_time(headers));
+    let rfc3339 = |at: OffsetDateTime| at.format(&Rfc3339).ok();
+    let parked = ParkedDelivery {
+        target: target.to_string(),
+        delivery_id: submission_id.parse::<Uuid>().ok().map(|id| delivery_id(id, target).to_string()),
+        submission_id,
+        reason,
+        last_error: history.last_error,
+        attempts: history.attempts,
+        first_attempt_at: history.first_attempt.and_then(rfc3339),
+        parked_at: parked_at.and_then(rfc3339),
+        replays: history.replays,
+        size,
+    };
+    (parked, parked_at)
+}
+
+/// When the broker dead-lettered the message (the newest `x-death` entry).
+fn death_time(headers: &FieldTable) -> Option<OffsetDateTime> {
+    let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else { return None };
+    let AMQPValue::FieldTable(latest) = deaths.as_slice().first()? else { return None };
+    match latest.inner().get("time")? {
+        AMQPValue::Timestamp(seconds) => OffsetDateTime::from_unix_timestamp(i64::try_from(*seconds).ok()?).ok(),
+        _ => None,
+    }
+}
+
+/// A plain-text table of parked deliveries, for the command line.
+pub fn table(parked: &[ParkedDelivery]) -> String {
+    let mut out = format!("{:<24} {:<36} {:<18} {:>8} {:<20} {}\n", "TARGET", "SUBMISSION", "REASON", "ATTEMPTS", "PARKED AT", "LAST ERROR");
+    for p in parked {
+        out += &format!(
+            "{:<24} {:<36} {:<18} {:>8} {:<20} {}\n",
+            p.target,
+            p.submission_id,
+            p.reason,
+            p.attempts,
+            p.parked_at.as_deref().map(|t| t.get(..19).unwrap_or(t)).unwrap_or("-"),
+            p.last_error.as_deref().unwrap_or("-"),
+        );
+    }
+    out
+}
