@@ -182,8 +182,9 @@ pub mod header {
     pub const TARGET: &str = "x-amtsbote-target";
     /// Unix milliseconds of parking.
     pub const PARKED_AT: &str = "x-amtsbote-parked-at";
-    /// Selects the delay queue in the delay exchange.
-    pub const DELAY: &str = "x-amtsbote-delay";
+    /// Selects the delay queue in the delay (headers) exchange. Not `x-`
+    /// prefixed: a headers exchange ignores binding arguments that are.
+    pub const DELAY: &str = "amtsbote-delay";
     /// Headers RabbitMQ adds on dead-lettering and redelivery.
     pub const BROKER_ADDED: [&str; 6] =
         ["x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason", "x-delivery-count", "x-last-death-reason"];

@@ -5,3 +5,4 @@
 mod delivery;
 mod helpers;
 mod intake;
+mod retries;
