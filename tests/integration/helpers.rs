@@ -209,3 +209,106 @@ impl BrokerProxy {
         self.tasks.lock().unwrap().push(accept);
     }
 }
+
+/// A port nobody listens on right now (below 45000, so that the broker's
+/// distribution port, 20000 higher, is valid too).
+pub fn free_port() -> u16 {
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if port < 45_000 {
+            return port;
+        }
+    }
+}
+
+/// `amtsbote serve` as a child process, to be killed for real.
+pub struct AppProcess {
+    child: tokio::process::Child,
+    pub base: String,
+}
+
+impl AppProcess {
+    /// Starts the binary with `config` on `port` and waits until it answers.
+    pub async fn start(config: &Path, port: u16, log: &Path) -> Self {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_amtsbote"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("AMTSBOTE_HTTP_LISTEN", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while client.get(format!("{base}/health/live")).send().await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "amtsbote did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self { child, base }
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub async fn kill_9(&mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+    }
+
+    /// SIGTERM, then the exit status (or `None` if it did not exit in time).
+    pub async fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let pid = self.child.id().unwrap().to_string();
+        std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        tokio::time::timeout(within, self.child.wait()).await.ok().map(Result::unwrap)
+    }
+}
+
+/// A RabbitMQ node of its own, for a test that stops and restarts it.
+pub struct PrivateBroker {
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl PrivateBroker {
+    pub async fn start(name: &str) -> Self {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join(format!("rabbitmq-{name}"));
+        let broker = Self { dir, port: free_port() };
+        broker.node("stop").await;
+        let _ = std::fs::remove_dir_all(&broker.dir);
+        broker.node("start").await;
+        broker
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    pub async fn stop(&self) {
+        self.node("stop").await;
+    }
+
+    /// Starts the stopped node again, with its data.
+    pub async fn restart(&self) {
+        self.node("start").await;
+    }
+
+    async fn node(&self, command: &str) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/rabbitmq-node");
+        let mut invocation = tokio::process::Command::new(script);
+        invocation.arg(command).arg(&self.dir);
+        if command == "start" {
+            invocation.arg(self.port.to_string());
+        }
+        let status = invocation.status().await.unwrap();
+        assert!(status.success(), "rabbitmq-node {command} failed");
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/rabbitmq-node");
+        let _ = std::process::Command::new(script).arg("stop").arg(&self.dir).status();
+    }
+}
