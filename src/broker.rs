@@ -288,18 +288,16 @@ impl Publisher {
     async fn channel(&self) -> Result<Channel, BrokerError> {
         {
             let state = self.state.read().await;
-            if let Some((connection, channel)) = &state.link {
-                if connection.status().connected() && channel.status().connected() {
+            if let Some((connection, channel)) = &state.link
+                && connection.status().connected() && channel.status().connected() {
                     return Ok(channel.clone());
                 }
-            }
         }
         let mut state = self.state.write().await;
-        if let Some((connection, channel)) = &state.link {
-            if connection.status().connected() && channel.status().connected() {
+        if let Some((connection, channel)) = &state.link
+            && connection.status().connected() && channel.status().connected() {
                 return Ok(channel.clone());
             }
-        }
         if state.last_failure.is_some_and(|at| at.elapsed() < RECONNECT_PAUSE) {
             return Err(BrokerError::Unreachable {
                 url: redact_url(self.url.expose_secret()),

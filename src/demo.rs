@@ -157,6 +157,9 @@ pub async fn run(config_path: &Path, submissions: &Path) -> anyhow::Result<()> {
     let back_office = SampleBackOffice::start(([127, 0, 0, 1], 18090).into())
         .await
         .context("starting the sample back office on 127.0.0.1:18090")?;
+    // The first delivery attempt meets a back office that is briefly
+    // unavailable: the report shows the retry.
+    back_office.script(&[StatusCode::SERVICE_UNAVAILABLE]);
     let app = Application::build(&config).await?;
     let base = format!("http://{}", app.local_addr());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -214,11 +217,13 @@ pub async fn run(config_path: &Path, submissions: &Path) -> anyhow::Result<()> {
     for (name, status) in &statuses {
         println!("  {name:<28} {}", status["status"].as_str().unwrap_or("?"));
         for target in status["targets"].as_array().into_iter().flatten() {
+            let attempts = target["attempts"].as_u64().unwrap_or(0);
             println!(
-                "      → {:<22} {:<10} {}",
+                "      → {:<22} {:<10} {} after {attempts} attempt{}",
                 target["target"].as_str().unwrap_or("?"),
                 target["state"].as_str().unwrap_or("?"),
-                target["lastOutcome"].as_str().unwrap_or("")
+                target["lastOutcome"].as_str().unwrap_or(""),
+                if attempts == 1 { "" } else { "s" },
             );
         }
     }

@@ -13,7 +13,10 @@
 //! * [`worker`]: one consumer per target; renders the target's [`mapping`]
 //!   and hands the document to the target's connector (the
 //!   `amtsbote-connector` crate defines the contract, `connectors/` holds
-//!   the implementations); acknowledges only after delivery or parking.
+//!   the implementations); acknowledges only after delivery, a scheduled
+//!   [`retry`] (a broker delay queue) or parking.
+//! * [`parking`]: list, replay and discard parked deliveries, for the
+//!   `amtsbote parked` command and the [`operator`] API.
 //! * [`config`] is read once; [`pipeline`] compiles it (routes, mappings,
 //!   connectors) for `serve` and `check` alike.
 //! * [`app`] starts and stops everything; [`telemetry`] sets up logging;

@@ -289,8 +289,12 @@ pub fn table(parked: &[ParkedDelivery]) -> String {
             p.reason,
             p.attempts,
             p.parked_at.as_deref().map(|t| t.get(..19).unwrap_or(t)).unwrap_or("-"),
-            p.last_error.as_deref().unwrap_or("-"),
+            shorten(p.last_error.as_deref().unwrap_or("-"), 60),
         );
     }
     out
+}
+
+fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max { text.to_owned() } else { format!("{}…", text.chars().take(max - 1).collect::<String>()) }
 }

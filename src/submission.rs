@@ -134,19 +134,17 @@ impl<'a> Submission<'a> {
         let region = Region::parse(&envelope.region)
             .map_err(|e| errors.push(FieldError::new("#/region", e.0)))
             .ok();
-        if let Some(reference) = &envelope.reference {
-            if reference.is_empty() || reference.chars().count() > MAX_REFERENCE_LEN || reference.chars().any(char::is_control) {
+        if let Some(reference) = &envelope.reference
+            && (reference.is_empty() || reference.chars().count() > MAX_REFERENCE_LEN || reference.chars().any(char::is_control)) {
                 errors.push(FieldError::new(
                     "#/reference",
                     format!("must be 1 to {MAX_REFERENCE_LEN} characters without control characters"),
                 ));
             }
-        }
-        if let Some(at) = &envelope.submitted_at {
-            if OffsetDateTime::parse(at, &Rfc3339).is_err() {
+        if let Some(at) = &envelope.submitted_at
+            && OffsetDateTime::parse(at, &Rfc3339).is_err() {
                 errors.push(FieldError::new("#/submittedAt", "must be an RFC 3339 timestamp such as 2026-11-20T09:14:00Z"));
             }
-        }
         if !envelope.data.get().starts_with('{') {
             errors.push(FieldError::new("#/data", "must be a JSON object"));
         }
@@ -266,7 +264,7 @@ fn is_base64(s: &str) -> bool {
     // Validates without allocating the decoded bytes (attachments can be
     // many megabytes): alphabet, length and padding per RFC 4648.
     let b = s.as_bytes();
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return false;
     }
     let padding = b.iter().rev().take_while(|&&c| c == b'=').count();

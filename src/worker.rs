@@ -182,11 +182,10 @@ impl Worker {
                 return;
             }
         };
-        if let Some(id) = submission_id {
-            if let Err(e) = self.store.record_attempt(id, &self.target.name, state, &outcome_text).await {
+        if let Some(id) = submission_id
+            && let Err(e) = self.store.record_attempt(id, &self.target.name, state, &outcome_text).await {
                 tracing::error!(event = "store_failed", submission = %id, error = %e, "could not record delivery state");
             }
-        }
         if let Err(e) = message.ack(BasicAckOptions::default()).await {
             // The broker redelivers; the stable delivery id lets the target
             // recognise the repeat.

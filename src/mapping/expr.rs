@@ -137,11 +137,10 @@ fn describe_runtime(error: &jaq_core::Error<Val>) -> String {
         return "evaluation failed: error raised by the expression".into();
     }
     let mut description = format!("evaluation failed: {} …", kind.join(" "));
-    if let Some((_, typ)) = text.rsplit_once(" as ") {
-        if typ.bytes().all(|b| b.is_ascii_lowercase()) {
+    if let Some((_, typ)) = text.rsplit_once(" as ")
+        && typ.bytes().all(|b| b.is_ascii_lowercase()) {
             description.push_str(&format!(" as {typ}"));
         }
-    }
     description
 }
 

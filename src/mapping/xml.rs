@@ -45,11 +45,10 @@ pub fn check(root: &str, namespaces: &[(String, String)], document: &Template) -
         if !is_ncname(local) || prefix.is_some_and(|p| !is_ncname(p)) {
             return err(format!("{name:?} is not a valid XML name"));
         }
-        if let Some(p) = prefix {
-            if p != "xml" && !declared.contains(p) {
+        if let Some(p) = prefix
+            && p != "xml" && !declared.contains(p) {
                 return err(format!("namespace prefix {p:?} is not declared under namespaces"));
             }
-        }
         Ok(())
     };
     for (prefix, uri) in namespaces {
@@ -66,11 +65,10 @@ pub fn check(root: &str, namespaces: &[(String, String)], document: &Template) -
     };
     document.walk("document", &mut |path, node| {
         if let Template::Map(map) = node {
-            if let Some(text) = &map.text {
-                if !matches!(**text, Template::Expr(_) | Template::Constant(_)) {
+            if let Some(text) = &map.text
+                && !matches!(**text, Template::Expr(_) | Template::Constant(_)) {
                     return Err(TemplateError { path: format!("{path}/$text"), message: "$text must be an expression or constant".into() });
                 }
-            }
             for (key, child) in &map.entries {
                 let child_path = format!("{path}/{key}");
                 match key.strip_prefix('@') {

@@ -74,13 +74,12 @@ async fn sigkill_in_the_middle_of_1000_submissions_loses_none() {
                     .body(body.clone())
                     .send()
                     .await;
-                if let Ok(response) = response {
-                    if response.status() == StatusCode::ACCEPTED {
+                if let Ok(response) = response
+                    && response.status() == StatusCode::ACCEPTED {
                         let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
                         accepted.lock().unwrap().insert(i, id);
                         return;
                     }
-                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
