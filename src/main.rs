@@ -32,7 +32,7 @@ enum Command {
     /// Look at and act on parked deliveries (talks to the broker and the
     /// store directly; the running server need not be reachable).
     Parked {
-        #[arg(long, short, env = "AMTSBOTE_CONFIG", default_value = "amtsbote.yaml")]
+        #[arg(long, short, global = true, env = "AMTSBOTE_CONFIG", default_value = "amtsbote.yaml")]
         config: PathBuf,
         #[command(subcommand)]
         command: ParkedCommand,
@@ -63,22 +63,12 @@ enum ParkedCommand {
     /// Send parked deliveries back to their target's queue.
     Replay {
         #[command(flatten)]
-        select: Select,
-        /// Act on every parked delivery (needed when no filter is given).
-        #[arg(long)]
-        all: bool,
-        /// Recorded in the audit trail (default: the login name).
-        #[arg(long, env = "AMTSBOTE_OPERATOR")]
-        operator: Option<String>,
+        act: Act,
     },
     /// Remove parked deliveries for good (recorded in the audit trail).
     Discard {
         #[command(flatten)]
-        select: Select,
-        #[arg(long)]
-        all: bool,
-        #[arg(long, env = "AMTSBOTE_OPERATOR")]
-        operator: Option<String>,
+        act: Act,
         /// Why, for the audit trail.
         #[arg(long)]
         comment: Option<String>,
@@ -104,6 +94,36 @@ struct Select {
     /// One submission (an id).
     #[arg(long)]
     submission: Option<uuid::Uuid>,
+}
+
+/// The selection of a replay or discard, and who does it.
+#[derive(clap::Args)]
+struct Act {
+    #[command(flatten)]
+    select: Select,
+    /// Act on every parked delivery (needed when no filter is given).
+    #[arg(long)]
+    all: bool,
+    /// Recorded in the audit trail (default: the login name).
+    #[arg(long, env = "AMTSBOTE_OPERATOR")]
+    operator: Option<String>,
+}
+
+impl Act {
+    /// The selection (refused when empty without `--all`) and the operator.
+    fn resolve(self) -> anyhow::Result<(Selection, String)> {
+        let selection = self.select.selection()?;
+        anyhow::ensure!(
+            !selection.is_everything() || self.all,
+            "name --target, --reason, --older-than or --submission, or pass --all"
+        );
+        let operator = self
+            .operator
+            .or_else(|| std::env::var("USER").ok())
+            .or_else(|| std::env::var("LOGNAME").ok())
+            .unwrap_or_else(|| "unknown".into());
+        Ok((selection, operator))
+    }
 }
 
 impl Select {
@@ -162,13 +182,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn parked(parking: &ParkingLot, command: ParkedCommand) -> anyhow::Result<ExitCode> {
-    let operator = |given: Option<String>| {
-        given.or_else(|| std::env::var("USER").ok()).or_else(|| std::env::var("LOGNAME").ok()).unwrap_or_else(|| "unknown".into())
-    };
-    let require_selection = |selection: &Selection, all: bool| {
-        anyhow::ensure!(!selection.is_everything() || all, "name --target, --reason, --older-than or --submission, or pass --all");
-        Ok(())
-    };
     match command {
         ParkedCommand::List { select, json } => {
             let parked = parking.list(&select.selection()?).await?;
@@ -190,17 +203,15 @@ async fn parked(parking: &ParkingLot, command: ParkedCommand) -> anyhow::Result<
                 }
             }
         }
-        ParkedCommand::Replay { select, all, operator: who } => {
-            let selection = select.selection()?;
-            require_selection(&selection, all)?;
-            let done = parking.apply(&selection, &Action::Replay { operator: operator(who) }).await?;
+        ParkedCommand::Replay { act } => {
+            let (selection, operator) = act.resolve()?;
+            let done = parking.apply(&selection, &Action::Replay { operator }).await?;
             print!("{}", amtsbote::parking::table(&done));
             println!("{} replayed", done.len());
         }
-        ParkedCommand::Discard { select, all, operator: who, comment } => {
-            let selection = select.selection()?;
-            require_selection(&selection, all)?;
-            let done = parking.apply(&selection, &Action::Discard { operator: operator(who), comment }).await?;
+        ParkedCommand::Discard { act, comment } => {
+            let (selection, operator) = act.resolve()?;
+            let done = parking.apply(&selection, &Action::Discard { operator, comment }).await?;
             print!("{}", amtsbote::parking::table(&done));
             println!("{} discarded", done.len());
         }

@@ -25,6 +25,8 @@ pub struct TestApp {
     pub back_office: SampleBackOffice,
     /// Queue names start with this.
     pub prefix: String,
+    /// The config file the app runs with, for the `amtsbote` command.
+    pub config_path: std::path::PathBuf,
     _store: tempfile::TempDir,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -88,17 +90,35 @@ pub async fn spawn_app(setup: Setup<'_>) -> TestApp {
     let back_office = SampleBackOffice::start(([127, 0, 0, 1], 0).into()).await.unwrap();
     let store = tempfile::tempdir().unwrap();
     let prefix = unique_prefix();
-    let config: Config = parse_yaml(&config_yaml(&setup, &back_office, &prefix, store.path())).unwrap();
+    let yaml = config_yaml(&setup, &back_office, &prefix, store.path());
+    let config_path = store.path().join("amtsbote.yaml");
+    std::fs::write(&config_path, &yaml).unwrap();
+    let config: Config = parse_yaml(&yaml).unwrap();
     let app = Application::build(&config).await.unwrap();
     let base = format!("http://{}", app.local_addr());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until(async move {
         let _ = stopped.await;
     }));
-    TestApp { base, client: reqwest::Client::new(), back_office, prefix, _store: store, _stop: stop }
+    TestApp { base, client: reqwest::Client::new(), back_office, prefix, config_path, _store: store, _stop: stop }
 }
 
 impl TestApp {
+    /// Runs `amtsbote parked <args>` against this app's config; its stdout.
+    pub async fn parked_command(&self, args: &[&str]) -> String {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_amtsbote"))
+            .arg("parked")
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .await
+            .unwrap();
+        assert!(output.status.success(), "amtsbote parked {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    }
+
     /// A request to the operator API as `test-operator`.
     pub fn operator(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.client.request(method, format!("{}{path}", self.base)).bearer_auth(OPERATOR_TOKEN)

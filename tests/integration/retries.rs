@@ -181,3 +181,24 @@ async fn a_target_taking_ten_seconds_per_request_does_not_slow_another() {
     assert_eq!(fast, 20, "the fast target got everything while the slow one was still busy");
     assert_eq!(received.iter().filter(|r| r.path == "/slow").count(), 0, "no slow request has finished yet");
 }
+
+#[tokio::test]
+async fn the_parked_command_lists_replays_and_records_the_operator() {
+    let app = spawn_app(Setup { target_settings: FAST_RETRY, ..Setup::default() }).await;
+    app.back_office.answer_with(StatusCode::BAD_REQUEST);
+    let id = accepted_id(app.submit(gewerbeanmeldung("053150000000").to_string()).await).await;
+    assert_eq!(app.status_when(&id, |s| s["status"] == "parked").await["status"], "parked");
+
+    let listed: Value = serde_json::from_str(&app.parked_command(&["list", "--json", "--target", "fv"]).await).unwrap();
+    assert_eq!(listed[0]["submissionId"], id.as_str());
+    assert_eq!(listed[0]["reason"], "target-rejected");
+    let table = app.parked_command(&["list"]).await;
+    assert!(table.contains(&id) && table.contains("1 parked"), "{table}");
+
+    app.back_office.answer_with(StatusCode::CREATED);
+    let replayed = app.parked_command(&["replay", "--submission", &id, "--operator", "carol"]).await;
+    assert!(replayed.contains("1 replayed"), "{replayed}");
+    assert_eq!(app.status_when(&id, |s| s["status"] == "delivered").await["status"], "delivered");
+    let audit = app.parked_command(&["audit"]).await;
+    assert!(audit.contains("replay") && audit.contains("carol") && audit.contains(&id), "{audit}");
+}
