@@ -81,8 +81,8 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves: then intake answers 503, workers
-    /// stop taking messages and finish what they hold (bounded), and the
-    /// HTTP server drains.
+    /// stop taking messages and finish what they hold (bounded by the
+    /// shutdown deadline), and finally the HTTP server drains.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut workers = JoinSet::new();
@@ -93,12 +93,15 @@ impl Application {
         let _ = self.intake.publisher.ensure_connected().await;
 
         let intake = self.intake.clone();
-        let mut server_stop = stop_rx.clone();
+        // The server outlives the workers' drain, answering 503, so that
+        // clients and load balancers hear "shutting down" rather than
+        // "connection refused".
+        let (server_stop_tx, server_stop) = tokio::sync::oneshot::channel::<()>();
         let app = intake::router(self.intake.clone(), self.max_body_bytes).merge(operator::router(self.operator));
         let server = tokio::spawn(async move {
             axum::serve(self.listener, app)
                 .with_graceful_shutdown(async move {
-                    let _ = server_stop.wait_for(|stop| *stop).await;
+                    let _ = server_stop.await;
                 })
                 .await
         });
@@ -118,6 +121,7 @@ impl Application {
             workers.abort_all();
         }
         intake.publisher.close().await;
+        let _ = server_stop_tx.send(());
         match server.await {
             Ok(result) => result,
             Err(e) => Err(std::io::Error::other(e)),

@@ -105,6 +105,9 @@ pub struct ParkingLot {
     pub topology: Topology,
     pub targets: Vec<TargetName>,
     pub store: Arc<dyn Store>,
+    /// One sweep at a time: a sweep holds the messages it took, so a
+    /// second one running alongside would see an incomplete queue.
+    sweeping: tokio::sync::Mutex<()>,
 }
 
 impl ParkingLot {
@@ -114,6 +117,7 @@ impl ParkingLot {
             topology: Topology::new(&config.broker.prefix),
             targets: config.targets.keys().cloned().collect(),
             store,
+            sweeping: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -133,6 +137,7 @@ impl ParkingLot {
             Some(wanted) => vec![wanted.clone()],
             None => self.targets.clone(),
         };
+        let _one_at_a_time = self.sweeping.lock().await;
         let connection = broker::connect(&self.broker_url, "amtsbote-parking").await?;
         let channel = connection.create_channel().await.map_err(BrokerError::from)?;
         channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(BrokerError::from)?;

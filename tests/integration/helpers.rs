@@ -28,7 +28,8 @@ pub struct TestApp {
     /// The config file the app runs with, for the `amtsbote` command.
     pub config_path: std::path::PathBuf,
     _store: tempfile::TempDir,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stopped: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 /// Targets (name, mapping) all delivering to one sample back office at
@@ -97,13 +98,29 @@ pub async fn spawn_app(setup: Setup<'_>) -> TestApp {
     let app = Application::build(&config).await.unwrap();
     let base = format!("http://{}", app.local_addr());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until(async move {
+    let running = tokio::spawn(app.run_until(async move {
         let _ = stopped.await;
     }));
-    TestApp { base, client: reqwest::Client::new(), back_office, prefix, config_path, _store: store, _stop: stop }
+    TestApp {
+        base,
+        client: reqwest::Client::new(),
+        back_office,
+        prefix,
+        config_path,
+        _store: store,
+        stop: Some(stop),
+        stopped: Some(running),
+    }
 }
 
 impl TestApp {
+    /// Starts a graceful shutdown, as SIGTERM does; returns a handle that
+    /// resolves when the app has stopped.
+    pub fn begin_shutdown(&mut self) -> JoinHandle<std::io::Result<()>> {
+        let _ = self.stop.take().expect("not yet shut down").send(());
+        self.stopped.take().expect("not yet shut down")
+    }
+
     /// Runs `amtsbote parked <args>` against this app's config; its stdout.
     pub async fn parked_command(&self, args: &[&str]) -> String {
         let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_amtsbote"))

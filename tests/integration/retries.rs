@@ -202,3 +202,29 @@ async fn the_parked_command_lists_replays_and_records_the_operator() {
     let audit = app.parked_command(&["audit"]).await;
     assert!(audit.contains("replay") && audit.contains("carol") && audit.contains(&id), "{audit}");
 }
+
+#[tokio::test]
+async fn a_graceful_shutdown_answers_503_and_finishes_the_delivery_in_flight() {
+    let mut app = spawn_app(Setup::default()).await;
+    app.back_office.slow_down("fv", Duration::from_secs(2));
+    let id = accepted_id(app.submit(gewerbeanmeldung("053150000000").to_string()).await).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // the delivery is under way
+    let stopped = app.begin_shutdown();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let refused = app.submit(gewerbeanmeldung("053150000000").to_string()).await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(refused.headers().contains_key("retry-after"));
+    let ready = app.client.get(format!("{}/health/ready", app.base)).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    // Within the deadline (5 s in the test config) the delivery finishes.
+    let result = tokio::time::timeout(Duration::from_secs(15), stopped).await;
+    assert!(matches!(result, Ok(Ok(Ok(())))), "stopped cleanly: {result:?}");
+    assert_eq!(app.back_office.received().len(), 1);
+    // Recorded as delivered before the process let go.
+    use amtsbote::store::Store;
+    let store = amtsbote::store::SqliteStore::open(&app.config_path.with_file_name("store.sqlite")).unwrap();
+    let status = store.status(id.parse().unwrap()).await.unwrap().unwrap();
+    assert_eq!(status.status, "delivered");
+}
