@@ -74,6 +74,8 @@ pub enum BrokerError {
     Amqp(#[from] lapin::Error),
     #[error("broker ended the consumer (queue deleted or connection lost)")]
     ConsumerEnded,
+    #[error("broker closed the channel for retries and parking")]
+    ChannelClosed,
     #[error("broker did not confirm the message (nack)")]
     Nacked,
     #[error("broker did not confirm the message within {}s", CONFIRM_TIMEOUT.as_secs())]

@@ -99,6 +99,9 @@ impl Worker {
         let result = loop {
             tokio::select! {
                 next = consumer.next() => match next {
+                    // Without the side channel no outcome can be handed on;
+                    // reconnect rather than requeue every message in a loop.
+                    Some(Ok(_)) if !side.status().connected() => break Err(BrokerError::ChannelClosed),
                     Some(Ok(delivery)) => {
                         let worker = self.clone();
                         let side = side.clone();
