@@ -12,7 +12,7 @@
 //!   delivered, with the reason in the headers.
 //! * `<prefix>.delay` (headers exchange) and `<prefix>.delay.<level>`: the
 //!   retry ladder of [`crate::retry::DELAY_LEVELS`], one quorum queue per
-//!   level with one TTL, shared by all targets. A message waits there and is
+//!   level with one TTL, shared by all targets and declared by the workers. A message waits there and is
 //!   dead-lettered (at-least-once) through the default exchange under its
 //!   original routing key, which is its target's work queue.
 //!
@@ -53,9 +53,9 @@ pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest pause between two attempts to reach a lost broker.
 pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
 
-/// Pauses between reconnect attempts: from 500 ms doubling to
-/// [`MAX_RECONNECT_DELAY`], with jitter so that many workers do not
-/// reconnect in lockstep.
+/// Pauses between reconnect attempts: from 500 ms doubling to half of
+/// [`MAX_RECONNECT_DELAY`]; jitter stretches each by up to as much again,
+/// so that many workers do not reconnect in lockstep.
 pub fn reconnect_backoff() -> impl Iterator<Item = Duration> + Send {
     use backon::BackoffBuilder;
     backon::ExponentialBuilder::default()
@@ -119,7 +119,6 @@ impl Topology {
     pub async fn declare<'a>(&self, channel: &Channel, targets: impl IntoIterator<Item = &'a TargetName>) -> Result<(), BrokerError> {
         let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
         channel.exchange_declare(self.exchange().into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
-        self.declare_delay_ladder(channel).await?;
         for target in targets {
             let parking = self.parking_queue(target);
             let mut args = FieldTable::default();
@@ -142,7 +141,9 @@ impl Topology {
         Ok(())
     }
 
-    async fn declare_delay_ladder(&self, channel: &Channel) -> Result<(), BrokerError> {
+    /// Declares the delay exchange and queues; the workers, which publish
+    /// retries, do this on every connect.
+    pub async fn declare_delay_ladder(&self, channel: &Channel) -> Result<(), BrokerError> {
         let exchange = self.delay_exchange();
         let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
         channel.exchange_declare(exchange.as_str().into(), ExchangeKind::Headers, durable, FieldTable::default()).await?;
@@ -203,6 +204,11 @@ pub async fn connect(url: &SecretString, name: &str) -> Result<Connection, Broke
     }
 }
 
+/// The message id of a delivered message (the submission id), or `""`.
+pub fn message_id(properties: &BasicProperties) -> String {
+    properties.message_id().as_ref().map(|id| id.to_string()).unwrap_or_default()
+}
+
 /// A message to publish: persistent, with its id.
 pub struct Outgoing<'a> {
     pub exchange: &'a str,
@@ -253,6 +259,13 @@ struct State {
     last_failure: Option<Instant>,
 }
 
+impl State {
+    fn live_channel(&self) -> Option<Channel> {
+        let (connection, channel) = self.link.as_ref()?;
+        (connection.status().connected() && channel.status().connected()).then(|| channel.clone())
+    }
+}
+
 /// After a failed connect, requests fail fast for this long instead of
 /// each trying to connect again.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
@@ -260,10 +273,6 @@ const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 impl Publisher {
     pub fn new(url: SecretString, topology: Topology, targets: Vec<TargetName>) -> Self {
         Self { url, topology, targets, state: RwLock::new(State::default()) }
-    }
-
-    pub fn topology(&self) -> &Topology {
-        &self.topology
     }
 
     /// Publishes to the submissions exchange and waits for the confirm.
@@ -288,18 +297,14 @@ impl Publisher {
     }
 
     async fn channel(&self) -> Result<Channel, BrokerError> {
-        {
-            let state = self.state.read().await;
-            if let Some((connection, channel)) = &state.link
-                && connection.status().connected() && channel.status().connected() {
-                    return Ok(channel.clone());
-                }
+        if let Some(channel) = self.state.read().await.live_channel() {
+            return Ok(channel);
         }
         let mut state = self.state.write().await;
-        if let Some((connection, channel)) = &state.link
-            && connection.status().connected() && channel.status().connected() {
-                return Ok(channel.clone());
-            }
+        // Another request may have reconnected while this one waited.
+        if let Some(channel) = state.live_channel() {
+            return Ok(channel);
+        }
         if state.last_failure.is_some_and(|at| at.elapsed() < RECONNECT_PAUSE) {
             return Err(BrokerError::Unreachable {
                 url: redact_url(self.url.expose_secret()),

@@ -121,23 +121,21 @@ async fn accept(intake: &Intake, headers: &HeaderMap, body: Result<Bytes, BytesR
         ]));
     };
 
-    let mut id = Uuid::new_v4();
-    let mut received_at = OffsetDateTime::now_utc();
     let record = NewSubmission {
-        id,
+        id: Uuid::new_v4(),
         service: submission.service.as_str().to_owned(),
         region: submission.region.as_str().to_owned(),
         reference: submission.reference.clone(),
-        received_at,
+        received_at: OffsetDateTime::now_utc(),
         targets: route.targets.clone(),
     };
-    match intake.store.begin_intake(record, idempotency).await.map_err(internal)? {
-        Claim::Fresh => {}
+    let fresh = (record.id, record.received_at);
+    let (id, received_at) = match intake.store.begin_intake(record, idempotency).await.map_err(internal)? {
+        Claim::Fresh => fresh,
         Claim::Replay { id } => return Ok(accepted(id)),
-        Claim::Resume { id: first_id, received_at: first_received_at } => {
-            tracing::info!(event = "intake_resumed", submission = %first_id, "resuming a submission whose first request did not finish");
-            id = first_id;
-            received_at = first_received_at;
+        Claim::Resume { id, received_at } => {
+            tracing::info!(event = "intake_resumed", submission = %id, "resuming a submission whose first request did not finish");
+            (id, received_at)
         }
         Claim::InProgress => {
             return Err(Problem::new(
@@ -156,7 +154,7 @@ async fn accept(intake: &Intake, headers: &HeaderMap, body: Result<Bytes, BytesR
                 "this Idempotency-Key was used for a different request body",
             ));
         }
-    }
+    };
 
     let mut headers = FieldTable::default();
     headers.insert("service".into(), long_string(submission.service.as_str()));

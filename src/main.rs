@@ -194,9 +194,8 @@ async fn parked(parking: &ParkingLot, command: ParkedCommand) -> anyhow::Result<
         }
         ParkedCommand::Show { target, submission } => {
             let target = TargetName::parse(&target).map_err(|e| anyhow::anyhow!("target: {e}"))?;
-            let selection = Selection { target: Some(target), submission: Some(submission), ..Selection::default() };
-            match parking.list(&selection).await?.first() {
-                Some(parked) => println!("{}", serde_json::to_string_pretty(parked)?),
+            match parking.find(target, submission).await? {
+                Some(parked) => println!("{}", serde_json::to_string_pretty(&parked)?),
                 None => {
                     eprintln!("no parked delivery of submission {submission} for that target");
                     return Ok(ExitCode::FAILURE);
@@ -217,15 +216,16 @@ async fn parked(parking: &ParkingLot, command: ParkedCommand) -> anyhow::Result<
         }
         ParkedCommand::Audit { limit } => {
             for entry in parking.store.audit_trail(limit).await? {
+                let r = entry.record;
                 println!(
                     "{}  {:<8} {:<16} {:<24} {}  (was {}){}",
                     entry.at,
-                    entry.action,
-                    entry.operator,
-                    entry.target,
-                    entry.submission_id,
-                    entry.parked_reason,
-                    entry.comment.map(|c| format!("  {c}")).unwrap_or_default()
+                    r.action.as_str(),
+                    r.operator,
+                    r.target,
+                    r.submission_id,
+                    r.parked_reason,
+                    r.comment.map(|c| format!("  {c}")).unwrap_or_default()
                 );
             }
         }

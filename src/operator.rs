@@ -123,10 +123,8 @@ async fn show(State(api): State<Arc<OperatorApi>>, headers: HeaderMap, Path((tar
         let not_found = || Problem::new(StatusCode::NOT_FOUND, "not-parked", "Not Parked", "no such parked delivery");
         let target = TargetName::parse(&target).map_err(|_| not_found())?;
         let submission = submission.parse::<Uuid>().map_err(|_| not_found())?;
-        let selection = Selection { target: Some(target), submission: Some(submission), ..Selection::default() };
-        let parked = api.parking.list(&selection).await.map_err(parking_problem)?;
-        let first = parked.into_iter().next().ok_or_else(not_found)?;
-        Ok(Json(first).into_response())
+        let parked = api.parking.find(target, submission).await.map_err(parking_problem)?;
+        Ok(Json(parked.ok_or_else(not_found)?).into_response())
     })
     .await
 }

@@ -33,7 +33,7 @@ use crate::broker::{self, BrokerError, Outgoing, Topology};
 use crate::config::Config;
 use crate::domain::{TargetName, delivery_id};
 use crate::retry::{self, History, header};
-use crate::store::{AuditEntry, OperatorAction, Store, StoreError};
+use crate::store::{OperatorAction, OperatorRecord, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ParkingError {
@@ -126,6 +126,12 @@ impl ParkingLot {
         self.sweep(selection, None).await
     }
 
+    /// One parked delivery.
+    pub async fn find(&self, target: TargetName, submission: Uuid) -> Result<Option<ParkedDelivery>, ParkingError> {
+        let selection = Selection { target: Some(target), submission: Some(submission), ..Selection::default() };
+        Ok(self.list(&selection).await?.into_iter().next())
+    }
+
     /// Applies `action` to the selected deliveries; returns them.
     pub async fn apply(&self, selection: &Selection, action: &Action) -> Result<Vec<ParkedDelivery>, ParkingError> {
         self.sweep(selection, Some(action)).await
@@ -166,30 +172,24 @@ impl ParkingLot {
     ) -> Result<(), ParkingError> {
         let queue = self.topology.parking_queue(target);
         let now = OffsetDateTime::now_utc();
-        // Returned to the queue at the end: what was not selected, and all of
-        // a listing.
-        let mut unselected = Vec::new();
-        // Take the whole queue first: returning a message while taking
-        // would hand it out again.
-        let mut taken = Vec::new();
-        while let Some(message) = channel
+        // Returned to the queue only at the end (what was not selected, and
+        // all of a listing): returned earlier, they would be taken again.
+        let mut to_return = Vec::new();
+        while let Some(taken) = channel
             .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
             .await
             .map_err(BrokerError::from)?
         {
-            taken.push(message.delivery);
-        }
-        for message in taken {
-            let headers = message.properties.headers().clone().unwrap_or_default();
-            let (parked, parked_at) = describe(target, &message.properties, &headers, message.data.len());
+            let message = taken.delivery;
+            let (parked, parked_at) = describe(target, &message.properties, message.data.len());
             if !selection.matches(&parked, parked_at, now) {
-                unselected.push(message.delivery_tag);
+                to_return.push(message.delivery_tag);
                 continue;
             }
             match action {
-                None => unselected.push(message.delivery_tag),
+                None => to_return.push(message.delivery_tag),
                 Some(Action::Replay { operator }) => {
-                    self.replay(channel, target, &message.properties, &headers, &message.data).await?;
+                    self.replay(channel, target, &parked, message.properties.headers().as_ref(), &message.data).await?;
                     self.record(&parked, operator, None, OperatorAction::Replay).await?;
                     channel.basic_ack(message.delivery_tag, BasicAckOptions::default()).await.map_err(BrokerError::from)?;
                     tracing::info!(event = "parked_replayed", submission = %parked.submission_id, target = %target, operator = %operator, "parked delivery replayed");
@@ -202,7 +202,7 @@ impl ParkingLot {
             }
             selected.push(parked);
         }
-        for tag in unselected {
+        for tag in to_return {
             channel
                 .basic_nack(tag, BasicNackOptions { requeue: true, ..Default::default() })
                 .await
@@ -211,44 +211,45 @@ impl ParkingLot {
         Ok(())
     }
 
+    /// Republishes a parked message to its work queue with a fresh attempt
+    /// history, so that its `max_age` starts again.
     async fn replay(
         &self,
         channel: &Channel,
         target: &TargetName,
-        properties: &BasicProperties,
-        headers: &FieldTable,
+        parked: &ParkedDelivery,
+        headers: Option<&FieldTable>,
         body: &[u8],
     ) -> Result<(), ParkingError> {
-        let history = History::from_headers(headers);
-        let mut fresh = retry::carry_headers(headers, &[header::ATTEMPTS, header::FIRST_ATTEMPT, header::LAST_ERROR, header::REASON, header::TARGET, header::PARKED_AT]);
-        History { replays: history.replays + 1, ..History::default() }.write(&mut fresh);
-        let message_id = properties.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default();
+        let mut fresh = retry::carry_headers(headers);
+        History { replays: parked.replays + 1, ..History::default() }.write(&mut fresh);
         let queue = self.topology.work_queue(target);
         broker::publish_confirmed(
             channel,
-            Outgoing { exchange: "", routing_key: &queue, message_id: &message_id, headers: fresh, body },
+            Outgoing { exchange: "", routing_key: &queue, message_id: &parked.submission_id, headers: fresh, body },
         )
         .await?;
         Ok(())
     }
 
     async fn record(&self, parked: &ParkedDelivery, operator: &str, comment: Option<String>, action: OperatorAction) -> Result<(), ParkingError> {
-        let entry = AuditEntry {
-            at: OffsetDateTime::now_utc().format(&Rfc3339).expect("now formats"),
+        let record = OperatorRecord {
             operator: operator.to_owned(),
-            action: action.as_str().to_owned(),
+            action,
             target: parked.target.clone(),
             submission_id: parked.submission_id.clone(),
             parked_reason: parked.reason.clone(),
             comment,
         };
-        Ok(self.store.record_operator_action(entry, action).await?)
+        Ok(self.store.record_operator_action(record).await?)
     }
 }
 
-fn describe(target: &TargetName, properties: &BasicProperties, headers: &FieldTable, size: usize) -> (ParkedDelivery, Option<OffsetDateTime>) {
+fn describe(target: &TargetName, properties: &BasicProperties, size: usize) -> (ParkedDelivery, Option<OffsetDateTime>) {
+    let no_headers = FieldTable::default();
+    let headers = properties.headers().as_ref().unwrap_or(&no_headers);
     let history = History::from_headers(headers);
-    let submission_id = properties.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default();
+    let submission_id = broker::message_id(properties);
     let reason = retry::text(headers, header::REASON).unwrap_or_else(|| {
         match retry::text(headers, "x-first-death-reason").as_deref() {
             Some("delivery_limit") => "redelivery-limit".into(),

@@ -165,7 +165,8 @@ pub fn level_name(level: Duration) -> String {
     }
 }
 
-/// Message headers amtsbote reads and writes; defined once here.
+/// Message headers amtsbote reads and writes; defined once here. All but
+/// [`header::DELAY`] start with `x-amtsbote-`.
 pub mod header {
     /// Attempts made so far (integer).
     pub const ATTEMPTS: &str = "x-amtsbote-attempts";
@@ -190,13 +191,16 @@ pub mod header {
         ["x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason", "x-delivery-count", "x-last-death-reason"];
 }
 
-/// The headers that travel on when a message is republished: its own and
-/// amtsbote's, minus `drop`, minus what the broker added on the way.
-pub fn carry_headers(original: &FieldTable, drop: &[&str]) -> FieldTable {
+/// The headers that travel on when a message is republished: the
+/// publisher's own (`service`, `region`), without amtsbote's delivery
+/// state, which the republisher writes afresh, and without what the broker
+/// added on the way (`x-death`, ...).
+pub fn carry_headers(original: Option<&FieldTable>) -> FieldTable {
     let mut headers = FieldTable::default();
-    for (name, value) in original.inner() {
+    for (name, value) in original.map(FieldTable::inner).into_iter().flatten() {
         let name_str = name.as_str();
-        if !header::BROKER_ADDED.contains(&name_str) && name_str != header::DELAY && !drop.contains(&name_str) {
+        let ours = name_str.starts_with("x-amtsbote-") || name_str == header::DELAY;
+        if !ours && !header::BROKER_ADDED.contains(&name_str) {
             headers.insert(name.clone(), value.clone());
         }
     }

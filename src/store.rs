@@ -107,7 +107,8 @@ impl DeliveryState {
 }
 
 /// An operator's action on a parked delivery, kept for the audit trail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OperatorAction {
     Replay,
     Discard,
@@ -120,21 +121,32 @@ impl OperatorAction {
             OperatorAction::Discard => "discard",
         }
     }
+
+    fn parse(s: &str) -> Self {
+        if s == "discard" { OperatorAction::Discard } else { OperatorAction::Replay }
+    }
 }
 
-/// One recorded operator action.
+/// What an operator did to a parked delivery.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct AuditEntry {
-    pub at: String,
+pub struct OperatorRecord {
     pub operator: String,
-    pub action: String,
+    pub action: OperatorAction,
     pub target: String,
     pub submission_id: String,
     /// Why the delivery had been parked.
     pub parked_reason: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
+}
+
+/// One entry of the audit trail: the record and when the store took it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEntry {
+    pub at: String,
+    #[serde(flatten)]
+    pub record: OperatorRecord,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -182,7 +194,7 @@ pub trait Store: Send + Sync + 'static {
     async fn status(&self, id: Uuid) -> Result<Option<SubmissionStatus>, StoreError>;
     /// Records who replayed or discarded a parked delivery, and sets the
     /// delivery's state accordingly.
-    async fn record_operator_action(&self, entry: AuditEntry, action: OperatorAction) -> Result<(), StoreError>;
+    async fn record_operator_action(&self, record: OperatorRecord) -> Result<(), StoreError>;
     /// The audit trail, newest first.
     async fn audit_trail(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
 }
@@ -381,27 +393,22 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn record_operator_action(&self, entry: AuditEntry, action: OperatorAction) -> Result<(), StoreError> {
+    async fn record_operator_action(&self, r: OperatorRecord) -> Result<(), StoreError> {
         self.with(move |conn| {
+            let at = now();
             let tx = conn.transaction()?;
             tx.execute(
                 "INSERT INTO operator_actions (at, operator, action, target, submission_id, parked_reason, comment)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![entry.at, entry.operator, action.as_str(), entry.target, entry.submission_id, entry.parked_reason, entry.comment],
+                params![at, r.operator, r.action.as_str(), r.target, r.submission_id, r.parked_reason, r.comment],
             )?;
-            let state = match action {
-                OperatorAction::Replay => DeliveryState::Queued,
-                OperatorAction::Discard => DeliveryState::Discarded,
+            let (state, outcome) = match r.action {
+                OperatorAction::Replay => (DeliveryState::Queued, format!("replayed by {}", r.operator)),
+                OperatorAction::Discard => (DeliveryState::Discarded, format!("discarded by {}", r.operator)),
             };
             tx.execute(
                 "UPDATE deliveries SET state = ?3, last_outcome = ?4, updated_at = ?5 WHERE submission_id = ?1 AND target = ?2",
-                params![
-                    entry.submission_id,
-                    entry.target,
-                    state.as_str(),
-                    format!("{} by {}", if action == OperatorAction::Replay { "replayed" } else { "discarded" }, entry.operator),
-                    entry.at
-                ],
+                params![r.submission_id, r.target, state.as_str(), outcome, at],
             )?;
             tx.commit()
         })
@@ -418,12 +425,14 @@ impl Store for SqliteStore {
                 .query_map([limit], |r| {
                     Ok(AuditEntry {
                         at: r.get(0)?,
-                        operator: r.get(1)?,
-                        action: r.get(2)?,
-                        target: r.get(3)?,
-                        submission_id: r.get(4)?,
-                        parked_reason: r.get(5)?,
-                        comment: r.get(6)?,
+                        record: OperatorRecord {
+                            operator: r.get(1)?,
+                            action: OperatorAction::parse(&r.get::<_, String>(2)?),
+                            target: r.get(3)?,
+                            submission_id: r.get(4)?,
+                            parked_reason: r.get(5)?,
+                            comment: r.get(6)?,
+                        },
                     })
                 })?
                 .collect()
@@ -490,14 +499,19 @@ mod tests {
         }
     }
 
+    fn temp_store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.sqlite")).unwrap();
+        (dir, store)
+    }
+
     fn key(k: &str, body: u8) -> Option<IdempotencyKey> {
         Some(IdempotencyKey { key: k.into(), fingerprint: [body; 32] })
     }
 
     #[tokio::test]
     async fn idempotency_key_lifecycle() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("s.sqlite")).unwrap();
+        let (_dir, store) = temp_store();
         let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
         assert_eq!(store.begin_intake(submission(first), key("k", 1)).await.unwrap(), Claim::Fresh);
         assert_eq!(store.begin_intake(submission(second), key("k", 1)).await.unwrap(), Claim::InProgress);
@@ -508,8 +522,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_abandoned_key_resumes_under_the_same_id() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("s.sqlite")).unwrap();
+        let (_dir, store) = temp_store();
         let first = submission(Uuid::new_v4());
         store.begin_intake(first.clone(), key("k", 1)).await.unwrap();
         store.abandon_intake(first.id).await.unwrap();
@@ -526,8 +539,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_abandoned_submission_without_key_is_forgotten() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("s.sqlite")).unwrap();
+        let (_dir, store) = temp_store();
         let id = Uuid::new_v4();
         store.begin_intake(submission(id), None).await.unwrap();
         store.abandon_intake(id).await.unwrap();
@@ -536,25 +548,23 @@ mod tests {
 
     #[tokio::test]
     async fn operator_actions_are_recorded_and_change_the_state() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("s.sqlite")).unwrap();
+        let (_dir, store) = temp_store();
         let id = Uuid::new_v4();
         store.begin_intake(submission(id), None).await.unwrap();
         store.confirm_intake(id).await.unwrap();
         let a = TargetName::parse("a").unwrap();
         store.record_attempt(id, &a, DeliveryState::Parked, "HTTP 422").await.unwrap();
-        let entry = AuditEntry {
-            at: now(),
+        let record = OperatorRecord {
             operator: "alice".into(),
-            action: String::new(),
+            action: OperatorAction::Discard,
             target: "a".into(),
             submission_id: id.to_string(),
             parked_reason: "target-rejected".into(),
             comment: Some("duplicate of R-1".into()),
         };
-        store.record_operator_action(entry, OperatorAction::Discard).await.unwrap();
+        store.record_operator_action(record).await.unwrap();
         let trail = store.audit_trail(10).await.unwrap();
-        assert_eq!((trail[0].operator.as_str(), trail[0].action.as_str()), ("alice", "discard"));
+        assert_eq!((trail[0].record.operator.as_str(), trail[0].record.action), ("alice", OperatorAction::Discard));
         let status = store.status(id).await.unwrap().unwrap();
         assert_eq!(status.targets[0].state, DeliveryState::Discarded);
         assert_eq!(status.targets[0].last_outcome.as_deref(), Some("discarded by alice"));
@@ -578,8 +588,7 @@ mod tests {
 
     #[tokio::test]
     async fn status_follows_deliveries() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("s.sqlite")).unwrap();
+        let (_dir, store) = temp_store();
         let id = Uuid::new_v4();
         store.begin_intake(submission(id), None).await.unwrap();
         assert_eq!(store.status(id).await.unwrap().unwrap().status, "received");

@@ -81,6 +81,7 @@ impl Worker {
         let connection = broker::connect(&self.broker_url, &name).await?;
         let channel = connection.create_channel().await?;
         self.topology.declare(&channel, [&self.target.name]).await?;
+        self.topology.declare_delay_ladder(&channel).await?;
         channel.basic_qos(self.target.concurrency, BasicQosOptions::default()).await?;
         // Retries and parking are published on their own confirm channel.
         let side = connection.create_channel().await?;
@@ -132,17 +133,13 @@ impl Worker {
     }
 
     async fn handle(&self, message: AmqpDelivery, side: &Channel) {
-        let submission_id = message
-            .properties
-            .message_id()
-            .as_ref()
-            .and_then(|id| id.as_str().parse::<Uuid>().ok());
+        let id = broker::message_id(&message.properties);
         let mut history = message.properties.headers().as_ref().map(History::from_headers).unwrap_or_default();
         let first_attempt = history.first_attempt.unwrap_or_else(OffsetDateTime::now_utc);
         history.attempts += 1;
         history.first_attempt = Some(first_attempt);
         let policy = &self.target.retry;
-        let next = match self.deliver(submission_id, &message.data).await {
+        let next = match self.deliver(&id, &message.data).await {
             Ok(detail) => Next::Done(detail),
             Err(Failure::Transient { reason, retry_after }) => {
                 history.last_error = Some(reason.clone());
@@ -157,18 +154,14 @@ impl Worker {
                 Next::Park(reason)
             }
         };
-        let id = message.properties.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default();
         let settled = match next {
             Next::Done(detail) => Ok((DeliveryState::Delivered, detail)),
-            Next::Retry { delay, reason } => self
-                .schedule_retry(side, &message, &history, delay)
-                .await
-                .map(|()| {
-                    tracing::info!(event = "retry_scheduled", submission = %id, target = %self.target.name,
-                        attempt = history.attempts, delay = %retry::level_name(delay), error = %reason, "delivery failed; retry scheduled");
-                    (DeliveryState::Retrying, reason)
-                }),
-            Next::Park(reason) => self.park(side, &message, &history, &reason).await.map(|()| {
+            Next::Retry { delay, reason } => self.hand_on(side, &message, &history, HandOff::Retry(delay)).await.map(|()| {
+                tracing::info!(event = "retry_scheduled", submission = %id, target = %self.target.name,
+                    attempt = history.attempts, delay = %retry::level_name(delay), error = %reason, "delivery failed; retry scheduled");
+                (DeliveryState::Retrying, reason)
+            }),
+            Next::Park(reason) => self.hand_on(side, &message, &history, HandOff::Park(&reason)).await.map(|()| {
                 tracing::warn!(event = "parked", submission = %id, target = %self.target.name,
                     reason = reason.kind(), attempts = history.attempts, error = %reason, "delivery parked");
                 (DeliveryState::Parked, reason.to_string())
@@ -185,10 +178,11 @@ impl Worker {
                 return;
             }
         };
-        if let Some(id) = submission_id
-            && let Err(e) = self.store.record_attempt(id, &self.target.name, state, &outcome_text).await {
-                tracing::error!(event = "store_failed", submission = %id, error = %e, "could not record delivery state");
-            }
+        if let Ok(submission) = id.parse::<Uuid>()
+            && let Err(e) = self.store.record_attempt(submission, &self.target.name, state, &outcome_text).await
+        {
+            tracing::error!(event = "store_failed", submission = %id, error = %e, "could not record delivery state");
+        }
         if let Err(e) = message.ack(BasicAckOptions::default()).await {
             // The broker redelivers; the stable delivery id lets the target
             // recognise the repeat.
@@ -197,9 +191,10 @@ impl Worker {
     }
 
     /// Renders and delivers; `Ok` carries the connector's detail.
-    async fn deliver(&self, submission_id: Option<Uuid>, body: &[u8]) -> Result<String, Failure> {
+    async fn deliver(&self, message_id: &str, body: &[u8]) -> Result<String, Failure> {
         let target = &self.target;
-        let id = submission_id.ok_or(Failure::Park(ParkReason::Undecodable("message has no submission id".into())))?;
+        let id: Uuid =
+            message_id.parse().map_err(|_| Failure::Park(ParkReason::Undecodable("message has no submission id".into())))?;
         let rendered = {
             // Parsed and rendered without an await in between: jaq values
             // are not `Send`.
@@ -225,36 +220,31 @@ impl Worker {
         }
     }
 
-    /// Sends the message to the delay queue for `delay`; the broker returns
-    /// it to the work queue when the delay is over.
-    async fn schedule_retry(&self, side: &Channel, message: &AmqpDelivery, history: &History, delay: Duration) -> Result<(), BrokerError> {
-        let mut headers = retry::carry_headers(&message.properties.headers().clone().unwrap_or_default(), &[]);
+    /// Publishes the message, with confirm, to the delay queue of a retry
+    /// (the broker returns it to the work queue when the delay is over) or
+    /// to the parking queue.
+    async fn hand_on(&self, side: &Channel, message: &AmqpDelivery, history: &History, to: HandOff<'_>) -> Result<(), BrokerError> {
+        let mut headers = retry::carry_headers(message.properties.headers().as_ref());
         history.write(&mut headers);
-        headers.insert(retry::header::DELAY.into(), long_string(&retry::level_name(delay)));
-        let message_id = message.properties.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default();
-        let exchange = self.topology.delay_exchange();
-        let work_queue = self.topology.work_queue(&self.target.name);
+        let (exchange, routing_key) = match to {
+            HandOff::Retry(delay) => {
+                headers.insert(retry::header::DELAY.into(), long_string(&retry::level_name(delay)));
+                (self.topology.delay_exchange(), self.topology.work_queue(&self.target.name))
+            }
+            HandOff::Park(reason) => {
+                headers.insert(retry::header::REASON.into(), long_string(reason.kind()));
+                headers.insert(retry::header::TARGET.into(), long_string(self.target.name.as_str()));
+                headers.insert(
+                    retry::header::PARKED_AT.into(),
+                    AMQPValue::LongLongInt(retry::to_millis(OffsetDateTime::now_utc())),
+                );
+                (String::new(), self.topology.parking_queue(&self.target.name))
+            }
+        };
+        let message_id = broker::message_id(&message.properties);
         broker::publish_confirmed(
             side,
-            Outgoing { exchange: &exchange, routing_key: &work_queue, message_id: &message_id, headers, body: &message.data },
-        )
-        .await
-    }
-
-    async fn park(&self, side: &Channel, message: &AmqpDelivery, history: &History, reason: &ParkReason) -> Result<(), BrokerError> {
-        let mut headers = retry::carry_headers(&message.properties.headers().clone().unwrap_or_default(), &[]);
-        history.write(&mut headers);
-        headers.insert(retry::header::REASON.into(), long_string(reason.kind()));
-        headers.insert(retry::header::TARGET.into(), long_string(self.target.name.as_str()));
-        headers.insert(
-            retry::header::PARKED_AT.into(),
-            AMQPValue::LongLongInt(retry::to_millis(OffsetDateTime::now_utc())),
-        );
-        let message_id = message.properties.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default();
-        let queue = self.topology.parking_queue(&self.target.name);
-        broker::publish_confirmed(
-            side,
-            Outgoing { exchange: "", routing_key: &queue, message_id: &message_id, headers, body: &message.data },
+            Outgoing { exchange: &exchange, routing_key: &routing_key, message_id: &message_id, headers, body: &message.data },
         )
         .await
     }
@@ -264,6 +254,12 @@ enum Next {
     Done(String),
     Retry { delay: Duration, reason: String },
     Park(ParkReason),
+}
+
+/// Where a message that was not delivered goes next.
+enum HandOff<'a> {
+    Retry(Duration),
+    Park(&'a ParkReason),
 }
 
 enum Failure {
