@@ -15,7 +15,8 @@ use crate::config::Config;
 use crate::intake::{self, Intake};
 use crate::operator::{self, OperatorApi};
 use crate::parking::ParkingLot;
-use crate::pipeline::Pipeline;
+use crate::mapping::sandbox::Sandbox;
+use crate::pipeline::{MappingVersions, Pipeline};
 use crate::store::{SqliteStore, Store};
 use crate::worker::Worker;
 
@@ -27,6 +28,8 @@ pub enum StartupError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Operators(#[from] crate::operator::BadTokenHash),
+    #[error("cannot find the mapping sandbox program: {0}")]
+    Sandbox(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
 }
@@ -48,6 +51,9 @@ impl Application {
     pub async fn build(config: &Config) -> Result<Self, StartupError> {
         let pipeline = Pipeline::build(config).map_err(StartupError::Pipeline)?;
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store.path)?);
+        let versions = Arc::new(MappingVersions::new(store.clone()));
+        versions.keep(&pipeline).await?;
+        let sandbox = Sandbox::new(config.sandbox.clone()).map_err(StartupError::Sandbox)?;
         let topology = Topology::new(&config.broker.prefix);
         let targets: Vec<_> = pipeline.targets.keys().cloned().collect();
         let publisher = Arc::new(Publisher::new(config.broker.url.clone(), topology.clone(), targets));
@@ -62,6 +68,8 @@ impl Application {
                     topology: topology.clone(),
                     broker_url: config.broker.url.clone(),
                     store: store.clone(),
+                    sandbox: sandbox.clone(),
+                    versions: versions.clone(),
                 })
             })
             .collect();

@@ -17,6 +17,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::domain::TargetName;
+use crate::mapping::sandbox::SandboxSettings;
 use crate::retry::RetryPolicy;
 use crate::routing::RouteConfig;
 
@@ -50,6 +51,10 @@ pub struct Config {
     /// regardless, as it talks to the broker and store directly.
     #[serde(default)]
     pub operators: Vec<OperatorConfig>,
+    /// How mapping evaluations are bounded in time and memory; see
+    /// [`SandboxSettings`].
+    #[serde(default)]
+    pub sandbox: SandboxSettings,
 }
 
 /// An operator of the HTTP API, identified by a bearer token of which only

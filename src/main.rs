@@ -37,6 +37,20 @@ enum Command {
         #[command(subcommand)]
         command: ParkedCommand,
     },
+    /// Work with mapping files.
+    Mappings {
+        #[command(subcommand)]
+        command: MappingsCommand,
+    },
+    /// Evaluate mappings for a running amtsbote (started by it; not for
+    /// people).
+    #[command(hide = true)]
+    MappingSandbox {
+        #[arg(long)]
+        memory_limit_mib: u64,
+        #[arg(long)]
+        output_limit_mib: u64,
+    },
     /// Run the demo: sample back offices, amtsbote, sample submissions.
     Demo {
         /// The demo config (its targets point at the sample back offices).
@@ -45,6 +59,22 @@ enum Command {
         /// Folder of sample submissions to send.
         #[arg(long, default_value = "examples/demo/submissions")]
         submissions: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum MappingsCommand {
+    /// Run every mapping's fixtures (`fixtures/<name>.input.json` against
+    /// `fixtures/<name>.expected.*`); show a diff for each mismatch and
+    /// exit non-zero if any fixture fails.
+    Test {
+        /// A mappings folder, a mapping's folder or one mapping file.
+        #[arg(default_value = "mappings")]
+        path: PathBuf,
+        /// Write the output of fixtures that have no expected file yet as
+        /// their expected file (review it before committing).
+        #[arg(long)]
+        bless: bool,
     },
 }
 
@@ -135,6 +165,16 @@ impl Select {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::MappingSandbox { memory_limit_mib, output_limit_mib } = cli.command {
+        // No runtime, no logging: one thread answering on stdin/stdout.
+        return match amtsbote::mapping::sandbox::serve(memory_limit_mib, output_limit_mib) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mapping sandbox: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     amtsbote::telemetry::init();
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
     match runtime.block_on(run(cli)) {
@@ -177,6 +217,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let parking = ParkingLot::new(&config, store.clone());
             parked(&parking, command).await
         }
+        Command::Mappings { command: MappingsCommand::Test { path, bless } } => {
+            use amtsbote::mapping::{fixtures, sandbox};
+            let sandbox = sandbox::Sandbox::new(sandbox::SandboxSettings::default())?;
+            let report = fixtures::run(&path, fixtures::Evaluator::Sandbox(&sandbox), bless)
+                .await
+                .with_context(|| format!("reading {}", path.display()))?;
+            print!("{}", report.log);
+            Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::MappingSandbox { .. } => unreachable!("handled before the runtime starts"),
         Command::Demo { config, submissions } => amtsbote::demo::run(&config, &submissions).await.map(|()| ExitCode::SUCCESS),
     }
 }

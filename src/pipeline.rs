@@ -2,17 +2,18 @@
 //! target, its mapping and connector. `amtsbote check` builds exactly this
 //! and reports every problem it finds at once.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use amtsbote_connector::Connector;
 use amtsbote_connector_http::HttpConnector;
 
 use crate::config::{Config, ConnectorConfig};
 use crate::domain::TargetName;
-use crate::mapping::Mapping;
+use crate::mapping::{Mapping, MappingSource, PackageFormat};
 use crate::retry::RetryPolicy;
 use crate::routing::RouteTable;
+use crate::store::Store;
 
 pub struct Target {
     pub name: TargetName,
@@ -52,8 +53,7 @@ impl Pipeline {
             let mapping = match mappings.get(target.mapping.as_path()) {
                 Some(m) => Some(m.clone()),
                 None => {
-                    let path = config.mappings.join(&target.mapping);
-                    match Mapping::load(&path, &path.display().to_string()) {
+                    match Mapping::load(&config.mappings, &target.mapping) {
                         Ok(m) => {
                             let m = Arc::new(m);
                             mappings.insert(target.mapping.as_path(), m.clone());
@@ -67,6 +67,12 @@ impl Pipeline {
                 }
             };
             let connector: Option<Arc<dyn Connector>> = match &target.connector {
+                ConnectorConfig::Http(_) if mapping.as_ref().and_then(|m| m.package_format()) == Some(PackageFormat::Folder) => {
+                    problems.push(format!(
+                        "targets: {name}: the http connector sends one document, but the mapping packs a folder; use `format: zip`"
+                    ));
+                    None
+                }
                 ConnectorConfig::Http(http) => match HttpConnector::new(http) {
                     Ok(c) => Some(Arc::new(c)),
                     Err(e) => {
@@ -83,5 +89,43 @@ impl Pipeline {
             }
         }
         if problems.is_empty() { Ok(Self { routes, targets }) } else { Err(problems) }
+    }
+}
+
+/// Every mapping version deliveries may still need: the current ones and,
+/// from the store, those that deliveries in flight started with.
+pub struct MappingVersions {
+    store: Arc<dyn Store>,
+    compiled: Mutex<HashMap<String, Arc<Mapping>>>,
+}
+
+impl MappingVersions {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store, compiled: Mutex::new(HashMap::new()) }
+    }
+
+    /// Keeps the pipeline's mappings (in the store, too) under their
+    /// versions.
+    pub async fn keep(&self, pipeline: &Pipeline) -> Result<(), crate::store::StoreError> {
+        for target in pipeline.targets.values() {
+            let mapping = &target.mapping;
+            let source = serde_json::to_string(mapping.source()).expect("a mapping source serializes");
+            self.store.keep_mapping_version(mapping.version(), mapping.file(), &source).await?;
+            self.compiled.lock().expect("versions lock").insert(mapping.version().to_owned(), mapping.clone());
+        }
+        Ok(())
+    }
+
+    /// The mapping of `version`, compiled from the kept source if need be;
+    /// `None` if it is not known (or no longer compiles).
+    pub async fn get(&self, version: &str) -> Option<Arc<Mapping>> {
+        if let Some(m) = self.compiled.lock().expect("versions lock").get(version) {
+            return Some(m.clone());
+        }
+        let source = self.store.mapping_version(version).await.ok()??;
+        let source: MappingSource = serde_json::from_str(&source).ok()?;
+        let mapping = Arc::new(Mapping::compile(source).ok()?);
+        self.compiled.lock().expect("versions lock").insert(version.to_owned(), mapping.clone());
+        Some(mapping)
     }
 }

@@ -183,6 +183,9 @@ pub mod header {
     pub const TARGET: &str = "x-amtsbote-target";
     /// Unix milliseconds of parking.
     pub const PARKED_AT: &str = "x-amtsbote-parked-at";
+    /// Version (content hash) of the mapping the first attempt used; later
+    /// attempts map with the same version, whatever changed meanwhile.
+    pub const MAPPING: &str = "x-amtsbote-mapping";
     /// Selects the delay queue in the delay (headers) exchange. Not `x-`
     /// prefixed: a headers exchange ignores binding arguments that are.
     pub const DELAY: &str = "amtsbote-delay";
@@ -215,6 +218,7 @@ pub struct History {
     pub first_attempt: Option<OffsetDateTime>,
     pub last_error: Option<String>,
     pub replays: u32,
+    pub mapping_version: Option<String>,
 }
 
 impl History {
@@ -224,6 +228,7 @@ impl History {
             first_attempt: integer(headers, header::FIRST_ATTEMPT).and_then(from_millis),
             last_error: text(headers, header::LAST_ERROR),
             replays: integer(headers, header::REPLAYS).and_then(|n| u32::try_from(n).ok()).unwrap_or(0),
+            mapping_version: text(headers, header::MAPPING),
         }
     }
 
@@ -236,6 +241,9 @@ impl History {
             headers.insert(header::LAST_ERROR.into(), long_string(error));
         }
         headers.insert(header::REPLAYS.into(), AMQPValue::LongLongInt(self.replays.into()));
+        if let Some(version) = &self.mapping_version {
+            headers.insert(header::MAPPING.into(), long_string(version));
+        }
     }
 }
 
@@ -305,6 +313,7 @@ mod tests {
             first_attempt: from_millis(1_700_000_000_123),
             last_error: Some("HTTP 503".into()),
             replays: 1,
+            mapping_version: Some("sha256:0123456789abcdef".into()),
         };
         let mut headers = FieldTable::default();
         history.write(&mut headers);

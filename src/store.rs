@@ -175,6 +175,9 @@ pub struct TargetStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_outcome: Option<String>,
     pub updated_at: String,
+    /// Version (content hash) of the mapping the last attempt used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mapping_version: Option<String>,
 }
 
 #[async_trait::async_trait]
@@ -189,8 +192,15 @@ pub trait Store: Send + Sync + 'static {
     /// kept: the broker may have the message after all (a confirm lost with
     /// the connection), so the client's retry resumes under the same id.
     async fn abandon_intake(&self, id: Uuid) -> Result<(), StoreError>;
-    /// A delivery attempt for one target ended in `state`.
-    async fn record_attempt(&self, id: Uuid, target: &TargetName, state: DeliveryState, outcome: &str) -> Result<(), StoreError>;
+    /// A delivery attempt for one target, mapped with `mapping_version`,
+    /// ended in `state`.
+    async fn record_attempt(&self, id: Uuid, target: &TargetName, mapping_version: &str, state: DeliveryState, outcome: &str) -> Result<(), StoreError>;
+    /// Keeps a mapping's source under its version, so that deliveries in
+    /// flight map with it even after the file changed and amtsbote
+    /// restarted.
+    async fn keep_mapping_version(&self, version: &str, name: &str, source: &str) -> Result<(), StoreError>;
+    /// The source kept under `version`.
+    async fn mapping_version(&self, version: &str) -> Result<Option<String>, StoreError>;
     async fn status(&self, id: Uuid) -> Result<Option<SubmissionStatus>, StoreError>;
     /// Records who replayed or discarded a parked delivery, and sets the
     /// delivery's state accordingly.
@@ -214,7 +224,7 @@ PRAGMA foreign_keys = ON;
 ";
 
 /// Schema versions in order; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     "
 CREATE TABLE IF NOT EXISTS submissions (
     id          TEXT PRIMARY KEY,
@@ -252,6 +262,15 @@ CREATE TABLE operator_actions (
     comment       TEXT
 );
 CREATE INDEX operator_actions_at ON operator_actions (at);
+",
+    "
+ALTER TABLE deliveries ADD COLUMN mapping_version TEXT;
+CREATE TABLE mapping_versions (
+    version    TEXT PRIMARY KEY,
+    name       TEXT NOT NULL,
+    source     TEXT NOT NULL,
+    first_seen TEXT NOT NULL
+);
 ",
 ];
 
@@ -377,18 +396,41 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn record_attempt(&self, id: Uuid, target: &TargetName, state: DeliveryState, outcome: &str) -> Result<(), StoreError> {
-        let (target, outcome) = (target.as_str().to_owned(), outcome.to_owned());
+    async fn record_attempt(&self, id: Uuid, target: &TargetName, mapping_version: &str, state: DeliveryState, outcome: &str) -> Result<(), StoreError> {
+        let (target, version, outcome) = (target.as_str().to_owned(), mapping_version.to_owned(), outcome.to_owned());
         self.with(move |conn| {
             conn.execute(
-                "INSERT INTO deliveries (submission_id, target, state, attempts, last_outcome, updated_at)
-                 SELECT ?1, ?2, ?3, 1, ?4, ?5 WHERE EXISTS (SELECT 1 FROM submissions WHERE id = ?1)
+                "INSERT INTO deliveries (submission_id, target, state, attempts, last_outcome, updated_at, mapping_version)
+                 SELECT ?1, ?2, ?3, 1, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM submissions WHERE id = ?1)
                  ON CONFLICT (submission_id, target) DO UPDATE SET
-                   state = excluded.state, attempts = attempts + 1,
-                   last_outcome = excluded.last_outcome, updated_at = excluded.updated_at",
-                params![id.to_string(), target, state.as_str(), outcome, now()],
+                   state = excluded.state, attempts = attempts + 1, last_outcome = excluded.last_outcome,
+                   updated_at = excluded.updated_at, mapping_version = excluded.mapping_version",
+                params![id.to_string(), target, state.as_str(), outcome, now(), version],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn keep_mapping_version(&self, version: &str, name: &str, source: &str) -> Result<(), StoreError> {
+        let (version, name, source) = (version.to_owned(), name.to_owned(), source.to_owned());
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT INTO mapping_versions (version, name, source, first_seen) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (version) DO NOTHING",
+                params![version, name, source, now()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn mapping_version(&self, version: &str) -> Result<Option<String>, StoreError> {
+        let version = version.to_owned();
+        self.with(move |conn| {
+            Ok(conn
+                .query_row("SELECT source FROM mapping_versions WHERE version = ?1", [&version], |r| r.get::<_, String>(0))
+                .optional()?)
         })
         .await
     }
@@ -454,7 +496,7 @@ impl Store for SqliteStore {
                 return Ok(None);
             };
             let mut statement = conn.prepare(
-                "SELECT target, state, attempts, last_outcome, updated_at FROM deliveries WHERE submission_id = ?1 ORDER BY target",
+                "SELECT target, state, attempts, last_outcome, updated_at, mapping_version FROM deliveries WHERE submission_id = ?1 ORDER BY target",
             )?;
             let targets = statement
                 .query_map([&key], |r| {
@@ -464,6 +506,7 @@ impl Store for SqliteStore {
                         attempts: r.get(2)?,
                         last_outcome: r.get(3)?,
                         updated_at: r.get(4)?,
+                        mapping_version: r.get(5)?,
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
@@ -553,7 +596,7 @@ mod tests {
         store.begin_intake(submission(id), None).await.unwrap();
         store.confirm_intake(id).await.unwrap();
         let a = TargetName::parse("a").unwrap();
-        store.record_attempt(id, &a, DeliveryState::Parked, "HTTP 422").await.unwrap();
+        store.record_attempt(id, &a, "sha256:test", DeliveryState::Parked, "HTTP 422").await.unwrap();
         let record = OperatorRecord {
             operator: "alice".into(),
             action: OperatorAction::Discard,
@@ -595,9 +638,9 @@ mod tests {
         store.confirm_intake(id).await.unwrap();
         let a = TargetName::parse("a").unwrap();
         let b = TargetName::parse("b").unwrap();
-        store.record_attempt(id, &a, DeliveryState::Delivered, "HTTP 200").await.unwrap();
+        store.record_attempt(id, &a, "sha256:test", DeliveryState::Delivered, "HTTP 200").await.unwrap();
         assert_eq!(store.status(id).await.unwrap().unwrap().status, "accepted");
-        store.record_attempt(id, &b, DeliveryState::Delivered, "HTTP 201").await.unwrap();
+        store.record_attempt(id, &b, "sha256:test", DeliveryState::Delivered, "HTTP 201").await.unwrap();
         let status = store.status(id).await.unwrap().unwrap();
         assert_eq!(status.status, "delivered");
         assert_eq!(status.targets[1].attempts, 1);

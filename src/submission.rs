@@ -47,8 +47,12 @@ struct Envelope<'a> {
     reference: Option<String>,
     #[serde(default)]
     submitted_at: Option<String>,
-    #[serde(borrow)]
-    data: &'a RawValue,
+    /// The form as JSON (an object)...
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+    /// ...or as XML, read into JSON by the convention of [`xml`].
+    #[serde(default)]
+    data_xml: Option<String>,
     #[serde(default, borrow)]
     attachments: Vec<AttachmentIn<'a>>,
 }
@@ -80,8 +84,15 @@ pub struct Submission<'a> {
     pub region: Region,
     pub reference: Option<String>,
     pub submitted_at: Option<String>,
-    data: &'a RawValue,
+    data: FormData<'a>,
     attachments: Vec<Attachment<'a>>,
+}
+
+/// The form data as it came: JSON, or XML with the JSON read from it.
+#[derive(Debug)]
+enum FormData<'a> {
+    Json(&'a RawValue),
+    Xml { tree: Box<RawValue>, xml: String },
 }
 
 #[derive(Debug, Serialize)]
@@ -92,6 +103,9 @@ struct Attachment<'a> {
     purpose: Purpose,
     /// Decoded size in bytes.
     size: usize,
+    /// A file name for packages: the name, made unique among the
+    /// submission's attachments (`scan.pdf`, `scan (2).pdf`).
+    file: String,
     /// Base64, exactly as received.
     content: &'a str,
 }
@@ -108,7 +122,9 @@ struct Queued<'s, 'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     submitted_at: &'s Option<String>,
     received_at: String,
-    data: &'a RawValue,
+    data: &'s RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_xml: Option<&'s str>,
     attachments: &'s [Attachment<'a>],
 }
 
@@ -145,9 +161,31 @@ impl<'a> Submission<'a> {
             && OffsetDateTime::parse(at, &Rfc3339).is_err() {
                 errors.push(FieldError::new("#/submittedAt", "must be an RFC 3339 timestamp such as 2026-11-20T09:14:00Z"));
             }
-        if !envelope.data.get().starts_with('{') {
-            errors.push(FieldError::new("#/data", "must be a JSON object"));
-        }
+        let data = match (envelope.data, envelope.data_xml) {
+            (Some(json), None) if json.get().starts_with('{') => Some(FormData::Json(json)),
+            (Some(_), None) => {
+                errors.push(FieldError::new("#/data", "must be a JSON object"));
+                None
+            }
+            (None, Some(xml)) => match xml::to_json(&xml) {
+                Ok(tree) => Some(FormData::Xml {
+                    tree: RawValue::from_string(tree.to_string()).expect("a JSON value is valid JSON"),
+                    xml,
+                }),
+                Err(e) => {
+                    errors.push(FieldError::new("#/dataXml", format!("must be well-formed XML form data: {e}")));
+                    None
+                }
+            },
+            (Some(_), Some(_)) => {
+                errors.push(FieldError::new("#/dataXml", "give the form as data (JSON) or as dataXml, not both"));
+                None
+            }
+            (None, None) => {
+                errors.push(FieldError::new("#/data", "is required (or dataXml for a form in XML)"));
+                None
+            }
+        };
         let mut attachments = Vec::with_capacity(envelope.attachments.len());
         for (i, a) in envelope.attachments.into_iter().enumerate() {
             let at = |field: &str| format!("#/attachments/{i}/{field}");
@@ -163,6 +201,7 @@ impl<'a> Submission<'a> {
             if is_base64(a.content) {
                 attachments.push(Attachment {
                     size: decoded_len(a.content),
+                    file: String::new(),
                     name: a.name,
                     media_type: a.media_type,
                     purpose: a.purpose,
@@ -172,13 +211,17 @@ impl<'a> Submission<'a> {
                 errors.push(FieldError::new(at("content"), "must be standard base64 (RFC 4648, with padding)"));
             }
         }
-        match (service, region) {
-            (Some(service), Some(region)) if errors.is_empty() => Ok(Submission {
+        let files = unique_file_names(attachments.iter().map(|a| a.name.as_str()));
+        for (attachment, file) in attachments.iter_mut().zip(files) {
+            attachment.file = file;
+        }
+        match (service, region, data) {
+            (Some(service), Some(region), Some(data)) if errors.is_empty() => Ok(Submission {
                 service,
                 region,
                 reference: envelope.reference,
                 submitted_at: envelope.submitted_at,
-                data: envelope.data,
+                data,
                 attachments,
             }),
             _ => Err(InvalidSubmission::Fields(errors)),
@@ -194,7 +237,14 @@ impl<'a> Submission<'a> {
             reference: &self.reference,
             submitted_at: &self.submitted_at,
             received_at: received_at.format(&Rfc3339).expect("a current time formats as RFC 3339"),
-            data: self.data,
+            data: match &self.data {
+                FormData::Json(raw) => raw,
+                FormData::Xml { tree, .. } => tree,
+            },
+            data_xml: match &self.data {
+                FormData::Json(_) => None,
+                FormData::Xml { xml, .. } => Some(xml),
+            },
             attachments: &self.attachments,
         };
         serde_json::to_vec(&queued).expect("a submission serializes")
@@ -254,6 +304,32 @@ fn is_safe_file_name(name: &str) -> bool {
         && !name.chars().any(|c| c == '/' || c == '\\' || c.is_control())
 }
 
+/// File names for attachments in a package: each name as it is, with
+/// ` (2)`, ` (3)`, ... before the extension where a name repeats, and a
+/// leading dot replaced (hidden files get lost in transfer directories).
+pub fn unique_file_names<'n>(names: impl Iterator<Item = &'n str>) -> Vec<String> {
+    let mut taken = std::collections::HashSet::new();
+    let mut files = Vec::new();
+    for name in names {
+        let name = match name.strip_prefix('.') {
+            Some(rest) => format!("_{rest}"),
+            None => name.to_owned(),
+        };
+        let (stem, extension) = match name.rfind('.') {
+            Some(i) if i > 0 => (&name[..i], &name[i..]),
+            _ => (name.as_str(), ""),
+        };
+        let mut candidate = name.clone();
+        let mut n = 1;
+        while !taken.insert(candidate.to_lowercase()) {
+            n += 1;
+            candidate = format!("{stem} ({n}){extension}");
+        }
+        files.push(candidate);
+    }
+    files
+}
+
 fn is_media_type(s: &str) -> bool {
     let token = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b));
     let essence = s.split(';').next().unwrap_or("").trim();
@@ -297,3 +373,4 @@ fn decoded_len(s: &str) -> usize {
 
 #[cfg(test)]
 mod tests;
+pub mod xml;

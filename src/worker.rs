@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use amtsbote_connector::{Delivery, Outcome};
 use futures_lite::StreamExt;
-use jaq_json::Val;
 use lapin::message::Delivery as AmqpDelivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -36,7 +35,9 @@ use uuid::Uuid;
 
 use crate::broker::{self, BrokerError, Outgoing, Topology, long_string};
 use crate::domain::delivery_id;
-use crate::pipeline::Target;
+use crate::mapping::Mapping;
+use crate::mapping::sandbox::{EvalError, Sandbox};
+use crate::pipeline::{MappingVersions, Target};
 use crate::retry::{self, History};
 use crate::store::{DeliveryState, Store};
 
@@ -45,6 +46,8 @@ pub struct Worker {
     pub topology: Topology,
     pub broker_url: SecretString,
     pub store: Arc<dyn Store>,
+    pub sandbox: Arc<Sandbox>,
+    pub versions: Arc<MappingVersions>,
 }
 
 /// A connection that stayed up this long was healthy: the next loss starts
@@ -138,8 +141,10 @@ impl Worker {
         let first_attempt = history.first_attempt.unwrap_or_else(OffsetDateTime::now_utc);
         history.attempts += 1;
         history.first_attempt = Some(first_attempt);
+        let mapping = self.mapping_for(&id, history.mapping_version.as_deref()).await;
+        history.mapping_version = Some(mapping.version().to_owned());
         let policy = &self.target.retry;
-        let next = match self.deliver(&id, &message.data).await {
+        let next = match self.deliver(&id, &message.data, &mapping).await {
             Ok(detail) => Next::Done(detail),
             Err(Failure::Transient { reason, retry_after }) => {
                 history.last_error = Some(reason.clone());
@@ -179,7 +184,7 @@ impl Worker {
             }
         };
         if let Ok(submission) = id.parse::<Uuid>()
-            && let Err(e) = self.store.record_attempt(submission, &self.target.name, state, &outcome_text).await
+            && let Err(e) = self.store.record_attempt(submission, &self.target.name, mapping.version(), state, &outcome_text).await
         {
             tracing::error!(event = "store_failed", submission = %id, error = %e, "could not record delivery state");
         }
@@ -190,25 +195,41 @@ impl Worker {
         }
     }
 
+    /// The mapping a delivery uses: the version its first attempt used,
+    /// else the target's current one.
+    async fn mapping_for(&self, submission: &str, pinned: Option<&str>) -> Arc<Mapping> {
+        let current = &self.target.mapping;
+        match pinned {
+            None => current.clone(),
+            Some(v) if v == current.version() => current.clone(),
+            Some(v) => match self.versions.get(v).await {
+                Some(m) => m,
+                None => {
+                    tracing::warn!(event = "mapping_version_unknown", submission = %submission, target = %self.target.name,
+                        pinned = v, current = current.version(), "the mapping version of this delivery is unknown; using the current one");
+                    current.clone()
+                }
+            },
+        }
+    }
+
     /// Renders and delivers; `Ok` carries the connector's detail.
-    async fn deliver(&self, message_id: &str, body: &[u8]) -> Result<String, Failure> {
+    async fn deliver(&self, message_id: &str, body: &[u8], mapping: &Mapping) -> Result<String, Failure> {
         let target = &self.target;
         let id: Uuid =
             message_id.parse().map_err(|_| Failure::Park(ParkReason::Undecodable("message has no submission id".into())))?;
-        let rendered = {
-            // Parsed and rendered without an await in between: jaq values
-            // are not `Send`.
-            let submission: Val = serde_json::from_slice(body).map_err(|e| {
-                Failure::Park(ParkReason::Undecodable(format!("message is not JSON: {:?}", e.classify())))
-            })?;
-            target.mapping.render(&submission).map_err(|e| Failure::Park(ParkReason::Mapping(e.to_string())))?
-        };
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let payload = self.sandbox.render(mapping, body, now).await.map_err(|e| match e {
+            EvalError::Mapping(e) => Failure::Park(ParkReason::Mapping(e.to_string())),
+            EvalError::Undecodable(e) => Failure::Park(ParkReason::Undecodable(format!("message is not JSON ({e})"))),
+            unavailable @ EvalError::Unavailable(_) => Failure::Transient { reason: unavailable.to_string(), retry_after: None },
+        })?;
         let delivery = Delivery {
             submission_id: id,
             delivery_id: delivery_id(id, &target.name),
             target: target.name.to_string(),
-            content_type: rendered.content_type,
-            body: rendered.body.into(),
+            payload,
+            mapping_version: mapping.version().to_owned(),
         };
         match target.connector.deliver(&delivery).await {
             Outcome::Delivered { detail } => {

@@ -1,16 +1,20 @@
 //! jq expressions (evaluated by jaq) as they appear in mapping leaves.
 //!
 //! Every expression is compiled once when its mapping is loaded. It sees
-//! the current value as `.` and the whole submission as `$submission`.
-//! Expressions run inside the worker process, so what could take the
-//! process down is refused at load: user-defined functions (`def`, the one
-//! way to write unbounded recursion, which overflows the stack and aborts)
-//! and the filters that reach outside the document (`env`, `input`,
-//! `debug`, `halt`, ...). Output count per evaluation is capped.
+//! the current value as `.`, the whole submission as `$submission`, and
+//! the functions of [`super::functions`]. What could reach outside the
+//! document is refused at load: user-defined functions (`def`, the way to
+//! write unbounded recursion) and the filters that read the environment or
+//! the process's input or stop it (`env`, `input`, `debug`, `halt`, ...).
+//! Output count per evaluation is capped here; time, memory and stack are
+//! bounded by running evaluations in the sandbox process
+//! ([`super::sandbox`]).
 
 use jaq_core::load::{Arena, File, Loader, lex};
 use jaq_core::{Ctx, Vars, data, unwrap_valr};
 use jaq_json::Val;
+
+use super::functions;
 
 type Data = data::JustLut<Val>;
 type Filter = jaq_core::Filter<Data>;
@@ -19,7 +23,7 @@ type Filter = jaq_core::Filter<Data>;
 /// process's input, write to stderr, or stop the process.
 const FORBIDDEN_FILTERS: &[&str] = &[
     "env", "input", "inputs", "debug", "stderr", "halt", "halt_error", "input_filename",
-    "input_line_number", "get_search_list", "$__prog_args",
+    "input_line_number", "get_search_list", "$__prog_args", "$ENV",
 ];
 
 /// An expression produces at most this many values; more means the
@@ -29,6 +33,10 @@ pub const MAX_OUTPUTS: usize = 10_000;
 /// A compiled jq expression.
 pub struct Expr {
     code: String,
+    /// Line of the mapping file the expression is written on (0: unknown).
+    line: u64,
+    /// Code lists the expression looks up, by name.
+    codelists: Vec<String>,
     filter: Filter,
 }
 
@@ -44,14 +52,28 @@ impl std::fmt::Debug for Expr {
 #[error("{0}")]
 pub struct ExprError(pub String);
 
+/// The values bound to the global variables (see [`functions::GLOBALS`]).
+pub struct Globals {
+    pub submission: Val,
+    /// Code list name → code → value.
+    pub codelists: Val,
+    /// What `now` returns: seconds since 1970.
+    pub now: Val,
+}
+
 impl Expr {
-    pub fn compile(code: &str) -> Result<Self, ExprError> {
+    pub fn compile(code: &str, line: u64) -> Result<Self, ExprError> {
         let tokens = lex::Lexer::new(code)
             .lex()
             .map_err(|errs| ExprError(format!("syntax error: {}", describe_lex(&errs, code))))?;
         refuse_forbidden(&tokens)?;
+        let mut codelists = Vec::new();
+        find_lookups(&tokens, &mut codelists)?;
 
-        let loader = Loader::new(jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs()));
+        let prelude = jaq_core::load::parse(functions::PRELUDE, |p| p.defs()).expect("the prelude parses");
+        let loader = Loader::new(
+            jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs()).chain(prelude),
+        );
         let arena = Arena::default();
         let modules = loader.load(&arena, File { code, path: () }).map_err(|errs| {
             let text = errs
@@ -76,11 +98,14 @@ impl Expr {
         })?;
         // The forbidden natives stay registered because standard
         // definitions are built on them; user code cannot name them (see
-        // `refuse_forbidden`).
-        let funs = jaq_core::funs().chain(jaq_std::funs()).chain(jaq_json::funs());
+        // `refuse_forbidden`). `now` is the prelude's pinnable clock.
+        let funs = jaq_core::funs()
+            .chain(jaq_std::funs().filter(|(name, _, _)| *name != "now"))
+            .chain(jaq_json::funs())
+            .chain(functions::natives());
         let filter = jaq_core::Compiler::default()
             .with_funs(funs)
-            .with_global_vars(["$submission"])
+            .with_global_vars(functions::GLOBALS)
             .compile(modules)
             .map_err(|errs| {
                 let text = errs
@@ -91,16 +116,26 @@ impl Expr {
                     .join("; ");
                 ExprError(text)
             })?;
-        Ok(Self { code: code.to_owned(), filter })
+        Ok(Self { code: code.to_owned(), line, codelists, filter })
     }
 
     pub fn code(&self) -> &str {
         &self.code
     }
 
+    pub fn line(&self) -> u64 {
+        self.line
+    }
+
+    /// The code lists this expression looks up.
+    pub fn codelists(&self) -> &[String] {
+        &self.codelists
+    }
+
     /// Runs the expression on `input` and collects its values.
-    pub fn eval(&self, input: &Val, submission: &Val) -> Result<Vec<Val>, ExprError> {
-        let ctx = Ctx::<Data>::new(&self.filter.lut, Vars::new([submission.clone()]));
+    pub fn eval(&self, input: &Val, globals: &Globals) -> Result<Vec<Val>, ExprError> {
+        let vars = Vars::new([globals.submission.clone(), globals.codelists.clone(), globals.now.clone()]);
+        let ctx = Ctx::<Data>::new(&self.filter.lut, vars);
         let mut out = Vec::new();
         for value in self.filter.id.run((ctx, input.clone())).map(unwrap_valr) {
             if out.len() == MAX_OUTPUTS {
@@ -112,6 +147,49 @@ impl Expr {
         }
         Ok(out)
     }
+}
+
+/// Collects the names of `lookup("name")` calls; the name must be a
+/// literal so that `amtsbote check` can verify the code list exists.
+fn find_lookups(tokens: &[lex::Token<&str>], names: &mut Vec<String>) -> Result<(), ExprError> {
+    let mut iter = tokens.iter().peekable();
+    while let Some(lex::Token(text, tok)) = iter.next() {
+        match tok {
+            lex::Tok::Word if *text == "lookup" => {
+                let literal = match iter.peek() {
+                    Some(lex::Token(_, lex::Tok::Block(inner))) => {
+                        let args: Vec<_> = inner.iter().filter(|t| !matches!(t.1, lex::Tok::Sym)).collect();
+                        match args.as_slice() {
+                            [lex::Token(_, lex::Tok::Str(parts))] => match parts.as_slice() {
+                                [lex::StrPart::Str(name)] => Some(name.to_string()),
+                                _ => None,
+                            },
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                };
+                match literal {
+                    Some(name) => names.push(name),
+                    None => {
+                        return Err(ExprError(
+                            "lookup takes the code list's name as a literal string, e.g. lookup(\"rechtsform\")".into(),
+                        ));
+                    }
+                }
+            }
+            lex::Tok::Block(inner) => find_lookups(inner, names)?,
+            lex::Tok::Str(parts) => {
+                for part in parts {
+                    if let lex::StrPart::Term(t) = part {
+                        find_lookups(std::slice::from_ref(t), names)?;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn describe_lex(errs: &[lex::Error<&str>], code: &str) -> String {
@@ -128,6 +206,11 @@ fn describe_runtime(error: &jaq_core::Error<Val>) -> String {
     // jaq's messages embed the values involved ("cannot calculate \"Anna\"
     // + 1"); those come from the submission, so keep only the leading
     // words that name the kind of failure, plus a trailing "as <type>".
+    if let Val::TStr(message) = error.clone().into_val()
+        && let Some(own) = String::from_utf8_lossy(&message).strip_prefix(functions::OWN_ERROR)
+    {
+        return own.to_owned();
+    }
     let text = error.to_string();
     let kind: Vec<&str> = text
         .split(' ')
@@ -155,9 +238,6 @@ fn refuse_forbidden(tokens: &[lex::Token<&str>]) -> Result<(), ExprError> {
             lex::Tok::Word | lex::Tok::Var if FORBIDDEN_FILTERS.contains(text) => {
                 return Err(ExprError(format!("{text} is not available in mappings")));
             }
-            lex::Tok::Var if *text == "$ENV" => {
-                return Err(ExprError("$ENV is not available in mappings".into()));
-            }
             lex::Tok::Block(inner) => refuse_forbidden(inner)?,
             lex::Tok::Str(parts) => {
                 for part in parts {
@@ -182,7 +262,8 @@ mod tests {
 
     fn eval(code: &str, input: &str) -> Result<Vec<String>, ExprError> {
         let input = val(input);
-        Ok(Expr::compile(code)?.eval(&input, &input)?.iter().map(|v| v.to_string()).collect())
+        let globals = Globals { submission: input.clone(), codelists: val(r#"{"rf":{"gmbh":"310"}}"#), now: Val::from(1_439_071_200isize) };
+        Ok(Expr::compile(code, 1)?.eval(&input, &globals)?.iter().map(|v| v.to_string()).collect())
     }
 
     #[test]
@@ -196,16 +277,88 @@ mod tests {
     #[test]
     fn refuses_definitions_and_environment_access() {
         for code in ["def f: f; f", "env.HOME", "$ENV.PATH", "input", "[.[] | debug]", "\"\\(env)\"", "halt"] {
-            let err = Expr::compile(code).unwrap_err();
+            let err = Expr::compile(code, 1).unwrap_err();
             assert!(err.0.contains("not"), "{code}: {err}");
         }
     }
 
     #[test]
     fn reports_syntax_and_undefined_names() {
-        assert!(Expr::compile(".a |").unwrap_err().0.starts_with("syntax error"));
-        assert!(Expr::compile("nosuchfilter").unwrap_err().0.contains("undefined"));
-        assert!(Expr::compile("$nosuchvar").unwrap_err().0.contains("undefined"));
+        assert!(Expr::compile(".a |", 1).unwrap_err().0.starts_with("syntax error"));
+        assert!(Expr::compile("nosuchfilter", 1).unwrap_err().0.contains("undefined"));
+        assert!(Expr::compile("$nosuchvar", 1).unwrap_err().0.contains("undefined"));
+    }
+
+    fn one(code: &str, input: &str) -> String {
+        let mut out = eval(code, input).unwrap_or_else(|e| panic!("{code}: {e}"));
+        assert_eq!(out.len(), 1, "{code}: {out:?}");
+        out.remove(0)
+    }
+
+    fn failure(code: &str, input: &str) -> String {
+        eval(code, input).expect_err(code).0
+    }
+
+    #[test]
+    fn dates_in_europe_berlin() {
+        // Local midnight as a UTC instant: 9 August in Berlin (summer).
+        assert_eq!(one(".t | local_date", r#"{"t":"2015-08-08T22:00:00+0000"}"#), r#""2015-08-09""#);
+        assert_eq!(one(".t | local_date", r#"{"t":"2015-08-08T22:00:00Z"}"#), r#""2015-08-09""#);
+        // Winter: UTC+1.
+        assert_eq!(one(".t | local_date", r#"{"t":"1961-01-14T23:00:00+00:00"}"#), r#""1961-01-15""#);
+        assert_eq!(one(".t | local_date", r#"{"t":"2015-08-09"}"#), r#""2015-08-09""#);
+        assert_eq!(one(".t | local_datetime", r#"{"t":"2015-08-08T22:00:00+0000"}"#), r#""2015-08-09T00:00:00+02:00""#);
+        assert_eq!(one(r#".t | date_format("DDMMYYYY")"#, r#"{"t":"1980-03-07"}"#), r#""07031980""#);
+        assert_eq!(one(r#".t | date_format("DD.MM.YYYY hh:mm")"#, r#"{"t":"2015-08-08T22:30:00Z"}"#), r#""09.08.2015 00:30""#);
+        assert_eq!(one(r#".t | date_parse("DD.MM.YYYY")"#, r#"{"t":"07.03.1980"}"#), r#""1980-03-07""#);
+        assert_eq!(one(".t | local_date", r#"{"t":null}"#), "null");
+        assert_eq!(one("now", "{}"), "1439071200");
+        assert_eq!(one("now | local_date", "{}"), r#""2015-08-09""#);
+        let err = failure(".t | local_date", r#"{"t":"Anna Musterfrau"}"#);
+        assert!(err.contains("local_date expects") && !err.contains("Anna"), "{err}");
+        let err = failure(r#".t | date_parse("DD.MM.YYYY")"#, r#"{"t":"31.02.1980"}"#);
+        assert!(err.contains("does not match"), "{err}");
+    }
+
+    #[test]
+    fn code_lists_defaults_and_strings() {
+        assert_eq!(one(r#".f | lookup("rf")"#, r#"{"f":"gmbh"}"#), r#""310""#);
+        assert_eq!(one(r#".f | lookup("rf")"#, r#"{"f":null}"#), "null");
+        let err = failure(r#".f | lookup("rf")"#, r#"{"f":"ag"}"#);
+        assert_eq!(err, r#""ag" is not in code list "rf""#);
+        let err = failure(r#".f | lookup("rf")"#, r#"{"f":"Anna Musterfrau GmbH"}"#);
+        assert!(err.contains("a string of 20 characters") && !err.contains("Anna"), "{err}");
+        assert_eq!(one(r#".f | lookup("rf")? // "999""#, r#"{"f":"ag"}"#), r#""999""#);
+        assert!(Expr::compile(r#"lookup(.name)"#, 1).unwrap_err().0.contains("literal"));
+        assert_eq!(Expr::compile(r#"[.a | lookup("x"), "\(.b | lookup("y"))"]"#, 1).unwrap().codelists(), ["x", "y"]);
+        assert_eq!(one(r#".a | default("-")"#, r#"{"a":"  "}"#), r#""-""#);
+        assert_eq!(one(r#".a | default("-")"#, r#"{"a":"x"}"#), r#""x""#);
+        assert_eq!(eval(".a | nonblank", r#"{"a":""}"#).unwrap().len(), 0);
+        assert_eq!(one("[.a | items]", r#"{"a":{"x":1}}"#), r#"[{"x":1}]"#);
+        assert_eq!(one("[.a | items]", r#"{"a":[1,2]}"#), "[1,2]");
+        assert_eq!(one("[.a | items]", r#"{"a":null}"#), "[]");
+        assert_eq!(one(".a | upper", r#"{"a":"straße"}"#), r#""STRASSE""#);
+        assert_eq!(one(".a | lower", r#"{"a":"ÄRGER"}"#), r#""ärger""#);
+        assert_eq!(one(".a | normalize_space", r#"{"a":"  a \n b  "}"#), r#""a b""#);
+        assert_eq!(one(".a | truncate(3)", r#"{"a":"Müller"}"#), r#""Mül""#);
+        assert_eq!(one(r#".a | pad_left(5; "0")"#, r#"{"a":42}"#), r#""00042""#);
+    }
+
+    #[test]
+    fn ids_are_stable_per_submission() {
+        let input = r#"{"id":"0b7f3c1e-8a44-4a57-9a6f-0a3f4f0f2a11"}"#;
+        let first = one(r#"uuid("nachricht")"#, input);
+        assert_eq!(first, one(r#"uuid("nachricht")"#, input));
+        assert_ne!(first, one(r#"uuid("vorgang")"#, input));
+        assert_eq!(first.len(), 38);
+    }
+
+    #[test]
+    fn attachments_by_purpose() {
+        let input = r#"{"attachments":[{"name":"a.pdf","purpose":"form"},{"name":"b.jpg","purpose":"attachment"}]}"#;
+        assert_eq!(one(r#"[attachments("attachment") | .name]"#, input), r#"["b.jpg"]"#);
+        assert_eq!(one(r#"[attachments | .name]"#, input), r#"["a.pdf","b.jpg"]"#);
+        assert_eq!(one(r#"[attachments | .name]"#, "{}"), "[]");
     }
 
     #[test]

@@ -17,13 +17,10 @@ pub fn check(document: &Template) -> Result<(), TemplateError> {
         match t {
             Template::Map(m) => {
                 if m.each.is_some() && !in_list {
-                    return Err(TemplateError {
-                        path: path.into(),
-                        message: "$each is only allowed on items of a sequence in JSON output".into(),
-                    });
+                    return Err(TemplateError::new(m.line, path, "$each is only allowed on items of a sequence in this output"));
                 }
                 if m.text.is_some() {
-                    return Err(TemplateError { path: path.into(), message: "$text is only for XML output".into() });
+                    return Err(TemplateError::new(m.line, path, "$text is only for XML output"));
                 }
                 for (k, c) in &m.entries {
                     no_each_outside_lists(c, &format!("{path}/{k}"), false)?;

@@ -20,26 +20,40 @@
 //!       xga:nachrichtenUUID: .id
 //! ```
 
+pub mod codelist;
+mod csv;
 pub mod expr;
 pub mod fixtures;
+pub mod functions;
 mod json;
+mod package;
+pub mod sandbox;
+pub mod schema;
 mod template;
 mod xml;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
+use amtsbote_connector::Payload;
 use jaq_json::Val;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_saphyr::Spanned;
 
-use expr::Expr;
+use codelist::CodeList;
+use expr::{Expr, Globals};
+pub use package::PackageFormat;
+use package::{Package, PackageSettings};
+use schema::{OutputSchema, SchemaSource};
 pub use template::TemplateError;
-use template::Template;
+use template::{Node, Template};
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum OutputFormat {
     Xml,
     Json,
+    Csv,
 }
 
 /// The mapping file as written.
@@ -50,10 +64,10 @@ struct MappingFile {
     #[serde(default)]
     #[allow(dead_code)]
     description: Option<String>,
-    /// `xml` or `json`.
+    /// `xml`, `json` or `csv`.
     output: OutputFormat,
-    /// Media type sent with the document; defaults to `application/xml`
-    /// or `application/json`.
+    /// Media type sent with the document; defaults to `application/xml`,
+    /// `application/json` or `text/csv; charset=utf-8`.
     #[serde(default)]
     content_type: Option<String>,
     /// XML only: name of the root element.
@@ -63,23 +77,98 @@ struct MappingFile {
     /// The prefix `""` declares the default namespace.
     #[serde(default)]
     namespaces: serde_json::Map<String, serde_json::Value>,
+    /// CSV only: separator, header, line ends; see [`csv::CsvSettings`].
+    #[serde(default)]
+    csv: Option<csv::CsvSettings>,
+    /// A schema the document must satisfy, relative to this file: an
+    /// `.xsd` (XML output) or a JSON Schema `.json` (JSON output).
+    #[serde(default)]
+    schema: Option<String>,
+    /// Wraps the document with the submission's files; see [`package`].
+    #[serde(default)]
+    package: Option<PackageSettings>,
     /// The target-shaped document.
-    document: serde_json::Value,
+    document: Spanned<Node>,
+}
+
+/// Everything a mapping is compiled from: its text and the code lists and
+/// schema it names. A source is self-contained, so that the sandbox
+/// process and a later attempt compile exactly what was loaded, and its
+/// hash is the mapping's version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MappingSource {
+    /// How errors refer to the mapping (its path).
+    pub name: String,
+    pub text: String,
+    pub codelists: BTreeMap<String, CodeList>,
+    pub schema: Option<SchemaSource>,
+}
+
+impl MappingSource {
+    /// Reads the mapping `relative` under `root` and what it refers to.
+    pub fn load(root: &Path, relative: &Path) -> Result<Self, MappingError> {
+        let path = root.join(relative);
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(&path).map_err(|source| MappingError::Read { file: name.clone(), source })?;
+        let invalid = |message: String| MappingError::Invalid { file: name.clone(), message };
+        let file: MappingFile = crate::config::parse_yaml(&text).map_err(invalid)?;
+        let compiled = compile_file(&file, &name)?;
+        let mut codelists = BTreeMap::new();
+        for list in compiled.codelists_used() {
+            let loaded = codelist::load(root, &list).map_err(invalid)?;
+            codelists.insert(list, loaded);
+        }
+        let schema = match &file.schema {
+            Some(relative_schema) => {
+                let base = path.parent().unwrap_or(Path::new("."));
+                Some(SchemaSource::load(&base.join(relative_schema)).map_err(invalid)?)
+            }
+            None => None,
+        };
+        Ok(Self { name, text, codelists, schema })
+    }
+
+    /// The content hash that identifies this version of the mapping.
+    pub fn version(&self) -> String {
+        use sha2::Digest as _;
+        let bytes = serde_json::to_vec(self).expect("a mapping source serializes");
+        format!("sha256:{}", &schema::hex(&sha2::Sha256::digest(&bytes))[..16])
+    }
 }
 
 /// A compiled mapping.
 #[derive(Debug)]
 pub struct Mapping {
-    file: String,
+    source: MappingSource,
+    version: String,
+    compiled: Compiled,
+    schema: Option<OutputSchema>,
+}
+
+/// What compiling the file itself gives, before code lists and schema.
+#[derive(Debug)]
+struct Compiled {
     format: Format,
     content_type: String,
     document: Template,
+    package: Option<Package>,
+}
+
+impl Compiled {
+    fn expressions(&self) -> impl Iterator<Item = &Expr> {
+        self.document.expressions().into_iter().chain(self.package.iter().flat_map(Package::expressions))
+    }
+
+    fn codelists_used(&self) -> std::collections::BTreeSet<String> {
+        self.expressions().flat_map(|e| e.codelists().iter().cloned()).collect()
+    }
 }
 
 #[derive(Debug)]
 enum Format {
     Xml { root: String, namespaces: Vec<(String, String)> },
     Json,
+    Csv(csv::CsvSettings),
 }
 
 /// A mapping file that cannot be used; names the file and the place.
@@ -91,108 +180,183 @@ pub enum MappingError {
     Invalid { file: String, message: String },
 }
 
-/// A mapping that failed on one submission: names file, place and
+/// A mapping that failed on one submission: names file, line, place and
 /// expression, never the data.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}: at {path}: {message}{}", expression.as_ref().map(|e| format!(" (expression {e:?})")).unwrap_or_default())]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[error("{file}{}: at {path}: {message}{}",
+    if *line > 0 { format!(":{line}") } else { String::new() },
+    expression.as_ref().map(|e| format!(" (expression {e:?})")).unwrap_or_default())]
 pub struct RenderError {
     pub file: String,
+    pub line: u64,
     pub path: String,
     pub expression: Option<String>,
     pub message: String,
 }
 
-/// The rendered document for one target.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rendered {
-    pub content_type: String,
-    pub body: Vec<u8>,
+fn compile_file(file: &MappingFile, name: &str) -> Result<Compiled, MappingError> {
+    let invalid = |message: String| MappingError::Invalid { file: name.to_owned(), message };
+    let document = Template::compile(&file.document, "document").map_err(|e| invalid(e.to_string()))?;
+    let only_xml = file.root.is_some() || !file.namespaces.is_empty();
+    let format = match file.output {
+        OutputFormat::Xml => {
+            let root = file.root.clone().ok_or_else(|| invalid("XML output needs `root`, the root element's name".into()))?;
+            let namespaces = file
+                .namespaces
+                .iter()
+                .map(|(prefix, uri)| match uri {
+                    serde_json::Value::String(uri) => Ok((prefix.clone(), uri.clone())),
+                    _ => Err(invalid(format!("namespace {prefix:?} must be a URI string"))),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            xml::check(&root, &namespaces, &document).map_err(|e| invalid(e.to_string()))?;
+            Format::Xml { root, namespaces }
+        }
+        OutputFormat::Json => {
+            if only_xml {
+                return Err(invalid("`root` and `namespaces` are only for XML output".into()));
+            }
+            json::check(&document).map_err(|e| invalid(e.to_string()))?;
+            Format::Json
+        }
+        OutputFormat::Csv => {
+            if only_xml {
+                return Err(invalid("`root` and `namespaces` are only for XML output".into()));
+            }
+            let settings = file.csv.clone().unwrap_or_default();
+            csv::check(&settings, &document).map_err(|e| invalid(e.to_string()))?;
+            Format::Csv(settings)
+        }
+    };
+    if file.csv.is_some() && !matches!(format, Format::Csv(_)) {
+        return Err(invalid("`csv` settings are only for CSV output".into()));
+    }
+    let package = file.package.as_ref().map(Package::compile).transpose().map_err(|e| invalid(e.to_string()))?;
+    let content_type = file.content_type.clone().unwrap_or_else(|| {
+        match format {
+            Format::Xml { .. } => "application/xml",
+            Format::Json => "application/json",
+            Format::Csv(_) => "text/csv; charset=utf-8",
+        }
+        .into()
+    });
+    Ok(Compiled { format, content_type, document, package })
 }
 
 impl Mapping {
-    /// Loads and compiles `path`; `name` is how errors refer to the file.
-    pub fn load(path: &Path, name: &str) -> Result<Self, MappingError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| MappingError::Read { file: name.to_owned(), source })?;
-        Self::parse(&text, name)
+    /// Loads and compiles the mapping `relative` under the mappings
+    /// directory `root`, with the code lists and schema it names.
+    pub fn load(root: &Path, relative: &Path) -> Result<Self, MappingError> {
+        Self::compile(MappingSource::load(root, relative)?)
     }
 
+    /// Compiles a source as loaded (here or in another process).
+    pub fn compile(source: MappingSource) -> Result<Self, MappingError> {
+        let invalid = |message: String| MappingError::Invalid { file: source.name.clone(), message };
+        let file: MappingFile = crate::config::parse_yaml(&source.text).map_err(invalid)?;
+        let compiled = compile_file(&file, &source.name)?;
+        if let Some(missing) = compiled.codelists_used().into_iter().find(|l| !source.codelists.contains_key(l)) {
+            return Err(invalid(format!("code list {missing:?} is not loaded")));
+        }
+        let schema = source.schema.as_ref().map(OutputSchema::compile).transpose().map_err(invalid)?;
+        match (&schema, &compiled.format) {
+            (Some(OutputSchema::Xsd(_)), Format::Xml { .. }) | (Some(OutputSchema::Json(_)), Format::Json) | (None, _) => {}
+            _ => return Err(invalid("an .xsd schema is for XML output, a JSON Schema for JSON output".into())),
+        }
+        let version = source.version();
+        Ok(Self { source, version, compiled, schema })
+    }
+
+    /// Parses a mapping from text, for tests: code lists and schemas are
+    /// not available.
     pub fn parse(text: &str, name: &str) -> Result<Self, MappingError> {
-        let invalid = |message: String| MappingError::Invalid { file: name.to_owned(), message };
-        let file: MappingFile = crate::config::parse_yaml(text).map_err(invalid)?;
-        let document = Template::compile(&file.document, "document").map_err(|e| invalid(e.to_string()))?;
-        let format = match file.output {
-            OutputFormat::Xml => {
-                let root = file.root.ok_or_else(|| invalid("XML output needs `root`, the root element's name".into()))?;
-                let namespaces = file
-                    .namespaces
-                    .into_iter()
-                    .map(|(prefix, uri)| match uri {
-                        serde_json::Value::String(uri) => Ok((prefix, uri)),
-                        _ => Err(invalid(format!("namespace {prefix:?} must be a URI string"))),
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                xml::check(&root, &namespaces, &document).map_err(|e| invalid(e.to_string()))?;
-                Format::Xml { root, namespaces }
-            }
-            OutputFormat::Json => {
-                if file.root.is_some() || !file.namespaces.is_empty() {
-                    return Err(invalid("`root` and `namespaces` are only for XML output".into()));
-                }
-                json::check(&document).map_err(|e| invalid(e.to_string()))?;
-                Format::Json
-            }
-        };
-        let content_type = file.content_type.unwrap_or_else(|| match format {
-            Format::Xml { .. } => "application/xml".into(),
-            Format::Json => "application/json".into(),
-        });
-        Ok(Self { file: name.to_owned(), format, content_type, document })
+        Self::compile(MappingSource { name: name.into(), text: text.into(), codelists: BTreeMap::new(), schema: None })
     }
 
     pub fn file(&self) -> &str {
-        &self.file
+        &self.source.name
     }
 
-    /// Renders the document for one submission (as the JSON the worker
-    /// receives, see [`crate::submission`]).
-    pub fn render(&self, submission: &Val) -> Result<Rendered, RenderError> {
-        let scope = Scope { current: submission.clone(), submission, file: &self.file };
-        let body = match &self.format {
-            Format::Xml { root, namespaces } => xml::render(root, namespaces, &self.document, &scope)?,
-            Format::Json => json::render(&self.document, &scope)?,
+    pub fn source(&self) -> &MappingSource {
+        &self.source
+    }
+
+    /// The content hash of the mapping's source, recorded per delivery.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// `Some(format)` if the mapping packs files with the document.
+    pub fn package_format(&self) -> Option<PackageFormat> {
+        self.compiled.package.as_ref().map(|p| p.format)
+    }
+
+    /// Renders the document for one submission (the JSON the worker
+    /// receives, see [`crate::submission`]); `now` is what the `now`
+    /// function returns, in seconds since 1970.
+    pub fn render(&self, submission: &Val, now: i64) -> Result<Payload, RenderError> {
+        let codelists = Val::obj(
+            self.source
+                .codelists
+                .iter()
+                .map(|(name, list)| {
+                    let codes = list.codes.iter().map(|(k, v)| (Val::from(k.clone()), Val::from(v.clone()))).collect();
+                    (Val::from(name.clone()), Val::obj(codes))
+                })
+                .collect(),
+        );
+        let globals = Globals { submission: submission.clone(), codelists, now: Val::from(now as isize) };
+        let scope = Scope { current: submission.clone(), globals: &globals, file: &self.source.name };
+        let compiled = &self.compiled;
+        let body = match &compiled.format {
+            Format::Xml { root, namespaces } => xml::render(root, namespaces, &compiled.document, &scope)?,
+            Format::Json => json::render(&compiled.document, &scope)?,
+            Format::Csv(settings) => csv::render(settings, &compiled.document, &scope)?,
         };
-        Ok(Rendered { content_type: self.content_type.clone(), body })
+        if let Some(schema) = &self.schema {
+            schema.validate(&body).map_err(|m| scope.plain_error("document", &m))?;
+        }
+        match &compiled.package {
+            None => Ok(Payload::Document { content_type: compiled.content_type.clone(), body: body.into() }),
+            Some(package) => package.pack(body, &scope, received_at(submission).unwrap_or(now)),
+        }
     }
 }
 
-/// Where an expression is evaluated: the current value and the submission.
+/// The submission's receive time in seconds, which stamps package entries.
+fn received_at(submission: &Val) -> Option<i64> {
+    let Val::Obj(o) = submission else { return None };
+    let Some(Val::TStr(at)) = o.get(&Val::from("receivedAt".to_owned())) else { return None };
+    std::str::from_utf8(at).ok()?.parse::<jiff::Timestamp>().ok().map(|t| t.as_second())
+}
+
+/// Where an expression is evaluated: the current value and the globals.
 #[derive(Clone)]
 pub(crate) struct Scope<'a> {
     current: Val,
-    submission: &'a Val,
+    globals: &'a Globals,
     file: &'a str,
 }
 
 impl<'a> Scope<'a> {
     fn eval(&self, expr: &Expr, path: &str) -> Result<Vec<Val>, RenderError> {
-        expr.eval(&self.current, self.submission).map_err(|e| self.error(path, expr, e.0))
+        expr.eval(&self.current, self.globals).map_err(|e| self.error(path, expr, e.0))
     }
 
     fn each(&self, expr: &Expr, path: &str) -> Result<Vec<Scope<'a>>, RenderError> {
         Ok(self
             .eval(expr, &format!("{path}/$each"))?
             .into_iter()
-            .map(|current| Scope { current, submission: self.submission, file: self.file })
+            .map(|current| Scope { current, globals: self.globals, file: self.file })
             .collect())
     }
 
     fn error(&self, path: &str, expr: &Expr, message: String) -> RenderError {
-        RenderError { file: self.file.into(), path: path.into(), expression: Some(expr.code().into()), message }
+        RenderError { file: self.file.into(), line: expr.line(), path: path.into(), expression: Some(expr.code().into()), message }
     }
 
     fn plain_error(&self, path: &str, message: &str) -> RenderError {
-        RenderError { file: self.file.into(), path: path.into(), expression: None, message: message.into() }
+        RenderError { file: self.file.into(), line: 0, path: path.into(), expression: None, message: message.into() }
     }
 }
 

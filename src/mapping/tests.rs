@@ -8,7 +8,10 @@ fn submission(json: &str) -> Val {
 
 fn render(mapping: &str, input: &str) -> String {
     let m = Mapping::parse(mapping, "test.yaml").unwrap();
-    String::from_utf8(m.render(&submission(input)).unwrap().body).unwrap()
+    match m.render(&submission(input), 0).unwrap() {
+        Payload::Document { body, .. } => String::from_utf8(body.to_vec()).unwrap(),
+        Payload::Files(_) => panic!("a folder"),
+    }
 }
 
 #[test]
@@ -80,7 +83,7 @@ fn attribute_values_are_escaped() {
 #[test]
 fn control_characters_are_refused_not_written() {
     let m = Mapping::parse("output: xml\nroot: r\ndocument:\n  a: .x\n", "m.yaml").unwrap();
-    let err = m.render(&submission(r#"{"x":"a\u0001b"}"#)).unwrap_err();
+    let err = m.render(&submission(r#"{"x":"a\u0001b"}"#), 0).unwrap_err();
     assert_eq!(err.path, "document/a");
     assert!(err.message.contains("U+0001"), "{err}");
 }
@@ -113,7 +116,7 @@ document:
 #[test]
 fn json_leaf_with_several_values_is_an_error_naming_the_place() {
     let m = Mapping::parse("output: json\ndocument:\n  a: .xs[]\n", "m.yaml").unwrap();
-    let err = m.render(&submission(r#"{"xs":[1,2]}"#)).unwrap_err();
+    let err = m.render(&submission(r#"{"xs":[1,2]}"#), 0).unwrap_err();
     assert_eq!((err.file.as_str(), err.path.as_str()), ("m.yaml", "document/a"));
     assert_eq!(err.expression.as_deref(), Some(".xs[]"));
 }
@@ -127,7 +130,10 @@ fn load_errors_name_file_place_and_expression() {
         ("output: xml\ndocument:\n  a: .x\n", "root"),
         ("output: json\ndocument:\n  a:\n    $each: .x\n", "$each"),
         ("output: json\ndocument: {}\nextra: 1\n", "extra"),
-        ("output: csv\ndocument: {}\n", "csv"),
+        ("output: yaml\ndocument: {}\n", "yaml"),
+        ("output: csv\ndocument:\n  a:\n    b: .x\n", "a column is one expression"),
+        ("output: json\ncsv: {}\ndocument: {}\n", "only for CSV"),
+        ("output: xml\nroot: r\ndocument:\n  a: '.x | lookup(.y)'\n", "literal"),
         ("output: xml\nroot: r\ndocument:\n  $when: .x\n", "unknown directive"),
     ];
     for (text, needle) in cases {
@@ -145,23 +151,163 @@ fn hostile_input_cannot_break_rendering() {
     assert!(serde_json::from_str::<Val>(&deep).is_err());
 }
 
-/// The mappings shipped in `mappings/` produce their fixtures byte for
-/// byte. `AMTSBOTE_BLESS=1` writes missing expected files (review them!).
+/// The mappings shipped in `mappings/` pass their fixtures (what
+/// `amtsbote mappings test` checks, here without the sandbox).
 #[test]
 fn shipped_mappings_match_their_fixtures() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");
-    let fixtures = fixtures::discover(&dir).unwrap();
-    assert!(fixtures.len() >= 2, "fixtures found: {fixtures:?}");
-    for f in fixtures {
-        let mapping = Mapping::load(&f.mapping, &f.mapping.display().to_string()).unwrap();
-        let input: Val = serde_json::from_slice(&std::fs::read(&f.input).unwrap()).unwrap();
-        let actual = mapping.render(&input).unwrap().body;
-        if !f.expected.exists() && std::env::var("AMTSBOTE_BLESS").is_ok() {
-            let ext = if mapping.content_type.contains("json") { "json" } else { "xml" };
-            std::fs::write(format!("{}.{ext}", f.expected.display()), &actual).unwrap();
-            continue;
-        }
-        let expected = std::fs::read(&f.expected).unwrap_or_else(|e| panic!("{}: {e}", f.expected.display()));
-        assert_eq!(String::from_utf8_lossy(&actual), String::from_utf8_lossy(&expected), "{}", f.mapping.display());
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let report = runtime.block_on(fixtures::run(&dir, fixtures::Evaluator::InProcess, false)).unwrap();
+    assert!(report.failed.is_empty() && report.passed >= 2, "{}", report.log);
+}
+
+#[test]
+fn errors_name_the_line_of_the_expression() {
+    let text = "output: json\ndocument:\n  a: .x\n  b:\n    c: '.y |'\n";
+    let err = Mapping::parse(text, "bad.yaml").unwrap_err().to_string();
+    assert!(err.starts_with("bad.yaml: line 5: at document/b/c: syntax error"), "{err}");
+    let m = Mapping::parse("output: json\ndocument:\n  a: .x\n  b: '.y + 1'\n", "m.yaml").unwrap();
+    let err = m.render(&submission(r#"{"y":"Anna"}"#), 0).unwrap_err();
+    assert_eq!(err.line, 4);
+    assert!(err.to_string().starts_with("m.yaml:4: at document/b:"), "{err}");
+    assert!(!err.to_string().contains("Anna"), "{err}");
+}
+
+#[test]
+fn csv_with_semicolons_quotes_crlf_and_one_row_per_item() {
+    let mapping = r#"
+output: csv
+csv:
+  bom: true
+  escape_formulas: true
+document:
+  $each: '.data.hunde[] | {halter: $submission.data.name, hund: .}'
+  Halter: .halter
+  Hund: .hund.name
+  Geboren: '.hund.geboren | date_format("DD.MM.YYYY")'
+  Gefaehrlich: 'if .hund.gefaehrlich then "ja" else "nein" end'
+  Chip: .hund.chip
+  Fest: 1
+"#;
+    let input = r#"{"data":{"name":"Müller; \"Hans\"","hunde":[
+        {"name":"Bello","geboren":"2020-05-01","gefaehrlich":false,"chip":"=1+2"},
+        {"name":"Rex\nII","geboren":"2021-01-31","gefaehrlich":true}]}}"#;
+    let out = render(mapping, input);
+    assert_eq!(
+        out,
+        "\u{feff}Halter;Hund;Geboren;Gefaehrlich;Chip;Fest\r\n\
+         \"Müller; \"\"Hans\"\"\";Bello;01.05.2020;nein;'=1+2;1\r\n\
+         \"Müller; \"\"Hans\"\"\";\"Rex\nII\";31.01.2021;ja;;1\r\n"
+    );
+}
+
+fn attachment(name: &str, purpose: &str, content: &[u8]) -> String {
+    use base64::Engine as _;
+    format!(
+        r#"{{"name":"{name}","file":"{name}","mediaType":"application/pdf","purpose":"{purpose}","size":{},"content":"{}"}}"#,
+        content.len(),
+        base64::engine::general_purpose::STANDARD.encode(content)
+    )
+}
+
+const PACKAGE: &str = r#"
+output: xml
+root: akte
+document:
+  id: .id
+  datei:
+    - $each: attachments
+      name: .file
+package:
+  format: FORMAT
+  document: '"\(.id)_nachricht.xml"'
+  files:
+    - each: attachments("form")
+      path: '"antrag.pdf"'
+    - each: attachments("attachment")
+      path: '"anlagen/" + .file'
+"#;
+
+#[test]
+fn folder_package_holds_document_form_and_attachments_as_bytes() {
+    let m = Mapping::parse(&PACKAGE.replace("FORMAT", "folder"), "p.yaml").unwrap();
+    let input = format!(
+        r#"{{"id":"x1","receivedAt":"2026-11-24T10:00:00Z","attachments":[{},{}]}}"#,
+        attachment("formular.pdf", "form", b"%PDF form"),
+        attachment("foto.jpg", "attachment", &[0, 159, 255])
+    );
+    let Payload::Files(files) = m.render(&submission(&input), 0).unwrap() else { panic!("not a folder") };
+    let listing: Vec<(&str, &[u8])> = files.iter().map(|f| (f.path.as_str(), &f.content[..])).collect();
+    assert_eq!(listing[1..], [("antrag.pdf", &b"%PDF form"[..]), ("anlagen/foto.jpg", &[0, 159, 255][..])]);
+    assert_eq!(listing[0].0, "x1_nachricht.xml");
+    assert!(String::from_utf8_lossy(listing[0].1).contains("<name>foto.jpg</name>"));
+}
+
+#[test]
+fn zip_package_is_deterministic_and_reads_back() {
+    let m = Mapping::parse(&PACKAGE.replace("FORMAT", "zip"), "p.yaml").unwrap();
+    let input = format!(
+        r#"{{"id":"x1","receivedAt":"2026-11-24T10:00:00Z","attachments":[{}]}}"#,
+        attachment("formular.pdf", "form", b"%PDF form")
+    );
+    let first = m.render(&submission(&input), 1).unwrap();
+    assert_eq!(first, m.render(&submission(&input), 2).unwrap(), "same submission, same bytes");
+    let Payload::Document { content_type, .. } = &first else { panic!() };
+    assert_eq!(content_type, "application/zip");
+    let files = fixtures::files_of(first).unwrap();
+    let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["antrag.pdf", "x1_nachricht.xml"]);
+    assert_eq!(files[0].1, b"%PDF form");
+}
+
+#[test]
+fn package_paths_cannot_leave_the_package() {
+    for path in ["'\"../x\"'", "'\"/etc/x\"'", "'\"a//b\"'", "'\".hidden\"'", "'\"a\\\\b\"'"] {
+        let text = format!("output: json\ndocument:\n  a: 1\npackage:\n  format: folder\n  document: {path}\n");
+        let m = Mapping::parse(&text, "p.yaml").unwrap();
+        let err = m.render(&submission("{}"), 0).unwrap_err();
+        assert!(err.message.contains("path"), "{path}: {err}");
+    }
+    let text = "output: json\ndocument:\n  a: 1\npackage:\n  format: folder\n  document: '\"a.json\"'\n  files:\n    - each: attachments\n      path: '\"same\"'\n";
+    let m = Mapping::parse(text, "p.yaml").unwrap();
+    let input = format!(r#"{{"attachments":[{},{}]}}"#, attachment("a", "attachment", b"1"), attachment("b", "attachment", b"2"));
+    assert!(m.render(&submission(&input), 0).unwrap_err().message.contains("path of an earlier one"));
+}
+
+#[test]
+fn output_schema_failures_are_mapping_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("s.json"), r#"{"type":"object","properties":{"n":{"type":"integer"}},"required":["n"]}"#).unwrap();
+    std::fs::write(dir.path().join("m.yaml"), "output: json\nschema: s.json\ndocument:\n  n: .n\n").unwrap();
+    let m = Mapping::load(dir.path(), Path::new("m.yaml")).unwrap();
+    assert!(m.render(&submission(r#"{"n":3}"#), 0).is_ok());
+    let err = m.render(&submission(r#"{"n":"Geheim"}"#), 0).unwrap_err().to_string();
+    assert!(err.contains("at /n") && !err.contains("Geheim"), "{err}");
+    std::fs::write(dir.path().join("x.yaml"), "output: json\nschema: missing.json\ndocument: {}\n").unwrap();
+    let err = Mapping::load(dir.path(), Path::new("x.yaml")).unwrap_err().to_string();
+    assert!(err.contains("missing.json"), "{err}");
+}
+
+#[test]
+fn code_lists_come_from_the_codelists_folder_and_version_the_mapping() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("codelists")).unwrap();
+    std::fs::write(dir.path().join("codelists/rf.yaml"), "codes:\n  gmbh: \"310\"\n  ag: 320\n").unwrap();
+    std::fs::write(dir.path().join("m.yaml"), "output: json\ndocument:\n  rf: '.f | lookup(\"rf\")'\n").unwrap();
+    let m = Mapping::load(dir.path(), Path::new("m.yaml")).unwrap();
+    assert_eq!(render_payload(&m, r#"{"f":"ag"}"#), "{\n  \"rf\": \"320\"\n}\n");
+    let before = m.version().to_owned();
+    std::fs::write(dir.path().join("codelists/rf.yaml"), "codes:\n  gmbh: \"311\"\n").unwrap();
+    let changed = Mapping::load(dir.path(), Path::new("m.yaml")).unwrap();
+    assert_ne!(before, changed.version(), "a changed code list is a new mapping version");
+    std::fs::write(dir.path().join("n.yaml"), "output: json\ndocument:\n  rf: '.f | lookup(\"nope\")'\n").unwrap();
+    let err = Mapping::load(dir.path(), Path::new("n.yaml")).unwrap_err().to_string();
+    assert!(err.contains("code list \"nope\""), "{err}");
+}
+
+fn render_payload(m: &Mapping, input: &str) -> String {
+    match m.render(&submission(input), 0).unwrap() {
+        Payload::Document { body, .. } => String::from_utf8(body.to_vec()).unwrap(),
+        Payload::Files(_) => panic!("a folder"),
     }
 }

@@ -36,8 +36,8 @@ impl Element {
 /// and attributes are leaves.
 pub fn check(root: &str, namespaces: &[(String, String)], document: &Template) -> Result<(), TemplateError> {
     let declared: HashSet<&str> = namespaces.iter().map(|(p, _)| p.as_str()).collect();
-    let check_name = |name: &str, path: &str| -> Result<(), TemplateError> {
-        let err = |message: String| Err(TemplateError { path: path.into(), message });
+    let check_name = |name: &str, path: &str, line: u64| -> Result<(), TemplateError> {
+        let err = |message: String| Err(TemplateError::new(line, path, message));
         let (prefix, local) = match name.split_once(':') {
             Some((p, l)) => (Some(p), l),
             None => (None, name),
@@ -53,32 +53,29 @@ pub fn check(root: &str, namespaces: &[(String, String)], document: &Template) -
     };
     for (prefix, uri) in namespaces {
         if !(prefix.is_empty() || is_ncname(prefix)) || uri.is_empty() {
-            return Err(TemplateError {
-                path: format!("namespaces/{prefix}"),
-                message: "a namespace needs a valid prefix (or \"\" for the default) and a URI".into(),
-            });
+            return Err(TemplateError::new(0, format!("namespaces/{prefix}"), "a namespace needs a valid prefix (or \"\" for the default) and a URI"));
         }
     }
-    check_name(root, "root")?;
+    check_name(root, "root", 0)?;
     let Template::Map(_) = document else {
-        return Err(TemplateError { path: "document".into(), message: "the XML document must be a mapping of the root element's content".into() });
+        return Err(TemplateError::new(document.line(), "document", "the XML document must be a mapping of the root element's content"));
     };
     document.walk("document", &mut |path, node| {
         if let Template::Map(map) = node {
             if let Some(text) = &map.text
                 && !matches!(**text, Template::Expr(_) | Template::Constant(_)) {
-                    return Err(TemplateError { path: format!("{path}/$text"), message: "$text must be an expression or constant".into() });
+                    return Err(TemplateError::new(map.line, format!("{path}/$text"), "$text must be an expression or constant"));
                 }
             for (key, child) in &map.entries {
                 let child_path = format!("{path}/{key}");
                 match key.strip_prefix('@') {
                     Some(attr) => {
-                        check_name(attr, &child_path)?;
+                        check_name(attr, &child_path, child.line().max(map.line))?;
                         if !matches!(child, Template::Expr(_) | Template::Constant(_)) {
-                            return Err(TemplateError { path: child_path, message: "an attribute must be an expression or constant".into() });
+                            return Err(TemplateError::new(map.line, child_path, "an attribute must be an expression or constant"));
                         }
                     }
-                    None => check_name(key, &child_path)?,
+                    None => check_name(key, &child_path, child.line().max(map.line))?,
                 }
             }
         }
@@ -204,7 +201,7 @@ fn leaf(name: &str, text: String) -> Element {
     Element { name: name.to_owned(), attributes: Vec::new(), text: Some(text), children: Vec::new() }
 }
 
-fn constant_text(v: &serde_json::Value) -> String {
+pub(super) fn constant_text(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),
@@ -212,7 +209,7 @@ fn constant_text(v: &serde_json::Value) -> String {
 }
 
 /// The text an expression's value stands for; `None` for null.
-fn text_of(value: &Val) -> Result<Option<String>, String> {
+pub(super) fn text_of(value: &Val) -> Result<Option<String>, String> {
     let text = match value {
         Val::Null => return Ok(None),
         Val::Bool(b) => b.to_string(),

@@ -62,11 +62,12 @@ pub const FAST_RETRY: &str = "    retry:\n      first_delay: 100ms\n      factor
 pub fn config_yaml(setup: &Setup<'_>, back_office: &SampleBackOffice, prefix: &str, store: &Path) -> String {
     let token_hash: String = Sha256::digest(OPERATOR_TOKEN.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
     let mut yaml = format!(
-        "http:\n  listen: 127.0.0.1:0\n  max_body_bytes: {}\nbroker:\n  url: {}\n  prefix: {prefix}\nstore:\n  path: {}\nmappings: {}\nshutdown_deadline: 5s\noperators:\n  - name: test-operator\n    token_sha256: {token_hash}\ntargets:\n",
+        "http:\n  listen: 127.0.0.1:0\n  max_body_bytes: {}\nbroker:\n  url: {}\n  prefix: {prefix}\nstore:\n  path: {}\nmappings: {}\nshutdown_deadline: 5s\nsandbox:\n  program: {}\n  processes: 2\noperators:\n  - name: test-operator\n    token_sha256: {token_hash}\ntargets:\n",
         setup.max_body_bytes.unwrap_or(1 << 20),
         setup.broker_url.clone().unwrap_or_else(broker_url),
         store.join("store.sqlite").display(),
         Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings").display(),
+        env!("CARGO_BIN_EXE_amtsbote"),
     );
     for (name, mapping) in setup.targets {
         yaml += &format!(

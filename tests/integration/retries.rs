@@ -155,7 +155,15 @@ async fn a_poison_message_is_parked_and_the_messages_behind_it_are_delivered() {
     for id in &behind {
         assert_eq!(app.settled_status(id).await["status"], "delivered");
     }
-    let listed: Value = app.operator(Method::GET, "/v1/parked?reason=undecodable").send().await.unwrap().json().await.unwrap();
+    // The poison is parked in parallel with those deliveries; wait for it.
+    let mut listed = Value::Null;
+    for _ in 0..50 {
+        listed = app.operator(Method::GET, "/v1/parked?reason=undecodable").send().await.unwrap().json().await.unwrap();
+        if listed["count"] == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert_eq!(listed["count"], 2, "{listed}");
     let errors: Vec<&str> = listed["parked"].as_array().unwrap().iter().map(|p| p["lastError"].as_str().unwrap()).collect();
     assert!(errors.iter().any(|e| e.contains("not JSON")), "{errors:?}");

@@ -22,9 +22,41 @@ pub struct Delivery {
     pub delivery_id: Uuid,
     /// The configured target name.
     pub target: String,
-    /// Media type of `body`, as declared by the mapping.
-    pub content_type: String,
-    pub body: Bytes,
+    /// What the mapping rendered.
+    pub payload: Payload,
+    /// Version (content hash) of the mapping that rendered the payload.
+    pub mapping_version: String,
+}
+
+/// A rendered document, or a package of files that belong together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// One document (XML, JSON, CSV, or a zip package) with its media type.
+    Document { content_type: String, body: Bytes },
+    /// A folder of files (a case for a transfer directory): relative paths
+    /// with `/` between folders, checked to stay inside the folder.
+    Files(Vec<PackageFile>),
+}
+
+/// One file of a [`Payload::Files`] package.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageFile {
+    pub path: String,
+    pub content: Bytes,
+}
+
+impl Payload {
+    /// Total size of the payload in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Payload::Document { body, .. } => body.len(),
+            Payload::Files(files) => files.iter().map(|f| f.content.len()).sum(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// What happened to a delivery attempt.

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use amtsbote_connector::{Connector, Delivery, Outcome};
+use amtsbote_connector::{Connector, Delivery, Outcome, Payload};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use serde::Deserialize;
 
@@ -120,11 +120,10 @@ impl HttpConnector {
         Ok(Self { client, url, method, content_type, status_outcomes: config.status_outcomes.clone() })
     }
 
-    fn headers(&self, delivery: &Delivery) -> HeaderMap {
+    fn headers(&self, delivery: &Delivery, content_type: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
         let content_type = self.content_type.clone().unwrap_or_else(|| {
-            HeaderValue::from_str(&delivery.content_type)
-                .unwrap_or(HeaderValue::from_static("application/octet-stream"))
+            HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("application/octet-stream"))
         });
         headers.insert(CONTENT_TYPE, content_type);
         let id = HeaderValue::from_str(&delivery.delivery_id.to_string())
@@ -140,11 +139,16 @@ impl HttpConnector {
 #[async_trait::async_trait]
 impl Connector for HttpConnector {
     async fn deliver(&self, delivery: &Delivery) -> Outcome {
+        let Payload::Document { content_type, body } = &delivery.payload else {
+            // `amtsbote check` refuses such a configuration; this guards
+            // against a parked folder package replayed to a changed target.
+            return Outcome::Permanent { reason: "the http connector sends one document; map to a zip instead of a folder".into() };
+        };
         let request = self
             .client
             .request(self.method.clone(), self.url.clone())
-            .headers(self.headers(delivery))
-            .body(delivery.body.clone());
+            .headers(self.headers(delivery, content_type))
+            .body(body.clone());
         match request.send().await {
             Ok(response) => self.classify(response).await,
             Err(error) => Outcome::Transient { reason: describe(&error), retry_after: None },

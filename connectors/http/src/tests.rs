@@ -31,8 +31,8 @@ fn delivery() -> Delivery {
         submission_id: Uuid::new_v4(),
         delivery_id: Uuid::new_v4(),
         target: "t".into(),
-        content_type: "application/xml".into(),
-        body: Bytes::from_static(b"<a/>"),
+        payload: Payload::Document { content_type: "application/xml".into(), body: Bytes::from_static(b"<a/>") },
+        mapping_version: "test".into(),
     }
 }
 

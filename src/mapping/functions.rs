@@ -1,0 +1,314 @@
+//! The functions amtsbote adds to jq for mappings: dates in Europe/Berlin,
+//! code lists, defaults, strings, attachments, ids and a clock that tests
+//! can pin. README.md ("Mapping guide") documents each with an example.
+//!
+//! Natives are Rust; the rest is a jq prelude built on them. Errors the
+//! functions raise start with [`OWN_ERROR`] so that the evaluator can show
+//! them verbatim: they are written not to contain form data (a code that
+//! looks like a code is named, anything longer only by its length).
+
+use std::sync::OnceLock;
+
+use jaq_core::native::{Filter, Fun, bome, run, v};
+use jaq_core::{Error, RunPtr, ValR, data};
+use jaq_json::Val;
+use jiff::Timestamp;
+use jiff::civil::{Date, DateTime};
+use jiff::tz::TimeZone;
+
+type Data = data::JustLut<Val>;
+
+/// Prefix of error messages raised by these functions.
+pub const OWN_ERROR: &str = "amtsbote: ";
+
+/// Global variables every expression sees, in the order
+/// [`super::expr::Expr::eval`] binds them.
+pub const GLOBALS: [&str; 3] = ["$submission", "$__codelists", "$__now"];
+
+/// Definitions in jq, on top of the natives below.
+pub const PRELUDE: &str = r#"
+def now: $__now;
+def lookup($list): __lookup($__codelists[$list]; $list);
+def uuid($name): __uuid5($submission.id; $name);
+def uuid: uuid("");
+def default($value): if . == null or (type == "string" and (trim == "")) then $value else . end;
+def nonblank: select(. != null and (type != "string" or (trim != "")));
+def items: if . == null then empty elif type == "array" then .[] else . end;
+def attachments: $submission.attachments[]?;
+def attachments($purpose): attachments | select(.purpose == $purpose);
+"#;
+
+/// The natives, registered next to jaq's standard ones.
+pub fn natives() -> impl Iterator<Item = Fun<Data>> {
+    let natives: Box<[Filter<RunPtr<Data>>]> = Box::new([
+        ("local_date", v(0), |cv| bome(local_date(&cv.1))),
+        ("local_datetime", v(0), |cv| bome(local_datetime(&cv.1))),
+        ("date_format", v(1), |mut cv| {
+            let pattern = cv.0.pop_var();
+            bome(date_format(&cv.1, &pattern))
+        }),
+        ("date_parse", v(1), |mut cv| {
+            let pattern = cv.0.pop_var();
+            bome(date_parse(&cv.1, &pattern))
+        }),
+        ("__lookup", v(2), |mut cv| {
+            let name = cv.0.pop_var();
+            let table = cv.0.pop_var();
+            bome(lookup(&cv.1, &table, &name))
+        }),
+        ("__uuid5", v(2), |mut cv| {
+            let name = cv.0.pop_var();
+            let namespace = cv.0.pop_var();
+            bome(uuid5(&namespace, &name))
+        }),
+        ("upper", v(0), |cv| bome(map_text(&cv.1, "upper", |s| s.to_uppercase()))),
+        ("lower", v(0), |cv| bome(map_text(&cv.1, "lower", |s| s.to_lowercase()))),
+        ("normalize_space", v(0), |cv| {
+            bome(map_text(&cv.1, "normalize_space", |s| s.split_whitespace().collect::<Vec<_>>().join(" ")))
+        }),
+        ("truncate", v(1), |mut cv| {
+            let n = cv.0.pop_var();
+            bome(truncate(&cv.1, &n))
+        }),
+        ("pad_left", v(2), |mut cv| {
+            let fill = cv.0.pop_var();
+            let width = cv.0.pop_var();
+            bome(pad_left(&cv.1, &width, &fill))
+        }),
+    ]);
+    natives.into_vec().into_iter().map(run::<Data>)
+}
+
+fn own_error(message: String) -> Error<Val> {
+    Error::str(format!("{OWN_ERROR}{message}"))
+}
+
+fn fail<T>(message: String) -> Result<T, Error<Val>> {
+    Err(own_error(message))
+}
+
+fn text(v: &Val) -> Option<String> {
+    match v {
+        Val::TStr(s) => Some(String::from_utf8_lossy(s).into_owned()),
+        _ => None,
+    }
+}
+
+fn type_name(v: &Val) -> &'static str {
+    match v {
+        Val::Null => "null",
+        Val::Bool(_) => "boolean",
+        Val::Num(_) => "number",
+        Val::TStr(_) | Val::BStr(_) => "string",
+        Val::Arr(_) => "array",
+        Val::Obj(_) => "object",
+    }
+}
+
+/// How a value from a form may appear in an error: a short code as is,
+/// anything else only by its shape.
+fn describe(v: &Val) -> String {
+    match v {
+        Val::TStr(_) => {
+            let s = text(v).unwrap_or_default();
+            let code_like = s.chars().count() <= 12 && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c));
+            if code_like { format!("{s:?}") } else { format!("a string of {} characters", s.chars().count()) }
+        }
+        Val::Num(n) if n.to_string().len() <= 12 => n.to_string(),
+        other => format!("a {}", type_name(other)),
+    }
+}
+
+fn berlin() -> &'static TimeZone {
+    static BERLIN: OnceLock<TimeZone> = OnceLock::new();
+    BERLIN.get_or_init(|| TimeZone::get("Europe/Berlin").expect("the bundled time zone database has Europe/Berlin"))
+}
+
+/// A point in time or a calendar date, as mappings receive them.
+enum When {
+    Date(Date),
+    Instant(Timestamp),
+}
+
+fn when(v: &Val, function: &str) -> Result<When, Error<Val>> {
+    let expected = || {
+        own_error(format!(
+            "{function} expects a date (YYYY-MM-DD), an RFC 3339 instant or seconds since 1970, got {}",
+            describe(v)
+        ))
+    };
+    match v {
+        Val::Num(_) => {
+            let seconds: f64 = v.to_string().parse().map_err(|_| expected())?;
+            let whole = seconds.floor();
+            let nanos = ((seconds - whole) * 1e9) as i32;
+            Timestamp::new(whole as i64, nanos).map(When::Instant).map_err(|_| expected())
+        }
+        Val::TStr(_) => {
+            let s = text(v).unwrap_or_default();
+            if s.len() == 10 {
+                return s.parse::<Date>().map(When::Date).map_err(|_| expected());
+            }
+            // Form servers write offsets without a colon (`+0000`), which
+            // RFC 3339 does not allow; accept them.
+            let normalized = match s.len().checked_sub(5).map(|i| s.split_at(i)) {
+                Some((head, tail))
+                    if (tail.starts_with('+') || tail.starts_with('-')) && tail[1..].bytes().all(|b| b.is_ascii_digit()) =>
+                {
+                    format!("{head}{}:{}", &tail[..3], &tail[3..])
+                }
+                _ => s,
+            };
+            normalized.parse::<Timestamp>().map(When::Instant).map_err(|_| expected())
+        }
+        _ => Err(expected()),
+    }
+}
+
+fn local(when: When) -> DateTime {
+    match when {
+        When::Date(d) => d.to_datetime(jiff::civil::Time::midnight()),
+        When::Instant(t) => t.to_zoned(berlin().clone()).datetime(),
+    }
+}
+
+fn local_date(v: &Val) -> ValR<Val> {
+    if matches!(v, Val::Null) {
+        return Ok(Val::Null);
+    }
+    let date = local(when(v, "local_date")?).date();
+    Ok(Val::from(date.to_string()))
+}
+
+fn local_datetime(v: &Val) -> ValR<Val> {
+    match when(v, "local_datetime")? {
+        When::Date(_) => fail("local_datetime needs an instant, not a date".into()),
+        When::Instant(t) => Ok(Val::from(t.to_zoned(berlin().clone()).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string())),
+    }
+}
+
+/// `YYYY`, `MM`, `DD`, `hh`, `mm`, `ss` in a pattern, as strftime.
+fn strftime_pattern(pattern: &Val, function: &str) -> Result<String, Error<Val>> {
+    let Some(pattern) = text(pattern) else {
+        return Err(own_error(format!("{function} needs a pattern string such as \"DD.MM.YYYY\"")));
+    };
+    let mut out = String::new();
+    let mut rest = pattern.as_str();
+    while !rest.is_empty() {
+        let token = ["YYYY", "MM", "DD", "hh", "mm", "ss"].into_iter().find(|t| rest.starts_with(t));
+        match token {
+            Some(t) => {
+                out.push_str(match t {
+                    "YYYY" => "%Y",
+                    "MM" => "%m",
+                    "DD" => "%d",
+                    "hh" => "%H",
+                    "mm" => "%M",
+                    _ => "%S",
+                });
+                rest = &rest[t.len()..];
+            }
+            None => {
+                let c = rest.chars().next().expect("rest is not empty");
+                if c == '%' {
+                    out.push_str("%%");
+                } else {
+                    out.push(c);
+                }
+                rest = &rest[c.len_utf8()..];
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn date_format(v: &Val, pattern: &Val) -> ValR<Val> {
+    if matches!(v, Val::Null) {
+        return Ok(Val::Null);
+    }
+    let format = strftime_pattern(pattern, "date_format")?;
+    let local = local(when(v, "date_format")?);
+    Ok(Val::from(local.strftime(&format).to_string()))
+}
+
+fn date_parse(v: &Val, pattern: &Val) -> ValR<Val> {
+    if matches!(v, Val::Null) {
+        return Ok(Val::Null);
+    }
+    let format = strftime_pattern(pattern, "date_parse")?;
+    let Some(s) = text(v) else {
+        return fail(format!("date_parse expects a string, got {}", describe(v)));
+    };
+    let with_time = format.contains("%H");
+    let parsed = if with_time {
+        DateTime::strptime(&format, s.trim()).map(|dt| dt.strftime("%Y-%m-%dT%H:%M:%S").to_string())
+    } else {
+        Date::strptime(&format, s.trim()).map(|d| d.to_string())
+    };
+    match parsed {
+        Ok(iso) => Ok(Val::from(iso)),
+        Err(_) => fail(format!("date_parse: {} does not match the pattern {:?}", describe(v), text(pattern).unwrap_or_default())),
+    }
+}
+
+fn lookup(code: &Val, table: &Val, name: &Val) -> ValR<Val> {
+    let name = text(name).unwrap_or_default();
+    let Val::Obj(entries) = table else {
+        return fail(format!("there is no code list {name:?}"));
+    };
+    let key = match code {
+        Val::Null => return Ok(Val::Null),
+        Val::TStr(_) => code.clone(),
+        Val::Num(n) => Val::from(n.to_string()),
+        other => return fail(format!("lookup in code list {name:?} needs a string or number, got {}", describe(other))),
+    };
+    match entries.get(&key) {
+        Some(value) => Ok(value.clone()),
+        None => fail(format!("{} is not in code list {name:?}", describe(code))),
+    }
+}
+
+fn uuid5(namespace: &Val, name: &Val) -> ValR<Val> {
+    let Some(namespace) = text(namespace).and_then(|s| s.parse::<uuid::Uuid>().ok()) else {
+        return fail("uuid needs the submission's id ($submission.id) to be a UUID".into());
+    };
+    let name = text(name).unwrap_or_else(|| name.to_string());
+    Ok(Val::from(uuid::Uuid::new_v5(&namespace, name.as_bytes()).to_string()))
+}
+
+fn map_text(v: &Val, function: &str, f: impl Fn(&str) -> String) -> ValR<Val> {
+    match v {
+        Val::Null => Ok(Val::Null),
+        Val::TStr(_) => Ok(Val::from(f(&text(v).unwrap_or_default()))),
+        other => fail(format!("{function} expects a string, got {}", describe(other))),
+    }
+}
+
+fn count(n: &Val, function: &str) -> Result<usize, Error<Val>> {
+    n.to_string()
+        .parse::<usize>()
+        .ok()
+        .filter(|&n| n <= 10_000)
+        .ok_or_else(|| own_error(format!("{function} needs a whole number from 0 to 10000")))
+}
+
+fn truncate(v: &Val, n: &Val) -> ValR<Val> {
+    let n = count(n, "truncate")?;
+    map_text(v, "truncate", |s| s.chars().take(n).collect())
+}
+
+fn pad_left(v: &Val, width: &Val, fill: &Val) -> ValR<Val> {
+    let width = count(width, "pad_left")?;
+    let fill = match text(fill).and_then(|f| f.chars().next().filter(|_| f.chars().count() == 1)) {
+        Some(c) => c,
+        None => return fail("pad_left needs one fill character, such as \"0\"".into()),
+    };
+    let s = match v {
+        Val::TStr(_) => text(v).unwrap_or_default(),
+        Val::Num(n) => n.to_string(),
+        Val::Null => return Ok(Val::Null),
+        other => return fail(format!("pad_left expects a string or number, got {}", describe(other))),
+    };
+    let missing = width.saturating_sub(s.chars().count());
+    Ok(Val::from(std::iter::repeat_n(fill, missing).chain(s.chars()).collect::<String>()))
+}
