@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -16,7 +18,7 @@ use crate::intake::{self, Intake};
 use crate::operator::{self, OperatorApi};
 use crate::parking::ParkingLot;
 use crate::mapping::sandbox::Sandbox;
-use crate::pipeline::{MappingVersions, Pipeline};
+use crate::pipeline::{MappingVersions, Pipeline, SharedPipeline};
 use crate::store::{SqliteStore, Store};
 use crate::worker::Worker;
 
@@ -40,6 +42,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 pub struct Application {
     listener: TcpListener,
+    reloader: Reloader,
     intake: Arc<Intake>,
     operator: Arc<OperatorApi>,
     workers: Vec<Arc<Worker>>,
@@ -56,15 +59,18 @@ impl Application {
         let sandbox = Sandbox::new(config.sandbox.clone()).map_err(StartupError::Sandbox)?;
         let topology = Topology::new(&config.broker.prefix);
         let targets: Vec<_> = pipeline.targets.keys().cloned().collect();
+        let pipeline: SharedPipeline = Arc::new(ArcSwap::from_pointee(pipeline));
         let publisher = Arc::new(Publisher::new(config.broker.url.clone(), topology.clone(), targets));
         let parking = ParkingLot::new(config, store.clone());
         let operator = Arc::new(OperatorApi::new(parking, &config.operators)?);
         let workers = pipeline
+            .load()
             .targets
             .values()
             .map(|target| {
                 Arc::new(Worker {
                     target: target.clone(),
+                    pipeline: pipeline.clone(),
                     topology: topology.clone(),
                     broker_url: config.broker.url.clone(),
                     store: store.clone(),
@@ -74,14 +80,20 @@ impl Application {
             })
             .collect();
         let intake = Arc::new(Intake {
-            routes: Arc::new(pipeline.routes),
+            pipeline: pipeline.clone(),
             publisher,
             store,
             draining: AtomicBool::new(false),
         });
         let addr = config.http.listen;
         let listener = TcpListener::bind(addr).await.map_err(|source| StartupError::Listen { addr, source })?;
-        Ok(Self { listener, intake, operator, workers, max_body_bytes: config.http.max_body_bytes, shutdown_deadline: config.shutdown_deadline })
+        let reloader = Reloader { pipeline, versions, fixed: Arc::new(fixed_settings(config)) };
+        Ok(Self { listener, reloader, intake, operator, workers, max_body_bytes: config.http.max_body_bytes, shutdown_deadline: config.shutdown_deadline })
+    }
+
+    /// A handle that applies a changed configuration while running.
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -151,4 +163,87 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
+}
+
+/// Applies a changed configuration file to the running amtsbote (on
+/// SIGHUP): routes, route schemas, mappings, code lists, output schemas,
+/// connectors and retry policies. A configuration with any problem is
+/// refused whole and the running one stays. Settings that need new
+/// connections, listeners or workers (`http`, `broker`, `store`,
+/// `sandbox`, `operators`, `shutdown_deadline`, the set of targets and
+/// their `concurrency`) need a restart; a file that changes them is
+/// refused too, so that what runs is always what the file says.
+#[derive(Clone)]
+pub struct Reloader {
+    pipeline: SharedPipeline,
+    versions: Arc<MappingVersions>,
+    fixed: Arc<Vec<(&'static str, String)>>,
+}
+
+impl Reloader {
+    /// Builds the new pipeline and swaps it in; deliveries already in
+    /// flight keep the mapping version they started with.
+    pub async fn reload(&self, config: &Config) -> Result<(), Vec<String>> {
+        let changed: Vec<String> = fixed_settings(config)
+            .iter()
+            .zip(self.fixed.iter())
+            .filter(|(new, old)| new.1 != old.1)
+            .map(|(new, _)| format!("{}: changed, which needs a restart", new.0))
+            .collect();
+        if !changed.is_empty() {
+            return Err(changed);
+        }
+        let pipeline = Pipeline::build(config)?;
+        self.versions.keep(&pipeline).await.map_err(|e| vec![format!("store: {e}")])?;
+        for target in pipeline.targets.values() {
+            tracing::info!(event = "mapping_loaded", target = %target.name, mapping = target.mapping.file(),
+                version = target.mapping.version(), "mapping in use");
+        }
+        self.pipeline.store(Arc::new(pipeline));
+        Ok(())
+    }
+}
+
+/// The settings a reload cannot change, as comparable text (never shown:
+/// the broker URL carries a password).
+fn fixed_settings(config: &Config) -> Vec<(&'static str, String)> {
+    let targets: Vec<String> = config.targets.iter().map(|(name, t)| format!("{name}:{}", t.concurrency)).collect();
+    vec![
+        ("http", format!("{:?}", config.http)),
+        ("broker", format!("{} {}", config.broker.url.expose_secret(), config.broker.prefix)),
+        ("store", format!("{:?}", config.store.path)),
+        ("sandbox", format!("{:?}", config.sandbox)),
+        ("operators", format!("{:?}", config.operators)),
+        ("shutdown_deadline", format!("{:?}", config.shutdown_deadline)),
+        ("targets (names and concurrency)", targets.join(",")),
+    ]
+}
+
+/// Applies the configuration file again on every SIGHUP; problems are
+/// logged and the running configuration stays.
+pub async fn reload_on_hangup(path: std::path::PathBuf, reloader: Reloader) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            tracing::warn!(event = "reload_unavailable", "cannot listen for SIGHUP; reloading is off");
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            let result = match Config::load(&path) {
+                Ok(config) => reloader.reload(&config).await,
+                Err(e) => Err(vec![e.to_string()]),
+            };
+            match result {
+                Ok(()) => tracing::info!(event = "reloaded", config = %path.display(), "configuration reloaded"),
+                Err(problems) => {
+                    for problem in &problems {
+                        tracing::error!(event = "reload_refused", config = %path.display(), problem = %problem,
+                            "configuration refused; the running one stays");
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, reloader);
 }

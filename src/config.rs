@@ -192,6 +192,11 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         config.mappings = base.join(&config.mappings);
         config.store.path = base.join(&config.store.path);
+        for route in &mut config.routes {
+            if let Some(schema) = &mut route.schema {
+                *schema = base.join(&*schema);
+            }
+        }
         Ok(config)
     }
 

@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use crate::broker::{BrokerError, Publisher, long_string};
 use crate::problem::Problem;
-use crate::routing::RouteTable;
+use crate::pipeline::SharedPipeline;
 use crate::store::{Claim, IdempotencyKey, NewSubmission, Store};
 use crate::submission::{FieldError, InvalidSubmission, Submission};
 
@@ -34,7 +34,8 @@ use crate::submission::{FieldError, InvalidSubmission, Submission};
 const RETRY_AFTER_SECS: u64 = 5;
 
 pub struct Intake {
-    pub routes: Arc<RouteTable>,
+    /// Routes come from the pipeline in use (see [`SharedPipeline`]).
+    pub pipeline: SharedPipeline,
     pub publisher: Arc<Publisher>,
     pub store: Arc<dyn Store>,
     /// Set when shutdown begins: new submissions get 503.
@@ -104,7 +105,8 @@ async fn accept(intake: &Intake, headers: &HeaderMap, body: Result<Bytes, BytesR
         }
     })?;
 
-    let Some(route) = intake.routes.resolve(&submission.service, &submission.region) else {
+    let pipeline = intake.pipeline.load_full();
+    let Some(route) = pipeline.routes.resolve(&submission.service, &submission.region) else {
         return Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "no-route",
@@ -120,6 +122,24 @@ async fn accept(intake: &Intake, headers: &HeaderMap, body: Result<Bytes, BytesR
             FieldError { pointer: "#/region".into(), detail: "no route for this service and region".into() },
         ]));
     };
+
+    if let Some(schema) = &route.schema {
+        let problems = schema.problems(&submission.data_value());
+        if !problems.is_empty() {
+            let errors: Vec<FieldError> = problems
+                .into_iter()
+                .map(|(pointer, detail)| FieldError { pointer: format!("#/data{pointer}"), detail })
+                .collect();
+            let fields: Vec<&str> = errors.iter().map(|e| e.pointer.trim_start_matches("#/")).collect();
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-form-data",
+                "Invalid Form Data",
+                format!("the form data does not match the service's schema at: {}", fields.join(", ")),
+            )
+            .with_errors(errors));
+        }
+    }
 
     let record = NewSubmission {
         id: Uuid::new_v4(),

@@ -189,8 +189,10 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => {
-            let config = amtsbote::config::Config::load(&config)?;
+            let path = config;
+            let config = amtsbote::config::Config::load(&path)?;
             let app = amtsbote::app::Application::build(&config).await?;
+            tokio::spawn(amtsbote::app::reload_on_hangup(path, app.reloader()));
             tracing::info!(event = "listening", address = %app.local_addr(), broker = %config.broker.display_url(), "intake listening");
             app.run_until(amtsbote::app::shutdown_signal()).await.context("serving")?;
             Ok(ExitCode::SUCCESS)
@@ -198,12 +200,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { config } => {
             let path = config.display().to_string();
             let config = amtsbote::config::Config::load(&config)?;
-            match amtsbote::pipeline::Pipeline::build(&config) {
-                Ok(pipeline) => {
+            let mut problems = amtsbote::pipeline::check_all_mappings(&config);
+            let built = amtsbote::pipeline::Pipeline::build(&config).map_err(|p| problems.extend(p));
+            match built {
+                Ok(pipeline) if problems.is_empty() => {
                     println!("{path}: ok ({} targets, {} routes)", pipeline.targets.len(), config.routes.len());
                     Ok(ExitCode::SUCCESS)
                 }
-                Err(problems) => {
+                _ => {
                     for problem in problems {
                         eprintln!("{path}: {problem}");
                     }

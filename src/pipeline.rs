@@ -28,6 +28,10 @@ pub struct Pipeline {
     pub targets: BTreeMap<TargetName, Arc<Target>>,
 }
 
+/// The pipeline in use; a reload swaps it whole, so that a submission is
+/// routed and a delivery mapped by one consistent configuration.
+pub type SharedPipeline = Arc<arc_swap::ArcSwap<Pipeline>>;
+
 impl Pipeline {
     /// Compiles routes, mappings and connectors; on failure returns every
     /// problem, each naming the file or target it is about.
@@ -90,6 +94,24 @@ impl Pipeline {
         }
         if problems.is_empty() { Ok(Self { routes, targets }) } else { Err(problems) }
     }
+}
+
+/// What `amtsbote check` verifies beyond [`Pipeline::build`]: every
+/// mapping file under the mappings directory compiles, with the code lists
+/// and schemas it names, whether a target uses it yet or not.
+pub fn check_all_mappings(config: &Config) -> Vec<String> {
+    let root = &config.mappings;
+    let files = match crate::mapping::fixtures::mapping_files(root) {
+        Ok(files) => files,
+        Err(e) => return vec![format!("mappings: cannot read {}: {e}", root.display())],
+    };
+    files
+        .iter()
+        .filter_map(|file| {
+            let relative = file.strip_prefix(root).unwrap_or(file);
+            Mapping::load(root, relative).err().map(|e| format!("mappings: {e}"))
+        })
+        .collect()
 }
 
 /// Every mapping version deliveries may still need: the current ones and,

@@ -9,6 +9,8 @@
 //! that would deliver to a target no route names any more.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -21,6 +23,7 @@ use crate::domain::{ArsPrefix, Region, ServiceKey, TargetName};
 ///   - service: "99050012104000"   # LeiKa key
 ///     region: "05315"             # ARS prefix; "" covers every region
 ///     targets: [gewerbe-koeln, dms-koeln]
+///     schema: schemas/gewerbeanmeldung.schema.json   # optional
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,6 +34,12 @@ pub struct RouteConfig {
     pub region: ArsPrefix,
     /// Names of the targets that each receive the submission.
     pub targets: Vec<TargetName>,
+    /// A JSON Schema (e.g. the FIM data schema of the service) the form
+    /// data must satisfy; intake answers 422 with the failing fields
+    /// otherwise. Relative to the config file; `$ref`s to other files or
+    /// URLs are refused.
+    #[serde(default)]
+    pub schema: Option<PathBuf>,
 }
 
 /// The targets a submission goes to, and the routing key that tells the
@@ -40,6 +49,42 @@ pub struct Route {
     pub region: ArsPrefix,
     pub targets: Vec<TargetName>,
     pub routing_key: String,
+    pub schema: Option<InputSchema>,
+}
+
+/// A compiled JSON Schema for incoming form data.
+#[derive(Clone)]
+pub struct InputSchema {
+    pub path: PathBuf,
+    pub validator: Arc<jsonschema::Validator>,
+}
+
+impl std::fmt::Debug for InputSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "InputSchema({})", self.path.display())
+    }
+}
+
+impl PartialEq for InputSchema {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path
+    }
+}
+impl Eq for InputSchema {}
+
+impl InputSchema {
+    pub fn load(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("schema {}: {e}", path.display()))?;
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("schema {}: not JSON: {e}", path.display()))?;
+        let validator = crate::mapping::schema::json_validator(&value).map_err(|e| format!("schema {}: {e}", path.display()))?;
+        Ok(Self { path: path.to_owned(), validator: Arc::new(validator) })
+    }
+
+    /// JSON pointers (below the form data) and value-free messages of the
+    /// first problems; empty if the data is valid.
+    pub fn problems(&self, data: &serde_json::Value) -> Vec<(String, String)> {
+        crate::mapping::schema::json_problems(&self.validator, data)
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -52,6 +97,8 @@ pub enum RoutingError {
     RepeatedTarget { index: usize, target: String },
     #[error("route {index}: too many targets for one routing key ({len} bytes, at most 255)")]
     KeyTooLong { index: usize, len: usize },
+    #[error("route {index}: {message}")]
+    Schema { index: usize, message: String },
 }
 
 #[derive(Debug, Default)]
@@ -91,10 +138,17 @@ impl RouteTable {
             if routing_key.len() > 255 {
                 return Err(RoutingError::KeyTooLong { index, len: routing_key.len() });
             }
+            let schema = route
+                .schema
+                .as_deref()
+                .map(InputSchema::load)
+                .transpose()
+                .map_err(|message| RoutingError::Schema { index, message })?;
             table.by_service.entry(route.service.clone()).or_default().push(Route {
                 region: route.region.clone(),
                 targets: route.targets.clone(),
                 routing_key,
+                schema,
             });
         }
         for routes in table.by_service.values_mut() {
@@ -118,6 +172,7 @@ mod tests {
             service: ServiceKey::parse(service).unwrap(),
             region: ArsPrefix::parse(region).unwrap(),
             targets: targets.iter().map(|t| TargetName::parse(t).unwrap()).collect(),
+            schema: None,
         }
     }
 

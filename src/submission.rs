@@ -228,6 +228,15 @@ impl<'a> Submission<'a> {
         }
     }
 
+    /// The form data as a JSON value (for schema checks).
+    pub fn data_value(&self) -> serde_json::Value {
+        let raw = match &self.data {
+            FormData::Json(raw) => *raw,
+            FormData::Xml { tree, .. } => tree,
+        };
+        serde_json::from_str(raw.get()).expect("validated JSON")
+    }
+
     /// The message body for the queue.
     pub fn to_message(&self, id: Uuid, received_at: OffsetDateTime) -> Vec<u8> {
         let queued = Queued {

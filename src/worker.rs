@@ -37,12 +37,16 @@ use crate::broker::{self, BrokerError, Outgoing, Topology, long_string};
 use crate::domain::delivery_id;
 use crate::mapping::Mapping;
 use crate::mapping::sandbox::{EvalError, Sandbox};
-use crate::pipeline::{MappingVersions, Target};
+use crate::pipeline::{MappingVersions, SharedPipeline, Target};
 use crate::retry::{self, History};
 use crate::store::{DeliveryState, Store};
 
 pub struct Worker {
+    /// The target as the worker started; its name and concurrency hold
+    /// for the worker's life. Mapping, connector and retry policy are taken
+    /// from `pipeline` for each message, so that a reload applies.
     pub target: Arc<Target>,
+    pub pipeline: SharedPipeline,
     pub topology: Topology,
     pub broker_url: SecretString,
     pub store: Arc<dyn Store>,
@@ -141,10 +145,11 @@ impl Worker {
         let first_attempt = history.first_attempt.unwrap_or_else(OffsetDateTime::now_utc);
         history.attempts += 1;
         history.first_attempt = Some(first_attempt);
-        let mapping = self.mapping_for(&id, history.mapping_version.as_deref()).await;
+        let target = self.current_target();
+        let mapping = self.mapping_for(&target, &id, history.mapping_version.as_deref()).await;
         history.mapping_version = Some(mapping.version().to_owned());
-        let policy = &self.target.retry;
-        let next = match self.deliver(&id, &message.data, &mapping).await {
+        let policy = &target.retry;
+        let next = match self.deliver(&target, &id, &message.data, &mapping).await {
             Ok(detail) => Next::Done(detail),
             Err(Failure::Transient { reason, retry_after }) => {
                 history.last_error = Some(reason.clone());
@@ -195,10 +200,15 @@ impl Worker {
         }
     }
 
+    /// The target's settings in the pipeline in use.
+    fn current_target(&self) -> Arc<Target> {
+        self.pipeline.load().targets.get(&self.target.name).cloned().unwrap_or_else(|| self.target.clone())
+    }
+
     /// The mapping a delivery uses: the version its first attempt used,
     /// else the target's current one.
-    async fn mapping_for(&self, submission: &str, pinned: Option<&str>) -> Arc<Mapping> {
-        let current = &self.target.mapping;
+    async fn mapping_for(&self, target: &Target, submission: &str, pinned: Option<&str>) -> Arc<Mapping> {
+        let current = &target.mapping;
         match pinned {
             None => current.clone(),
             Some(v) if v == current.version() => current.clone(),
@@ -214,8 +224,7 @@ impl Worker {
     }
 
     /// Renders and delivers; `Ok` carries the connector's detail.
-    async fn deliver(&self, message_id: &str, body: &[u8], mapping: &Mapping) -> Result<String, Failure> {
-        let target = &self.target;
+    async fn deliver(&self, target: &Target, message_id: &str, body: &[u8], mapping: &Mapping) -> Result<String, Failure> {
         let id: Uuid =
             message_id.parse().map_err(|_| Failure::Park(ParkReason::Undecodable("message has no submission id".into())))?;
         let now = OffsetDateTime::now_utc().unix_timestamp();

@@ -88,7 +88,12 @@ impl OutputSchema {
                 let value: serde_json::Value =
                     serde_json::from_slice(document).map_err(|e| format!("the output is not JSON: {}", e.classify_text()))?;
                 let problems = json_problems(validator, &value);
-                if problems.is_empty() { Ok(()) } else { Err(problems.into_iter().map(|(p, m)| format!("at {p}: {m}")).collect::<Vec<_>>().join("; ")) }
+                if problems.is_empty() {
+                    Ok(())
+                } else {
+                    let list = problems.into_iter().map(|(p, m)| format!("at {p}: {m}")).collect::<Vec<_>>().join("; ");
+                    Err(format!("the output does not match its schema: {list}"))
+                }
             }
         }
     }
