@@ -27,6 +27,8 @@ pub struct TestApp {
     pub prefix: String,
     /// The config file the app runs with, for the `amtsbote` command.
     pub config_path: std::path::PathBuf,
+    /// Applies a changed config, as SIGHUP does.
+    pub reloader: amtsbote::app::Reloader,
     _store: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     stopped: Option<JoinHandle<std::io::Result<()>>>,
@@ -41,6 +43,10 @@ pub struct Setup<'a> {
     pub max_body_bytes: Option<usize>,
     /// YAML added to every target, indented by four spaces (e.g. `retry:`).
     pub target_settings: &'a str,
+    /// YAML added to every route, indented by four spaces (e.g. `schema:`).
+    pub route_settings: &'a str,
+    /// The mappings directory (default: the shipped `mappings/`).
+    pub mappings: Option<&'a Path>,
 }
 
 impl Default for Setup<'_> {
@@ -51,6 +57,8 @@ impl Default for Setup<'_> {
             broker_url: None,
             max_body_bytes: None,
             target_settings: "",
+            route_settings: "",
+            mappings: None,
         }
     }
 }
@@ -66,7 +74,7 @@ pub fn config_yaml(setup: &Setup<'_>, back_office: &SampleBackOffice, prefix: &s
         setup.max_body_bytes.unwrap_or(1 << 20),
         setup.broker_url.clone().unwrap_or_else(broker_url),
         store.join("store.sqlite").display(),
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings").display(),
+        setup.mappings.map(Path::to_owned).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings")).display(),
         env!("CARGO_BIN_EXE_amtsbote"),
     );
     for (name, mapping) in setup.targets {
@@ -78,7 +86,7 @@ pub fn config_yaml(setup: &Setup<'_>, back_office: &SampleBackOffice, prefix: &s
     }
     yaml += "routes:\n";
     for (service, region, targets) in setup.routes {
-        yaml += &format!("  - service: \"{service}\"\n    region: \"{region}\"\n    targets: [{}]\n", targets.join(", "));
+        yaml += &format!("  - service: \"{service}\"\n    region: \"{region}\"\n    targets: [{}]\n{}", targets.join(", "), setup.route_settings);
     }
     yaml
 }
@@ -97,6 +105,7 @@ pub async fn spawn_app(setup: Setup<'_>) -> TestApp {
     std::fs::write(&config_path, &yaml).unwrap();
     let config: Config = parse_yaml(&yaml).unwrap();
     let app = Application::build(&config).await.unwrap();
+    let reloader = app.reloader();
     let base = format!("http://{}", app.local_addr());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(app.run_until(async move {
@@ -108,6 +117,7 @@ pub async fn spawn_app(setup: Setup<'_>) -> TestApp {
         back_office,
         prefix,
         config_path,
+        reloader,
         _store: store,
         stop: Some(stop),
         stopped: Some(running),

@@ -6,4 +6,5 @@ mod crashes;
 mod delivery;
 mod helpers;
 mod intake;
+mod mappings;
 mod retries;
