@@ -105,18 +105,25 @@ fn type_name(v: &Val) -> &'static str {
     }
 }
 
-/// How a value from a form may appear in an error: a short code as is,
-/// anything else only by its shape.
+/// How a value from a form appears in an error: only by its shape.
 fn describe(v: &Val) -> String {
     match v {
-        Val::TStr(_) => {
-            let s = text(v).unwrap_or_default();
-            let code_like = s.chars().count() <= 12 && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c));
-            if code_like { format!("{s:?}") } else { format!("a string of {} characters", s.chars().count()) }
-        }
-        Val::Num(n) if n.to_string().len() <= 12 => n.to_string(),
+        Val::TStr(_) => format!("a string of {} characters", text(v).unwrap_or_default().chars().count()),
         other => format!("a {}", type_name(other)),
     }
+}
+
+/// How a code that a code list lacks appears in an error: short codes
+/// (letters, digits, `-`, `_`; such as `eK`, `CL`, `170`) as they are, so
+/// that an operator sees what to add; anything else only by its shape.
+fn describe_code(v: &Val) -> String {
+    let shown = match v {
+        Val::TStr(_) => text(v).unwrap_or_default(),
+        Val::Num(n) => n.to_string(),
+        _ => return describe(v),
+    };
+    let code_like = shown.chars().count() <= 8 && shown.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c));
+    if code_like { format!("{shown:?}") } else { describe(v) }
 }
 
 fn berlin() -> &'static TimeZone {
@@ -264,7 +271,7 @@ fn lookup(code: &Val, table: &Val, name: &Val) -> ValR<Val> {
     };
     match entries.get(&key) {
         Some(value) => Ok(value.clone()),
-        None => fail(format!("{} is not in code list {name:?}", describe(code))),
+        None => fail(format!("{} is not in code list {name:?}", describe_code(code))),
     }
 }
 
