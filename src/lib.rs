@@ -11,14 +11,17 @@
 //! * [`broker`]: RabbitMQ topology (exchange, per-target work and parking
 //!   queues) and confirmed publishing.
 //! * [`worker`]: one consumer per target; renders the target's [`mapping`]
-//!   and hands the document to the target's connector (the
+//!   (in a sandbox process, with the mapping version the delivery started
+//!   with) and hands the payload to the target's connector (the
 //!   `amtsbote-connector` crate defines the contract, `connectors/` holds
 //!   the implementations); acknowledges only after delivery, a scheduled
 //!   [`retry`] (a broker delay queue) or parking.
 //! * [`parking`]: list, replay and discard parked deliveries, for the
 //!   `amtsbote parked` command and the [`operator`] API.
-//! * [`config`] is read once; [`pipeline`] compiles it (routes, mappings,
-//!   connectors) for `serve` and `check` alike.
+//! * [`config`] is read at start and on SIGHUP; [`pipeline`] compiles it
+//!   (routes, mappings, connectors) for `serve`, reloads and `check` alike.
+//! * [`mapping`] also holds the fixture runner behind `amtsbote mappings
+//!   test` and the sandbox behind `amtsbote mapping-sandbox`.
 //! * [`app`] starts and stops everything; [`telemetry`] sets up logging;
 //!   [`demo`] runs the self-contained demonstration.
 
