@@ -96,7 +96,7 @@ impl Package {
         let mut files = vec![PackageFile { path: self.path_of(&self.document, scope, "package/document")?, content: document.into() }];
         for (i, (each, path)) in self.files.iter().enumerate() {
             let at = format!("package/files[{i}]");
-            for item in scope.each(each, &format!("{at}/each"))? {
+            for item in scope.each(each, &at)? {
                 let content = match &item.current {
                     Val::Obj(o) => o.get(&Val::from("content".to_owned())).cloned(),
                     _ => None,

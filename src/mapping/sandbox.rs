@@ -92,6 +92,9 @@ pub enum EvalError {
 mod tag {
     pub const LOAD: u8 = b'L';
     pub const RENDER: u8 = b'R';
+    pub const LOADED: u8 = b'K';
+    /// The request made no sense (a bug, not the mapping's fault).
+    pub const PROTOCOL_ERROR: u8 = b'P';
     pub const DOCUMENT: u8 = b'D';
     pub const FILES: u8 = b'F';
     pub const RENDER_ERROR: u8 = b'E';
@@ -214,7 +217,7 @@ impl Sandbox {
             let source = serde_json::to_vec(mapping.source()).expect("a mapping source serializes");
             write_frame(&mut process.stdin, tag::LOAD, &[&source]).await?;
             let (t, payload) = read_frame(&mut process.stdout).await?;
-            if t == tag::LOAD_ERROR {
+            if t != tag::LOADED {
                 let message = String::from_utf8_lossy(&payload).into_owned();
                 return Ok(Err(EvalError::Unavailable(format!("the sandbox could not compile {}: {message}", mapping.file()))));
             }
@@ -258,6 +261,7 @@ fn decode_answer(t: u8, payload: Vec<u8>) -> Result<Payload, EvalError> {
         }
         tag::RENDER_ERROR => Err(EvalError::Mapping(serde_json::from_slice(&payload).map_err(|_| bad())?)),
         tag::UNDECODABLE => Err(EvalError::Undecodable(String::from_utf8_lossy(&payload).into_owned())),
+        tag::PROTOCOL_ERROR => Err(EvalError::Unavailable(format!("the sandbox refused the request: {}", String::from_utf8_lossy(&payload)))),
         _ => Err(bad()),
     }
 }
@@ -323,7 +327,7 @@ pub fn serve(memory_limit_mib: u64, output_limit_mib: u64) -> std::io::Result<()
                     Ok(mapping) => {
                         let answer = vec![mapping.version().as_bytes().to_vec()];
                         mappings.insert(mapping.version().to_owned(), mapping);
-                        (tag::DOCUMENT, answer)
+                        (tag::LOADED, answer)
                     }
                     Err(message) => (tag::LOAD_ERROR, vec![message.into_bytes()]),
                 }
@@ -343,13 +347,13 @@ pub fn serve(memory_limit_mib: u64, output_limit_mib: u64) -> std::io::Result<()
 
 fn render_request(mappings: &HashMap<String, Mapping>, payload: &[u8], output_limit: usize) -> (u8, Vec<Vec<u8>>) {
     let Some(newline) = payload.iter().position(|&b| b == b'\n') else {
-        return (tag::UNDECODABLE, vec![b"malformed request".to_vec()]);
+        return (tag::PROTOCOL_ERROR, vec![b"malformed request".to_vec()]);
     };
     let Ok(header) = serde_json::from_slice::<RenderHeader>(&payload[..newline]) else {
-        return (tag::UNDECODABLE, vec![b"malformed request".to_vec()]);
+        return (tag::PROTOCOL_ERROR, vec![b"malformed request".to_vec()]);
     };
     let Some(mapping) = mappings.get(&header.version) else {
-        return (tag::UNDECODABLE, vec![b"mapping version not loaded".to_vec()]);
+        return (tag::PROTOCOL_ERROR, vec![b"mapping version not loaded".to_vec()]);
     };
     let submission: Val = match serde_json::from_slice(&payload[newline + 1..]) {
         Ok(v) => v,

@@ -305,6 +305,12 @@ impl AppProcess {
         self.child.wait().await.unwrap();
     }
 
+    /// SIGHUP: reload the configuration.
+    pub fn hang_up(&self) {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    }
+
     /// SIGTERM, then the exit status (or `None` if it did not exit in time).
     pub async fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         let pid = self.child.id().unwrap().to_string();

@@ -14,7 +14,9 @@ use amtsbote_connector::Payload;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{Setup, gewerbeanmeldung, spawn_app};
+use amtsbote::demo::SampleBackOffice;
+
+use crate::helpers::{AppProcess, Setup, config_yaml, free_port, gewerbeanmeldung, spawn_app, unique_prefix};
 
 fn shipped() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings")
@@ -291,4 +293,62 @@ async fn a_reload_applies_a_new_mapping_to_new_submissions_only_and_refuses_a_br
     assert_eq!(versions_of(&fresh), [2], "a new submission gets the new mapping");
     assert_eq!(in_flight_status["targets"][0]["mappingVersion"], first_version.as_str());
     assert_ne!(fresh_status["targets"][0]["mappingVersion"], first_version.as_str());
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_running_binary_and_a_broken_config_is_refused() {
+    let back_office = SampleBackOffice::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mapping = dir.path().join("m.yaml");
+    std::fs::write(&mapping, "output: json\ndocument:\n  version: 1\n").unwrap();
+    let setup = Setup { targets: &[("fv", "m.yaml")], mappings: Some(dir.path()), ..Setup::default() };
+    let config = dir.path().join("amtsbote.yaml");
+    std::fs::write(&config, config_yaml(&setup, &back_office, &unique_prefix(), dir.path())).unwrap();
+    let log = dir.path().join("amtsbote.log");
+    let app = AppProcess::start(&config, free_port(), &log).await;
+    let client = reqwest::Client::new();
+    let submit = || async {
+        let response = client
+            .post(format!("{}/v1/submissions", app.base))
+            .header("content-type", "application/json")
+            .body(gewerbeanmeldung("053150000000").to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+    };
+    let office = &back_office;
+    let last_version = |count: usize| async move {
+        let received = office.wait_for(count, Duration::from_secs(20)).await;
+        assert_eq!(received.len(), count);
+        serde_json::from_slice::<Value>(&received[count - 1].body).unwrap()["version"].as_i64().unwrap()
+    };
+    submit().await;
+    assert_eq!(last_version(1).await, 1);
+
+    std::fs::write(&mapping, "output: json\ndocument:\n  version: 2\n").unwrap();
+    app.hang_up();
+    // The reload is asynchronous; the first submission after it that
+    // arrives with version 2 shows it applied.
+    let mut seen = 1;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        submit().await;
+        seen += 1;
+        if last_version(seen).await == 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "SIGHUP did not reload");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    std::fs::write(&mapping, "output: json\ndocument:\n  version: '.x |'\n").unwrap();
+    app.hang_up();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&log).unwrap().contains("reload_refused") {
+        assert!(tokio::time::Instant::now() < deadline, "the broken config was not reported");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    submit().await;
+    assert_eq!(last_version(seen + 1).await, 2, "the running configuration stays");
 }
