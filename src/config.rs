@@ -165,12 +165,20 @@ impl Default for StoreSettings {
     }
 }
 
+/// A file (config, mapping, code list) that cannot be read or used; the
+/// message names the file.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub enum FileError {
     #[error("{file}: cannot read: {source}")]
     Read { file: String, source: std::io::Error },
     #[error("{file}: {message}")]
     Invalid { file: String, message: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("environment variable {name}: {message}")]
     Env { name: &'static str, message: String },
 }
@@ -181,13 +189,18 @@ pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Strin
     serde_saphyr::from_str(text).map_err(|e| e.to_string())
 }
 
+/// Reads and parses the YAML file `path`; gives its text, too.
+pub fn read_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<(String, T), FileError> {
+    let file = || path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| FileError::Read { file: file(), source })?;
+    let value = parse_yaml(&text).map_err(|message| FileError::Invalid { file: file(), message })?;
+    Ok((text, value))
+}
+
 impl Config {
     /// Reads `path`, applies the environment, resolves relative paths.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
-        let mut config: Config =
-            parse_yaml(&text).map_err(|message| ConfigError::Invalid { file: file.clone(), message })?;
+        let (_, mut config): (String, Config) = read_yaml(path)?;
         config.apply_env(|name| std::env::var(name).ok())?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.mappings = base.join(&config.mappings);

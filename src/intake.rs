@@ -94,14 +94,7 @@ async fn accept(intake: &Intake, headers: &HeaderMap, body: Result<Bytes, BytesR
             format!("the body is not valid JSON: {reason}"),
         ),
         InvalidSubmission::Fields(errors) => {
-            let fields: Vec<&str> = errors.iter().map(|e| e.pointer.trim_start_matches("#/")).collect();
-            Problem::new(
-                StatusCode::BAD_REQUEST,
-                "invalid-submission",
-                "Invalid Submission",
-                format!("invalid field(s): {}", fields.join(", ")),
-            )
-            .with_errors(errors)
+            Problem::fields(StatusCode::BAD_REQUEST, "invalid-submission", "Invalid Submission", "invalid field(s)", errors)
         }
     })?;
 
@@ -130,14 +123,13 @@ async fn accept(intake: &Intake, headers: &HeaderMap, body: Result<Bytes, BytesR
                 .into_iter()
                 .map(|(pointer, detail)| FieldError { pointer: format!("#/data{pointer}"), detail })
                 .collect();
-            let fields: Vec<&str> = errors.iter().map(|e| e.pointer.trim_start_matches("#/")).collect();
-            return Err(Problem::new(
+            return Err(Problem::fields(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid-form-data",
                 "Invalid Form Data",
-                format!("the form data does not match the service's schema at: {}", fields.join(", ")),
-            )
-            .with_errors(errors));
+                "the form data does not match the service's schema at",
+                errors,
+            ));
         }
     }
 

@@ -200,7 +200,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { config } => {
             let path = config.display().to_string();
             let config = amtsbote::config::Config::load(&config)?;
-            let mut problems = amtsbote::pipeline::check_all_mappings(&config);
+            let mut problems = amtsbote::pipeline::check_unused_mappings(&config);
             let built = amtsbote::pipeline::Pipeline::build(&config).map_err(|p| problems.extend(p));
             match built {
                 Ok(pipeline) if problems.is_empty() => {

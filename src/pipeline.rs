@@ -97,16 +97,19 @@ impl Pipeline {
 }
 
 /// What `amtsbote check` verifies beyond [`Pipeline::build`]: every
-/// mapping file under the mappings directory compiles, with the code lists
-/// and schemas it names, whether a target uses it yet or not.
-pub fn check_all_mappings(config: &Config) -> Vec<String> {
+/// mapping file under the mappings directory that no target uses (those
+/// [`Pipeline::build`] loads) compiles too, with its code lists and
+/// schemas.
+pub fn check_unused_mappings(config: &Config) -> Vec<String> {
     let root = &config.mappings;
     let files = match crate::mapping::fixtures::mapping_files(root) {
         Ok(files) => files,
         Err(e) => return vec![format!("mappings: cannot read {}: {e}", root.display())],
     };
+    let used: std::collections::HashSet<_> = config.targets.values().map(|t| root.join(&t.mapping)).collect();
     files
         .iter()
+        .filter(|file| !used.contains(*file))
         .filter_map(|file| {
             let relative = file.strip_prefix(root).unwrap_or(file);
             Mapping::load(root, relative).err().map(|e| format!("mappings: {e}"))
@@ -131,6 +134,10 @@ impl MappingVersions {
     pub async fn keep(&self, pipeline: &Pipeline) -> Result<(), crate::store::StoreError> {
         for target in pipeline.targets.values() {
             let mapping = &target.mapping;
+            // Targets share mappings, and a reload keeps most versions.
+            if self.compiled.lock().expect("versions lock").contains_key(mapping.version()) {
+                continue;
+            }
             let source = serde_json::to_string(mapping.source()).expect("a mapping source serializes");
             self.store.keep_mapping_version(mapping.version(), mapping.file(), &source).await?;
             self.compiled.lock().expect("versions lock").insert(mapping.version().to_owned(), mapping.clone());

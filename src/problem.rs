@@ -37,6 +37,14 @@ impl Problem {
         }
     }
 
+    /// A problem with fields: `detail` is `lead` followed by the fields'
+    /// pointers, and `errors` says what is wrong with each.
+    pub fn fields(status: StatusCode, slug: &str, title: &'static str, lead: &str, errors: Vec<FieldError>) -> Self {
+        let fields: Vec<&str> = errors.iter().map(|e| e.pointer.trim_start_matches("#/")).collect();
+        let detail = format!("{lead}: {}", fields.join(", "));
+        Self::new(status, slug, title, detail).with_errors(errors)
+    }
+
     pub fn with_errors(mut self, errors: Vec<FieldError>) -> Self {
         self.errors = errors;
         self

@@ -75,8 +75,7 @@ impl Eq for InputSchema {}
 impl InputSchema {
     pub fn load(path: &std::path::Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("schema {}: {e}", path.display()))?;
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("schema {}: not JSON: {e}", path.display()))?;
-        let validator = crate::mapping::schema::json_validator(&value).map_err(|e| format!("schema {}: {e}", path.display()))?;
+        let validator = crate::mapping::schema::json_schema(path, &text)?;
         Ok(Self { path: path.to_owned(), validator: Arc::new(validator) })
     }
 

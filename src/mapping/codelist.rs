@@ -69,8 +69,7 @@ pub fn path_of(mappings_root: &Path, name: &str) -> Result<PathBuf, String> {
 /// Reads and checks the code list `name`.
 pub fn load(mappings_root: &Path, name: &str) -> Result<CodeList, String> {
     let path = path_of(mappings_root, name)?;
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("code list {name:?} ({}): {e}", path.display()))?;
-    let file: CodeListFile =
-        crate::config::parse_yaml(&text).map_err(|e| format!("code list {name:?} ({}): {e}", path.display()))?;
+    let (_, file): (String, CodeListFile) =
+        crate::config::read_yaml(&path).map_err(|e| format!("code list {name:?}: {e}"))?;
     Ok(CodeList { codes: file.codes.into_iter().map(|(k, v)| (k, v.into_text())).collect() })
 }

@@ -80,14 +80,9 @@ impl Expr {
                 .into_iter()
                 .map(|(_, e)| match e {
                     jaq_core::load::Error::Lex(l) => describe_lex(&l, code),
-                    jaq_core::load::Error::Parse(p) => p
-                        .iter()
-                        .map(|(expect, rest)| {
-                            let offset = code.len().saturating_sub(rest.len());
-                            format!("expected {} at character {}", expect.as_str(), offset + 1)
-                        })
-                        .collect::<Vec<_>>()
-                        .join("; "),
+                    jaq_core::load::Error::Parse(p) => {
+                        p.iter().map(|(expect, rest)| expected_at(expect.as_str(), rest, code)).collect::<Vec<_>>().join("; ")
+                    }
                     jaq_core::load::Error::Io(io) => {
                         io.iter().map(|(_, m)| m.clone()).collect::<Vec<_>>().join("; ")
                     }
@@ -193,13 +188,12 @@ fn find_lookups(tokens: &[lex::Token<&str>], names: &mut Vec<String>) -> Result<
 }
 
 fn describe_lex(errs: &[lex::Error<&str>], code: &str) -> String {
-    errs.iter()
-        .map(|(expect, rest)| {
-            let offset = code.len() - rest.len();
-            format!("expected {} at character {}", expect.as_str(), offset + 1)
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
+    errs.iter().map(|(expect, rest)| expected_at(expect.as_str(), rest, code)).collect::<Vec<_>>().join("; ")
+}
+
+/// jaq reports where it stopped as the rest of the code.
+fn expected_at(what: &str, rest: &str, code: &str) -> String {
+    format!("expected {what} at character {}", code.len().saturating_sub(rest.len()) + 1)
 }
 
 fn describe_runtime(error: &jaq_core::Error<Val>) -> String {

@@ -248,14 +248,7 @@ async fn check(mapping: &Mapping, fixture: &Fixture, evaluator: &Evaluator<'_>, 
 fn bless_into(path: &Path, mapping: &Mapping, payload: &Payload) -> Result<PathBuf, String> {
     match payload {
         Payload::Document { content_type, body } if content_type != "application/zip" => {
-            let ext = if mapping.source().text.contains("output: csv") {
-                "csv"
-            } else if content_type.contains("json") {
-                "json"
-            } else {
-                "xml"
-            };
-            let file = PathBuf::from(format!("{}.{ext}", path.display()));
+            let file = PathBuf::from(format!("{}.{}", path.display(), mapping.extension()));
             std::fs::write(&file, body).map_err(|e| e.to_string())?;
             Ok(file)
         }

@@ -40,6 +40,7 @@ use jaq_json::Val;
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
+use crate::config::FileError;
 use codelist::CodeList;
 use expr::{Expr, Globals};
 pub use package::PackageFormat;
@@ -105,29 +106,6 @@ pub struct MappingSource {
 }
 
 impl MappingSource {
-    /// Reads the mapping `relative` under `root` and what it refers to.
-    pub fn load(root: &Path, relative: &Path) -> Result<Self, MappingError> {
-        let path = root.join(relative);
-        let name = path.display().to_string();
-        let text = std::fs::read_to_string(&path).map_err(|source| MappingError::Read { file: name.clone(), source })?;
-        let invalid = |message: String| MappingError::Invalid { file: name.clone(), message };
-        let file: MappingFile = crate::config::parse_yaml(&text).map_err(invalid)?;
-        let compiled = compile_file(&file, &name)?;
-        let mut codelists = BTreeMap::new();
-        for list in compiled.codelists_used() {
-            let loaded = codelist::load(root, &list).map_err(invalid)?;
-            codelists.insert(list, loaded);
-        }
-        let schema = match &file.schema {
-            Some(relative_schema) => {
-                let base = path.parent().unwrap_or(Path::new("."));
-                Some(SchemaSource::load(&base.join(relative_schema)).map_err(invalid)?)
-            }
-            None => None,
-        };
-        Ok(Self { name, text, codelists, schema })
-    }
-
     /// The content hash that identifies this version of the mapping.
     pub fn version(&self) -> String {
         use sha2::Digest as _;
@@ -172,13 +150,7 @@ enum Format {
 }
 
 /// A mapping file that cannot be used; names the file and the place.
-#[derive(Debug, thiserror::Error)]
-pub enum MappingError {
-    #[error("{file}: cannot read: {source}")]
-    Read { file: String, source: std::io::Error },
-    #[error("{file}: {message}")]
-    Invalid { file: String, message: String },
-}
+pub type MappingError = FileError;
 
 /// A mapping that failed on one submission: names file, line, place and
 /// expression, never the data.
@@ -247,7 +219,22 @@ impl Mapping {
     /// Loads and compiles the mapping `relative` under the mappings
     /// directory `root`, with the code lists and schema it names.
     pub fn load(root: &Path, relative: &Path) -> Result<Self, MappingError> {
-        Self::compile(MappingSource::load(root, relative)?)
+        let path = root.join(relative);
+        let name = path.display().to_string();
+        let (text, file): (String, MappingFile) = crate::config::read_yaml(&path)?;
+        let invalid = |message: String| MappingError::Invalid { file: name.clone(), message };
+        let compiled = compile_file(&file, &name)?;
+        let codelists = compiled
+            .codelists_used()
+            .into_iter()
+            .map(|list| codelist::load(root, &list).map(|loaded| (list, loaded)))
+            .collect::<Result<_, _>>()
+            .map_err(invalid)?;
+        let schema = match &file.schema {
+            Some(schema) => Some(SchemaSource::load(&path.parent().unwrap_or(Path::new(".")).join(schema)).map_err(invalid)?),
+            None => None,
+        };
+        Self::assemble(MappingSource { name, text, codelists, schema }, compiled)
     }
 
     /// Compiles a source as loaded (here or in another process).
@@ -258,6 +245,12 @@ impl Mapping {
         if let Some(missing) = compiled.codelists_used().into_iter().find(|l| !source.codelists.contains_key(l)) {
             return Err(invalid(format!("code list {missing:?} is not loaded")));
         }
+        Self::assemble(source, compiled)
+    }
+
+    /// Adds the schema and the version to a compiled mapping.
+    fn assemble(source: MappingSource, compiled: Compiled) -> Result<Self, MappingError> {
+        let invalid = |message: String| MappingError::Invalid { file: source.name.clone(), message };
         let schema = source.schema.as_ref().map(OutputSchema::compile).transpose().map_err(invalid)?;
         match (&schema, &compiled.format) {
             (Some(OutputSchema::Xsd(_)), Format::Xml { .. }) | (Some(OutputSchema::Json(_)), Format::Json) | (None, _) => {}
@@ -284,6 +277,15 @@ impl Mapping {
     /// The content hash of the mapping's source, recorded per delivery.
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// The file extension of the document the mapping writes.
+    pub fn extension(&self) -> &'static str {
+        match self.compiled.format {
+            Format::Xml { .. } => "xml",
+            Format::Json => "json",
+            Format::Csv(_) => "csv",
+        }
     }
 
     /// `Some(format)` if the mapping packs files with the document.

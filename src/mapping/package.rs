@@ -28,7 +28,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::expr::Expr;
-use super::template::TemplateError;
+use super::template::{TemplateError, compile_expr};
 use super::{RenderError, Scope};
 
 /// The `package` section of a mapping file.
@@ -70,11 +70,7 @@ pub struct Package {
 
 impl Package {
     pub fn compile(settings: &PackageSettings) -> Result<Self, TemplateError> {
-        let expr = |code: &Spanned<String>, path: &str| {
-            let line = code.referenced.line();
-            Expr::compile(&code.value, line)
-                .map_err(|e| TemplateError::new(line, path, format!("{e} in expression {:?}", code.value)))
-        };
+        let expr = |code: &Spanned<String>, path: &str| compile_expr(&code.value, code.referenced.line(), path);
         let document = expr(&settings.document, "package/document")?;
         let files = settings
             .files

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use amtsbote_connector::{PackageFile, Payload};
+use bytes::Bytes;
 use jaq_json::Val;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
@@ -161,8 +162,9 @@ impl Sandbox {
                 answer
             }
             Ok(Err(io)) => {
-                // The process died mid-request: the evaluation crashed it.
-                let status = process.child.wait().await.ok();
+                // The process died mid-request (the evaluation crashed it),
+                // or it broke the protocol: either way it is done.
+                let status = stop(&mut process).await;
                 tracing::warn!(event = "sandbox_crashed", mapping = mapping.file(), status = ?status, error = %io,
                     "a mapping evaluation ended its sandbox process");
                 Err(EvalError::Mapping(mapping_failure(
@@ -174,8 +176,7 @@ impl Sandbox {
                 )))
             }
             Err(_) => {
-                let _ = process.child.start_kill();
-                let _ = process.child.wait().await;
+                stop(&mut process).await;
                 tracing::warn!(event = "sandbox_timeout", mapping = mapping.file(), limit_ms = limit.as_millis() as u64,
                     "a mapping evaluation ran past the time limit and was stopped");
                 Err(EvalError::Mapping(mapping_failure(
@@ -230,26 +231,34 @@ impl Sandbox {
     }
 }
 
+/// Kills a sandbox process (if it still runs) and reaps it.
+async fn stop(process: &mut Process) -> Option<std::process::ExitStatus> {
+    let _ = process.child.start_kill();
+    process.child.wait().await.ok()
+}
+
 fn mapping_failure(mapping: &Mapping, message: String) -> RenderError {
     RenderError { file: mapping.file().to_owned(), line: 0, path: "document".into(), expression: None, message }
 }
 
 fn decode_answer(t: u8, payload: Vec<u8>) -> Result<Payload, EvalError> {
     let bad = || EvalError::Unavailable("the sandbox sent an answer it should not".into());
-    let split = |payload: &[u8]| -> Option<(Vec<u8>, Vec<u8>)> {
+    // Header line, then the bytes, sliced without copying them again.
+    let split = |payload: Vec<u8>| -> Option<(Bytes, Bytes)> {
         let newline = payload.iter().position(|&b| b == b'\n')?;
-        Some((payload[..newline].to_vec(), payload[newline + 1..].to_vec()))
+        let mut body = Bytes::from(payload);
+        let header = body.split_to(newline);
+        Some((header, body.slice(1..)))
     };
     match t {
         tag::DOCUMENT => {
-            let (header, body) = split(&payload).ok_or_else(bad)?;
+            let (header, body) = split(payload).ok_or_else(bad)?;
             let header: DocumentHeader = serde_json::from_slice(&header).map_err(|_| bad())?;
-            Ok(Payload::Document { content_type: header.content_type, body: body.into() })
+            Ok(Payload::Document { content_type: header.content_type, body })
         }
         tag::FILES => {
-            let (header, body) = split(&payload).ok_or_else(bad)?;
+            let (header, body) = split(payload).ok_or_else(bad)?;
             let headers: Vec<FileHeader> = serde_json::from_slice(&header).map_err(|_| bad())?;
-            let body = bytes::Bytes::from(body);
             let mut offset: usize = 0;
             let mut files = Vec::with_capacity(headers.len());
             for h in headers {
@@ -318,26 +327,27 @@ pub fn serve(memory_limit_mib: u64, output_limit_mib: u64) -> std::io::Result<()
         }
         let mut payload = vec![0; len];
         stdin.read_exact(&mut payload)?;
-        let (t, answer): (u8, Vec<Vec<u8>>) = match head[0] {
+        let (t, answer): (u8, Vec<Bytes>) = match head[0] {
             tag::LOAD => {
                 let compiled = serde_json::from_slice::<MappingSource>(&payload)
                     .map_err(|e| e.to_string())
                     .and_then(|source| Mapping::compile(source).map_err(|e| e.to_string()));
                 match compiled {
                     Ok(mapping) => {
-                        let answer = vec![mapping.version().as_bytes().to_vec()];
+                        let answer = vec![Bytes::copy_from_slice(mapping.version().as_bytes())];
                         mappings.insert(mapping.version().to_owned(), mapping);
                         (tag::LOADED, answer)
                     }
-                    Err(message) => (tag::LOAD_ERROR, vec![message.into_bytes()]),
+                    Err(message) => (tag::LOAD_ERROR, vec![message.into()]),
                 }
             }
             tag::RENDER => render_request(&mappings, &payload, output_limit),
             _ => return Err(std::io::Error::other("unknown request")),
         };
-        let len: usize = answer.iter().map(Vec::len).sum();
+        let len: usize = answer.iter().map(Bytes::len).sum();
+        let len = u32::try_from(len).map_err(|_| std::io::Error::other("answer too large for a frame"))?;
         stdout.write_all(&[t])?;
-        stdout.write_all(&(len as u32).to_le_bytes())?;
+        stdout.write_all(&len.to_le_bytes())?;
         for part in &answer {
             stdout.write_all(part)?;
         }
@@ -345,19 +355,19 @@ pub fn serve(memory_limit_mib: u64, output_limit_mib: u64) -> std::io::Result<()
     }
 }
 
-fn render_request(mappings: &HashMap<String, Mapping>, payload: &[u8], output_limit: usize) -> (u8, Vec<Vec<u8>>) {
+fn render_request(mappings: &HashMap<String, Mapping>, payload: &[u8], output_limit: usize) -> (u8, Vec<Bytes>) {
     let Some(newline) = payload.iter().position(|&b| b == b'\n') else {
-        return (tag::PROTOCOL_ERROR, vec![b"malformed request".to_vec()]);
+        return (tag::PROTOCOL_ERROR, vec![Bytes::from_static(b"malformed request")]);
     };
     let Ok(header) = serde_json::from_slice::<RenderHeader>(&payload[..newline]) else {
-        return (tag::PROTOCOL_ERROR, vec![b"malformed request".to_vec()]);
+        return (tag::PROTOCOL_ERROR, vec![Bytes::from_static(b"malformed request")]);
     };
     let Some(mapping) = mappings.get(&header.version) else {
-        return (tag::PROTOCOL_ERROR, vec![b"mapping version not loaded".to_vec()]);
+        return (tag::PROTOCOL_ERROR, vec![Bytes::from_static(b"mapping version not loaded")]);
     };
     let submission: Val = match serde_json::from_slice(&payload[newline + 1..]) {
         Ok(v) => v,
-        Err(e) => return (tag::UNDECODABLE, vec![format!("{:?}", e.classify()).into_bytes()]),
+        Err(e) => return (tag::UNDECODABLE, vec![format!("{:?}", e.classify()).into()]),
     };
     let rendered = mapping.render(&submission, header.now).and_then(|payload| {
         if payload.len() > output_limit {
@@ -369,15 +379,15 @@ fn render_request(mappings: &HashMap<String, Mapping>, payload: &[u8], output_li
     match rendered {
         Ok(Payload::Document { content_type, body }) => {
             let header = serde_json::to_vec(&DocumentHeader { content_type }).expect("serializes");
-            (tag::DOCUMENT, vec![header, b"\n".to_vec(), body.to_vec()])
+            (tag::DOCUMENT, vec![header.into(), Bytes::from_static(b"\n"), body])
         }
         Ok(Payload::Files(files)) => {
             let headers: Vec<FileHeader> = files.iter().map(|f| FileHeader { path: f.path.clone(), len: f.content.len() }).collect();
-            let mut parts = vec![serde_json::to_vec(&headers).expect("serializes"), b"\n".to_vec()];
-            parts.extend(files.into_iter().map(|f| f.content.to_vec()));
+            let mut parts = vec![serde_json::to_vec(&headers).expect("serializes").into(), Bytes::from_static(b"\n")];
+            parts.extend(files.into_iter().map(|f| f.content));
             (tag::FILES, parts)
         }
-        Err(e) => (tag::RENDER_ERROR, vec![serde_json::to_vec(&e).expect("serializes")]),
+        Err(e) => (tag::RENDER_ERROR, vec![serde_json::to_vec(&e).expect("serializes").into()]),
     }
 }
 

@@ -72,11 +72,7 @@ impl OutputSchema {
                 with_xsd(path, |_| Ok(()))?;
                 Ok(OutputSchema::Xsd(path.clone()))
             }
-            SchemaSource::Json { path, text } => {
-                let schema: serde_json::Value =
-                    serde_json::from_str(text).map_err(|e| format!("schema {}: not JSON: {e}", path.display()))?;
-                json_validator(&schema).map(|v| OutputSchema::Json(Box::new(v))).map_err(|e| format!("schema {}: {e}", path.display()))
-            }
+            SchemaSource::Json { path, text } => json_schema(path, text).map(|v| OutputSchema::Json(Box::new(v))),
         }
     }
 
@@ -86,7 +82,7 @@ impl OutputSchema {
             OutputSchema::Xsd(path) => validate_xml(path, document),
             OutputSchema::Json(validator) => {
                 let value: serde_json::Value =
-                    serde_json::from_slice(document).map_err(|e| format!("the output is not JSON: {}", e.classify_text()))?;
+                    serde_json::from_slice(document).map_err(|e| format!("the output is not JSON ({:?})", e.classify()))?;
                 let problems = json_problems(validator, &value);
                 if problems.is_empty() {
                     Ok(())
@@ -99,25 +95,13 @@ impl OutputSchema {
     }
 }
 
-trait ClassifyText {
-    fn classify_text(&self) -> &'static str;
-}
-impl ClassifyText for serde_json::Error {
-    fn classify_text(&self) -> &'static str {
-        match self.classify() {
-            serde_json::error::Category::Io => "read error",
-            serde_json::error::Category::Syntax => "syntax error",
-            serde_json::error::Category::Data => "data error",
-            serde_json::error::Category::Eof => "unexpected end",
-        }
-    }
-}
-
-/// A JSON Schema validator that never fetches a remote `$ref`.
-pub fn json_validator(schema: &serde_json::Value) -> Result<jsonschema::Validator, String> {
+/// Compiles the JSON Schema `text` (read from `path`, which errors name)
+/// into a validator that never fetches a remote `$ref`.
+pub fn json_schema(path: &Path, text: &str) -> Result<jsonschema::Validator, String> {
+    let schema: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("schema {}: not JSON: {e}", path.display()))?;
     // Built without the crate's resolve-http/resolve-file features: a
     // `$ref` to anything outside the schema fails here, at load.
-    jsonschema::validator_for(schema).map_err(|e| e.masked().to_string())
+    jsonschema::validator_for(&schema).map_err(|e| format!("schema {}: {}", path.display(), e.masked()))
 }
 
 /// The instance paths (JSON pointers) and value-free messages of the
@@ -258,7 +242,7 @@ mod tests {
     #[test]
     fn json_schema_problems_name_paths_not_values() {
         let schema = serde_json::json!({"type":"object","required":["a"],"properties":{"b":{"type":"integer"}}});
-        let validator = json_validator(&schema).unwrap();
+        let validator = json_schema(Path::new("s.json"), &schema.to_string()).unwrap();
         let problems = json_problems(&validator, &serde_json::json!({"b":"Geheim"}));
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems.iter().any(|(p, _)| p == "/b"));
@@ -268,6 +252,6 @@ mod tests {
     #[test]
     fn remote_references_are_refused() {
         let schema = serde_json::json!({"$ref": "https://example.org/schema.json"});
-        assert!(json_validator(&schema).is_err());
+        assert!(json_schema(Path::new("s.json"), &schema.to_string()).is_err());
     }
 }

@@ -124,15 +124,18 @@ impl TemplateError {
     }
 }
 
+/// Compiles the expression written at `line`; an error names the line,
+/// the place in the document and the expression.
+pub fn compile_expr(code: &str, line: u64, path: &str) -> Result<Expr, TemplateError> {
+    Expr::compile(code, line).map_err(|ExprError(m)| TemplateError::new(line, path, format!("{m} in expression {code:?}")))
+}
+
 impl Template {
     pub fn compile(node: &Spanned<Node>, path: &str) -> Result<Self, TemplateError> {
         let line = node.referenced.line();
         let err = |message: String| TemplateError::new(line, path, message);
-        let compile_expr = |code: &str, line: u64| {
-            Expr::compile(code, line).map_err(|ExprError(m)| TemplateError::new(line, path, format!("{m} in expression {code:?}")))
-        };
         match &node.value {
-            Node::Str(code) => Ok(Template::Expr(compile_expr(code, line)?)),
+            Node::Str(code) => Ok(Template::Expr(compile_expr(code, line, path)?)),
             Node::Constant(v) => Ok(Template::Constant(v.clone())),
             Node::Null => Err(err("empty value; write an expression such as `null` or `\"\"` in quotes".into())),
             Node::Seq(items) => items
@@ -147,7 +150,7 @@ impl Template {
                     let child_path = format!("{path}/{key}");
                     match key.as_str() {
                         "$each" => match &value.value {
-                            Node::Str(code) => node.each = Some(compile_expr(code, value.referenced.line())?),
+                            Node::Str(code) => node.each = Some(compile_expr(code, value.referenced.line(), path)?),
                             _ => return Err(err("$each must be a jq expression".into())),
                         },
                         "$text" => node.text = Some(Box::new(Template::compile(value, &child_path)?)),
