@@ -78,14 +78,17 @@ fn hostile(expression: &str) -> Mapping {
 
 #[tokio::test]
 async fn hostile_mappings_are_stopped_and_the_sandbox_keeps_serving() {
-    let sandbox = sandbox(Duration::from_secs(2), 256);
+    // Generous enough that the memory and stack cases crash before it on a
+    // busy machine with a debug build.
+    let sandbox = sandbox(Duration::from_secs(5), 256);
     let fine = hostile(".a");
     let input = br#"{"a": 1}"#;
     let cases = [
         // Runs forever: stopped at the time limit.
         ("last(range(1e15))", "time limit"),
-        // Allocates far past the memory limit.
-        ("[range(1e9)] | length", "crashed"),
+        // Allocates far past the memory limit (in one piece, so that a busy
+        // machine does not reach the time limit first).
+        ("\"x\" * 1000000000 | length", "crashed"),
         // Nests a value a million deep; dropping it overflows the stack.
         ("reduce range(1000000) as $i (null; [.]) | tojson | length", "crashed"),
         // Output larger than the 1 MiB limit.
