@@ -12,10 +12,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use amtsbote_connector_http::HttpConfig;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+pub use crate::connectors::ConnectorConfig;
 use crate::domain::TargetName;
 use crate::mapping::sandbox::SandboxSettings;
 use crate::retry::RetryPolicy;
@@ -55,6 +55,10 @@ pub struct Config {
     /// [`SandboxSettings`].
     #[serde(default)]
     pub sandbox: SandboxSettings,
+    /// The directory of the config file: connectors resolve their relative
+    /// paths and secret files against it.
+    #[serde(skip, default = "default_base_dir")]
+    pub base_dir: PathBuf,
 }
 
 /// An operator of the HTTP API, identified by a bearer token of which only
@@ -117,13 +121,9 @@ pub struct TargetConfig {
     pub retry: RetryPolicy,
 }
 
-/// The connector of a target, by kind.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
-pub enum ConnectorConfig {
-    Http(HttpConfig),
+fn default_base_dir() -> PathBuf {
+    ".".into()
 }
-
 fn default_mappings_dir() -> PathBuf {
     "mappings".into()
 }
@@ -203,6 +203,7 @@ impl Config {
         let (_, mut config): (String, Config) = read_yaml(path)?;
         config.apply_env(|name| std::env::var(name).ok())?;
         let base = path.parent().unwrap_or(Path::new("."));
+        config.base_dir = base.to_path_buf();
         config.mappings = base.join(&config.mappings);
         config.store.path = base.join(&config.store.path);
         for route in &mut config.routes {

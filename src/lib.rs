@@ -20,6 +20,7 @@
 //!   `amtsbote parked` command and the [`operator`] API.
 //! * [`config`] is read at start and on SIGHUP; [`pipeline`] compiles it
 //!   (routes, mappings, connectors) for `serve`, reloads and `check` alike.
+//!   [`connectors`] lists the connector kinds a target can use.
 //! * [`mapping`] also holds the fixture runner behind `amtsbote mappings
 //!   test` and the sandbox behind `amtsbote mapping-sandbox`.
 //! * [`app`] starts and stops everything; [`telemetry`] sets up logging;
@@ -28,6 +29,7 @@
 pub mod app;
 pub mod broker;
 pub mod config;
+pub mod connectors;
 pub mod demo;
 pub mod domain;
 pub mod intake;

@@ -5,10 +5,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use amtsbote_connector::Connector;
-use amtsbote_connector_http::HttpConnector;
+use amtsbote_connector::{Connector, Context};
 
-use crate::config::{Config, ConnectorConfig};
+use crate::config::Config;
 use crate::domain::TargetName;
 use crate::mapping::{Mapping, MappingSource, PackageFormat};
 use crate::retry::RetryPolicy;
@@ -70,20 +69,20 @@ impl Pipeline {
                     }
                 }
             };
-            let connector: Option<Arc<dyn Connector>> = match &target.connector {
-                ConnectorConfig::Http(_) if mapping.as_ref().and_then(|m| m.package_format()) == Some(PackageFormat::Folder) => {
-                    problems.push(format!(
-                        "targets: {name}: the http connector sends one document, but the mapping packs a folder; use `format: zip`"
-                    ));
-                    None
-                }
-                ConnectorConfig::Http(http) => match HttpConnector::new(http) {
-                    Ok(c) => Some(Arc::new(c)),
-                    Err(e) => {
-                        problems.push(format!("targets: {name}: connector http: {e}"));
-                        None
-                    }
-                },
+            let kind = target.connector.kind();
+            let connector: Option<Arc<dyn Connector>> = if !target.connector.carries_folders()
+                && mapping.as_ref().and_then(|m| m.package_format()) == Some(PackageFormat::Folder)
+            {
+                problems.push(format!(
+                    "targets: {name}: the {kind} connector sends one document, but the mapping packs a folder; use `format: zip`"
+                ));
+                None
+            } else {
+                target
+                    .connector
+                    .build(&Context::new(&config.base_dir))
+                    .map_err(|e| problems.push(format!("targets: {name}: connector {kind}: {e}")))
+                    .ok()
             };
             if let (Some(mapping), Some(connector)) = (mapping, connector) {
                 targets.insert(

@@ -149,7 +149,7 @@ impl Worker {
         let mapping = self.mapping_for(&target, &id, history.mapping_version.as_deref()).await;
         history.mapping_version = Some(mapping.version().to_owned());
         let policy = &target.retry;
-        let next = match self.deliver(&target, &id, &message.data, &mapping).await {
+        let next = match self.deliver(&target, &id, &message.data, &mapping, history.attempts).await {
             Ok(detail) => Next::Done(detail),
             Err(Failure::Transient { reason, retry_after }) => {
                 history.last_error = Some(reason.clone());
@@ -224,7 +224,7 @@ impl Worker {
     }
 
     /// Renders and delivers; `Ok` carries the connector's detail.
-    async fn deliver(&self, target: &Target, message_id: &str, body: &[u8], mapping: &Mapping) -> Result<String, Failure> {
+    async fn deliver(&self, target: &Target, message_id: &str, body: &[u8], mapping: &Mapping, attempt: u32) -> Result<String, Failure> {
         let id: Uuid =
             message_id.parse().map_err(|_| Failure::Park(ParkReason::Undecodable("message has no submission id".into())))?;
         let now = OffsetDateTime::now_utc().unix_timestamp();
@@ -239,11 +239,16 @@ impl Worker {
             target: target.name.to_string(),
             payload,
             mapping_version: mapping.version().to_owned(),
+            attempt,
         };
         match target.connector.deliver(&delivery).await {
-            Outcome::Delivered { detail } => {
-                tracing::info!(event = "delivered", submission = %id, target = %target.name, detail = %detail, "delivered");
-                Ok(detail)
+            Outcome::Delivered { detail, receipt } => {
+                tracing::info!(event = "delivered", submission = %id, target = %target.name, detail = %detail,
+                    receipt = receipt.as_deref().unwrap_or(""), "delivered");
+                Ok(match receipt {
+                    Some(receipt) => format!("{detail}; receipt {receipt}"),
+                    None => detail,
+                })
             }
             Outcome::Transient { reason, retry_after } => Err(Failure::Transient { reason, retry_after }),
             Outcome::Permanent { reason } => Err(Failure::Park(ParkReason::Rejected(reason))),

@@ -79,7 +79,7 @@ pub fn config_yaml(setup: &Setup<'_>, back_office: &SampleBackOffice, prefix: &s
     );
     for (name, mapping) in setup.targets {
         yaml += &format!(
-            "  {name}:\n    mapping: {mapping}\n    connector:\n      http:\n        url: {}\n        timeout_secs: 30\n{}",
+            "  {name}:\n    mapping: {mapping}\n    connector:\n      http:\n        url: {}\n        timeout: 30s\n{}",
             back_office.url(name),
             setup.target_settings,
         );

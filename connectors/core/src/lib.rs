@@ -6,11 +6,25 @@
 //! decides what happens next from the outcome. That keeps the delivery
 //! guarantees in one place and lets a vendor write a connector without
 //! knowing RabbitMQ.
+//!
+//! A connector comes as three parts, each in the connector's own crate:
+//! - a config type ([`ConnectorConfig`]) with `#[serde(deny_unknown_fields)]`
+//!   whose doc comments are the user documentation;
+//! - the connector itself ([`Connector`]), built from the config with a
+//!   [`Context`] that resolves relative paths and reads [`SecretRef`]s;
+//! - its tests, among them the shared conformance suite
+//!   (`amtsbote-connector-conformance`).
+//!
+//! See `connectors/README.md` for the vendor guide.
+
+mod secret;
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use uuid::Uuid;
+
+pub use secret::{Context, Secret, SecretError, SecretRef};
 
 /// One rendered document on its way to one target.
 #[derive(Debug, Clone)]
@@ -18,7 +32,8 @@ pub struct Delivery {
     /// The submission this document was rendered from.
     pub submission_id: Uuid,
     /// Stable for (submission, target): identical on every attempt and
-    /// after a restart, so targets that deduplicate can do so.
+    /// after a restart, so targets that deduplicate can do so. Use it (or
+    /// a name derived from it) as the idempotency key towards the target.
     pub delivery_id: Uuid,
     /// The configured target name.
     pub target: String,
@@ -26,6 +41,9 @@ pub struct Delivery {
     pub payload: Payload,
     /// Version (content hash) of the mapping that rendered the payload.
     pub mapping_version: String,
+    /// 1 on the first attempt; counts on across retries and restarts. A
+    /// delivery with `attempt > 1` may already have reached the target.
+    pub attempt: u32,
 }
 
 /// A rendered document, or a package of files that belong together.
@@ -59,28 +77,93 @@ impl Payload {
     }
 }
 
-/// What happened to a delivery attempt.
+/// What happened to a delivery attempt. Its texts reach the ledger, logs
+/// and the operator's screen: they name the problem (status, fault code,
+/// OS error), never the document's content nor a secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// The target confirmed it has the document.
-    Delivered { detail: String },
+    Delivered {
+        /// What the target answered, for the operator (`HTTP 201`).
+        detail: String,
+        /// The target's own reference for the case (a case number, a file
+        /// name, a message id), when it gives one.
+        receipt: Option<String>,
+    },
     /// Worth trying again later: the target was unreachable, overloaded or
     /// failed on its side.
     Transient {
         reason: String,
+        /// How long the target asked us to wait, if it said.
         retry_after: Option<Duration>,
     },
-    /// Trying again will not help: the target refused the document.
+    /// Trying again will not help: the target refused the document. The
+    /// delivery is parked with this reason until an operator replays it.
     Permanent { reason: String },
 }
+
+impl Outcome {
+    pub fn delivered(detail: impl Into<String>) -> Self {
+        Outcome::Delivered { detail: detail.into(), receipt: None }
+    }
+
+    pub fn transient(reason: impl Into<String>) -> Self {
+        Outcome::Transient { reason: reason.into(), retry_after: None }
+    }
+
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        Outcome::Permanent { reason: reason.into() }
+    }
+
+    /// Adds the target's reference to a `Delivered` outcome.
+    pub fn with_receipt(self, receipt: Option<String>) -> Self {
+        match self {
+            Outcome::Delivered { detail, .. } => Outcome::Delivered { detail, receipt },
+            other => other,
+        }
+    }
+}
+
+/// Why a health probe failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unhealthy(pub String);
 
 /// A way to hand documents to a back office.
 ///
 /// Implementations must be cheap to share between tasks (`&self`), must
-/// bound every network operation with a timeout, and must not put the
-/// document body into logs or into the outcome's texts: bodies carry
-/// personal data.
+/// bound every operation with the configured timeout, and must not put the
+/// document body or a secret into logs or into the outcome's texts.
 #[async_trait::async_trait]
 pub trait Connector: Send + Sync + 'static {
+    /// Delivers one document. Called again with the same `delivery_id`
+    /// after a transient outcome, a restart or a replay: the target must
+    /// end up with one case, not several.
     async fn deliver(&self, delivery: &Delivery) -> Outcome;
+
+    /// Checks that the target is reachable and accepts our credentials,
+    /// without delivering anything (`amtsbote probe`).
+    async fn probe(&self) -> Result<(), Unhealthy>;
+}
+
+/// A connector's configuration: the part of a target's `connector:` block
+/// under the connector's name.
+pub trait ConnectorConfig: serde::de::DeserializeOwned + std::fmt::Debug {
+    type Connector: Connector;
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Checks the configuration, reads its files and secrets and builds the
+    /// connector. Nothing here touches the network: a target that is down
+    /// must not stop amtsbote from starting.
+    fn build(&self, context: &Context) -> Result<Self::Connector, Self::Error>;
+}
+
+/// Truncates a text from a target (a status line, a fault code) for an
+/// outcome, dropping control characters so it cannot forge log lines.
+pub fn short_text(text: &str, max_chars: usize) -> String {
+    let mut out: String = text.chars().filter(|c| !c.is_control()).take(max_chars).collect();
+    if text.chars().filter(|c| !c.is_control()).count() > max_chars {
+        out.push('…');
+    }
+    out
 }

@@ -1,0 +1,44 @@
+//! The connector kinds amtsbote knows: the one place a new connector is
+//! added (a variant, its `build` arm, whether it carries packages).
+
+use std::sync::Arc;
+
+use amtsbote_connector::{Connector, Context};
+use amtsbote_connector_http::HttpConfig;
+use serde::Deserialize;
+
+/// The connector of a target, by kind: exactly one of the keys below.
+/// Each kind's settings are described in the README ("Connectors").
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum ConnectorConfig {
+    /// REST and other HTTP APIs.
+    Http(HttpConfig),
+}
+
+impl ConnectorConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ConnectorConfig::Http(_) => "http",
+        }
+    }
+
+    /// Whether the connector can deliver a folder package
+    /// (`package: { format: folder }`); the others take one document.
+    pub fn carries_folders(&self) -> bool {
+        match self {
+            ConnectorConfig::Http(_) => false,
+        }
+    }
+
+    /// Builds the connector; relative paths and secret files are resolved
+    /// against `context`'s directory (the config file's).
+    pub fn build(&self, context: &Context) -> Result<Arc<dyn Connector>, String> {
+        fn built<C: amtsbote_connector::ConnectorConfig>(config: &C, context: &Context) -> Result<Arc<dyn Connector>, String> {
+            config.build(context).map(|c| Arc::new(c) as Arc<dyn Connector>).map_err(|e| e.to_string())
+        }
+        match self {
+            ConnectorConfig::Http(config) => built(config, context),
+        }
+    }
+}
