@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use amtsbote_connector::{Connector, Context};
+use amtsbote_connector_directory::DirectoryConfig;
 use amtsbote_connector_http::HttpConfig;
 use serde::Deserialize;
 
@@ -14,12 +15,15 @@ use serde::Deserialize;
 pub enum ConnectorConfig {
     /// REST and other HTTP APIs.
     Http(HttpConfig),
+    /// A local or mounted transfer directory.
+    Directory(DirectoryConfig),
 }
 
 impl ConnectorConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             ConnectorConfig::Http(_) => "http",
+            ConnectorConfig::Directory(_) => "directory",
         }
     }
 
@@ -28,6 +32,7 @@ impl ConnectorConfig {
     pub fn carries_folders(&self) -> bool {
         match self {
             ConnectorConfig::Http(_) => false,
+            ConnectorConfig::Directory(_) => true,
         }
     }
 
@@ -39,6 +44,7 @@ impl ConnectorConfig {
         }
         match self {
             ConnectorConfig::Http(config) => built(config, context),
+            ConnectorConfig::Directory(config) => built(config, context),
         }
     }
 }

@@ -335,7 +335,11 @@ impl Write for Captured {
 #[doc(hidden)]
 pub fn run<F: std::future::Future<Output = ()>>(case: F) {
     capture_logs();
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap().block_on(case);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(case);
+    // A connector that gave up on a hung file system leaves a blocked
+    // thread behind; that must not hang the test binary.
+    runtime.shutdown_timeout(Duration::from_secs(5));
 }
 
 /// Expands to one `#[test]` per conformance case for the given [`Harness`].

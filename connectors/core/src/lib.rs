@@ -158,6 +158,24 @@ pub trait ConnectorConfig: serde::de::DeserializeOwned + std::fmt::Debug {
     fn build(&self, context: &Context) -> Result<Self::Connector, Self::Error>;
 }
 
+/// The usual file extension for a media type: `xml`, `json`, `csv`, `zip`,
+/// `pdf`, `txt`, else `bin`.
+pub fn extension_for(content_type: &str) -> &'static str {
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match essence.as_str() {
+        "application/xml" | "text/xml" => "xml",
+        "application/json" => "json",
+        "text/csv" => "csv",
+        "application/zip" => "zip",
+        "application/pdf" => "pdf",
+        "text/plain" => "txt",
+        e if e.ends_with("+xml") => "xml",
+        e if e.ends_with("+json") => "json",
+        e if e.ends_with("+zip") => "zip",
+        _ => "bin",
+    }
+}
+
 /// Truncates a text from a target (a status line, a fault code) for an
 /// outcome, dropping control characters so it cannot forge log lines.
 pub fn short_text(text: &str, max_chars: usize) -> String {
