@@ -6,6 +6,7 @@ use std::sync::Arc;
 use amtsbote_connector::{Connector, Context};
 use amtsbote_connector_directory::DirectoryConfig;
 use amtsbote_connector_http::HttpConfig;
+use amtsbote_connector_soap::SoapConfig;
 use serde::Deserialize;
 
 /// The connector of a target, by kind: exactly one of the keys below.
@@ -17,6 +18,8 @@ pub enum ConnectorConfig {
     Http(HttpConfig),
     /// A local or mounted transfer directory.
     Directory(DirectoryConfig),
+    /// SOAP 1.1 and 1.2 web services.
+    Soap(SoapConfig),
 }
 
 impl ConnectorConfig {
@@ -24,6 +27,7 @@ impl ConnectorConfig {
         match self {
             ConnectorConfig::Http(_) => "http",
             ConnectorConfig::Directory(_) => "directory",
+            ConnectorConfig::Soap(_) => "soap",
         }
     }
 
@@ -33,6 +37,7 @@ impl ConnectorConfig {
         match self {
             ConnectorConfig::Http(_) => false,
             ConnectorConfig::Directory(_) => true,
+            ConnectorConfig::Soap(_) => false,
         }
     }
 
@@ -45,6 +50,7 @@ impl ConnectorConfig {
         match self {
             ConnectorConfig::Http(config) => built(config, context),
             ConnectorConfig::Directory(config) => built(config, context),
+            ConnectorConfig::Soap(config) => built(config, context),
         }
     }
 }
