@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use amtsbote_connector::{Connector, Context};
 use amtsbote_connector_directory::DirectoryConfig;
+use amtsbote_connector_email::EmailConfig;
 use amtsbote_connector_http::HttpConfig;
 use amtsbote_connector_soap::SoapConfig;
 use serde::Deserialize;
@@ -20,6 +21,8 @@ pub enum ConnectorConfig {
     Directory(DirectoryConfig),
     /// SOAP 1.1 and 1.2 web services.
     Soap(SoapConfig),
+    /// E-mail over SMTP: the route of last resort.
+    Email(EmailConfig),
 }
 
 impl ConnectorConfig {
@@ -28,6 +31,7 @@ impl ConnectorConfig {
             ConnectorConfig::Http(_) => "http",
             ConnectorConfig::Directory(_) => "directory",
             ConnectorConfig::Soap(_) => "soap",
+            ConnectorConfig::Email(_) => "email",
         }
     }
 
@@ -38,6 +42,7 @@ impl ConnectorConfig {
             ConnectorConfig::Http(_) => false,
             ConnectorConfig::Directory(_) => true,
             ConnectorConfig::Soap(_) => false,
+            ConnectorConfig::Email(_) => true,
         }
     }
 
@@ -51,6 +56,7 @@ impl ConnectorConfig {
             ConnectorConfig::Http(config) => built(config, context),
             ConnectorConfig::Directory(config) => built(config, context),
             ConnectorConfig::Soap(config) => built(config, context),
+            ConnectorConfig::Email(config) => built(config, context),
         }
     }
 }
