@@ -7,6 +7,7 @@ use amtsbote_connector::{Connector, Context};
 use amtsbote_connector_directory::DirectoryConfig;
 use amtsbote_connector_email::EmailConfig;
 use amtsbote_connector_http::HttpConfig;
+use amtsbote_connector_sftp::SftpConfig;
 use amtsbote_connector_soap::SoapConfig;
 use serde::Deserialize;
 
@@ -21,6 +22,8 @@ pub enum ConnectorConfig {
     Directory(DirectoryConfig),
     /// SOAP 1.1 and 1.2 web services.
     Soap(SoapConfig),
+    /// An SFTP server.
+    Sftp(SftpConfig),
     /// E-mail over SMTP: the route of last resort.
     Email(EmailConfig),
 }
@@ -31,6 +34,7 @@ impl ConnectorConfig {
             ConnectorConfig::Http(_) => "http",
             ConnectorConfig::Directory(_) => "directory",
             ConnectorConfig::Soap(_) => "soap",
+            ConnectorConfig::Sftp(_) => "sftp",
             ConnectorConfig::Email(_) => "email",
         }
     }
@@ -42,6 +46,7 @@ impl ConnectorConfig {
             ConnectorConfig::Http(_) => false,
             ConnectorConfig::Directory(_) => true,
             ConnectorConfig::Soap(_) => false,
+            ConnectorConfig::Sftp(_) => true,
             ConnectorConfig::Email(_) => true,
         }
     }
@@ -56,6 +61,7 @@ impl ConnectorConfig {
             ConnectorConfig::Http(config) => built(config, context),
             ConnectorConfig::Directory(config) => built(config, context),
             ConnectorConfig::Soap(config) => built(config, context),
+            ConnectorConfig::Sftp(config) => built(config, context),
             ConnectorConfig::Email(config) => built(config, context),
         }
     }
