@@ -28,6 +28,9 @@ enum Command {
     Check {
         #[arg(long, short, env = "AMTSBOTE_CONFIG", default_value = "amtsbote.yaml")]
         config: PathBuf,
+        /// Also probe every target: connect and log in, deliver nothing.
+        #[arg(long)]
+        probe: bool,
     },
     /// Look at and act on parked deliveries (talks to the broker and the
     /// store directly; the running server need not be reachable).
@@ -197,7 +200,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             app.run_until(amtsbote::app::shutdown_signal()).await.context("serving")?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { config } => {
+        Command::Check { config, probe } => {
             let path = config.display().to_string();
             let config = amtsbote::config::Config::load(&config)?;
             let mut problems = amtsbote::pipeline::check_unused_mappings(&config);
@@ -205,7 +208,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match built {
                 Ok(pipeline) if problems.is_empty() => {
                     println!("{path}: ok ({} targets, {} routes)", pipeline.targets.len(), config.routes.len());
-                    Ok(ExitCode::SUCCESS)
+                    if !probe {
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    let mut healthy = true;
+                    for (name, target) in &pipeline.targets {
+                        match target.connector.probe().await {
+                            Ok(()) => println!("{name}: reachable"),
+                            Err(e) => {
+                                healthy = false;
+                                println!("{name}: NOT reachable: {e}");
+                            }
+                        }
+                    }
+                    Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
                 }
                 _ => {
                     for problem in problems {

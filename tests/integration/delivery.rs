@@ -77,3 +77,25 @@ async fn a_rejected_delivery_is_parked_with_its_reason_not_lost() {
     assert_eq!(status["status"], "parked", "{status}");
     assert_eq!(status["targets"][0]["lastOutcome"], "HTTP 422");
 }
+
+#[tokio::test]
+async fn a_transfer_directory_target_gets_the_case_under_its_delivery_id_with_a_marker() {
+    let inbox = tempfile::tempdir().unwrap();
+    let connector = format!("      directory:\n        path: {}\n        layout: {{ name: \"gewerbe-{{delivery_id}}\", done_marker: true }}\n", inbox.path().display());
+    let app = spawn_app(Setup { connector: Some(&connector), ..Setup::default() }).await;
+    let response = app.submit(gewerbeanmeldung("120520000000").to_string()).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let status = app.status_when(&id, |s| s["status"] == "delivered").await;
+
+    let mut names: Vec<String> = std::fs::read_dir(inbox.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names[0].starts_with("gewerbe-") && names[0].ends_with(".xml"), "{names:?}");
+    assert_eq!(names[1], format!("{}.done", names[0]));
+    let document = std::fs::read_to_string(inbox.path().join(&names[0])).unwrap();
+    assert!(document.contains(&id), "the document is the rendered XGewerbeanzeige");
+    // The ledger records the file name as the target's receipt.
+    let outcome = status["targets"][0]["lastOutcome"].as_str().unwrap_or_default().to_owned();
+    assert!(outcome.contains(&format!("receipt {}", names[0])), "{status}");
+}

@@ -47,6 +47,9 @@ pub struct Setup<'a> {
     pub route_settings: &'a str,
     /// The mappings directory (default: the shipped `mappings/`).
     pub mappings: Option<&'a Path>,
+    /// The `connector:` block of every target, indented by six spaces
+    /// (default: `http` to the sample back office).
+    pub connector: Option<&'a str>,
 }
 
 impl Default for Setup<'_> {
@@ -59,6 +62,7 @@ impl Default for Setup<'_> {
             target_settings: "",
             route_settings: "",
             mappings: None,
+            connector: None,
         }
     }
 }
@@ -78,11 +82,11 @@ pub fn config_yaml(setup: &Setup<'_>, back_office: &SampleBackOffice, prefix: &s
         env!("CARGO_BIN_EXE_amtsbote"),
     );
     for (name, mapping) in setup.targets {
-        yaml += &format!(
-            "  {name}:\n    mapping: {mapping}\n    connector:\n      http:\n        url: {}\n        timeout: 30s\n{}",
-            back_office.url(name),
-            setup.target_settings,
-        );
+        let connector = match setup.connector {
+            Some(connector) => connector.to_owned(),
+            None => format!("      http:\n        url: {}\n        timeout: 30s\n", back_office.url(name)),
+        };
+        yaml += &format!("  {name}:\n    mapping: {mapping}\n    connector:\n{connector}{}", setup.target_settings);
     }
     yaml += "routes:\n";
     for (service, region, targets) in setup.routes {
