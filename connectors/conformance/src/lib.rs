@@ -68,6 +68,28 @@ pub struct Case {
     pub files: BTreeMap<String, Bytes>,
 }
 
+impl Case {
+    /// A case as a file or folder on the local disk (a transfer directory,
+    /// the directory an SFTP server writes to): its files by relative path.
+    pub fn from_path(key: impl Into<String>, path: &std::path::Path) -> Case {
+        fn collect(path: &std::path::Path, relative: &str, files: &mut BTreeMap<String, Bytes>) {
+            if path.is_dir() {
+                for entry in std::fs::read_dir(path).unwrap() {
+                    let entry = entry.unwrap();
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    let relative = if relative.is_empty() { name } else { format!("{relative}/{name}") };
+                    collect(&entry.path(), &relative, files);
+                }
+            } else {
+                files.insert(relative.to_owned(), Bytes::from(std::fs::read(path).unwrap()));
+            }
+        }
+        let mut files = BTreeMap::new();
+        collect(path, "", &mut files);
+        Case { key: key.into(), files }
+    }
+}
+
 /// A real back office for the connector under test, and the connector
 /// configured for it.
 #[async_trait::async_trait]

@@ -158,6 +158,17 @@ pub trait ConnectorConfig: serde::de::DeserializeOwned + std::fmt::Debug {
     fn build(&self, context: &Context) -> Result<Self::Connector, Self::Error>;
 }
 
+/// A connector's `timeout` is out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("timeout must be between 1s and 1h")]
+pub struct BadTimeout;
+
+/// Checks a connector's `timeout`: at least a second (less cannot carry a
+/// document), at most an hour (more holds a delivery slot for nothing).
+pub fn check_timeout(timeout: Duration) -> Result<(), BadTimeout> {
+    if (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&timeout) { Ok(()) } else { Err(BadTimeout) }
+}
+
 /// The usual file extension for a media type: `xml`, `json`, `csv`, `zip`,
 /// `pdf`, `txt`, else `bin`.
 pub fn extension_for(content_type: &str) -> &'static str {

@@ -54,8 +54,8 @@ fn default_timeout() -> Duration {
 pub enum DirectoryConfigError {
     #[error(transparent)]
     Layout(#[from] LayoutError),
-    #[error("timeout must be between 1s and 1h")]
-    BadTimeout,
+    #[error(transparent)]
+    BadTimeout(#[from] amtsbote_connector::BadTimeout),
 }
 
 impl ConnectorConfig for DirectoryConfig {
@@ -63,9 +63,7 @@ impl ConnectorConfig for DirectoryConfig {
     type Error = DirectoryConfigError;
 
     fn build(&self, context: &Context) -> Result<DirectoryConnector, DirectoryConfigError> {
-        if self.timeout < Duration::from_secs(1) || self.timeout > Duration::from_secs(3600) {
-            return Err(DirectoryConfigError::BadTimeout);
-        }
+        amtsbote_connector::check_timeout(self.timeout)?;
         Ok(DirectoryConnector {
             directory: Arc::new(LocalDirectory { root: context.path(&self.path) }),
             layout: Layout::new(&self.layout)?,

@@ -1,9 +1,8 @@
 //! The directory connector against a real directory on the local disk.
 
-use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +10,6 @@ use amtsbote_connector::{Connector, ConnectorConfig, Context, Delivery};
 use amtsbote_connector_conformance::{Case, Condition, Harness, conformance_suite};
 use amtsbote_connector_directory::DirectoryConfig;
 use amtsbote_connector_directory::layout::{Layout, LayoutConfig};
-use bytes::Bytes;
 
 struct DirectoryHarness {
     dir: tempfile::TempDir,
@@ -72,28 +70,13 @@ impl Harness for DirectoryHarness {
                 continue;
             }
             assert!(self.inbox().join(format!("{name}.done")).exists(), "{name} has no done marker");
-            let mut files = BTreeMap::new();
-            collect(&entry.path(), "", &mut files);
-            cases.push(Case { key: name, files });
+            cases.push(Case::from_path(name, &entry.path()));
         }
         cases
     }
 
     fn secrets(&self) -> Vec<String> {
         Vec::new()
-    }
-}
-
-fn collect(path: &Path, relative: &str, files: &mut BTreeMap<String, Bytes>) {
-    if path.is_dir() {
-        for entry in std::fs::read_dir(path).unwrap() {
-            let entry = entry.unwrap();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let relative = if relative.is_empty() { name } else { format!("{relative}/{name}") };
-            collect(&entry.path(), &relative, files);
-        }
-    } else {
-        files.insert(relative.to_owned(), Bytes::from(std::fs::read(path).unwrap()));
     }
 }
 

@@ -125,8 +125,8 @@ pub enum EmailConfigError {
     BadCa(String),
     #[error("tls: {0}")]
     Tls(String),
-    #[error("timeout must be between 1s and 1h")]
-    BadTimeout,
+    #[error(transparent)]
+    BadTimeout(#[from] amtsbote_connector::BadTimeout),
 }
 
 impl ConnectorConfig for EmailConfig {
@@ -134,9 +134,7 @@ impl ConnectorConfig for EmailConfig {
     type Error = EmailConfigError;
 
     fn build(&self, context: &Context) -> Result<EmailConnector, EmailConfigError> {
-        if self.timeout < Duration::from_secs(1) || self.timeout > Duration::from_secs(3600) {
-            return Err(EmailConfigError::BadTimeout);
-        }
+        amtsbote_connector::check_timeout(self.timeout)?;
         let address = |field: &'static str, value: &str| {
             value.parse::<Mailbox>().map_err(|_| EmailConfigError::BadAddress { field, value: value.to_owned() })
         };

@@ -27,8 +27,8 @@ pub enum ClientError {
     BadSecretValue,
     #[error("auth: oauth2: token_url {0:?} is not an absolute http(s) URL")]
     BadTokenUrl(String),
-    #[error("timeout must be between 1s and 1h")]
-    BadTimeout,
+    #[error(transparent)]
+    BadTimeout(#[from] amtsbote_connector::BadTimeout),
     #[error("could not build the HTTP client: {0}")]
     Build(#[from] reqwest::Error),
 }
@@ -46,9 +46,7 @@ enum Auth {
 
 impl Client {
     pub fn new(timeout: Duration, tls: &TlsConfig, auth: Option<&AuthConfig>, context: &Context) -> Result<Self, ClientError> {
-        if timeout < Duration::from_secs(1) || timeout > Duration::from_secs(3600) {
-            return Err(ClientError::BadTimeout);
-        }
+        amtsbote_connector::check_timeout(timeout)?;
         let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))

@@ -145,7 +145,7 @@ fn rejects_bad_config() {
     assert!(matches!(HttpConnector::new(&config, &context()), Err(HttpConfigError::BadMethod(_))));
     config.method = "PUT".into();
     config.timeout = Duration::ZERO;
-    assert!(matches!(HttpConnector::new(&config, &context()), Err(HttpConfigError::Client(ClientError::BadTimeout))));
+    assert!(matches!(HttpConnector::new(&config, &context()), Err(HttpConfigError::Client(ClientError::BadTimeout(_)))));
     config.timeout = Duration::from_secs(5);
     config.auth = Some(AuthConfig::Bearer { token: SecretRef::Env("AMTSBOTE_TEST_SURELY_UNSET".into()) });
     let error = HttpConnector::new(&config, &context()).err().unwrap().to_string();

@@ -85,8 +85,8 @@ pub enum SftpConfigError {
     RelativePath,
     #[error(transparent)]
     Layout(#[from] LayoutError),
-    #[error("timeout must be between 1s and 1h")]
-    BadTimeout,
+    #[error(transparent)]
+    BadTimeout(#[from] amtsbote_connector::BadTimeout),
 }
 
 /// How we log in.
@@ -100,9 +100,7 @@ impl ConnectorConfig for SftpConfig {
     type Error = SftpConfigError;
 
     fn build(&self, context: &Context) -> Result<SftpConnector, SftpConfigError> {
-        if self.timeout < Duration::from_secs(1) || self.timeout > Duration::from_secs(3600) {
-            return Err(SftpConfigError::BadTimeout);
-        }
+        amtsbote_connector::check_timeout(self.timeout)?;
         if !self.path.starts_with('/') {
             return Err(SftpConfigError::RelativePath);
         }

@@ -3,7 +3,6 @@
 //! loopback, with key authentication and a pinned host key. A second test
 //! logs in with a password.
 
-use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -14,7 +13,6 @@ use amtsbote_connector::{Connector, ConnectorConfig, Context, Delivery, Outcome,
 use amtsbote_connector_conformance::{Case, Condition, Harness, conformance_suite};
 use amtsbote_connector_directory::layout::{Layout, LayoutConfig};
 use amtsbote_connector_sftp::SftpConfig;
-use bytes::Bytes;
 
 const SSHD: &str = "/usr/sbin/sshd";
 
@@ -158,9 +156,7 @@ impl Harness for SftpHarness {
             if name.starts_with('.') {
                 continue;
             }
-            let mut files = BTreeMap::new();
-            collect(&entry.path(), "", &mut files);
-            cases.push(Case { key: name, files });
+            cases.push(Case::from_path(name, &entry.path()));
         }
         cases
     }
@@ -173,19 +169,6 @@ impl Harness for SftpHarness {
             .filter(|l| !l.starts_with("-----") && l.len() > 16)
             .map(str::to_owned)
             .collect()
-    }
-}
-
-fn collect(path: &Path, relative: &str, files: &mut BTreeMap<String, Bytes>) {
-    if path.is_dir() {
-        for entry in std::fs::read_dir(path).unwrap() {
-            let entry = entry.unwrap();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let relative = if relative.is_empty() { name } else { format!("{relative}/{name}") };
-            collect(&entry.path(), &relative, files);
-        }
-    } else {
-        files.insert(relative.to_owned(), Bytes::from(std::fs::read(path).unwrap()));
     }
 }
 
