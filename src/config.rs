@@ -191,16 +191,29 @@ pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Strin
 
 /// Reads and parses the YAML file `path`; gives its text, too.
 pub fn read_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<(String, T), FileError> {
+    read_yaml_with(path, parse_yaml)
+}
+
+fn read_yaml_with<T>(path: &Path, parse: impl Fn(&str) -> Result<T, String>) -> Result<(String, T), FileError> {
     let file = || path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| FileError::Read { file: file(), source })?;
-    let value = parse_yaml(&text).map_err(|message| FileError::Invalid { file: file(), message })?;
+    let value = parse(&text).map_err(|message| FileError::Invalid { file: file(), message })?;
     Ok((text, value))
+}
+
+/// Parses the config file. Its errors give line and column but no excerpt
+/// of the file: the lines around an error may hold a password (a broker
+/// URL, or a secret written inline by mistake), and errors reach logs.
+fn parse_config(text: &str) -> Result<Config, String> {
+    let mut options = serde_saphyr::Options::default();
+    options.with_snippet = false;
+    serde_saphyr::from_str_with_options(text, options).map_err(|e| e.to_string())
 }
 
 impl Config {
     /// Reads `path`, applies the environment, resolves relative paths.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let (_, mut config): (String, Config) = read_yaml(path)?;
+        let (_, mut config) = read_yaml_with(path, parse_config)?;
         config.apply_env(|name| std::env::var(name).ok())?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.base_dir = base.to_path_buf();
@@ -299,5 +312,22 @@ routes:
     fn secrets_are_not_printed() {
         let c: Config = parse_yaml(&MINIMAL.replacen("targets:", "broker:\n  url: amqp://u:hunter2@h/%2f\ntargets:", 1)).unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn config_errors_quote_no_line_of_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("amtsbote.yaml");
+        // A secret written inline, next to the broker URL's password.
+        let text = MINIMAL.replacen("targets:", "broker:\n  url: amqp://u:hunter2@h/%2f\ntargets:", 1).replacen(
+            "        url: http://127.0.0.1:9/x\n",
+            "        url: http://127.0.0.1:9/x\n        auth: { bearer: { token: s3cr3t-inline } }\n",
+            1,
+        );
+        assert!(text.contains("s3cr3t-inline"), "the fixture must put the secret in: {text}");
+        std::fs::write(&path, text).unwrap();
+        let error = Config::load(&path).unwrap_err().to_string();
+        assert!(error.contains("{ file: PATH }"), "{error}");
+        assert!(!error.contains("s3cr3t-inline") && !error.contains("hunter2"), "{error}");
     }
 }

@@ -37,6 +37,22 @@ impl<'de> Deserialize<'de> for SecretRef {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str(EXPECTED)
             }
+            // Every scalar is refused without repeating it.
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<SecretRef, E> {
+                Err(E::custom(format!("expected {EXPECTED}")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<SecretRef, E> {
+                Err(E::custom(format!("expected {EXPECTED}")))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<SecretRef, E> {
+                Err(E::custom(format!("expected {EXPECTED}")))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<SecretRef, E> {
+                Err(E::custom(format!("expected {EXPECTED}")))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<SecretRef, E> {
+                Err(E::custom(format!("expected {EXPECTED}")))
+            }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<SecretRef, A::Error> {
                 let Some(key) = map.next_key::<String>()? else {
                     return Err(serde::de::Error::custom(format!("expected {EXPECTED}")));
@@ -52,12 +68,9 @@ impl<'de> Deserialize<'de> for SecretRef {
                 Ok(value)
             }
         }
-        // Any other shape fails without the value: `deserialize_map` calls
-        // `expecting`, and the errors above carry only the expectation.
-        deserializer.deserialize_map(Visitor).map_err(|e| {
-            let text = e.to_string();
-            if text.contains(EXPECTED) { serde::de::Error::custom(format!("expected {EXPECTED}")) } else { e }
-        })
+        // Any other shape (a sequence, bytes) is described by serde without
+        // its content.
+        deserializer.deserialize_any(Visitor)
     }
 }
 
