@@ -115,6 +115,15 @@ impl Outcome {
         Outcome::Permanent { reason: reason.into() }
     }
 
+    /// What the outcome says: the detail of a delivery, the reason of a
+    /// failure.
+    pub fn text(&self) -> &str {
+        match self {
+            Outcome::Delivered { detail, .. } => detail,
+            Outcome::Transient { reason, .. } | Outcome::Permanent { reason } => reason,
+        }
+    }
+
     /// Adds the target's reference to a `Delivered` outcome.
     pub fn with_receipt(self, receipt: Option<String>) -> Self {
         match self {
@@ -142,7 +151,7 @@ pub trait Connector: Send + Sync + 'static {
     async fn deliver(&self, delivery: &Delivery) -> Outcome;
 
     /// Checks that the target is reachable and accepts our credentials,
-    /// without delivering anything (`amtsbote probe`).
+    /// without delivering anything (`amtsbote check --probe`).
     async fn probe(&self) -> Result<(), Unhealthy>;
 }
 
@@ -190,8 +199,9 @@ pub fn extension_for(content_type: &str) -> &'static str {
 /// Truncates a text from a target (a status line, a fault code) for an
 /// outcome, dropping control characters so it cannot forge log lines.
 pub fn short_text(text: &str, max_chars: usize) -> String {
-    let mut out: String = text.chars().filter(|c| !c.is_control()).take(max_chars).collect();
-    if text.chars().filter(|c| !c.is_control()).count() > max_chars {
+    let mut kept = text.chars().filter(|c| !c.is_control());
+    let mut out: String = kept.by_ref().take(max_chars).collect();
+    if kept.next().is_some() {
         out.push('…');
     }
     out

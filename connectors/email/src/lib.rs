@@ -264,15 +264,8 @@ impl Connector for EmailConnector {
         match tested {
             Ok(true) => Ok(()),
             Ok(false) => Err(Unhealthy(format!("{}:{} did not answer NOOP", self.host, self.port))),
-            Err(error) => Err(Unhealthy(outcome_reason(&classify(&error)))),
+            Err(error) => Err(Unhealthy(classify(&error).text().to_owned())),
         }
-    }
-}
-
-fn outcome_reason(outcome: &Outcome) -> String {
-    match outcome {
-        Outcome::Delivered { detail, .. } => detail.clone(),
-        Outcome::Transient { reason, .. } | Outcome::Permanent { reason } => reason.clone(),
     }
 }
 

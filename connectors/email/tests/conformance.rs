@@ -106,6 +106,11 @@ impl Harness for EmailHarness {
     fn secrets(&self) -> Vec<String> {
         vec![PASSWORD.into()]
     }
+
+    /// Attachments have no folders: the connector joins them with `_`.
+    fn package_file_name(&self, path: &str) -> String {
+        path.replace('/', "_")
+    }
 }
 
 conformance_suite!(EmailHarness);

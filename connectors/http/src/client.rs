@@ -36,6 +36,7 @@ pub enum ClientError {
 pub struct Client {
     http: reqwest::Client,
     auth: Option<Auth>,
+    timeout: Duration,
 }
 
 enum Auth {
@@ -89,19 +90,26 @@ impl Client {
             }
             Some(AuthConfig::OAuth2(config)) => Some(Auth::OAuth2(OAuth2::new(config, context)?)),
         };
-        Ok(Self { http: builder.build()?, auth })
+        Ok(Self { http: builder.build()?, auth, timeout })
     }
 
     /// Sends the request `build` makes, authenticated. With OAuth2, a 401
     /// answer renews the token and sends once more. `Err` is the outcome
-    /// when no answer came (or no token could be had).
+    /// when no answer came (or no token could be had). Token request,
+    /// request and resend share the timeout; reading the answer's body is
+    /// bounded by the same timeout on the request.
     pub async fn send(&self, build: impl Fn(&reqwest::Client) -> RequestBuilder) -> Result<Response, Outcome> {
-        let response = self.send_once(&build, false).await?;
-        if response.status() == StatusCode::UNAUTHORIZED && matches!(self.auth, Some(Auth::OAuth2(_))) {
-            tracing::debug!(event = "oauth2_token_refused", "the back office refused the token; renewing it");
-            return self.send_once(&build, true).await;
-        }
-        Ok(response)
+        let exchange = async {
+            let response = self.send_once(&build, false).await?;
+            if response.status() == StatusCode::UNAUTHORIZED && matches!(self.auth, Some(Auth::OAuth2(_))) {
+                tracing::debug!(event = "oauth2_token_refused", "the back office refused the token; renewing it");
+                return self.send_once(&build, true).await;
+            }
+            Ok(response)
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .unwrap_or_else(|_| Err(Outcome::transient(format!("timeout: no answer within {:?}", self.timeout))))
     }
 
     async fn send_once(&self, build: &impl Fn(&reqwest::Client) -> RequestBuilder, renew: bool) -> Result<Response, Outcome> {
@@ -120,19 +128,12 @@ impl Client {
     /// Reachable, and our credentials accepted: any answer but a 5xx, 401,
     /// 403 or 407 to a `HEAD` request (404 or 405 still prove both).
     pub async fn probe(&self, url: &reqwest::Url) -> Result<(), Unhealthy> {
-        let response = self.send(|http| http.head(url.clone())).await.map_err(|outcome| Unhealthy(outcome_text(&outcome)))?;
+        let response = self.send(|http| http.head(url.clone())).await.map_err(|outcome| Unhealthy(outcome.text().to_owned()))?;
         let status = response.status();
         if status.is_server_error() || matches!(status.as_u16(), 401 | 403 | 407) {
             return Err(Unhealthy(format!("HTTP {}", status.as_u16())));
         }
         Ok(())
-    }
-}
-
-fn outcome_text(outcome: &Outcome) -> String {
-    match outcome {
-        Outcome::Delivered { detail, .. } => detail.clone(),
-        Outcome::Transient { reason, .. } | Outcome::Permanent { reason } => reason.clone(),
     }
 }
 
@@ -169,10 +170,7 @@ struct TokenResponse {
 
 impl OAuth2 {
     fn new(config: &OAuth2Config, context: &Context) -> Result<Self, ClientError> {
-        let token_url = reqwest::Url::parse(&config.token_url)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
-            .ok_or_else(|| ClientError::BadTokenUrl(config.token_url.clone()))?;
+        let token_url = crate::http_url(&config.token_url).ok_or_else(|| ClientError::BadTokenUrl(config.token_url.clone()))?;
         Ok(Self {
             token_url,
             client_id: config.client_id.clone(),
@@ -262,7 +260,7 @@ pub async fn read_limited(mut response: Response, limit: usize) -> Option<Vec<u8
 
 /// Describes a failed request: its kind and the error chain (OS details
 /// help the operator; the URL is configuration).
-pub fn describe(error: &reqwest::Error) -> String {
+fn describe(error: &reqwest::Error) -> String {
     let kind = if error.is_timeout() {
         "timeout"
     } else if error.is_connect() {

@@ -18,7 +18,7 @@ use amtsbote_connector::{Connector, ConnectorConfig, Context, Delivery, Outcome,
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use serde::Deserialize;
 
-pub use client::{Client, ClientError, describe, read_limited};
+pub use client::{Client, ClientError, read_limited};
 pub use config::{AuthConfig, ClientAuth, HttpConfig, OAuth2Config, ReceiptConfig, StatusOutcome, TlsConfig};
 
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use amtsbote_connector::{Connector, ConnectorConfig, Context, Delivery, Outcome, Payload, Unhealthy, short_text};
+use amtsbote_connector::{Connector, ConnectorConfig, Context, Delivery, Outcome, Payload, Unhealthy, extension_for, short_text};
 use amtsbote_connector_http::{AuthConfig, Client, ClientError, TlsConfig, http_url, read_limited, retry_after};
 use bytes::{BufMut, Bytes, BytesMut};
 use quick_xml::events::Event;
@@ -195,18 +195,13 @@ pub fn without_declaration(document: &[u8]) -> &[u8] {
     document
 }
 
-fn is_xml(content_type: &str) -> bool {
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    essence == "application/xml" || essence == "text/xml" || essence.ends_with("+xml")
-}
-
 #[async_trait::async_trait]
 impl Connector for SoapConnector {
     async fn deliver(&self, delivery: &Delivery) -> Outcome {
         let Payload::Document { content_type, body } = &delivery.payload else {
             return Outcome::permanent("the soap connector sends one XML document; the mapping packs a folder");
         };
-        if !is_xml(content_type) {
+        if extension_for(content_type) != "xml" {
             return Outcome::permanent(format!("the soap connector sends XML; the mapping renders {}", short_text(content_type, 80)));
         }
         let envelope = self.envelope(delivery, body);
