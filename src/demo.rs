@@ -59,6 +59,8 @@ struct BackOfficeState {
     delays: Mutex<HashMap<String, Duration>>,
     keeps_duplicates: Mutex<HashSet<String>>,
     seen_keys: Mutex<HashSet<String>>,
+    /// Requests that reached the handler, answered or not yet.
+    arrivals: std::sync::atomic::AtomicUsize,
 }
 
 impl SampleBackOffice {
@@ -106,6 +108,19 @@ impl SampleBackOffice {
         self.state.answered.lock().unwrap().clone()
     }
 
+    /// Waits until `count` requests reached the back office, answered or
+    /// still held by [`slow_down`](Self::slow_down) (or the timeout passed).
+    pub async fn wait_for_arrivals(&self, count: usize, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let arrived = self.state.arrivals.load(std::sync::atomic::Ordering::SeqCst);
+            if arrived >= count || tokio::time::Instant::now() >= deadline {
+                return arrived;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until `count` documents arrived (or the timeout passed).
     pub async fn wait_for(&self, count: usize, timeout: Duration) -> Vec<Received> {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -121,6 +136,7 @@ impl SampleBackOffice {
 
 async fn receive(State(state): State<Arc<BackOfficeState>>, UrlPath(path): UrlPath<String>, headers: HeaderMap, body: Bytes) -> StatusCode {
     let at = std::time::Instant::now();
+    state.arrivals.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let path = format!("/{path}");
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let key = header("idempotency-key");

@@ -216,7 +216,8 @@ async fn a_graceful_shutdown_answers_503_and_finishes_the_delivery_in_flight() {
     let mut app = spawn_app(Setup::default()).await;
     app.back_office.slow_down("fv", Duration::from_secs(2));
     let id = accepted_id(app.submit(gewerbeanmeldung("053150000000").to_string()).await).await;
-    tokio::time::sleep(Duration::from_millis(500)).await; // the delivery is under way
+    // The delivery is under way: the back office holds the request.
+    assert_eq!(app.back_office.wait_for_arrivals(1, Duration::from_secs(15)).await, 1);
     let stopped = app.begin_shutdown();
     tokio::time::sleep(Duration::from_millis(100)).await;
 
