@@ -19,7 +19,9 @@ use crate::operator::{self, OperatorApi};
 use crate::parking::ParkingLot;
 use crate::mapping::sandbox::Sandbox;
 use crate::pipeline::{MappingVersions, Pipeline, SharedPipeline};
-use crate::store::{SqliteStore, Store};
+use crate::metrics::Metrics;
+use crate::monitor::{self, Monitor, Observed};
+use crate::store::{self, SqliteStore, Store};
 use crate::worker::Worker;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +47,10 @@ pub struct Application {
     reloader: Reloader,
     intake: Arc<Intake>,
     operator: Arc<OperatorApi>,
+    observed: Arc<Observed>,
     workers: Vec<Arc<Worker>>,
+    store: Arc<dyn Store>,
+    retention: Duration,
     max_body_bytes: usize,
     shutdown_deadline: Duration,
 }
@@ -60,7 +65,9 @@ impl Application {
         let topology = Topology::new(&config.broker.prefix);
         let targets: Vec<_> = pipeline.targets.keys().cloned().collect();
         let pipeline: SharedPipeline = Arc::new(ArcSwap::from_pointee(pipeline));
-        let publisher = Arc::new(Publisher::new(config.broker.url.clone(), topology.clone(), targets));
+        let publisher = Arc::new(Publisher::new(config.broker.url.clone(), topology.clone(), targets.clone()));
+        let metrics = Arc::new(Metrics::new(&targets));
+        let monitor = Arc::new(Monitor::new(config.broker.url.clone(), topology.clone(), targets.clone(), store.clone(), metrics.clone()));
         let parking = ParkingLot::new(config, store.clone());
         let operator = Arc::new(OperatorApi::new(parking, &config.operators)?);
         let workers = pipeline
@@ -76,19 +83,33 @@ impl Application {
                     store: store.clone(),
                     sandbox: sandbox.clone(),
                     versions: versions.clone(),
+                    metrics: metrics.clone(),
                 })
             })
             .collect();
         let intake = Arc::new(Intake {
             pipeline: pipeline.clone(),
             publisher,
-            store,
+            store: store.clone(),
             draining: AtomicBool::new(false),
+            metrics: metrics.clone(),
         });
+        let observed = Arc::new(Observed { intake: intake.clone(), monitor, metrics });
         let addr = config.http.listen;
         let listener = TcpListener::bind(addr).await.map_err(|source| StartupError::Listen { addr, source })?;
         let reloader = Reloader { pipeline, versions, fixed: Arc::new(fixed_settings(config)) };
-        Ok(Self { listener, reloader, intake, operator, workers, max_body_bytes: config.http.max_body_bytes, shutdown_deadline: config.shutdown_deadline })
+        Ok(Self {
+            listener,
+            reloader,
+            intake,
+            operator,
+            observed,
+            workers,
+            store,
+            retention: config.store.retention,
+            max_body_bytes: config.http.max_body_bytes,
+            shutdown_deadline: config.shutdown_deadline,
+        })
     }
 
     /// A handle that applies a changed configuration while running.
@@ -109,6 +130,7 @@ impl Application {
         for worker in self.workers {
             workers.spawn(worker.run(stop_rx.clone(), self.shutdown_deadline));
         }
+        let pruning = tokio::spawn(store::prune_periodically(self.store, self.retention, stop_rx.clone()));
         // Try the broker early so the first submission does not pay for it.
         let _ = self.intake.publisher.ensure_connected().await;
 
@@ -117,7 +139,9 @@ impl Application {
         // clients and load balancers hear "shutting down" rather than
         // "connection refused".
         let (server_stop_tx, server_stop) = tokio::sync::oneshot::channel::<()>();
-        let app = intake::router(self.intake.clone(), self.max_body_bytes).merge(operator::router(self.operator));
+        let app = intake::router(self.intake.clone(), self.max_body_bytes)
+            .merge(operator::router(self.operator))
+            .merge(monitor::router(self.observed));
         let server = tokio::spawn(async move {
             axum::serve(self.listener, app)
                 .with_graceful_shutdown(async move {
@@ -140,6 +164,7 @@ impl Application {
         if drained.is_err() {
             workers.abort_all();
         }
+        let _ = pruning.await;
         intake.publisher.close().await;
         let _ = server_stop_tx.send(());
         match server.await {
@@ -211,7 +236,7 @@ fn fixed_settings(config: &Config) -> Vec<(&'static str, String)> {
     vec![
         ("http", format!("{:?}", config.http)),
         ("broker", format!("{} {}", config.broker.url.expose_secret(), config.broker.prefix)),
-        ("store", format!("{:?}", config.store.path)),
+        ("store", format!("{:?}", config.store)),
         ("sandbox", format!("{:?}", config.sandbox)),
         ("operators", format!("{:?}", config.operators)),
         ("shutdown_deadline", format!("{:?}", config.shutdown_deadline)),

@@ -31,7 +31,7 @@ pub struct Config {
     /// The RabbitMQ broker.
     #[serde(default)]
     pub broker: BrokerSettings,
-    /// The embedded store for submission states and idempotency keys.
+    /// The embedded store: the delivery ledger and idempotency keys.
     #[serde(default)]
     pub store: StoreSettings,
     /// Directory of the mapping files (default `mappings`).
@@ -103,6 +103,11 @@ pub struct StoreSettings {
     /// SQLite file (default `var/amtsbote.sqlite`); created if missing.
     #[serde(default = "default_store_path")]
     pub path: PathBuf,
+    /// How long the ledger keeps a finished (delivered or discarded)
+    /// submission's timeline, and operator records (default `90d`).
+    /// Submissions still on their way are kept whatever their age.
+    #[serde(default = "default_retention", with = "humantime_serde")]
+    pub retention: Duration,
 }
 
 /// One back office that receives documents.
@@ -142,6 +147,9 @@ fn default_prefix() -> String {
 fn default_store_path() -> PathBuf {
     "var/amtsbote.sqlite".into()
 }
+fn default_retention() -> Duration {
+    Duration::from_secs(90 * 24 * 3600)
+}
 fn default_concurrency() -> u16 {
     8
 }
@@ -161,7 +169,7 @@ impl Default for BrokerSettings {
 }
 impl Default for StoreSettings {
     fn default() -> Self {
-        Self { path: default_store_path() }
+        Self { path: default_store_path(), retention: default_retention() }
     }
 }
 

@@ -181,6 +181,35 @@ impl<'de> Deserialize<'de> for TargetName {
 
 /// The delivery id for a (submission, target) pair: a name-based UUID, so
 /// every attempt and every process derives the same one without storing it.
+/// Fixed width, UTC, milliseconds (`2026-11-24T09:14:02.125Z`).
+const TIMESTAMP: &[time::format_description::BorrowedFormatItem<'static>] =
+    time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+
+/// A time as amtsbote writes it everywhere (messages, API, ledger): RFC
+/// 3339 in UTC with milliseconds, so that times compare as text.
+pub fn timestamp(at: time::OffsetDateTime) -> String {
+    at.to_offset(time::UtcOffset::UTC).format(TIMESTAMP).expect("a UTC time formats")
+}
+
+/// Now, cut to the milliseconds [`timestamp`] keeps, so that a time read
+/// back equals the one written.
+pub fn now_millis() -> time::OffsetDateTime {
+    let now = time::OffsetDateTime::now_utc();
+    now.replace_millisecond(now.millisecond()).expect("a millisecond of now is valid")
+}
+
+/// Lower-case hex SHA-256 of `bytes`: how the ledger and mapping versions
+/// name content without keeping it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex(&sha2::Sha256::digest(bytes))
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 pub fn delivery_id(submission: uuid::Uuid, target: &TargetName) -> uuid::Uuid {
     uuid::Uuid::new_v5(&submission, target.as_str().as_bytes())
 }

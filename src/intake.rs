@@ -2,8 +2,8 @@
 //!
 //! * `POST /v1/submissions`: validate, route, record, publish with
 //!   confirm, and only then answer `202 Accepted`.
-//! * `GET /v1/submissions/{id}`: the submission's state per target.
-//! * `GET /health/live`, `GET /health/ready`.
+//! * `GET /v1/submissions/{id}`: the submission's state per target and
+//!   its timeline from the ledger.
 //!
 //! Every error is `application/problem+json` naming the field; nothing from
 //! the form data reaches a log line.
@@ -18,13 +18,13 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::broker::{BrokerError, Publisher, long_string};
+use crate::metrics::{Metrics, ProblemLabel, ServiceLabel};
 use crate::problem::Problem;
 use crate::pipeline::SharedPipeline;
 use crate::store::{Claim, IdempotencyKey, NewSubmission, Store};
@@ -40,14 +40,13 @@ pub struct Intake {
     pub store: Arc<dyn Store>,
     /// Set when shutdown begins: new submissions get 503.
     pub draining: AtomicBool,
+    pub metrics: Arc<Metrics>,
 }
 
 pub fn router(intake: Arc<Intake>, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/v1/submissions", post(submit))
         .route("/v1/submissions/{id}", get(status))
-        .route("/health/live", get(|| async { StatusCode::NO_CONTENT }))
-        .route("/health/ready", get(ready))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "Not Found", "no such resource") })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(intake)
@@ -56,7 +55,10 @@ pub fn router(intake: Arc<Intake>, max_body_bytes: usize) -> Router {
 async fn submit(State(intake): State<Arc<Intake>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     match accept(&intake, &headers, body).await {
         Ok(response) => response,
-        Err(problem) => problem.into_response(),
+        Err(problem) => {
+            intake.metrics.submissions_refused.get_or_create(&ProblemLabel { problem: problem.slug().to_owned() }).inc();
+            problem.into_response()
+        }
     }
 }
 
@@ -138,8 +140,10 @@ async fn accept(intake: &Intake, headers: &HeaderMap, body: Result<Bytes, BytesR
         service: submission.service.as_str().to_owned(),
         region: submission.region.as_str().to_owned(),
         reference: submission.reference.clone(),
-        received_at: OffsetDateTime::now_utc(),
+        received_at: crate::domain::now_millis(),
         targets: route.targets.clone(),
+        size: body.len(),
+        sha256: crate::domain::sha256_hex(&body),
     };
     let fresh = (record.id, record.received_at);
     let (id, received_at) = match intake.store.begin_intake(record, idempotency).await.map_err(internal)? {
@@ -171,6 +175,7 @@ async fn accept(intake: &Intake, headers: &HeaderMap, body: Result<Bytes, BytesR
     let mut headers = FieldTable::default();
     headers.insert("service".into(), long_string(submission.service.as_str()));
     headers.insert("region".into(), long_string(submission.region.as_str()));
+    headers.insert(crate::retry::header::RECEIVED_AT.into(), AMQPValue::LongLongInt(crate::retry::to_millis(received_at)));
     let message = submission.to_message(id, received_at);
     let message_id = id.to_string();
     match intake.publisher.publish(&route.routing_key, &message_id, headers, &message).await {
@@ -181,6 +186,7 @@ async fn accept(intake: &Intake, headers: &HeaderMap, body: Result<Bytes, BytesR
             }
             tracing::info!(event = "submission_accepted", submission = %id, service = submission.service.as_str(),
                 region = %submission.region, targets = %route.routing_key, "submission accepted");
+            intake.metrics.submissions_received.get_or_create(&ServiceLabel { service: submission.service.as_str().to_owned() }).inc();
             Ok(accepted(id))
         }
         Err(error) => {
@@ -243,10 +249,3 @@ async fn status(State(intake): State<Arc<Intake>>, Path(id): Path<String>) -> Re
     }
 }
 
-async fn ready(State(intake): State<Arc<Intake>>) -> StatusCode {
-    if !intake.draining.load(Ordering::Relaxed) && intake.publisher.ensure_connected().await.is_ok() {
-        StatusCode::NO_CONTENT
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    }
-}

@@ -34,6 +34,8 @@ pub mod demo;
 pub mod domain;
 pub mod intake;
 pub mod mapping;
+pub mod metrics;
+pub mod monitor;
 pub mod pipeline;
 pub mod operator;
 pub mod parking;

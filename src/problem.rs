@@ -45,6 +45,11 @@ impl Problem {
         Self::new(status, slug, title, detail).with_errors(errors)
     }
 
+    /// The last part of the type URI (`invalid-submission`).
+    pub fn slug(&self) -> &str {
+        self.kind.rsplit('/').next().unwrap_or_default()
+    }
+
     pub fn with_errors(mut self, errors: Vec<FieldError>) -> Self {
         self.errors = errors;
         self

@@ -168,6 +168,10 @@ pub fn level_name(level: Duration) -> String {
 /// Message headers amtsbote reads and writes; defined once here. All but
 /// [`header::DELAY`] start with `x-amtsbote-`.
 pub mod header {
+    /// Unix milliseconds of the submission's receipt at intake, for the
+    /// end-to-end latency. Set by intake and carried along unchanged
+    /// (not `x-amtsbote-` prefixed: those are rewritten per attempt).
+    pub const RECEIVED_AT: &str = "received-at";
     /// Attempts made so far (integer).
     pub const ATTEMPTS: &str = "x-amtsbote-attempts";
     /// Unix milliseconds of the first attempt.

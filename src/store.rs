@@ -1,23 +1,39 @@
-//! The store: submission and delivery states, and idempotency keys.
+//! The store and delivery ledger: submission and delivery states, every
+//! submission's timeline, idempotency keys and the operators' audit trail.
 //!
 //! The broker is the source of truth for what still has to be delivered;
-//! the store answers "where is submission X" and makes a retried POST with
-//! the same `Idempotency-Key` return the first answer. It holds ids,
-//! service keys, regions, references, states and connector outcomes —
-//! never form data or attachments.
+//! the store answers "where is submission X, and what happened to it" and
+//! makes a retried POST with the same `Idempotency-Key` return the first
+//! answer. It holds ids, service keys, regions, references, target names,
+//! states, sizes, SHA-256 hashes and connector outcomes (status codes,
+//! fault codes, receipts) — never form data or attachments.
 //!
-//! [`Store`] is the seam; [`SqliteStore`] the embedded implementation
-//! (WAL, `synchronous=NORMAL`: a crash of the process loses nothing, a
-//! power loss may lose the last state changes but never a submission,
-//! which the broker holds).
+//! [`Store`] is the seam (a PostgreSQL store for several nodes would be a
+//! second implementation); [`SqliteStore`] the embedded one:
+//!
+//! * WAL and `synchronous=NORMAL`: a crash of the process loses nothing, a
+//!   power loss may lose the last state changes but never a submission,
+//!   which the broker holds.
+//! * Group commit: all writes go to one writer thread, which runs what has
+//!   queued up meanwhile (up to [`MAX_BATCH`] writes) in one transaction,
+//!   each write in its own savepoint, and answers each caller after the
+//!   commit. Under load many writes share one fsync, so the ledger does
+//!   not become the bottleneck; each caller still learns that its own
+//!   write is durable.
+//! * Reads use their own connection and never wait for the writer.
+//! * [`Store::prune`] removes finished submissions past the retention
+//!   (see [`crate::config::StoreSettings::retention`]).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use rusqlite::types::ToSql;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::domain::TargetName;
@@ -26,8 +42,12 @@ use crate::domain::TargetName;
 pub enum StoreError {
     #[error("store: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("store: commit failed: {0}")]
+    Commit(String),
     #[error("store: cannot create directory {path}: {source}")]
     Directory { path: String, source: std::io::Error },
+    #[error("store: the writer has stopped")]
+    Closed,
     #[error("store: worker thread failed")]
     Join,
 }
@@ -41,6 +61,11 @@ pub struct NewSubmission {
     pub reference: Option<String>,
     pub received_at: OffsetDateTime,
     pub targets: Vec<TargetName>,
+    /// Size of the request body in bytes.
+    pub size: usize,
+    /// Hex SHA-256 of the request body: proves later which bytes arrived
+    /// without keeping them.
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone)]
@@ -70,7 +95,7 @@ pub enum Claim {
     Mismatch,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryState {
     /// Waiting in the target's queue (also after a replay).
@@ -85,7 +110,7 @@ pub enum DeliveryState {
 }
 
 impl DeliveryState {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             DeliveryState::Queued => "queued",
             DeliveryState::Retrying => "retrying",
@@ -103,6 +128,46 @@ impl DeliveryState {
             "discarded" => DeliveryState::Discarded,
             _ => DeliveryState::Queued,
         }
+    }
+}
+
+/// A submission's state across its targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubmissionState {
+    /// Recorded, not yet confirmed by the broker.
+    Received,
+    /// In the broker; some target does not have it yet.
+    Accepted,
+    /// Every target has it.
+    Delivered,
+    /// A target's delivery waits for an operator.
+    Parked,
+    /// An operator gave up a delivery; the other targets have it.
+    Discarded,
+}
+
+impl SubmissionState {
+    pub const ALL: [SubmissionState; 5] = [
+        SubmissionState::Received,
+        SubmissionState::Accepted,
+        SubmissionState::Delivered,
+        SubmissionState::Parked,
+        SubmissionState::Discarded,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubmissionState::Received => "received",
+            SubmissionState::Accepted => "accepted",
+            SubmissionState::Delivered => "delivered",
+            SubmissionState::Parked => "parked",
+            SubmissionState::Discarded => "discarded",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|state| state.as_str() == s)
     }
 }
 
@@ -149,21 +214,88 @@ pub struct AuditEntry {
     pub record: OperatorRecord,
 }
 
+/// Size and hash of a rendered document or package.
+#[derive(Debug, Clone)]
+pub struct Fingerprint {
+    pub size: usize,
+    pub sha256: String,
+}
+
+/// What one delivery attempt came to, as the worker records it.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub submission: Uuid,
+    pub target: TargetName,
+    /// 1 for the first attempt (counted anew after a replay).
+    pub attempt: u32,
+    pub mapping_version: String,
+    /// The rendered payload; `None` when the mapping failed.
+    pub mapped: Option<Fingerprint>,
+    /// How long the connector took; `None` when it was not called.
+    pub duration: Option<Duration>,
+    pub result: AttemptResult,
+}
+
+#[derive(Debug, Clone)]
+pub enum AttemptResult {
+    Delivered { detail: String, receipt: Option<String> },
+    /// A transient failure; the next attempt follows after `retry_in`.
+    Retrying { error: String, retry_in: Duration },
+    /// Parked for an operator: `reason` is a [`crate::worker::ParkReason`]
+    /// kind, `error` what the mapping or the target said.
+    Parked { reason: &'static str, error: String },
+}
+
+/// One entry of a submission's timeline.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    pub at: String,
+    /// `received`, `routed`, `accepted`, `mapped`, `mapping-failed`,
+    /// `attempt-failed`, `delivered`, `retry-scheduled`, `parked`,
+    /// `replayed` or `discarded`.
+    pub event: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mapping_version: Option<String>,
+    /// The connector's outcome, the error, the parking reason, or the
+    /// targets routed to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The target's id for the delivered case.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<i64>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SubmissionStatus {
     pub id: Uuid,
-    /// `received` (not yet confirmed by the broker), `accepted`,
-    /// `delivered` (every target has it), `parked` (a target needs an
-    /// operator) or `discarded` (an operator gave up a delivery; the other
-    /// targets have it).
-    pub status: &'static str,
+    pub status: SubmissionState,
     pub service: String,
     pub region: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
     pub received_at: String,
+    /// Size in bytes and SHA-256 of the submission as received.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     pub targets: Vec<TargetStatus>,
+    /// Everything that happened to the submission, oldest first.
+    pub timeline: Vec<Event>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -174,16 +306,100 @@ pub struct TargetStatus {
     pub attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_outcome: Option<String>,
+    /// The target's id for the delivered case, if it gave one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<String>,
     pub updated_at: String,
     /// Version (content hash) of the mapping the last attempt used.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mapping_version: Option<String>,
 }
 
+/// Which submissions a search finds; every given field must match.
+#[derive(Debug, Clone, Default)]
+pub struct SearchQuery {
+    pub reference: Option<String>,
+    pub service: Option<String>,
+    /// An ARS prefix: `05315` finds every region of Köln.
+    pub region: Option<String>,
+    pub target: Option<String>,
+    pub state: Option<SubmissionState>,
+    /// Received at or after.
+    pub from: Option<OffsetDateTime>,
+    /// Received before.
+    pub to: Option<OffsetDateTime>,
+    pub limit: u32,
+    /// Continue after this entry (from [`SearchPage::next`]).
+    pub after: Option<Cursor>,
+}
+
+/// A position in the search order (newest first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub received_at: String,
+    pub id: Uuid,
+}
+
+impl Cursor {
+    /// The opaque text handed to clients.
+    pub fn encode(&self) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}|{}", self.received_at, self.id))
+    }
+
+    pub fn decode(text: &str) -> Option<Self> {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).ok()?;
+        let text = String::from_utf8(bytes).ok()?;
+        let (received_at, id) = text.split_once('|')?;
+        Some(Self { received_at: received_at.to_owned(), id: id.parse().ok()? })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubmissionSummary {
+    pub id: Uuid,
+    pub status: SubmissionState,
+    pub service: String,
+    pub region: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    pub received_at: String,
+    pub targets: Vec<TargetState>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetState {
+    pub target: String,
+    pub state: DeliveryState,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchPage {
+    pub items: Vec<SubmissionSummary>,
+    /// The cursor of the next page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// What happened at one target over a period, from the ledger.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetActivity {
+    pub delivered: u64,
+    /// Attempts that failed (transiently or permanently, mapping included).
+    pub failed: u64,
+    pub parked: u64,
+    /// When the oldest submission this target does not have yet (queued,
+    /// retrying or parked) was received.
+    pub oldest_undelivered: Option<String>,
+}
+
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Records a submission (state `received`) and claims its idempotency
-    /// key, atomically.
+    /// Records a submission (state `received`, events `received` and
+    /// `routed`) and claims its idempotency key, atomically.
     async fn begin_intake(&self, submission: NewSubmission, key: Option<IdempotencyKey>) -> Result<Claim, StoreError>;
     /// The broker confirmed the submission.
     async fn confirm_intake(&self, id: Uuid) -> Result<(), StoreError>;
@@ -192,29 +408,90 @@ pub trait Store: Send + Sync + 'static {
     /// kept: the broker may have the message after all (a confirm lost with
     /// the connection), so the client's retry resumes under the same id.
     async fn abandon_intake(&self, id: Uuid) -> Result<(), StoreError>;
-    /// A delivery attempt for one target, mapped with `mapping_version`,
-    /// ended in `state`.
-    async fn record_attempt(&self, id: Uuid, target: &TargetName, mapping_version: &str, state: DeliveryState, outcome: &str) -> Result<(), StoreError>;
+    /// A delivery attempt ended; updates the target's state and adds the
+    /// attempt's events to the timeline.
+    async fn record_attempt(&self, attempt: AttemptRecord) -> Result<(), StoreError>;
     /// Keeps a mapping's source under its version, so that deliveries in
     /// flight map with it even after the file changed and amtsbote
     /// restarted.
     async fn keep_mapping_version(&self, version: &str, name: &str, source: &str) -> Result<(), StoreError>;
     /// The source kept under `version`.
     async fn mapping_version(&self, version: &str) -> Result<Option<String>, StoreError>;
+    /// A submission with its targets and timeline.
     async fn status(&self, id: Uuid) -> Result<Option<SubmissionStatus>, StoreError>;
+    /// Submissions matching `query`, newest first, one page.
+    async fn search(&self, query: SearchQuery) -> Result<SearchPage, StoreError>;
     /// Records who replayed or discarded a parked delivery, and sets the
     /// delivery's state accordingly.
     async fn record_operator_action(&self, record: OperatorRecord) -> Result<(), StoreError>;
     /// The audit trail, newest first.
     async fn audit_trail(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Per target: deliveries and failures since `since`, and the oldest
+    /// undelivered submission.
+    async fn activity(&self, since: OffsetDateTime) -> Result<std::collections::BTreeMap<String, TargetActivity>, StoreError>;
+    /// Removes up to `limit` finished (delivered or discarded) submissions
+    /// received before `before`, with their timelines and idempotency
+    /// keys, and operator records older than that; returns how many
+    /// submissions went.
+    async fn prune(&self, before: OffsetDateTime, limit: u32) -> Result<u64, StoreError>;
+    /// Proves the store takes writes (for `/readyz`).
+    async fn check_writable(&self) -> Result<(), StoreError>;
+}
+
+/// Submissions [`prune_periodically`] removes per write, so that pruning
+/// never holds the writer for long.
+const PRUNE_CHUNK: u32 = 500;
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Removes what is past `retention` now and then every hour, until
+/// `shutdown` turns true.
+pub async fn prune_periodically(store: Arc<dyn Store>, retention: Duration, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let before = OffsetDateTime::now_utc() - retention;
+        let mut pruned = 0;
+        loop {
+            match store.prune(before, PRUNE_CHUNK).await {
+                Ok(removed) => {
+                    pruned += removed;
+                    if removed < u64::from(PRUNE_CHUNK) {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(event = "store_failed", error = %e, "could not prune the ledger");
+                    break;
+                }
+            }
+        }
+        if pruned > 0 {
+            tracing::info!(event = "ledger_pruned", submissions = pruned, before = %store_time(before), "ledger pruned");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(PRUNE_EVERY) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
 }
 
 /// A claim of an idempotency key that has not reached the broker's
 /// confirm after this long belongs to a request that died.
-const STALE_CLAIM: std::time::Duration = std::time::Duration::from_secs(15);
+const STALE_CLAIM: Duration = Duration::from_secs(15);
+
+/// The most writes one transaction of the writer takes.
+pub const MAX_BATCH: usize = 512;
+
+/// Writes waiting for the writer; a full queue makes callers wait.
+const WRITE_QUEUE: usize = 4096;
+
+/// A write as the writer thread runs it: the work (in a savepoint of the
+/// batch's transaction) returns what to tell its caller once the commit's
+/// outcome is known.
+type Job = Box<dyn FnOnce(&mut Connection) -> Completion + Send>;
+type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    jobs: mpsc::Sender<Job>,
+    reader: Arc<Mutex<Connection>>,
 }
 
 const PRAGMAS: &str = "
@@ -224,7 +501,7 @@ PRAGMA foreign_keys = ON;
 ";
 
 /// Schema versions in order; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     "
 CREATE TABLE IF NOT EXISTS submissions (
     id          TEXT PRIMARY KEY,
@@ -272,10 +549,80 @@ CREATE TABLE mapping_versions (
     first_seen TEXT NOT NULL
 );
 ",
+    // The ledger. Times become fixed-width (milliseconds, `Z`) so that
+    // they compare as text; `submissions.state` becomes the state across
+    // targets, kept by SUBMISSION_STATE.
+    "
+ALTER TABLE submissions ADD COLUMN size INTEGER;
+ALTER TABLE submissions ADD COLUMN sha256 TEXT;
+ALTER TABLE deliveries ADD COLUMN receipt TEXT;
+CREATE TABLE events (
+    submission_id   TEXT NOT NULL REFERENCES submissions(id) ON DELETE CASCADE,
+    at              TEXT NOT NULL,
+    kind            TEXT NOT NULL,
+    target          TEXT,
+    attempt         INTEGER,
+    mapping_version TEXT,
+    detail          TEXT,
+    receipt         TEXT,
+    size            INTEGER,
+    sha256          TEXT,
+    operator        TEXT,
+    duration_ms     INTEGER
+);
+CREATE INDEX events_submission ON events (submission_id);
+CREATE INDEX events_at ON events (at, target);
+CREATE INDEX submissions_received ON submissions (received_at, id);
+CREATE INDEX submissions_reference ON submissions (reference);
+CREATE INDEX deliveries_open ON deliveries (state, target);
+CREATE TABLE health (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL);
+UPDATE submissions SET received_at = strftime('%Y-%m-%dT%H:%M:%fZ', received_at);
+UPDATE deliveries SET updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', updated_at);
+UPDATE operator_actions SET at = strftime('%Y-%m-%dT%H:%M:%fZ', at);
+",
 ];
 
+/// The state of the submission `?1` across its targets, from its
+/// deliveries; `received` stays until the broker confirmed.
+const UPDATE_SUBMISSION_STATE: &str = "
+UPDATE submissions SET state = CASE
+    WHEN state = 'received' THEN 'received'
+    WHEN EXISTS (SELECT 1 FROM deliveries d WHERE d.submission_id = ?1 AND d.state = 'parked') THEN 'parked'
+    WHEN NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.submission_id = ?1 AND d.state <> 'delivered') THEN 'delivered'
+    WHEN NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.submission_id = ?1 AND d.state NOT IN ('delivered', 'discarded')) THEN 'discarded'
+    ELSE 'accepted' END
+WHERE id = ?1";
+
+pub use crate::domain::timestamp as store_time;
+
 fn now() -> String {
-    OffsetDateTime::now_utc().format(&Rfc3339).expect("now formats")
+    store_time(OffsetDateTime::now_utc())
+}
+
+/// An event row; fields not set stay NULL.
+#[derive(Default)]
+struct NewEvent<'a> {
+    kind: &'a str,
+    target: Option<&'a str>,
+    attempt: Option<u32>,
+    mapping_version: Option<&'a str>,
+    detail: Option<&'a str>,
+    receipt: Option<&'a str>,
+    size: Option<i64>,
+    sha256: Option<&'a str>,
+    operator: Option<&'a str>,
+    duration_ms: Option<i64>,
+}
+
+fn add_event(conn: &Connection, submission: &str, at: &str, e: NewEvent<'_>) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO events (submission_id, at, kind, target, attempt, mapping_version, detail, receipt, size, sha256, operator, duration_ms)
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12 WHERE EXISTS (SELECT 1 FROM submissions WHERE id = ?1)",
+    )?
+    .execute(params![
+        submission, at, e.kind, e.target, e.attempt, e.mapping_version, e.detail, e.receipt, e.size, e.sha256, e.operator, e.duration_ms
+    ])?;
+    Ok(())
 }
 
 impl SqliteStore {
@@ -284,25 +631,92 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|source| StoreError::Directory { path: dir.display().to_string(), source })?;
         }
-        let mut conn = Connection::open(path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(PRAGMAS)?;
-        migrate(&mut conn)?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+        let open = || -> Result<Connection, rusqlite::Error> {
+            let conn = Connection::open(path)?;
+            conn.busy_timeout(Duration::from_secs(5))?;
+            conn.execute_batch(PRAGMAS)?;
+            Ok(conn)
+        };
+        let mut writer = open()?;
+        migrate(&mut writer)?;
+        let reader = open()?;
+        let (jobs, queue) = mpsc::channel(WRITE_QUEUE);
+        std::thread::Builder::new()
+            .name("amtsbote-store-writer".into())
+            .spawn(move || write_batches(writer, queue))
+            .map_err(|source| StoreError::Directory { path: "(writer thread)".into(), source })?;
+        Ok(Self { jobs, reader: Arc::new(Mutex::new(reader)) })
     }
 
-    async fn with<T: Send + 'static>(
+    /// Runs `work` on the reading connection.
+    async fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+        work: impl FnOnce(&Connection) -> Result<T, rusqlite::Error> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let conn = self.conn.clone();
+        let conn = self.reader.clone();
         tokio::task::spawn_blocking(move || {
-            let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            f(&mut conn)
+            let conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            work(&conn)
         })
         .await
         .map_err(|_| StoreError::Join)?
         .map_err(StoreError::from)
+    }
+
+    /// Runs `work` in the writer's next batch; answers after the commit.
+    /// An error in `work` undoes only `work`'s own changes.
+    async fn write<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (answer, answered) = oneshot::channel();
+        let job: Job = Box::new(move |conn: &mut Connection| {
+            let result = conn.savepoint().and_then(|savepoint| {
+                let value = work(&savepoint)?;
+                savepoint.commit()?;
+                Ok(value)
+            });
+            Box::new(move |committed: Result<(), String>| {
+                let _ = answer.send(match (result, committed) {
+                    (Err(e), _) => Err(StoreError::Sqlite(e)),
+                    (Ok(_), Err(e)) => Err(StoreError::Commit(e)),
+                    (Ok(value), Ok(())) => Ok(value),
+                });
+            })
+        });
+        self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
+        answered.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// The writer thread: one transaction per batch of queued writes. Ends
+/// when the store is dropped.
+fn write_batches(mut conn: Connection, mut queue: mpsc::Receiver<Job>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = queue.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let error = e.to_string();
+            for job in batch.drain(..) {
+                // Without a transaction each write commits on its own.
+                job(&mut conn)(Err(error.clone()));
+            }
+            continue;
+        }
+        let completions: Vec<Completion> = batch.drain(..).map(|job| job(&mut conn)).collect();
+        let committed = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        if committed.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for complete in completions {
+            complete(committed.clone());
+        }
     }
 }
 
@@ -313,14 +727,24 @@ fn migrate(conn: &mut Connection) -> Result<(), rusqlite::Error> {
         tx.execute_batch(migration)?;
         tx.pragma_update(None, "user_version", version as i64 + 1)?;
     }
+    if applied < 4 {
+        // Existing submissions get their state across targets.
+        let ids: Vec<String> = tx
+            .prepare("SELECT id FROM submissions WHERE state <> 'received'")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for id in ids {
+            tx.execute("UPDATE submissions SET state = 'accepted' WHERE id = ?1", [&id])?;
+            tx.execute(UPDATE_SUBMISSION_STATE, [&id])?;
+        }
+    }
     tx.commit()
 }
 
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn begin_intake(&self, s: NewSubmission, key: Option<IdempotencyKey>) -> Result<Claim, StoreError> {
-        self.with(move |conn| {
-            let tx = conn.transaction()?;
+        self.write(move |tx| {
             if let Some(k) = &key {
                 let existing: Option<(Vec<u8>, String, String, String, Option<String>)> = tx
                     .query_row(
@@ -346,16 +770,16 @@ impl Store for SqliteStore {
                         return Ok(Claim::InProgress);
                     }
                     tx.execute("UPDATE idempotency_keys SET claimed_at = ?2 WHERE key = ?1", params![k.key, now()])?;
-                    tx.commit()?;
                     let received_at = OffsetDateTime::parse(&received_at, &Rfc3339).expect("stored times are RFC 3339");
                     return Ok(Claim::Resume { id, received_at });
                 }
             }
             let id = s.id.to_string();
-            let received_at = s.received_at.format(&Rfc3339).expect("now formats");
+            let received_at = store_time(s.received_at);
             tx.execute(
-                "INSERT INTO submissions (id, service, region, reference, state, received_at) VALUES (?1, ?2, ?3, ?4, 'received', ?5)",
-                params![id, s.service, s.region, s.reference, received_at],
+                "INSERT INTO submissions (id, service, region, reference, state, received_at, size, sha256)
+                 VALUES (?1, ?2, ?3, ?4, 'received', ?5, ?6, ?7)",
+                params![id, s.service, s.region, s.reference, received_at, s.size as i64, s.sha256],
             )?;
             for target in &s.targets {
                 tx.execute(
@@ -363,28 +787,35 @@ impl Store for SqliteStore {
                     params![id, target.as_str(), received_at],
                 )?;
             }
+            let size = Some(s.size as i64);
+            add_event(tx, &id, &received_at, NewEvent { kind: "received", size, sha256: Some(&s.sha256), ..NewEvent::default() })?;
+            let targets = s.targets.iter().map(TargetName::as_str).collect::<Vec<_>>().join(", ");
+            add_event(tx, &id, &received_at, NewEvent { kind: "routed", detail: Some(&targets), ..NewEvent::default() })?;
             if let Some(k) = &key {
                 tx.execute(
                     "INSERT INTO idempotency_keys (key, fingerprint, submission_id, created_at, claimed_at) VALUES (?1, ?2, ?3, ?4, ?4)",
                     params![k.key, k.fingerprint.as_slice(), id, received_at],
                 )?;
             }
-            tx.commit()?;
             Ok(Claim::Fresh)
         })
         .await
     }
 
     async fn confirm_intake(&self, id: Uuid) -> Result<(), StoreError> {
-        self.with(move |conn| {
-            conn.execute("UPDATE submissions SET state = 'accepted' WHERE id = ?1", [id.to_string()])?;
+        self.write(move |conn| {
+            let id = id.to_string();
+            if conn.execute("UPDATE submissions SET state = 'accepted' WHERE id = ?1 AND state = 'received'", [&id])? > 0 {
+                conn.execute(UPDATE_SUBMISSION_STATE, [&id])?;
+                add_event(conn, &id, &now(), NewEvent { kind: "accepted", ..NewEvent::default() })?;
+            }
             Ok(())
         })
         .await
     }
 
     async fn abandon_intake(&self, id: Uuid) -> Result<(), StoreError> {
-        self.with(move |conn| {
+        self.write(move |conn| {
             let id = id.to_string();
             let released =
                 conn.execute("UPDATE idempotency_keys SET claimed_at = '1970-01-01T00:00:00Z' WHERE submission_id = ?1", [&id])?;
@@ -396,17 +827,57 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn record_attempt(&self, id: Uuid, target: &TargetName, mapping_version: &str, state: DeliveryState, outcome: &str) -> Result<(), StoreError> {
-        let (target, version, outcome) = (target.as_str().to_owned(), mapping_version.to_owned(), outcome.to_owned());
-        self.with(move |conn| {
-            conn.execute(
-                "INSERT INTO deliveries (submission_id, target, state, attempts, last_outcome, updated_at, mapping_version)
-                 SELECT ?1, ?2, ?3, 1, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM submissions WHERE id = ?1)
+    async fn record_attempt(&self, a: AttemptRecord) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            let (id, target, at) = (a.submission.to_string(), a.target.as_str(), now());
+            let version = Some(a.mapping_version.as_str());
+            let attempt = Some(a.attempt);
+            let duration_ms = a.duration.map(|d| d.as_millis() as i64);
+            let on = |kind| NewEvent { kind, target: Some(target), attempt, ..NewEvent::default() };
+            match &a.mapped {
+                Some(mapped) => add_event(conn, &id, &at, NewEvent {
+                    mapping_version: version,
+                    size: Some(mapped.size as i64),
+                    sha256: Some(&mapped.sha256),
+                    ..on("mapped")
+                })?,
+                None => {
+                    let error = match &a.result {
+                        AttemptResult::Parked { error, .. } | AttemptResult::Retrying { error, .. } => Some(error.as_str()),
+                        AttemptResult::Delivered { .. } => None,
+                    };
+                    add_event(conn, &id, &at, NewEvent { mapping_version: version, detail: error, ..on("mapping-failed") })?;
+                }
+            }
+            let (state, outcome, receipt) = match &a.result {
+                AttemptResult::Delivered { detail, receipt } => {
+                    add_event(conn, &id, &at, NewEvent { detail: Some(detail), receipt: receipt.as_deref(), duration_ms, ..on("delivered") })?;
+                    (DeliveryState::Delivered, detail.clone(), receipt.clone())
+                }
+                AttemptResult::Retrying { error, retry_in } => {
+                    add_event(conn, &id, &at, NewEvent { detail: Some(error), duration_ms, ..on("attempt-failed") })?;
+                    let next = format!("next attempt in {}", humantime::format_duration(*retry_in));
+                    add_event(conn, &id, &at, NewEvent { detail: Some(&next), ..on("retry-scheduled") })?;
+                    (DeliveryState::Retrying, error.clone(), None)
+                }
+                AttemptResult::Parked { reason, error } => {
+                    if a.mapped.is_some() {
+                        add_event(conn, &id, &at, NewEvent { detail: Some(error), duration_ms, ..on("attempt-failed") })?;
+                    }
+                    add_event(conn, &id, &at, NewEvent { detail: Some(reason), ..on("parked") })?;
+                    (DeliveryState::Parked, error.clone(), None)
+                }
+            };
+            conn.prepare_cached(
+                "INSERT INTO deliveries (submission_id, target, state, attempts, last_outcome, updated_at, mapping_version, receipt)
+                 SELECT ?1, ?2, ?3, 1, ?4, ?5, ?6, ?7 WHERE EXISTS (SELECT 1 FROM submissions WHERE id = ?1)
                  ON CONFLICT (submission_id, target) DO UPDATE SET
                    state = excluded.state, attempts = attempts + 1, last_outcome = excluded.last_outcome,
-                   updated_at = excluded.updated_at, mapping_version = excluded.mapping_version",
-                params![id.to_string(), target, state.as_str(), outcome, now(), version],
-            )?;
+                   updated_at = excluded.updated_at, mapping_version = excluded.mapping_version,
+                   receipt = coalesce(excluded.receipt, receipt)",
+            )?
+            .execute(params![id, target, state.as_str(), outcome, at, a.mapping_version, receipt])?;
+            conn.prepare_cached(UPDATE_SUBMISSION_STATE)?.execute([&id])?;
             Ok(())
         })
         .await
@@ -414,7 +885,7 @@ impl Store for SqliteStore {
 
     async fn keep_mapping_version(&self, version: &str, name: &str, source: &str) -> Result<(), StoreError> {
         let (version, name, source) = (version.to_owned(), name.to_owned(), source.to_owned());
-        self.with(move |conn| {
+        self.write(move |conn| {
             conn.execute(
                 "INSERT INTO mapping_versions (version, name, source, first_seen) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (version) DO NOTHING",
@@ -427,38 +898,43 @@ impl Store for SqliteStore {
 
     async fn mapping_version(&self, version: &str) -> Result<Option<String>, StoreError> {
         let version = version.to_owned();
-        self.with(move |conn| {
-            Ok(conn
-                .query_row("SELECT source FROM mapping_versions WHERE version = ?1", [&version], |r| r.get::<_, String>(0))
-                .optional()?)
+        self.read(move |conn| {
+            conn.query_row("SELECT source FROM mapping_versions WHERE version = ?1", [&version], |r| r.get::<_, String>(0))
+                .optional()
         })
         .await
     }
 
     async fn record_operator_action(&self, r: OperatorRecord) -> Result<(), StoreError> {
-        self.with(move |conn| {
+        self.write(move |conn| {
             let at = now();
-            let tx = conn.transaction()?;
-            tx.execute(
+            conn.execute(
                 "INSERT INTO operator_actions (at, operator, action, target, submission_id, parked_reason, comment)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![at, r.operator, r.action.as_str(), r.target, r.submission_id, r.parked_reason, r.comment],
             )?;
-            let (state, outcome) = match r.action {
-                OperatorAction::Replay => (DeliveryState::Queued, format!("replayed by {}", r.operator)),
-                OperatorAction::Discard => (DeliveryState::Discarded, format!("discarded by {}", r.operator)),
+            let (state, kind, outcome) = match r.action {
+                OperatorAction::Replay => (DeliveryState::Queued, "replayed", format!("replayed by {}", r.operator)),
+                OperatorAction::Discard => (DeliveryState::Discarded, "discarded", format!("discarded by {}", r.operator)),
             };
-            tx.execute(
+            conn.execute(
                 "UPDATE deliveries SET state = ?3, last_outcome = ?4, updated_at = ?5 WHERE submission_id = ?1 AND target = ?2",
                 params![r.submission_id, r.target, state.as_str(), outcome, at],
             )?;
-            tx.commit()
+            conn.execute(UPDATE_SUBMISSION_STATE, [&r.submission_id])?;
+            add_event(conn, &r.submission_id, &at, NewEvent {
+                kind,
+                target: Some(&r.target),
+                operator: Some(&r.operator),
+                detail: Some(&r.parked_reason),
+                ..NewEvent::default()
+            })
         })
         .await
     }
 
     async fn audit_trail(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut statement = conn.prepare(
                 "SELECT at, operator, action, target, submission_id, parked_reason, comment
                  FROM operator_actions ORDER BY at DESC, rowid DESC LIMIT ?1",
@@ -483,22 +959,36 @@ impl Store for SqliteStore {
     }
 
     async fn status(&self, id: Uuid) -> Result<Option<SubmissionStatus>, StoreError> {
-        self.with(move |conn| {
+        self.read(move |conn| {
             let key = id.to_string();
-            let Some((service, region, reference, state, received_at)) = conn
+            let Some(mut status) = conn
                 .query_row(
-                    "SELECT service, region, reference, state, received_at FROM submissions WHERE id = ?1",
+                    "SELECT service, region, reference, state, received_at, size, sha256 FROM submissions WHERE id = ?1",
                     [&key],
-                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?)),
+                    |r| {
+                        Ok(SubmissionStatus {
+                            id,
+                            service: r.get(0)?,
+                            region: r.get(1)?,
+                            reference: r.get(2)?,
+                            status: SubmissionState::parse(&r.get::<_, String>(3)?).unwrap_or(SubmissionState::Accepted),
+                            received_at: r.get(4)?,
+                            size: r.get(5)?,
+                            sha256: r.get(6)?,
+                            targets: Vec::new(),
+                            timeline: Vec::new(),
+                        })
+                    },
                 )
                 .optional()?
             else {
                 return Ok(None);
             };
-            let mut statement = conn.prepare(
-                "SELECT target, state, attempts, last_outcome, updated_at, mapping_version FROM deliveries WHERE submission_id = ?1 ORDER BY target",
-            )?;
-            let targets = statement
+            status.targets = conn
+                .prepare(
+                    "SELECT target, state, attempts, last_outcome, updated_at, mapping_version, receipt
+                     FROM deliveries WHERE submission_id = ?1 ORDER BY target",
+                )?
                 .query_map([&key], |r| {
                     Ok(TargetStatus {
                         target: r.get(0)?,
@@ -507,21 +997,158 @@ impl Store for SqliteStore {
                         last_outcome: r.get(3)?,
                         updated_at: r.get(4)?,
                         mapping_version: r.get(5)?,
+                        receipt: r.get(6)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            status.timeline = conn
+                .prepare(
+                    "SELECT at, kind, target, attempt, mapping_version, detail, receipt, size, sha256, operator, duration_ms
+                     FROM events WHERE submission_id = ?1 ORDER BY at, rowid",
+                )?
+                .query_map([&key], |r| {
+                    Ok(Event {
+                        at: r.get(0)?,
+                        event: r.get(1)?,
+                        target: r.get(2)?,
+                        attempt: r.get(3)?,
+                        mapping_version: r.get(4)?,
+                        detail: r.get(5)?,
+                        receipt: r.get(6)?,
+                        size: r.get(7)?,
+                        sha256: r.get(8)?,
+                        operator: r.get(9)?,
+                        duration_ms: r.get(10)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(Some(status))
+        })
+        .await
+    }
+
+    async fn search(&self, q: SearchQuery) -> Result<SearchPage, StoreError> {
+        self.read(move |conn| {
+            let mut conditions: Vec<&str> = Vec::new();
+            let mut values: Vec<Box<dyn ToSql + Send>> = Vec::new();
+            if let Some(reference) = q.reference {
+                conditions.push("s.reference = ?");
+                values.push(Box::new(reference));
+            }
+            if let Some(service) = q.service {
+                conditions.push("s.service = ?");
+                values.push(Box::new(service));
+            }
+            if let Some(region) = q.region {
+                conditions.push("substr(s.region, 1, length(?)) = ?");
+                values.push(Box::new(region.clone()));
+                values.push(Box::new(region));
+            }
+            if let Some(target) = q.target {
+                conditions.push("EXISTS (SELECT 1 FROM deliveries t WHERE t.submission_id = s.id AND t.target = ?)");
+                values.push(Box::new(target));
+            }
+            if let Some(state) = q.state {
+                conditions.push("s.state = ?");
+                values.push(Box::new(state.as_str()));
+            }
+            if let Some(from) = q.from {
+                conditions.push("s.received_at >= ?");
+                values.push(Box::new(store_time(from)));
+            }
+            if let Some(to) = q.to {
+                conditions.push("s.received_at < ?");
+                values.push(Box::new(store_time(to)));
+            }
+            if let Some(after) = &q.after {
+                conditions.push("(s.received_at, s.id) < (?, ?)");
+                values.push(Box::new(after.received_at.clone()));
+                values.push(Box::new(after.id.to_string()));
+            }
+            let filter = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
+            let limit = q.limit.clamp(1, 500) as usize;
+            let sql = format!(
+                "SELECT s.id, s.state, s.service, s.region, s.reference, s.received_at,
+                   (SELECT group_concat(d.target || ' ' || d.state, ',') FROM deliveries d WHERE d.submission_id = s.id)
+                 FROM submissions s {filter} ORDER BY s.received_at DESC, s.id DESC LIMIT {}",
+                limit + 1
+            );
+            let mut statement = conn.prepare(&sql)?;
+            let mut items = statement
+                .query_map(rusqlite::params_from_iter(values.iter().map(|v| v.as_ref() as &dyn ToSql)), |r| {
+                    let targets = r.get::<_, Option<String>>(6)?.unwrap_or_default();
+                    Ok(SubmissionSummary {
+                        id: r.get::<_, String>(0)?.parse().expect("stored ids are UUIDs"),
+                        status: SubmissionState::parse(&r.get::<_, String>(1)?).unwrap_or(SubmissionState::Accepted),
+                        service: r.get(2)?,
+                        region: r.get(3)?,
+                        reference: r.get(4)?,
+                        received_at: r.get(5)?,
+                        targets: targets
+                            .split(',')
+                            .filter_map(|t| t.split_once(' '))
+                            .map(|(target, state)| TargetState { target: target.to_owned(), state: DeliveryState::parse(state) })
+                            .collect(),
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
-            let status = if state == "received" {
-                "received"
-            } else if targets.iter().any(|t| t.state == DeliveryState::Parked) {
-                "parked"
-            } else if targets.iter().all(|t| t.state == DeliveryState::Delivered) {
-                "delivered"
-            } else if targets.iter().all(|t| matches!(t.state, DeliveryState::Delivered | DeliveryState::Discarded)) {
-                "discarded"
-            } else {
-                "accepted"
-            };
-            Ok(Some(SubmissionStatus { id, status, service, region, reference, received_at, targets }))
+            let next = (items.len() > limit).then(|| {
+                items.truncate(limit);
+                let last = items.last().expect("a full page has a last entry");
+                Cursor { received_at: last.received_at.clone(), id: last.id }.encode()
+            });
+            Ok(SearchPage { items, next })
+        })
+        .await
+    }
+
+    async fn activity(&self, since: OffsetDateTime) -> Result<std::collections::BTreeMap<String, TargetActivity>, StoreError> {
+        self.read(move |conn| {
+            let mut activity: std::collections::BTreeMap<String, TargetActivity> = std::collections::BTreeMap::new();
+            let mut counts = conn.prepare(
+                "SELECT target, kind, count(*) FROM events
+                 WHERE at >= ?1 AND kind IN ('delivered', 'attempt-failed', 'mapping-failed', 'parked') GROUP BY target, kind",
+            )?;
+            for row in counts.query_map([store_time(since)], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))? {
+                let (target, kind, count) = row?;
+                let entry = activity.entry(target).or_default();
+                match kind.as_str() {
+                    "delivered" => entry.delivered = count as u64,
+                    "parked" => entry.parked = count as u64,
+                    _ => entry.failed += count as u64,
+                }
+            }
+            let mut oldest = conn.prepare(
+                "SELECT d.target, min(s.received_at) FROM deliveries d JOIN submissions s ON s.id = d.submission_id
+                 WHERE d.state IN ('queued', 'retrying', 'parked') AND s.state <> 'received' GROUP BY d.target",
+            )?;
+            for row in oldest.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+                let (target, at) = row?;
+                activity.entry(target).or_default().oldest_undelivered = Some(at);
+            }
+            Ok(activity)
+        })
+        .await
+    }
+
+    async fn prune(&self, before: OffsetDateTime, limit: u32) -> Result<u64, StoreError> {
+        self.write(move |conn| {
+            let before = store_time(before);
+            let removed = conn.execute(
+                "DELETE FROM submissions WHERE id IN (
+                   SELECT id FROM submissions WHERE received_at < ?1 AND state IN ('delivered', 'discarded') LIMIT ?2)",
+                params![before, limit],
+            )?;
+            conn.execute("DELETE FROM operator_actions WHERE at < ?1", [&before])?;
+            Ok(removed as u64)
+        })
+        .await
+    }
+
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        self.write(|conn| {
+            conn.execute("INSERT INTO health (id, at) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET at = excluded.at", [now()])?;
+            Ok(())
         })
         .await
     }
@@ -539,6 +1166,8 @@ mod tests {
             reference: Some("R-1".into()),
             received_at: OffsetDateTime::now_utc(),
             targets: vec![TargetName::parse("a").unwrap(), TargetName::parse("b").unwrap()],
+            size: 1234,
+            sha256: "ab".repeat(32),
         }
     }
 
@@ -550,6 +1179,29 @@ mod tests {
 
     fn key(k: &str, body: u8) -> Option<IdempotencyKey> {
         Some(IdempotencyKey { key: k.into(), fingerprint: [body; 32] })
+    }
+
+    fn attempt(id: Uuid, target: &str, result: AttemptResult) -> AttemptRecord {
+        AttemptRecord {
+            submission: id,
+            target: TargetName::parse(target).unwrap(),
+            attempt: 1,
+            mapping_version: "sha256:test".into(),
+            mapped: Some(Fingerprint { size: 99, sha256: "cd".repeat(32) }),
+            duration: Some(Duration::from_millis(12)),
+            result,
+        }
+    }
+
+    fn delivered(detail: &str) -> AttemptResult {
+        AttemptResult::Delivered { detail: detail.into(), receipt: None }
+    }
+
+    async fn accepted(store: &SqliteStore, s: NewSubmission) -> Uuid {
+        let id = s.id;
+        store.begin_intake(s, None).await.unwrap();
+        store.confirm_intake(id).await.unwrap();
+        id
     }
 
     #[tokio::test]
@@ -592,11 +1244,10 @@ mod tests {
     #[tokio::test]
     async fn operator_actions_are_recorded_and_change_the_state() {
         let (_dir, store) = temp_store();
-        let id = Uuid::new_v4();
-        store.begin_intake(submission(id), None).await.unwrap();
-        store.confirm_intake(id).await.unwrap();
-        let a = TargetName::parse("a").unwrap();
-        store.record_attempt(id, &a, "sha256:test", DeliveryState::Parked, "HTTP 422").await.unwrap();
+        let id = accepted(&store, submission(Uuid::new_v4())).await;
+        let parked = AttemptResult::Parked { reason: "target-rejected", error: "HTTP 422".into() };
+        store.record_attempt(attempt(id, "a", parked)).await.unwrap();
+        assert_eq!(store.status(id).await.unwrap().unwrap().status, SubmissionState::Parked);
         let record = OperatorRecord {
             operator: "alice".into(),
             action: OperatorAction::Discard,
@@ -611,39 +1262,211 @@ mod tests {
         let status = store.status(id).await.unwrap().unwrap();
         assert_eq!(status.targets[0].state, DeliveryState::Discarded);
         assert_eq!(status.targets[0].last_outcome.as_deref(), Some("discarded by alice"));
+        let last = status.timeline.last().unwrap();
+        assert_eq!((last.event.as_str(), last.operator.as_deref()), ("discarded", Some("alice")));
+        // Target b still waits: the submission is not finished.
+        assert_eq!(status.status, SubmissionState::Accepted);
     }
 
     #[test]
-    fn a_store_of_the_first_schema_is_migrated() {
+    fn a_store_of_an_earlier_schema_is_migrated() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sqlite");
         {
             let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(MIGRATIONS[0]).unwrap();
-            conn.pragma_update(None, "user_version", 1).unwrap();
+            for migration in &MIGRATIONS[..3] {
+                conn.execute_batch(migration).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 3).unwrap();
+            conn.execute_batch(
+                "INSERT INTO submissions (id, service, region, state, received_at) VALUES
+                   ('00000000-0000-4000-8000-000000000001', '99050012104000', '053150000000', 'accepted', '2026-01-02T03:04:05.5Z');
+                 INSERT INTO deliveries (submission_id, target, state, updated_at) VALUES
+                   ('00000000-0000-4000-8000-000000000001', 'a', 'delivered', '2026-01-02T03:04:06Z');",
+            )
+            .unwrap();
         }
         SqliteStore::open(&path).unwrap();
         let conn = Connection::open(&path).unwrap();
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(version, MIGRATIONS.len() as i64);
+        let (state, at): (String, String) = conn.query_row("SELECT state, received_at FROM submissions", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        assert_eq!((state.as_str(), at.as_str()), ("delivered", "2026-01-02T03:04:05.500Z"));
         SqliteStore::open(&path).unwrap();
     }
 
     #[tokio::test]
-    async fn status_follows_deliveries() {
+    async fn status_and_timeline_follow_the_deliveries() {
         let (_dir, store) = temp_store();
         let id = Uuid::new_v4();
         store.begin_intake(submission(id), None).await.unwrap();
-        assert_eq!(store.status(id).await.unwrap().unwrap().status, "received");
+        assert_eq!(store.status(id).await.unwrap().unwrap().status, SubmissionState::Received);
         store.confirm_intake(id).await.unwrap();
-        let a = TargetName::parse("a").unwrap();
-        let b = TargetName::parse("b").unwrap();
-        store.record_attempt(id, &a, "sha256:test", DeliveryState::Delivered, "HTTP 200").await.unwrap();
-        assert_eq!(store.status(id).await.unwrap().unwrap().status, "accepted");
-        store.record_attempt(id, &b, "sha256:test", DeliveryState::Delivered, "HTTP 201").await.unwrap();
+        let retrying = AttemptResult::Retrying { error: "HTTP 503".into(), retry_in: Duration::from_secs(2) };
+        store.record_attempt(attempt(id, "a", retrying)).await.unwrap();
+        store.record_attempt(AttemptRecord { attempt: 2, ..attempt(id, "a", delivered("HTTP 200")) }).await.unwrap();
+        assert_eq!(store.status(id).await.unwrap().unwrap().status, SubmissionState::Accepted);
+        let with_receipt = AttemptResult::Delivered { detail: "HTTP 201".into(), receipt: Some("GEW-2026-0815".into()) };
+        store.record_attempt(attempt(id, "b", with_receipt)).await.unwrap();
+
         let status = store.status(id).await.unwrap().unwrap();
-        assert_eq!(status.status, "delivered");
-        assert_eq!(status.targets[1].attempts, 1);
+        assert_eq!(status.status, SubmissionState::Delivered);
+        assert_eq!((status.size, status.sha256.as_deref()), (Some(1234), Some("ab".repeat(32).as_str())));
+        assert_eq!(status.targets[0].attempts, 2);
         assert_eq!(status.targets[1].last_outcome.as_deref(), Some("HTTP 201"));
+        assert_eq!(status.targets[1].receipt.as_deref(), Some("GEW-2026-0815"));
+        let events: Vec<(&str, Option<&str>)> =
+            status.timeline.iter().map(|e| (e.event.as_str(), e.target.as_deref())).collect();
+        assert_eq!(
+            events,
+            [
+                ("received", None),
+                ("routed", None),
+                ("accepted", None),
+                ("mapped", Some("a")),
+                ("attempt-failed", Some("a")),
+                ("retry-scheduled", Some("a")),
+                ("mapped", Some("a")),
+                ("delivered", Some("a")),
+                ("mapped", Some("b")),
+                ("delivered", Some("b")),
+            ]
+        );
+        assert_eq!(status.timeline[1].detail.as_deref(), Some("a, b"));
+        assert_eq!(status.timeline[5].detail.as_deref(), Some("next attempt in 2s"));
+        assert_eq!(status.timeline[9].receipt.as_deref(), Some("GEW-2026-0815"));
+        assert_eq!(status.timeline[9].duration_ms, Some(12));
+        assert_eq!(status.timeline[3].mapping_version.as_deref(), Some("sha256:test"));
+    }
+
+    #[tokio::test]
+    async fn a_failed_mapping_is_in_the_timeline_without_an_attempt() {
+        let (_dir, store) = temp_store();
+        let id = accepted(&store, submission(Uuid::new_v4())).await;
+        let parked = AttemptResult::Parked { reason: "mapping-error", error: "line 3: no such field".into() };
+        store.record_attempt(AttemptRecord { mapped: None, duration: None, ..attempt(id, "a", parked) }).await.unwrap();
+        let status = store.status(id).await.unwrap().unwrap();
+        let events: Vec<&str> = status.timeline.iter().skip(3).map(|e| e.event.as_str()).collect();
+        assert_eq!(events, ["mapping-failed", "parked"]);
+        assert_eq!(status.timeline[4].detail.as_deref(), Some("mapping-error"));
+    }
+
+    #[tokio::test]
+    async fn search_filters_and_pages_newest_first() {
+        let (_dir, store) = temp_store();
+        let start = OffsetDateTime::now_utc() - time::Duration::hours(1);
+        let mut ids = Vec::new();
+        for i in 0..7i64 {
+            let mut s = submission(Uuid::new_v4());
+            s.received_at = start + time::Duration::minutes(i);
+            s.reference = Some(format!("R-{}", i % 2));
+            s.region = if i < 5 { "053150000000".into() } else { "091620000000".into() };
+            ids.push(accepted(&store, s).await);
+        }
+        store.record_attempt(attempt(ids[6], "a", delivered("HTTP 200"))).await.unwrap();
+        store.record_attempt(attempt(ids[6], "b", delivered("HTTP 200"))).await.unwrap();
+
+        let query = |q: SearchQuery| async { store.search(q).await.unwrap() };
+        let all = query(SearchQuery { limit: 3, ..SearchQuery::default() }).await;
+        assert_eq!(all.items.iter().map(|s| s.id).collect::<Vec<_>>(), [ids[6], ids[5], ids[4]]);
+        let after = Cursor::decode(all.next.as_deref().unwrap()).unwrap();
+        let second = query(SearchQuery { limit: 3, after: Some(after), ..SearchQuery::default() }).await;
+        assert_eq!(second.items.iter().map(|s| s.id).collect::<Vec<_>>(), [ids[3], ids[2], ids[1]]);
+        let third = query(SearchQuery { limit: 3, after: Cursor::decode(&second.next.unwrap()), ..SearchQuery::default() }).await;
+        assert_eq!((third.items.len(), third.next), (1, None));
+
+        let koeln = query(SearchQuery { region: Some("05315".into()), limit: 50, ..SearchQuery::default() }).await;
+        assert_eq!(koeln.items.len(), 5);
+        let reference = query(SearchQuery { reference: Some("R-1".into()), limit: 50, ..SearchQuery::default() }).await;
+        assert_eq!(reference.items.len(), 3);
+        let delivered = query(SearchQuery { state: Some(SubmissionState::Delivered), limit: 50, ..SearchQuery::default() }).await;
+        assert_eq!(delivered.items.iter().map(|s| s.id).collect::<Vec<_>>(), [ids[6]]);
+        assert_eq!(delivered.items[0].targets.len(), 2);
+        let window = SearchQuery {
+            from: Some(start + time::Duration::minutes(2)),
+            to: Some(start + time::Duration::minutes(4)),
+            limit: 50,
+            ..SearchQuery::default()
+        };
+        assert_eq!(query(window).await.items.iter().map(|s| s.id).collect::<Vec<_>>(), [ids[3], ids[2]]);
+        let nowhere = query(SearchQuery { target: Some("c".into()), limit: 50, ..SearchQuery::default() }).await;
+        assert!(nowhere.items.is_empty());
+    }
+
+    #[tokio::test]
+    async fn many_concurrent_writes_all_land() {
+        let (_dir, store) = temp_store();
+        let store = Arc::new(store);
+        let mut writes = tokio::task::JoinSet::new();
+        for _ in 0..200 {
+            let store = store.clone();
+            writes.spawn(async move { accepted(&store, submission(Uuid::new_v4())).await });
+        }
+        let ids: Vec<Uuid> = writes.join_all().await;
+        for id in ids {
+            assert_eq!(store.status(id).await.unwrap().unwrap().status, SubmissionState::Accepted);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_write_leaves_the_others_of_its_batch() {
+        let (_dir, store) = temp_store();
+        let id = Uuid::new_v4();
+        let (first, twin) = tokio::join!(store.begin_intake(submission(id), None), store.begin_intake(submission(id), None));
+        // The same id twice: one insert fails on the primary key, the other
+        // stands, whether or not they shared a transaction.
+        assert!(first.is_ok() != twin.is_ok(), "{first:?} {twin:?}");
+        assert!(store.status(id).await.unwrap().is_some());
+        store.check_writable().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn pruning_removes_finished_submissions_past_retention_only() {
+        let (_dir, store) = temp_store();
+        let old = OffsetDateTime::now_utc() - time::Duration::days(100);
+        let mut finished = submission(Uuid::new_v4());
+        finished.received_at = old;
+        let finished = accepted(&store, finished).await;
+        store.record_attempt(attempt(finished, "a", delivered("HTTP 200"))).await.unwrap();
+        store.record_attempt(attempt(finished, "b", delivered("HTTP 200"))).await.unwrap();
+        let mut open = submission(Uuid::new_v4());
+        open.received_at = old;
+        let open = accepted(&store, open).await;
+        let recent = accepted(&store, submission(Uuid::new_v4())).await;
+        store.record_attempt(attempt(recent, "a", delivered("HTTP 200"))).await.unwrap();
+        store.record_attempt(attempt(recent, "b", delivered("HTTP 200"))).await.unwrap();
+
+        let removed = store.prune(OffsetDateTime::now_utc() - time::Duration::days(90), 10).await.unwrap();
+        assert_eq!(removed, 1);
+        assert!(store.status(finished).await.unwrap().is_none());
+        assert!(store.status(open).await.unwrap().is_some(), "still on its way: kept");
+        assert!(store.status(recent).await.unwrap().is_some());
+        let orphans: i64 = store
+            .read(move |c| c.query_row("SELECT count(*) FROM events WHERE submission_id = ?1", [finished.to_string()], |r| r.get(0)))
+            .await
+            .unwrap();
+        assert_eq!(orphans, 0, "the timeline goes with the submission");
+    }
+
+    #[tokio::test]
+    async fn activity_counts_per_target_and_finds_the_oldest_undelivered() {
+        let (_dir, store) = temp_store();
+        let mut early = submission(Uuid::new_v4());
+        early.received_at = OffsetDateTime::now_utc() - time::Duration::hours(5);
+        let early = accepted(&store, early).await;
+        store.record_attempt(attempt(early, "a", delivered("HTTP 200"))).await.unwrap();
+        let retrying = AttemptResult::Retrying { error: "HTTP 503".into(), retry_in: Duration::from_secs(1) };
+        store.record_attempt(attempt(early, "b", retrying)).await.unwrap();
+        let activity = store.activity(OffsetDateTime::now_utc() - time::Duration::hours(1)).await.unwrap();
+        assert_eq!((activity["a"].delivered, activity["a"].failed, activity["a"].oldest_undelivered.as_deref()), (1, 0, None));
+        assert_eq!((activity["b"].delivered, activity["b"].failed), (0, 1));
+        assert!(activity["b"].oldest_undelivered.is_some());
+    }
+
+    #[test]
+    fn cursors_round_trip_and_refuse_garbage() {
+        let cursor = Cursor { received_at: "2026-11-24T10:00:00.000Z".into(), id: Uuid::new_v4() };
+        assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
+        assert_eq!(Cursor::decode("not a cursor"), None);
     }
 }

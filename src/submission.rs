@@ -245,7 +245,7 @@ impl<'a> Submission<'a> {
             region: &self.region,
             reference: &self.reference,
             submitted_at: &self.submitted_at,
-            received_at: received_at.format(&Rfc3339).expect("a current time formats as RFC 3339"),
+            received_at: crate::domain::timestamp(received_at),
             data: match &self.data {
                 FormData::Json(raw) => raw,
                 FormData::Xml { tree, .. } => tree,

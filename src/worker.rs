@@ -21,7 +21,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use amtsbote_connector::{Delivery, Outcome};
+use amtsbote_connector::{Delivery, Outcome, Payload};
 use futures_lite::StreamExt;
 use lapin::message::Delivery as AmqpDelivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions};
@@ -30,16 +30,18 @@ use lapin::{Channel, Connection};
 use secrecy::SecretString;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::broker::{self, BrokerError, Outgoing, Topology, long_string};
-use crate::domain::delivery_id;
+use crate::domain::{delivery_id, hex, sha256_hex};
+use crate::metrics::{AttemptOutcome, Metrics, ParkLabels};
 use crate::mapping::Mapping;
 use crate::mapping::sandbox::{EvalError, Sandbox};
 use crate::pipeline::{MappingVersions, SharedPipeline, Target};
 use crate::retry::{self, History};
-use crate::store::{DeliveryState, Store};
+use crate::store::{AttemptRecord, AttemptResult, Fingerprint, Store};
 
 pub struct Worker {
     /// The target as the worker started; its name and concurrency hold
@@ -52,6 +54,7 @@ pub struct Worker {
     pub store: Arc<dyn Store>,
     pub sandbox: Arc<Sandbox>,
     pub versions: Arc<MappingVersions>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// A connection that stayed up this long was healthy: the next loss starts
@@ -139,18 +142,39 @@ impl Worker {
         result
     }
 
+    /// Handles one message; every log line of it carries the submission,
+    /// delivery and target (the `delivery` span).
     async fn handle(&self, message: AmqpDelivery, side: &Channel) {
         let id = broker::message_id(&message.properties);
-        let mut history = message.properties.headers().as_ref().map(History::from_headers).unwrap_or_default();
+        let delivery = id.parse::<Uuid>().map(|s| delivery_id(s, &self.target.name).to_string()).unwrap_or_default();
+        let span = tracing::info_span!("delivery", submission = %id, delivery = %delivery, target = %self.target.name);
+        self.settle(&id, message, side).instrument(span).await
+    }
+
+    async fn settle(&self, id: &str, message: AmqpDelivery, side: &Channel) {
+        let headers = message.properties.headers().clone().unwrap_or_default();
+        let mut history = History::from_headers(&headers);
         let first_attempt = history.first_attempt.unwrap_or_else(OffsetDateTime::now_utc);
         history.attempts += 1;
         history.first_attempt = Some(first_attempt);
         let target = self.current_target();
-        let mapping = self.mapping_for(&target, &id, history.mapping_version.as_deref()).await;
+        let mapping = self.mapping_for(&target, id, history.mapping_version.as_deref()).await;
         history.mapping_version = Some(mapping.version().to_owned());
         let policy = &target.retry;
-        let next = match self.deliver(&target, &id, &message.data, &mapping, history.attempts).await {
-            Ok(detail) => Next::Done(detail),
+        let attempt = self.deliver(&target, id, &message.data, &mapping, history.attempts).await;
+        let name = &self.target.name;
+        let outcome = match &attempt.result {
+            Ok(_) => AttemptOutcome::delivered,
+            Err(Failure::Transient { .. }) => AttemptOutcome::transient,
+            Err(Failure::Park(ParkReason::Rejected(_))) => AttemptOutcome::permanent,
+            Err(Failure::Park(_)) => AttemptOutcome::mapping_error,
+        };
+        self.metrics.attempt(name, outcome);
+        if let Some(duration) = attempt.duration {
+            self.metrics.attempt_duration.get_or_create(&Metrics::for_target(name)).observe(duration.as_secs_f64());
+        }
+        let next = match attempt.result {
+            Ok(delivered) => Next::Done(delivered),
             Err(Failure::Transient { reason, retry_after }) => {
                 history.last_error = Some(reason.clone());
                 if policy.exhausted(first_attempt, OffsetDateTime::now_utc()) {
@@ -165,38 +189,56 @@ impl Worker {
             }
         };
         let settled = match next {
-            Next::Done(detail) => Ok((DeliveryState::Delivered, detail)),
+            Next::Done(Delivered { detail, receipt }) => {
+                tracing::info!(event = "delivered", attempt = history.attempts, detail = %detail,
+                    receipt = receipt.as_deref().unwrap_or(""), "delivered");
+                if let Some(received_at) = retry::integer(&headers, retry::header::RECEIVED_AT).and_then(retry::from_millis) {
+                    let latency = (OffsetDateTime::now_utc() - received_at).as_seconds_f64().max(0.0);
+                    self.metrics.delivery_latency.get_or_create(&Metrics::for_target(name)).observe(latency);
+                }
+                Ok(AttemptResult::Delivered { detail, receipt })
+            }
             Next::Retry { delay, reason } => self.hand_on(side, &message, &history, HandOff::Retry(delay)).await.map(|()| {
-                tracing::info!(event = "retry_scheduled", submission = %id, target = %self.target.name,
-                    attempt = history.attempts, delay = %retry::level_name(delay), error = %reason, "delivery failed; retry scheduled");
-                (DeliveryState::Retrying, reason)
+                tracing::info!(event = "retry_scheduled", attempt = history.attempts, delay = %retry::level_name(delay),
+                    error = %reason, "delivery failed; retry scheduled");
+                self.metrics.retries.get_or_create(&Metrics::for_target(name)).inc();
+                AttemptResult::Retrying { error: reason, retry_in: delay }
             }),
             Next::Park(reason) => self.hand_on(side, &message, &history, HandOff::Park(&reason)).await.map(|()| {
-                tracing::warn!(event = "parked", submission = %id, target = %self.target.name,
-                    reason = reason.kind(), attempts = history.attempts, error = %reason, "delivery parked");
-                (DeliveryState::Parked, reason.to_string())
+                tracing::warn!(event = "parked", reason = reason.kind(), attempts = history.attempts, error = %reason,
+                    "delivery parked");
+                self.metrics.parked_total.get_or_create(&ParkLabels { target: name.to_string(), reason: reason.kind().into() }).inc();
+                AttemptResult::Parked { reason: reason.kind(), error: reason.to_string() }
             }),
         };
-        let (state, outcome_text) = match settled {
-            Ok(settled) => settled,
+        let result = match settled {
+            Ok(result) => result,
             Err(e) => {
                 // Neither retried nor parked: the message goes back to the
                 // queue (its redelivery count grows, see DELIVERY_LIMIT).
-                tracing::error!(event = "requeued", submission = %id, target = %self.target.name, error = %e,
-                    "could not hand the message on; it returns to the queue");
+                tracing::error!(event = "requeued", error = %e, "could not hand the message on; it returns to the queue");
                 let _ = message.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
                 return;
             }
         };
-        if let Ok(submission) = id.parse::<Uuid>()
-            && let Err(e) = self.store.record_attempt(submission, &self.target.name, mapping.version(), state, &outcome_text).await
-        {
-            tracing::error!(event = "store_failed", submission = %id, error = %e, "could not record delivery state");
+        if let Ok(submission) = id.parse::<Uuid>() {
+            let record = AttemptRecord {
+                submission,
+                target: name.clone(),
+                attempt: history.attempts,
+                mapping_version: mapping.version().to_owned(),
+                mapped: attempt.mapped,
+                duration: attempt.duration,
+                result,
+            };
+            if let Err(e) = self.store.record_attempt(record).await {
+                tracing::error!(event = "store_failed", error = %e, "could not record the delivery attempt");
+            }
         }
         if let Err(e) = message.ack(BasicAckOptions::default()).await {
             // The broker redelivers; the stable delivery id lets the target
             // recognise the repeat.
-            tracing::warn!(event = "ack_failed", target = %self.target.name, error = %e, "acknowledgement failed");
+            tracing::warn!(event = "ack_failed", error = %e, "acknowledgement failed");
         }
     }
 
@@ -223,16 +265,27 @@ impl Worker {
         }
     }
 
-    /// Renders and delivers; `Ok` carries the connector's detail.
-    async fn deliver(&self, target: &Target, message_id: &str, body: &[u8], mapping: &Mapping, attempt: u32) -> Result<String, Failure> {
-        let id: Uuid =
-            message_id.parse().map_err(|_| Failure::Park(ParkReason::Undecodable("message has no submission id".into())))?;
+    /// Renders and delivers.
+    async fn deliver(&self, target: &Target, message_id: &str, body: &[u8], mapping: &Mapping, attempt: u32) -> Attempt {
+        let failed = |failure| Attempt { mapped: None, duration: None, result: Err(failure) };
+        let Ok(id) = message_id.parse::<Uuid>() else {
+            return failed(Failure::Park(ParkReason::Undecodable("message has no submission id".into())));
+        };
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        let payload = self.sandbox.render(mapping, body, now).await.map_err(|e| match e {
-            EvalError::Mapping(e) => Failure::Park(ParkReason::Mapping(e.to_string())),
-            EvalError::Undecodable(e) => Failure::Park(ParkReason::Undecodable(format!("message is not JSON ({e})"))),
-            unavailable @ EvalError::Unavailable(_) => Failure::Transient { reason: unavailable.to_string(), retry_after: None },
-        })?;
+        let payload = match self.sandbox.render(mapping, body, now).await {
+            Ok(payload) => payload,
+            Err(e) => {
+                if matches!(e, EvalError::Mapping(_) | EvalError::Undecodable(_)) {
+                    self.metrics.mapping_errors.get_or_create(&Metrics::for_target(&target.name)).inc();
+                }
+                return failed(match e {
+                    EvalError::Mapping(e) => Failure::Park(ParkReason::Mapping(e.to_string())),
+                    EvalError::Undecodable(e) => Failure::Park(ParkReason::Undecodable(format!("message is not JSON ({e})"))),
+                    unavailable @ EvalError::Unavailable(_) => Failure::Transient { reason: unavailable.to_string(), retry_after: None },
+                });
+            }
+        };
+        let mapped = Some(fingerprint(&payload));
         let delivery = Delivery {
             submission_id: id,
             delivery_id: delivery_id(id, &target.name),
@@ -241,18 +294,15 @@ impl Worker {
             mapping_version: mapping.version().to_owned(),
             attempt,
         };
-        match target.connector.deliver(&delivery).await {
-            Outcome::Delivered { detail, receipt } => {
-                tracing::info!(event = "delivered", submission = %id, target = %target.name, detail = %detail,
-                    receipt = receipt.as_deref().unwrap_or(""), "delivered");
-                Ok(match receipt {
-                    Some(receipt) => format!("{detail}; receipt {receipt}"),
-                    None => detail,
-                })
-            }
+        let started = std::time::Instant::now();
+        let outcome = target.connector.deliver(&delivery).await;
+        let duration = Some(started.elapsed());
+        let result = match outcome {
+            Outcome::Delivered { detail, receipt } => Ok(Delivered { detail, receipt }),
             Outcome::Transient { reason, retry_after } => Err(Failure::Transient { reason, retry_after }),
             Outcome::Permanent { reason } => Err(Failure::Park(ParkReason::Rejected(reason))),
-        }
+        };
+        Attempt { mapped, duration, result }
     }
 
     /// Publishes the message, with confirm, to the delay queue of a retry
@@ -285,8 +335,40 @@ impl Worker {
     }
 }
 
+/// One attempt: what the mapping made and what the target said.
+struct Attempt {
+    /// `None` when the mapping failed.
+    mapped: Option<Fingerprint>,
+    /// How long the connector took; `None` when it was not called.
+    duration: Option<Duration>,
+    result: Result<Delivered, Failure>,
+}
+
+struct Delivered {
+    detail: String,
+    receipt: Option<String>,
+}
+
+/// Size and SHA-256 of a rendered payload, for the ledger. A package is
+/// hashed as its files' paths, sizes and contents in order.
+fn fingerprint(payload: &Payload) -> Fingerprint {
+    match payload {
+        Payload::Document { body, .. } => Fingerprint { size: body.len(), sha256: sha256_hex(body) },
+        Payload::Files(files) => {
+            use sha2::Digest;
+            let mut hash = sha2::Sha256::new();
+            for file in files {
+                hash.update(file.path.as_bytes());
+                hash.update((file.content.len() as u64).to_be_bytes());
+                hash.update(&file.content);
+            }
+            Fingerprint { size: files.iter().map(|f| f.content.len()).sum(), sha256: hex(&hash.finalize()) }
+        }
+    }
+}
+
 enum Next {
-    Done(String),
+    Done(Delivered),
     Retry { delay: Duration, reason: String },
     Park(ParkReason),
 }

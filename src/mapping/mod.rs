@@ -108,9 +108,8 @@ pub struct MappingSource {
 impl MappingSource {
     /// The content hash that identifies this version of the mapping.
     pub fn version(&self) -> String {
-        use sha2::Digest as _;
         let bytes = serde_json::to_vec(self).expect("a mapping source serializes");
-        format!("sha256:{}", &schema::hex(&sha2::Sha256::digest(&bytes))[..16])
+        format!("sha256:{}", &crate::domain::sha256_hex(&bytes)[..16])
     }
 }
 

@@ -30,8 +30,7 @@ impl SchemaSource {
         let bytes = std::fs::read(path).map_err(|e| format!("schema {}: {e}", path.display()))?;
         match path.extension().and_then(|e| e.to_str()) {
             Some("xsd") => {
-                use sha2::Digest as _;
-                let sha256 = hex(&sha2::Sha256::digest(&bytes));
+                let sha256 = crate::domain::sha256_hex(&bytes);
                 let path = path.canonicalize().map_err(|e| format!("schema {}: {e}", path.display()))?;
                 Ok(SchemaSource::Xsd { path, sha256 })
             }
@@ -44,9 +43,6 @@ impl SchemaSource {
     }
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// A compiled output schema.
 pub enum OutputSchema {

@@ -22,7 +22,7 @@ fn valid_submission_becomes_a_queue_message() {
     let at = time::macros::datetime!(2026-11-20 09:15:00 UTC);
     let message: serde_json::Value = serde_json::from_slice(&s.to_message(id, at)).unwrap();
     assert_eq!(message["id"], "00000000-0000-0000-0000-000000000000");
-    assert_eq!(message["receivedAt"], "2026-11-20T09:15:00Z");
+    assert_eq!(message["receivedAt"], "2026-11-20T09:15:00.000Z");
     assert_eq!(message["data"]["name"], "Anna");
     assert_eq!(message["attachments"][0]["size"], 8);
     assert_eq!(message["attachments"][0]["content"], "JVBERi0xLjQ=");

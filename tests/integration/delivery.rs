@@ -96,6 +96,7 @@ async fn a_transfer_directory_target_gets_the_case_under_its_delivery_id_with_a_
     let document = std::fs::read_to_string(inbox.path().join(&names[0])).unwrap();
     assert!(document.contains(&id), "the document is the rendered XGewerbeanzeige");
     // The ledger records the file name as the target's receipt.
-    let outcome = status["targets"][0]["lastOutcome"].as_str().unwrap_or_default().to_owned();
-    assert!(outcome.contains(&format!("receipt {}", names[0])), "{status}");
+    assert_eq!(status["targets"][0]["receipt"], names[0].as_str(), "{status}");
+    let delivered = status["timeline"].as_array().unwrap().iter().find(|e| e["event"] == "delivered").unwrap();
+    assert_eq!(delivered["receipt"], names[0].as_str(), "{status}");
 }

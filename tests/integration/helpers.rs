@@ -296,7 +296,7 @@ impl AppProcess {
         let base = format!("http://127.0.0.1:{port}");
         let client = reqwest::Client::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while client.get(format!("{base}/health/live")).send().await.is_err() {
+        while client.get(format!("{base}/healthz")).send().await.is_err() {
             assert!(tokio::time::Instant::now() < deadline, "amtsbote did not start");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -224,7 +224,7 @@ async fn a_graceful_shutdown_answers_503_and_finishes_the_delivery_in_flight() {
     let refused = app.submit(gewerbeanmeldung("053150000000").to_string()).await;
     assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(refused.headers().contains_key("retry-after"));
-    let ready = app.client.get(format!("{}/health/ready", app.base)).send().await.unwrap();
+    let ready = app.client.get(format!("{}/readyz", app.base)).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
 
     // Within the deadline (5 s in the test config) the delivery finishes.
@@ -235,5 +235,5 @@ async fn a_graceful_shutdown_answers_503_and_finishes_the_delivery_in_flight() {
     use amtsbote::store::Store;
     let store = amtsbote::store::SqliteStore::open(&app.config_path.with_file_name("store.sqlite")).unwrap();
     let status = store.status(id.parse().unwrap()).await.unwrap().unwrap();
-    assert_eq!(status.status, "delivered");
+    assert_eq!(status.status, amtsbote::store::SubmissionState::Delivered);
 }

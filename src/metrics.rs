@@ -1,0 +1,222 @@
+//! Prometheus metrics: the one place every metric is defined.
+//!
+//! Served at `/metrics` in the OpenMetrics text format. Labels are
+//! bounded by the configuration: `service` (a routed LeiKa key), `target`
+//! (a configured target), `outcome`, `reason` and `problem` (fixed sets).
+//! No label ever carries a submission id, a reference or form data.
+//! prometheus-client appends `_total` to counters.
+//!
+//! Counters and histograms are updated where things happen (intake,
+//! worker); the gauges of queue depth, parked deliveries, the oldest
+//! undelivered submission and the broker connection are set by the
+//! [`crate::monitor`] every few seconds.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::domain::TargetName;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabel {
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProblemLabel {
+    /// The problem type of the answer (`invalid-submission`, `no-route`, …).
+    pub problem: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabel {
+    pub target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttemptLabels {
+    pub target: String,
+    pub outcome: AttemptOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ParkLabels {
+    pub target: String,
+    /// A [`crate::worker::ParkReason`] kind.
+    pub reason: String,
+}
+
+/// How one delivery attempt ended.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelValue)]
+pub enum AttemptOutcome {
+    #[allow(non_camel_case_types)]
+    delivered,
+    /// The target failed in a way a retry may fix.
+    #[allow(non_camel_case_types)]
+    transient,
+    /// The target refused the document.
+    #[allow(non_camel_case_types)]
+    permanent,
+    /// The mapping failed, or the message could not be read.
+    #[allow(non_camel_case_types)]
+    mapping_error,
+}
+
+impl AttemptOutcome {
+    pub const ALL: [AttemptOutcome; 4] =
+        [AttemptOutcome::delivered, AttemptOutcome::transient, AttemptOutcome::permanent, AttemptOutcome::mapping_error];
+}
+
+pub struct Metrics {
+    registry: Registry,
+    /// Submissions accepted (answered 202), by service.
+    pub submissions_received: Family<ServiceLabel, Counter>,
+    /// Submissions refused with a 4xx or 5xx, by problem type.
+    pub submissions_refused: Family<ProblemLabel, Counter>,
+    /// Delivery attempts by target and outcome.
+    pub delivery_attempts: Family<AttemptLabels, Counter>,
+    /// Retries scheduled after a transient failure.
+    pub retries: Family<TargetLabel, Counter>,
+    /// Deliveries parked, by target and reason.
+    pub parked_total: Family<ParkLabels, Counter>,
+    /// Mapping failures, by target.
+    pub mapping_errors: Family<TargetLabel, Counter>,
+    /// How long the connector took for one attempt.
+    pub attempt_duration: Family<TargetLabel, Histogram>,
+    /// From receipt at intake to confirmed delivery, retries included.
+    pub delivery_latency: Family<TargetLabel, Histogram>,
+    /// Messages waiting in the target's work queue.
+    pub queue_depth: Family<TargetLabel, Gauge>,
+    /// Messages in the target's parking queue.
+    pub parked: Family<TargetLabel, Gauge>,
+    /// Age of the oldest submission the target does not have yet (0 when
+    /// it has them all).
+    pub oldest_undelivered_age: Family<TargetLabel, Gauge<f64, AtomicU64>>,
+    /// 1 while the broker is reachable.
+    pub broker_connected: Gauge,
+}
+
+impl Metrics {
+    /// The metrics with a series for every target, so that rates and
+    /// alerts see zeros rather than nothing before the first event.
+    pub fn new<'a>(targets: impl IntoIterator<Item = &'a TargetName>) -> Self {
+        let mut registry = Registry::with_prefix("amtsbote");
+        let submissions_received = Family::<ServiceLabel, Counter>::default();
+        registry.register("submissions_received", "Submissions accepted, by service (LeiKa key)", submissions_received.clone());
+        let submissions_refused = Family::<ProblemLabel, Counter>::default();
+        registry.register("submissions_refused", "Submissions refused, by problem type", submissions_refused.clone());
+        let delivery_attempts = Family::<AttemptLabels, Counter>::default();
+        registry.register("delivery_attempts", "Delivery attempts, by target and outcome", delivery_attempts.clone());
+        let retries = Family::<TargetLabel, Counter>::default();
+        registry.register("retries", "Retries scheduled after a transient failure", retries.clone());
+        let parked_total = Family::<ParkLabels, Counter>::default();
+        registry.register("parked", "Deliveries parked, by target and reason", parked_total.clone());
+        let mapping_errors = Family::<TargetLabel, Counter>::default();
+        registry.register("mapping_errors", "Mapping failures, by target", mapping_errors.clone());
+        let attempt_duration =
+            Family::<TargetLabel, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.005, 2.0, 14)));
+        registry.register_with_unit(
+            "delivery_attempt_duration",
+            "Time the target took for one delivery attempt",
+            Unit::Seconds,
+            attempt_duration.clone(),
+        );
+        let delivery_latency = Family::<TargetLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0, 259200.0])
+        });
+        registry.register_with_unit(
+            "delivery_latency",
+            "Time from intake to confirmed delivery, retries included",
+            Unit::Seconds,
+            delivery_latency.clone(),
+        );
+        let queue_depth = Family::<TargetLabel, Gauge>::default();
+        registry.register("queue_depth", "Messages waiting in the target's work queue", queue_depth.clone());
+        let parked = Family::<TargetLabel, Gauge>::default();
+        registry.register("parked_deliveries", "Deliveries waiting in the target's parking queue", parked.clone());
+        let oldest_undelivered_age = Family::<TargetLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register_with_unit(
+            "oldest_undelivered_age",
+            "Age of the oldest submission the target does not have yet",
+            Unit::Seconds,
+            oldest_undelivered_age.clone(),
+        );
+        let broker_connected = Gauge::default();
+        registry.register("broker_connected", "1 while the message broker is reachable", broker_connected.clone());
+        registry.register(
+            "build",
+            "The running amtsbote version",
+            prometheus_client::metrics::info::Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+
+        for target in targets {
+            let label = TargetLabel { target: target.to_string() };
+            for outcome in AttemptOutcome::ALL {
+                let _ = delivery_attempts.get_or_create(&AttemptLabels { target: label.target.clone(), outcome });
+            }
+            let _ = retries.get_or_create(&label);
+            let _ = mapping_errors.get_or_create(&label);
+            let _ = attempt_duration.get_or_create(&label);
+            let _ = delivery_latency.get_or_create(&label);
+            let _ = queue_depth.get_or_create(&label);
+            let _ = parked.get_or_create(&label);
+            let _ = oldest_undelivered_age.get_or_create(&label);
+        }
+        Self {
+            registry,
+            submissions_received,
+            submissions_refused,
+            delivery_attempts,
+            retries,
+            parked_total,
+            mapping_errors,
+            attempt_duration,
+            delivery_latency,
+            queue_depth,
+            parked,
+            oldest_undelivered_age,
+            broker_connected,
+        }
+    }
+
+    /// The metrics in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+
+    pub fn attempt(&self, target: &TargetName, outcome: AttemptOutcome) {
+        self.delivery_attempts.get_or_create(&AttemptLabels { target: target.to_string(), outcome }).inc();
+    }
+
+    pub fn for_target(target: &TargetName) -> TargetLabel {
+        TargetLabel { target: target.to_string() }
+    }
+}
+
+/// The content type of [`Metrics::encode`].
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_end_in_total_and_targets_start_at_zero() {
+        let target = TargetName::parse("fv").unwrap();
+        let metrics = Metrics::new([&target]);
+        metrics.submissions_received.get_or_create(&ServiceLabel { service: "99050012104000".into() }).inc();
+        let text = metrics.encode();
+        assert!(text.contains("amtsbote_submissions_received_total{service=\"99050012104000\"} 1"), "{text}");
+        assert!(text.contains("amtsbote_delivery_attempts_total{target=\"fv\",outcome=\"delivered\"} 0"), "{text}");
+        assert!(text.contains("amtsbote_delivery_latency_seconds_bucket{"), "{text}");
+        assert!(text.contains("amtsbote_build_info{version=\""), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

@@ -1,0 +1,214 @@
+//! What operators watch: `/metrics`, `/healthz`, `/readyz`, and the
+//! per-target overview the dashboard shows.
+//!
+//! The [`Monitor`] samples what no request passes by — queue depths and
+//! parked counts from the broker, per-target activity and the oldest
+//! undelivered submission from the ledger — when someone asks (a scrape,
+//! a dashboard page), at most once per [`FRESH_FOR`], and bounded by
+//! [`SAMPLE_TIMEOUT`] so that a hanging broker cannot hang `/metrics`.
+//! It keeps one broker connection of its own for that, whose state is the
+//! `amtsbote_broker_connected` gauge.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use secrecy::SecretString;
+use serde::Serialize;
+use serde_json::json;
+use time::OffsetDateTime;
+
+use crate::broker::{self, Topology};
+use crate::domain::TargetName;
+use crate::intake::Intake;
+use crate::metrics::{self, Metrics};
+use crate::store::{Store, TargetActivity, store_time};
+
+/// A sample younger than this is served as is.
+pub const FRESH_FOR: Duration = Duration::from_secs(2);
+/// How long one sample may take before its broker part counts as failed.
+pub const SAMPLE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The period the overview's activity counts cover.
+pub const ACTIVITY_WINDOW: Duration = Duration::from_secs(3600);
+
+/// The state of every target, as of one sample.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Overview {
+    pub sampled_at: String,
+    pub broker_connected: bool,
+    pub targets: Vec<TargetOverview>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetOverview {
+    pub target: String,
+    /// Messages waiting in the work queue; `None` when the broker did not
+    /// answer.
+    pub queue_depth: Option<u64>,
+    /// Messages in the parking queue.
+    pub parked: Option<u64>,
+    /// Delivered, failed attempts and parked over [`ACTIVITY_WINDOW`].
+    pub activity: TargetActivity,
+    /// Age of the oldest submission the target does not have yet.
+    pub oldest_undelivered_seconds: Option<i64>,
+}
+
+impl TargetOverview {
+    /// Delivered out of all attempts in the window; `None` without attempts.
+    pub fn success_rate(&self) -> Option<f64> {
+        let attempts = self.activity.delivered + self.activity.failed;
+        (attempts > 0).then(|| self.activity.delivered as f64 / attempts as f64)
+    }
+}
+
+pub struct Monitor {
+    broker_url: SecretString,
+    topology: Topology,
+    targets: Vec<TargetName>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    state: tokio::sync::Mutex<Sampled>,
+}
+
+#[derive(Default)]
+struct Sampled {
+    connection: Option<(Connection, Channel)>,
+    latest: Option<(Instant, Arc<Overview>)>,
+}
+
+impl Monitor {
+    pub fn new(broker_url: SecretString, topology: Topology, targets: Vec<TargetName>, store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
+        Self { broker_url, topology, targets, store, metrics, state: tokio::sync::Mutex::new(Sampled::default()) }
+    }
+
+    /// The latest overview, sampled anew if older than [`FRESH_FOR`].
+    pub async fn overview(&self) -> Arc<Overview> {
+        let mut state = self.state.lock().await;
+        if let Some((at, overview)) = &state.latest
+            && at.elapsed() < FRESH_FOR
+        {
+            return overview.clone();
+        }
+        let overview = Arc::new(self.sample(&mut state.connection).await);
+        state.latest = Some((Instant::now(), overview.clone()));
+        overview
+    }
+
+    async fn sample(&self, connection: &mut Option<(Connection, Channel)>) -> Overview {
+        let now = OffsetDateTime::now_utc();
+        let depths = tokio::time::timeout(SAMPLE_TIMEOUT, self.queue_depths(connection)).await.ok().flatten();
+        if depths.is_none() {
+            // A timed-out or failed sample starts from a new connection.
+            *connection = None;
+        }
+        let broker_connected = depths.is_some();
+        self.metrics.broker_connected.set(i64::from(broker_connected));
+        let mut activity = match self.store.activity(now - ACTIVITY_WINDOW).await {
+            Ok(activity) => activity,
+            Err(e) => {
+                tracing::error!(event = "store_failed", error = %e, "could not read the ledger's activity");
+                Default::default()
+            }
+        };
+        let targets = self
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(index, target)| {
+                let label = Metrics::for_target(target);
+                let activity = activity.remove(target.as_str()).unwrap_or_default();
+                let oldest = activity
+                    .oldest_undelivered
+                    .as_deref()
+                    .and_then(|at| OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok())
+                    .map(|at| (now - at).whole_seconds().max(0));
+                self.metrics.oldest_undelivered_age.get_or_create(&label).set(oldest.unwrap_or(0) as f64);
+                let (queue_depth, parked) = match &depths {
+                    Some(depths) => (Some(depths[index].0), Some(depths[index].1)),
+                    None => (None, None),
+                };
+                if let (Some(depth), Some(parked)) = (queue_depth, parked) {
+                    self.metrics.queue_depth.get_or_create(&label).set(depth as i64);
+                    self.metrics.parked.get_or_create(&label).set(parked as i64);
+                }
+                TargetOverview { target: target.to_string(), queue_depth, parked, activity, oldest_undelivered_seconds: oldest }
+            })
+            .collect();
+        Overview { sampled_at: store_time(now), broker_connected, targets }
+    }
+
+    /// (ready in the work queue, in the parking queue) per target, in the
+    /// order of `self.targets`; `None` if the broker did not answer.
+    async fn queue_depths(&self, connection: &mut Option<(Connection, Channel)>) -> Option<Vec<(u64, u64)>> {
+        let usable = connection.as_ref().is_some_and(|(c, ch)| c.status().connected() && ch.status().connected());
+        if !usable {
+            let fresh = broker::connect(&self.broker_url, "amtsbote-monitor").await.ok()?;
+            let channel = fresh.create_channel().await.ok()?;
+            // Declaring (idempotent) rather than checking passively: a
+            // passive check of a queue no worker declared yet would close
+            // the channel.
+            self.topology.declare(&channel, &self.targets).await.ok()?;
+            *connection = Some((fresh, channel));
+        }
+        let (_, channel) = connection.as_ref()?;
+        let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+        let mut depths = Vec::with_capacity(self.targets.len());
+        for target in &self.targets {
+            let count = |queue: String| async move {
+                channel.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await.map(|q| u64::from(q.message_count()))
+            };
+            let work = count(self.topology.work_queue(target)).await.ok()?;
+            let parked = count(self.topology.parking_queue(target)).await.ok()?;
+            depths.push((work, parked));
+        }
+        Some(depths)
+    }
+}
+
+/// What the health and metrics endpoints need.
+pub struct Observed {
+    pub intake: Arc<Intake>,
+    pub monitor: Arc<Monitor>,
+    pub metrics: Arc<Metrics>,
+}
+
+pub fn router(observed: Arc<Observed>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({ "status": "alive" })) }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(scrape))
+        .with_state(observed)
+}
+
+/// Ready: not draining, the broker takes connections, the store writes.
+async fn ready(State(observed): State<Arc<Observed>>) -> Response {
+    let intake = &observed.intake;
+    if intake.draining.load(Ordering::Relaxed) {
+        let body = json!({ "status": "draining" });
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
+    let broker = tokio::time::timeout(SAMPLE_TIMEOUT, intake.publisher.ensure_connected()).await.is_ok_and(|r| r.is_ok());
+    let store = tokio::time::timeout(SAMPLE_TIMEOUT, intake.store.check_writable()).await.is_ok_and(|r| r.is_ok());
+    let word = |ok: bool| if ok { "ok" } else { "failing" };
+    let body = json!({
+        "status": if broker && store { "ready" } else { "not ready" },
+        "checks": { "broker": word(broker), "store": word(store) },
+    });
+    let status = if broker && store { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+async fn scrape(State(observed): State<Arc<Observed>>) -> Response {
+    observed.monitor.overview().await;
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], observed.metrics.encode()).into_response()
+}
