@@ -19,6 +19,7 @@ use crate::operator::{self, OperatorApi};
 use crate::parking::ParkingLot;
 use crate::mapping::sandbox::Sandbox;
 use crate::pipeline::{MappingVersions, Pipeline, SharedPipeline};
+use crate::dashboard::{self, Dashboard};
 use crate::metrics::Metrics;
 use crate::monitor::{self, Monitor, Observed};
 use crate::store::{self, SqliteStore, Store};
@@ -48,6 +49,7 @@ pub struct Application {
     intake: Arc<Intake>,
     operator: Arc<OperatorApi>,
     observed: Arc<Observed>,
+    dashboard: Arc<Dashboard>,
     workers: Vec<Arc<Worker>>,
     store: Arc<dyn Store>,
     retention: Duration,
@@ -94,6 +96,7 @@ impl Application {
             draining: AtomicBool::new(false),
             metrics: metrics.clone(),
         });
+        let dashboard = Arc::new(Dashboard::new(operator.clone(), monitor.clone()));
         let observed = Arc::new(Observed { intake: intake.clone(), monitor, metrics });
         let addr = config.http.listen;
         let listener = TcpListener::bind(addr).await.map_err(|source| StartupError::Listen { addr, source })?;
@@ -104,6 +107,7 @@ impl Application {
             intake,
             operator,
             observed,
+            dashboard,
             workers,
             store,
             retention: config.store.retention,
@@ -141,7 +145,8 @@ impl Application {
         let (server_stop_tx, server_stop) = tokio::sync::oneshot::channel::<()>();
         let app = intake::router(self.intake.clone(), self.max_body_bytes)
             .merge(operator::router(self.operator))
-            .merge(monitor::router(self.observed));
+            .merge(monitor::router(self.observed))
+            .merge(dashboard::router(self.dashboard));
         let server = tokio::spawn(async move {
             axum::serve(self.listener, app)
                 .with_graceful_shutdown(async move {

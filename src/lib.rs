@@ -30,6 +30,7 @@ pub mod app;
 pub mod broker;
 pub mod config;
 pub mod connectors;
+pub mod dashboard;
 pub mod demo;
 pub mod domain;
 pub mod intake;

@@ -7,6 +7,9 @@
 //!   "submission": …}`; `{"all": true}` for everything; `comment` for a
 //!   discard).
 //! * `GET /v1/audit?limit=`: who replayed or discarded what, and when.
+//! * `GET /v1/submissions?reference=&service=&region=&target=&state=&from=&to=&limit=&cursor=`:
+//!   search the ledger, newest first, one page at a time (see
+//!   [`SearchParams`]).
 //!
 //! Every request needs `Authorization: Bearer <token>` of a configured
 //! operator ([`crate::config::OperatorConfig`]); the operator's name is
@@ -26,7 +29,10 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::config::OperatorConfig;
-use crate::domain::TargetName;
+use crate::domain::{ArsPrefix, ServiceKey, TargetName};
+use crate::store::{Cursor, SearchQuery, StoreError, SubmissionState};
+use crate::submission::FieldError;
+use time::OffsetDateTime;
 use crate::parking::{Action, ParkingError, ParkingLot, Selection};
 use crate::problem::Problem;
 
@@ -53,6 +59,25 @@ impl OperatorApi {
         Ok(Self { parking, operators })
     }
 
+    /// The operator whose token this is.
+    pub fn operator_for(&self, token: &str) -> Option<String> {
+        let presented: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+        // Compare every configured hash in full, so the time taken tells
+        // nothing about which bytes matched.
+        let mut found = None;
+        for (name, hash) in &self.operators {
+            let difference = hash.iter().zip(presented.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            if difference == 0 {
+                found = Some(name.clone());
+            }
+        }
+        found
+    }
+
+    pub fn has_operators(&self) -> bool {
+        !self.operators.is_empty()
+    }
+
     /// The operator the request authenticates as.
     fn authenticate(&self, headers: &HeaderMap) -> Result<String, Problem> {
         if self.operators.is_empty() {
@@ -71,17 +96,7 @@ impl OperatorApi {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(unauthorized)?;
-        let presented: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
-        // Compare every configured hash in full, so the time taken tells
-        // nothing about which bytes matched.
-        let mut found = None;
-        for (name, hash) in &self.operators {
-            let difference = hash.iter().zip(presented.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
-            if difference == 0 {
-                found = Some(name.clone());
-            }
-        }
-        found.ok_or_else(unauthorized)
+        self.operator_for(token).ok_or_else(unauthorized)
     }
 }
 
@@ -104,6 +119,7 @@ pub fn router(api: Arc<OperatorApi>) -> Router {
         .route("/v1/parked/replay", post(replay))
         .route("/v1/parked/discard", post(discard))
         .route("/v1/audit", get(audit))
+        .route("/v1/submissions", get(search))
         .with_state(api)
 }
 
@@ -193,13 +209,106 @@ async fn audit(State(api): State<Arc<OperatorApi>>, headers: HeaderMap, query: R
     respond(async {
         api.authenticate(&headers)?;
         let Query(query) = query.map_err(|e| bad_request(e.body_text()))?;
-        let trail = api.parking.store.audit_trail(query.limit.unwrap_or(100).min(10_000)).await.map_err(|e| {
-            tracing::error!(event = "store_failed", error = %e, "could not read the audit trail");
-            Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal Error", "the audit trail could not be read")
-        })?;
+        let trail = api
+            .parking
+            .store
+            .audit_trail(query.limit.unwrap_or(100).min(10_000))
+            .await
+            .map_err(|e| store_problem(e, "the audit trail could not be read"))?;
         Ok(Json(json!({ "entries": trail })).into_response())
     })
     .await
+}
+
+/// A ledger search as the API and the dashboard take it. Every given
+/// parameter must match; empty ones are ignored (as HTML forms send them).
+#[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SearchParams {
+    /// The sender's reference (`Aktenzeichen` of the online service).
+    pub reference: Option<String>,
+    /// LeiKa service key.
+    pub service: Option<String>,
+    /// ARS prefix: `05315` finds all of Köln.
+    pub region: Option<String>,
+    pub target: Option<String>,
+    /// `received`, `accepted`, `delivered`, `parked` or `discarded`.
+    pub state: Option<String>,
+    /// Received at or after: RFC 3339, or a date (`2026-11-24`, UTC).
+    pub from: Option<String>,
+    /// Received before; as `from`.
+    pub to: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    pub limit: Option<u32>,
+    /// The `next` of the previous page.
+    pub cursor: Option<String>,
+}
+
+impl SearchParams {
+    pub fn query(&self) -> Result<SearchQuery, Problem> {
+        let given = |value: &Option<String>| value.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
+        let invalid = |parameter: &str, detail: String| {
+            Problem::fields(StatusCode::BAD_REQUEST, "invalid-search", "Invalid Search", "invalid query parameter(s)", vec![
+                FieldError { pointer: format!("#/{parameter}"), detail },
+            ])
+        };
+        let service = given(&self.service)
+            .map(|s| ServiceKey::parse(&s).map(|k| k.as_str().to_owned()).map_err(|e| invalid("service", e.0)))
+            .transpose()?;
+        let region = given(&self.region).map(|r| ArsPrefix::parse(&r).map(|_| r).map_err(|e| invalid("region", e.0))).transpose()?;
+        let target = given(&self.target)
+            .map(|t| TargetName::parse(&t).map(|_| t).map_err(|e| invalid("target", e.to_string())))
+            .transpose()?;
+        let state = given(&self.state)
+            .map(|s| {
+                SubmissionState::parse(&s).ok_or_else(|| {
+                    invalid("state", "must be received, accepted, delivered, parked or discarded".into())
+                })
+            })
+            .transpose()?;
+        let from = given(&self.from).map(|t| parse_time(&t).ok_or_else(|| invalid("from", TIME_HINT.into()))).transpose()?;
+        let to = given(&self.to).map(|t| parse_time(&t).ok_or_else(|| invalid("to", TIME_HINT.into()))).transpose()?;
+        let limit = self.limit.unwrap_or(50);
+        if !(1..=500).contains(&limit) {
+            return Err(invalid("limit", "must be 1 to 500".into()));
+        }
+        let after = given(&self.cursor)
+            .map(|c| Cursor::decode(&c).ok_or_else(|| invalid("cursor", "not a cursor this API handed out".into())))
+            .transpose()?;
+        Ok(SearchQuery { reference: given(&self.reference), service, region, target, state, from, to, limit, after })
+    }
+}
+
+const TIME_HINT: &str = "must be an RFC 3339 time (2026-11-24T09:00:00Z) or a date (2026-11-24, UTC)";
+
+/// RFC 3339, `YYYY-MM-DDTHH:MM` (UTC, as an HTML `datetime-local`) or a
+/// date (its start, UTC).
+fn parse_time(text: &str) -> Option<OffsetDateTime> {
+    use time::format_description::well_known::Rfc3339;
+    if let Ok(at) = OffsetDateTime::parse(text, &Rfc3339) {
+        return Some(at);
+    }
+    if let Ok(at) = time::PrimitiveDateTime::parse(text, time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]")) {
+        return Some(at.assume_utc());
+    }
+    time::Date::parse(text, time::macros::format_description!("[year]-[month]-[day]"))
+        .ok()
+        .map(|date| date.midnight().assume_utc())
+}
+
+async fn search(State(api): State<Arc<OperatorApi>>, headers: HeaderMap, query: Result<Query<SearchParams>, QueryRejection>) -> Response {
+    respond(async {
+        api.authenticate(&headers)?;
+        let Query(params) = query.map_err(|e| bad_request(e.body_text()))?;
+        let page = api.parking.store.search(params.query()?).await.map_err(|e| store_problem(e, "the ledger could not be searched"))?;
+        Ok(Json(page).into_response())
+    })
+    .await
+}
+
+fn store_problem(error: StoreError, detail: &'static str) -> Problem {
+    tracing::error!(event = "store_failed", error = %error, "{detail}");
+    Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal Error", detail)
 }
 
 async fn respond(work: impl Future<Output = Result<Response, Problem>>) -> Response {
@@ -220,10 +329,7 @@ fn parking_problem(error: ParkingError) -> Problem {
             Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service Unavailable", "the message broker is unavailable")
                 .retry_after(5)
         }
-        ParkingError::Store(e) => {
-            tracing::error!(event = "store_failed", error = %e, "operator request failed");
-            Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal Error", "the store failed; see the log")
-        }
+        ParkingError::Store(e) => store_problem(e, "the store failed; see the log"),
     }
 }
 

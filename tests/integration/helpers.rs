@@ -282,12 +282,18 @@ pub struct AppProcess {
 impl AppProcess {
     /// Starts the binary with `config` on `port` and waits until it answers.
     pub async fn start(config: &Path, port: u16, log: &Path) -> Self {
+        Self::start_with(config, port, log, &[]).await
+    }
+
+    /// As [`start`](Self::start), with these environment variables.
+    pub async fn start_with(config: &Path, port: u16, log: &Path, env: &[(&str, &str)]) -> Self {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_amtsbote"))
             .args(["serve", "--config"])
             .arg(config)
             .env("AMTSBOTE_HTTP_LISTEN", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .kill_on_drop(true)

@@ -7,4 +7,5 @@ mod delivery;
 mod helpers;
 mod intake;
 mod mappings;
+mod observability;
 mod retries;

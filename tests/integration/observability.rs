@@ -1,0 +1,271 @@
+//! What operators see: the ledger's timeline and search, metrics, health,
+//! and logs — and that none of it holds form data.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::helpers::{AppProcess, FAST_RETRY, Setup, config_yaml, free_port, gewerbeanmeldung, spawn_app, unique_prefix};
+
+async fn accepted_id(response: reqwest::Response) -> String {
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
+}
+
+fn events(status: &Value) -> Vec<String> {
+    status["timeline"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn the_timeline_tells_where_a_submission_is_and_search_finds_it() {
+    let app = spawn_app(Setup { target_settings: FAST_RETRY, ..Setup::default() }).await;
+    app.back_office.script(&[StatusCode::SERVICE_UNAVAILABLE]);
+    let mut submission = gewerbeanmeldung("053150000000");
+    let reference = format!("OAA-{}", uuid::Uuid::new_v4().simple());
+    submission["reference"] = reference.clone().into();
+    let id = accepted_id(app.submit(submission.to_string()).await).await;
+    let status = app.status_when(&id, |s| s["status"] == "delivered").await;
+
+    assert_eq!(
+        events(&status),
+        ["received", "routed", "accepted", "mapped", "attempt-failed", "retry-scheduled", "mapped", "delivered"],
+        "{status}"
+    );
+    let timeline = status["timeline"].as_array().unwrap();
+    assert_eq!(timeline[0]["size"].as_u64(), Some(submission.to_string().len() as u64));
+    assert_eq!(timeline[0]["sha256"].as_str().map(str::len), Some(64));
+    assert_eq!(timeline[1]["detail"], "fv");
+    assert_eq!(timeline[4]["detail"], "HTTP 503");
+    assert_eq!(timeline[7]["attempt"], 2);
+    assert!(timeline[6]["mappingVersion"].as_str().unwrap().starts_with("sha256:"));
+    assert_eq!(timeline[6]["sha256"].as_str().map(str::len), Some(64), "the rendered document's hash");
+    assert!(timeline[7]["durationMs"].is_u64());
+
+    // Search: by reference (operators only), by state, by region prefix.
+    let search = |query: String| app.operator(Method::GET, &format!("/v1/submissions?{query}")).send();
+    let found: Value = search(format!("reference={reference}")).await.unwrap().json().await.unwrap();
+    assert_eq!(found["items"].as_array().unwrap().len(), 1, "{found}");
+    assert_eq!(found["items"][0]["id"], id.as_str());
+    assert_eq!(found["items"][0]["targets"][0]["state"], "delivered");
+    let by_region: Value = search(format!("reference={reference}&region=05315&state=delivered")).await.unwrap().json().await.unwrap();
+    assert_eq!(by_region["items"].as_array().unwrap().len(), 1, "{by_region}");
+    let elsewhere: Value = search(format!("reference={reference}&region=09")).await.unwrap().json().await.unwrap();
+    assert_eq!(elsewhere["items"].as_array().unwrap().len(), 0, "{elsewhere}");
+
+    let anonymous = app.client.get(format!("{}/v1/submissions?reference={reference}", app.base)).send().await.unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    let bad = search("state=lost".into()).await.unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(bad.headers()["content-type"], "application/problem+json");
+    let problem: Value = bad.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["pointer"], "#/state", "{problem}");
+}
+
+#[tokio::test]
+async fn search_pages_through_every_submission_once() {
+    let app = spawn_app(Setup::default()).await;
+    let reference = format!("OAA-{}", uuid::Uuid::new_v4().simple());
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let mut submission = gewerbeanmeldung("053150000000");
+        submission["reference"] = reference.clone().into();
+        ids.push(accepted_id(app.submit(submission.to_string()).await).await);
+    }
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page: Value = app
+            .operator(Method::GET, &format!("/v1/submissions?reference={reference}&limit=2&cursor={cursor}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        seen.extend(page["items"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap().to_owned()));
+        match page["next"].as_str() {
+            Some(next) => cursor = next.to_owned(),
+            None => break,
+        }
+    }
+    ids.reverse();
+    assert_eq!(seen, ids, "newest first, each once");
+}
+
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+}
+
+#[tokio::test]
+async fn metrics_count_deliveries_and_parked_per_target_without_ids() {
+    let app = spawn_app(Setup::default()).await;
+    let delivered = accepted_id(app.submit(gewerbeanmeldung("053150000000").to_string()).await).await;
+    app.status_when(&delivered, |s| s["status"] == "delivered").await;
+    app.back_office.answer_with(StatusCode::UNPROCESSABLE_ENTITY);
+    let parked = accepted_id(app.submit(gewerbeanmeldung("053150000000").to_string()).await).await;
+    app.status_when(&parked, |s| s["status"] == "parked").await;
+    let refused = app.submit("{}").await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+
+    let response = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+    let text = response.text().await.unwrap();
+    let value = |series: &str| metric(&text, series).unwrap_or_else(|| panic!("{series} missing:\n{text}"));
+    assert_eq!(value("amtsbote_submissions_received_total{service=\"99050012104000\"}"), 2.0);
+    assert_eq!(value("amtsbote_submissions_refused_total{problem=\"invalid-submission\"}"), 1.0);
+    assert_eq!(value("amtsbote_delivery_attempts_total{target=\"fv\",outcome=\"delivered\"}"), 1.0);
+    assert_eq!(value("amtsbote_delivery_attempts_total{target=\"fv\",outcome=\"permanent\"}"), 1.0);
+    assert_eq!(value("amtsbote_parked_total{target=\"fv\",reason=\"target-rejected\"}"), 1.0);
+    assert_eq!(value("amtsbote_parked_deliveries{target=\"fv\"}"), 1.0);
+    assert_eq!(value("amtsbote_queue_depth{target=\"fv\"}"), 0.0);
+    assert_eq!(value("amtsbote_delivery_latency_seconds_count{target=\"fv\"}"), 1.0);
+    assert_eq!(value("amtsbote_delivery_attempt_duration_seconds_count{target=\"fv\"}"), 2.0);
+    assert!(value("amtsbote_oldest_undelivered_age_seconds{target=\"fv\"}") >= 0.0);
+    assert_eq!(value("amtsbote_broker_connected"), 1.0);
+    assert!(text.contains("amtsbote_build_info{version=\""), "{text}");
+    for id in [&delivered, &parked] {
+        assert!(!text.contains(id.as_str()), "no submission ids in metrics");
+    }
+}
+
+#[tokio::test]
+async fn healthz_is_alive_and_readyz_checks_broker_and_store() {
+    let mut app = spawn_app(Setup::default()).await;
+    let alive = app.client.get(format!("{}/healthz", app.base)).send().await.unwrap();
+    assert_eq!(alive.status(), StatusCode::OK);
+    let ready = app.client.get(format!("{}/readyz", app.base)).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["checks"], serde_json::json!({ "broker": "ok", "store": "ok" }), "{body}");
+
+    let stopped = app.begin_shutdown();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let draining = app.client.get(format!("{}/readyz", app.base)).send().await;
+    if let Ok(draining) = draining {
+        // The server may already have closed; if it answers, it says so.
+        assert_eq!(draining.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(draining.json::<Value>().await.unwrap()["status"], "draining");
+    }
+    stopped.await.unwrap().unwrap();
+}
+
+/// Every string of the form data (5 characters or more, so that the
+/// search cannot hit by chance) and the attachment's content.
+fn form_values(submission: &Value) -> Vec<String> {
+    fn leaves(value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => map.values().for_each(|v| leaves(v, out)),
+            Value::Array(items) => items.iter().for_each(|v| leaves(v, out)),
+            Value::String(s) if s.chars().count() >= 5 => out.push(s.clone()),
+            _ => {}
+        }
+    }
+    let mut values = Vec::new();
+    leaves(&submission["data"], &mut values);
+    for attachment in submission["attachments"].as_array().unwrap() {
+        values.push(attachment["content"].as_str().unwrap().to_owned());
+    }
+    values.push("%PDF-1.4".into());
+    values
+}
+
+#[tokio::test]
+async fn the_ledger_holds_no_value_of_the_submitted_form() {
+    let app = spawn_app(Setup::default()).await;
+    let submission = gewerbeanmeldung("053150000000");
+    let delivered = accepted_id(app.submit(submission.to_string()).await).await;
+    app.status_when(&delivered, |s| s["status"] == "delivered").await;
+    app.back_office.answer_with(StatusCode::UNPROCESSABLE_ENTITY);
+    let parked = accepted_id(app.submit(submission.to_string()).await).await;
+    app.status_when(&parked, |s| s["status"] == "parked").await;
+    let replay = app.operator(Method::POST, "/v1/parked/discard").json(&serde_json::json!({ "submission": parked })).send().await.unwrap();
+    assert_eq!(replay.status(), StatusCode::OK);
+
+    // Every table, every column, as text.
+    let store = app.config_path.with_file_name("store.sqlite");
+    let conn = rusqlite::Connection::open(&store).unwrap();
+    // Code values the mapping itself spells out (`handwerk`) are in the
+    // kept mapping sources; they are configuration, not form data.
+    let sources: Vec<String> =
+        conn.prepare("SELECT source FROM mapping_versions").unwrap().query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap();
+    let values: Vec<String> = form_values(&submission).into_iter().filter(|v| !sources.iter().any(|s| s.contains(v.as_str()))).collect();
+    assert!(values.len() > 15, "{values:?}");
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut rows = 0;
+    for table in &tables {
+        if table == "mapping_versions" {
+            // Mapping sources, not submissions.
+            continue;
+        }
+        let mut statement = conn.prepare(&format!("SELECT * FROM {table}")).unwrap();
+        let columns = statement.column_count();
+        let mut query = statement.query([]).unwrap();
+        while let Some(row) = query.next().unwrap() {
+            rows += 1;
+            for column in 0..columns {
+                let text = match row.get_ref(column).unwrap() {
+                    rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => String::from_utf8_lossy(t).into_owned(),
+                    other => format!("{other:?}"),
+                };
+                for value in &values {
+                    assert!(!text.contains(value.as_str()), "{table} holds the form value {value:?}: {text}");
+                }
+            }
+        }
+    }
+    assert!(rows > 12, "the ledger has the two timelines ({rows} rows)");
+    // And the files as they lie on disk, write-ahead log included.
+    for file in ["store.sqlite", "store.sqlite-wal"] {
+        let bytes = std::fs::read(app.config_path.with_file_name(file)).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        for value in &values {
+            assert!(!text.contains(value.as_str()), "{file} holds the form value {value:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn json_logs_carry_submission_and_delivery_id_on_every_line_of_a_delivery() {
+    let back_office = amtsbote::demo::SampleBackOffice::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    back_office.script(&[StatusCode::SERVICE_UNAVAILABLE]);
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup { target_settings: FAST_RETRY, ..Setup::default() };
+    let config = dir.path().join("amtsbote.yaml");
+    std::fs::write(&config, config_yaml(&setup, &back_office, &unique_prefix(), dir.path())).unwrap();
+    let log = dir.path().join("amtsbote.log");
+    let mut app = AppProcess::start_with(&config, free_port(), &log, &[("AMTSBOTE_LOG_FORMAT", "json"), ("RUST_LOG", "info")]).await;
+    let submission = gewerbeanmeldung("053150000000");
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/submissions", app.base))
+        .header("content-type", "application/json")
+        .body(submission.to_string())
+        .send()
+        .await
+        .unwrap();
+    let id = accepted_id(response).await;
+    back_office.wait_for(1, Duration::from_secs(20)).await;
+    app.terminate(Duration::from_secs(15)).await.expect("amtsbote stops on SIGTERM");
+
+    let delivery = amtsbote::domain::delivery_id(id.parse().unwrap(), &amtsbote::domain::TargetName::parse("fv").unwrap()).to_string();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}"))).collect();
+    let of_delivery: Vec<&Value> = lines.iter().filter(|l| l["span"]["name"] == "delivery").collect();
+    let kinds: Vec<&str> = of_delivery.iter().filter_map(|l| l["fields"]["event"].as_str()).collect();
+    assert!(kinds.contains(&"retry_scheduled") && kinds.contains(&"delivered"), "{kinds:?}\n{text}");
+    for line in &of_delivery {
+        assert_eq!(line["span"]["submission"], id.as_str(), "{line}");
+        assert_eq!(line["span"]["delivery"], delivery.as_str(), "{line}");
+        assert_eq!(line["span"]["target"], "fv", "{line}");
+    }
+    for value in form_values(&submission) {
+        assert!(!text.contains(&value), "the log holds the form value {value:?}");
+    }
+}
