@@ -227,7 +227,7 @@ async fn overview(State(dashboard): State<Arc<Dashboard>>, headers: HeaderMap) -
         Ok(session) => session,
         Err(sign_in) => return sign_in,
     };
-    let overview = dashboard.monitor.overview().await;
+    let overview = dashboard.monitor.overview(Duration::ZERO).await;
     page("Targets", Some(&session), html! { (targets_table(&overview)) (search_form(&SearchParams::default())) })
 }
 

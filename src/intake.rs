@@ -4,6 +4,7 @@
 //!   confirm, and only then answer `202 Accepted`.
 //! * `GET /v1/submissions/{id}`: the submission's state per target and
 //!   its timeline from the ledger.
+//! * `GET /v1/openapi.json`: the OpenAPI 3.1 document of the whole API.
 //!
 //! Every error is `application/problem+json` naming the field; nothing from
 //! the form data reaches a log line.
@@ -30,6 +31,11 @@ use crate::pipeline::SharedPipeline;
 use crate::store::{Claim, IdempotencyKey, NewSubmission, Store};
 use crate::submission::{FieldError, InvalidSubmission, Submission};
 
+/// The OpenAPI 3.1 description of every endpoint, served at
+/// `/v1/openapi.json`; `tests/integration/openapi.rs` holds the running
+/// server to it.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
 /// Seconds a client should wait before retrying after a 503.
 const RETRY_AFTER_SECS: u64 = 5;
 
@@ -47,6 +53,7 @@ pub fn router(intake: Arc<Intake>, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/v1/submissions", post(submit))
         .route("/v1/submissions/{id}", get(status))
+        .route("/v1/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "Not Found", "no such resource") })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(intake)

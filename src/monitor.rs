@@ -3,8 +3,9 @@
 //!
 //! The [`Monitor`] samples what no request passes by — queue depths and
 //! parked counts from the broker, per-target activity and the oldest
-//! undelivered submission from the ledger — when someone asks (a scrape,
-//! a dashboard page), at most once per [`FRESH_FOR`], and bounded by
+//! undelivered submission from the ledger — when someone asks (a scrape
+//! reuses a sample younger than [`FRESH_FOR`]; a dashboard page, which a
+//! person reads, always gets a new one), and bounded by
 //! [`SAMPLE_TIMEOUT`] so that a hanging broker cannot hang `/metrics`.
 //! It keeps one broker connection of its own for that, whose state is the
 //! `amtsbote_broker_connected` gauge.
@@ -91,11 +92,11 @@ impl Monitor {
         Self { broker_url, topology, targets, store, metrics, state: tokio::sync::Mutex::new(Sampled::default()) }
     }
 
-    /// The latest overview, sampled anew if older than [`FRESH_FOR`].
-    pub async fn overview(&self) -> Arc<Overview> {
+    /// The latest overview, sampled anew if older than `max_age`.
+    pub async fn overview(&self, max_age: Duration) -> Arc<Overview> {
         let mut state = self.state.lock().await;
         if let Some((at, overview)) = &state.latest
-            && at.elapsed() < FRESH_FOR
+            && at.elapsed() < max_age
         {
             return overview.clone();
         }
@@ -209,6 +210,6 @@ async fn ready(State(observed): State<Arc<Observed>>) -> Response {
 }
 
 async fn scrape(State(observed): State<Arc<Observed>>) -> Response {
-    observed.monitor.overview().await;
+    observed.monitor.overview(FRESH_FOR).await;
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], observed.metrics.encode()).into_response()
 }

@@ -3,9 +3,11 @@
 //! One test binary keeps link time down.
 
 mod crashes;
+mod dashboard;
 mod delivery;
 mod helpers;
 mod intake;
 mod mappings;
 mod observability;
+mod openapi;
 mod retries;
