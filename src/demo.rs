@@ -165,7 +165,9 @@ async fn receive(State(state): State<Arc<BackOfficeState>>, UrlPath(path): UrlPa
 }
 
 /// Runs the demo end to end and prints a report.
-pub async fn run(config_path: &Path, submissions: &Path) -> anyhow::Result<()> {
+/// With `stay`, amtsbote keeps serving after the report until Ctrl-C, so
+/// that the dashboard and metrics can be looked at.
+pub async fn run(config_path: &Path, submissions: &Path, stay: bool) -> anyhow::Result<()> {
     let config = Config::load(config_path).with_context(|| format!("loading {}", config_path.display()))?;
     // Each demo run starts from a fresh store, so its idempotency keys do
     // not replay the previous run's answers.
@@ -267,6 +269,15 @@ pub async fn run(config_path: &Path, submissions: &Path) -> anyhow::Result<()> {
         }
     }
 
+    if stay {
+        println!("\nStill serving until Ctrl-C:");
+        println!("  dashboard  {base}/dashboard  (operator token: demo-operator-token)");
+        println!("  metrics    {base}/metrics");
+        println!("  API        {base}/v1/openapi.json");
+        crate::app::shutdown_signal().await;
+    } else {
+        println!("\nThe dashboard is at {base}/dashboard while amtsbote runs: scripts/demo --stay keeps it serving.");
+    }
     let _ = stop.send(());
     server.await??;
     let all_delivered = statuses.iter().all(|(_, s)| s["status"] == "delivered");

@@ -62,6 +62,10 @@ enum Command {
         /// Folder of sample submissions to send.
         #[arg(long, default_value = "examples/demo/submissions")]
         submissions: PathBuf,
+        /// Keep serving after the report (intake, dashboard, metrics)
+        /// until Ctrl-C.
+        #[arg(long)]
+        stay: bool,
     },
 }
 
@@ -247,7 +251,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::MappingSandbox { .. } => unreachable!("handled before the runtime starts"),
-        Command::Demo { config, submissions } => amtsbote::demo::run(&config, &submissions).await.map(|()| ExitCode::SUCCESS),
+        Command::Demo { config, submissions, stay } => {
+            amtsbote::demo::run(&config, &submissions, stay).await.map(|()| ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -159,6 +159,9 @@ impl Metrics {
             for outcome in AttemptOutcome::ALL {
                 let _ = delivery_attempts.get_or_create(&AttemptLabels { target: label.target.clone(), outcome });
             }
+            for reason in crate::worker::ParkReason::KINDS {
+                let _ = parked_total.get_or_create(&ParkLabels { target: label.target.clone(), reason: reason.into() });
+            }
             let _ = retries.get_or_create(&label);
             let _ = mapping_errors.get_or_create(&label);
             let _ = attempt_duration.get_or_create(&label);

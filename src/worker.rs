@@ -402,6 +402,9 @@ pub enum ParkReason {
 }
 
 impl ParkReason {
+    /// Every [`kind`](Self::kind).
+    pub const KINDS: [&'static str; 4] = ["undecodable", "mapping-error", "target-rejected", "retries-exhausted"];
+
     pub fn kind(&self) -> &'static str {
         match self {
             ParkReason::Undecodable(_) => "undecodable",
@@ -415,4 +418,20 @@ impl ParkReason {
 async fn close(connection: &Connection, channel: &Channel) {
     let _ = channel.close(200, "shutdown".into()).await;
     let _ = connection.close(200, "shutdown".into()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ParkReason;
+
+    #[test]
+    fn kinds_lists_every_kind() {
+        let reasons = [
+            ParkReason::Undecodable(String::new()),
+            ParkReason::Mapping(String::new()),
+            ParkReason::Rejected(String::new()),
+            ParkReason::RetriesExhausted(String::new()),
+        ];
+        assert_eq!(reasons.map(|r| r.kind()), ParkReason::KINDS);
+    }
 }

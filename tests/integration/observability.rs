@@ -269,3 +269,63 @@ async fn json_logs_carry_submission_and_delivery_id_on_every_line_of_a_delivery(
         assert!(!text.contains(&value), "the log holds the form value {value:?}");
     }
 }
+
+/// `amtsbote_…` metric names in `text`, histogram suffixes removed.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("amtsbote_") {
+        let name: String = rest[start..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+        rest = &rest[start + name.len()..];
+        let name = ["_bucket", "_count", "_sum"].iter().fold(name, |n, suffix| n.strip_suffix(suffix).map(str::to_owned).unwrap_or(n));
+        names.insert(name);
+    }
+    names
+}
+
+#[tokio::test]
+async fn alert_rules_and_grafana_panels_use_metrics_amtsbote_exports() {
+    let app = spawn_app(Setup::default()).await;
+    // Series by service and problem type appear with the first of each.
+    accepted_id(app.submit(gewerbeanmeldung("053150000000").to_string()).await).await;
+    assert_eq!(app.submit("{}").await.status(), StatusCode::BAD_REQUEST);
+    let exported = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+    let exported_names = metric_names(&exported.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n"));
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    for file in ["prometheus/alerts.yml", "prometheus/alerts.test.yml", "grafana/dashboards/amtsbote.json"] {
+        let text = std::fs::read_to_string(deploy.join(file)).unwrap();
+        let used = metric_names(&text);
+        assert!(!used.is_empty(), "{file} uses no metric");
+        let unknown: Vec<_> = used.difference(&exported_names).collect();
+        assert!(unknown.is_empty(), "{file} uses metrics amtsbote does not export: {unknown:?}");
+    }
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(deploy.join("grafana/dashboards/amtsbote.json")).unwrap()).unwrap();
+    assert!(dashboard["panels"].as_array().unwrap().len() >= 10);
+
+    // promtool: the rules load and their unit tests pass.
+    match which("promtool") {
+        Some(promtool) => {
+            for args in [&["check", "rules", "alerts.yml"][..], &["test", "rules", "alerts.test.yml"][..]] {
+                let output = std::process::Command::new(&promtool).args(args).current_dir(deploy.join("prometheus")).output().unwrap();
+                assert!(output.status.success(), "promtool {args:?}:\n{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+            }
+        }
+        None => {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "promtool is missing: run scripts/install-test-deps");
+            eprintln!("promtool is missing: the alert rules were not unit-tested (run scripts/install-test-deps)");
+        }
+    }
+
+    // Every file docker-compose.yml mounts from the checkout exists.
+    let compose = std::fs::read_to_string(deploy.with_file_name("docker-compose.yml")).unwrap();
+    let mounts: Vec<&str> =
+        compose.lines().filter_map(|l| l.trim().strip_prefix("- ./")).map(|m| m.split(':').next().unwrap()).collect();
+    assert!(mounts.len() >= 4, "{mounts:?}");
+    for mount in mounts {
+        assert!(deploy.with_file_name(mount).exists(), "docker-compose.yml mounts ./{mount}, which does not exist");
+    }
+}
+
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|dir| dir.join(program)).find(|path| path.is_file())
+}
