@@ -110,7 +110,7 @@ impl Monitor {
         let depths = tokio::time::timeout(SAMPLE_TIMEOUT, self.queue_depths(connection)).await.ok().flatten();
         if depths.is_none() {
             // A timed-out or failed sample starts from a new connection.
-            *connection = None;
+            close(connection).await;
         }
         let broker_connected = depths.is_some();
         self.metrics.broker_connected.set(i64::from(broker_connected));
@@ -153,6 +153,7 @@ impl Monitor {
     async fn queue_depths(&self, connection: &mut Option<(Connection, Channel)>) -> Option<Vec<(u64, u64)>> {
         let usable = connection.as_ref().is_some_and(|(c, ch)| c.status().connected() && ch.status().connected());
         if !usable {
+            close(connection).await;
             let fresh = broker::connect(&self.broker_url, "amtsbote-monitor").await.ok()?;
             let channel = fresh.create_channel().await.ok()?;
             // Declaring (idempotent) rather than checking passively: a
@@ -173,6 +174,14 @@ impl Monitor {
             depths.push((work, parked));
         }
         Some(depths)
+    }
+}
+
+/// Closes the monitor's connection, if any, without waiting long for a
+/// broker that does not answer.
+async fn close(connection: &mut Option<(Connection, Channel)>) {
+    if let Some((stale, _)) = connection.take() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), stale.close(200, "reconnecting".into())).await;
     }
 }
 
