@@ -441,17 +441,37 @@ fn timeline(status: &SubmissionStatus, done: Option<&str>) -> Markup {
                         td { (e.event) }
                         td { (e.target.as_deref().unwrap_or("")) }
                         td.num { (e.attempt.map(|a| a.to_string()).unwrap_or_default()) }
-                        td {
-                            (e.detail.as_deref().unwrap_or(""))
-                            @if let Some(receipt) = &e.receipt { " · receipt " strong { (receipt) } }
-                            @if let Some(operator) = &e.operator { " · by " (operator) }
-                            @if let Some(version) = &e.mapping_version { " · mapping " span.hash { (version) } }
-                            @if let Some(size) = e.size { " · " (size) " bytes" }
-                        }
+                        td { (event_detail(e)) }
                         td.num { (e.duration_ms.map(|d| format!("{d} ms")).unwrap_or_default()) }
                     }
                 }
             }
+        }
+    }
+}
+
+/// What an event says beyond its name, the parts joined by ` · `.
+fn event_detail(e: &crate::store::Event) -> Markup {
+    let mut parts: Vec<Markup> = Vec::new();
+    if let Some(detail) = &e.detail {
+        parts.push(html! { (detail) });
+    }
+    if let Some(receipt) = &e.receipt {
+        parts.push(html! { "receipt " strong { (receipt) } });
+    }
+    if let Some(operator) = &e.operator {
+        parts.push(html! { "by " (operator) });
+    }
+    if let Some(version) = &e.mapping_version {
+        parts.push(html! { "mapping " span.hash { (version) } });
+    }
+    if let Some(size) = e.size {
+        parts.push(html! { (size) " bytes" });
+    }
+    html! {
+        @for (i, part) in parts.iter().enumerate() {
+            @if i > 0 { " · " }
+            (part)
         }
     }
 }

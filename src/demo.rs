@@ -56,6 +56,8 @@ struct BackOfficeState {
     status: Mutex<Option<StatusCode>>,
     /// Statuses to answer first, one per request, before `status`.
     script: Mutex<VecDeque<StatusCode>>,
+    /// The same for requests to one path; these go first.
+    path_scripts: Mutex<HashMap<String, VecDeque<StatusCode>>>,
     delays: Mutex<HashMap<String, Duration>>,
     keeps_duplicates: Mutex<HashSet<String>>,
     seen_keys: Mutex<HashSet<String>>,
@@ -87,6 +89,12 @@ impl SampleBackOffice {
     /// Answers the next requests with these statuses, in order.
     pub fn script(&self, statuses: &[StatusCode]) {
         self.state.script.lock().unwrap().extend(statuses);
+    }
+
+    /// Answers the next requests to `path` with these statuses, in order.
+    pub fn script_for(&self, path: &str, statuses: &[StatusCode]) {
+        let path = format!("/{}", path.trim_start_matches('/'));
+        self.state.path_scripts.lock().unwrap().entry(path).or_default().extend(statuses);
     }
 
     /// Takes `delay` to answer requests to `path`.
@@ -144,7 +152,8 @@ async fn receive(State(state): State<Arc<BackOfficeState>>, UrlPath(path): UrlPa
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
     }
-    let scripted = state.script.lock().unwrap().pop_front();
+    let for_path = state.path_scripts.lock().unwrap().get_mut(&path).and_then(VecDeque::pop_front);
+    let scripted = for_path.or_else(|| state.script.lock().unwrap().pop_front());
     let mut status = scripted.or(*state.status.lock().unwrap()).unwrap_or(StatusCode::CREATED);
     if status.is_success() {
         let deduplicates = !state.keeps_duplicates.lock().unwrap().contains(&path);
@@ -175,9 +184,9 @@ pub async fn run(config_path: &Path, submissions: &Path, stay: bool) -> anyhow::
     let back_office = SampleBackOffice::start(([127, 0, 0, 1], 18090).into())
         .await
         .context("starting the sample back office on 127.0.0.1:18090")?;
-    // The first delivery attempt meets a back office that is briefly
-    // unavailable: the report shows the retry.
-    back_office.script(&[StatusCode::SERVICE_UNAVAILABLE]);
+    // The first delivery to Köln's trade office meets it briefly
+    // unavailable: the report shows the retry (its policy retries after 1 s).
+    back_office.script_for("/koeln/gewerbeamt", &[StatusCode::SERVICE_UNAVAILABLE]);
     let app = Application::build(&config).await?;
     let base = format!("http://{}", app.local_addr());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
