@@ -32,7 +32,7 @@ use uuid::Uuid;
 
 use crate::domain::TargetName;
 use crate::monitor::{ACTIVITY_WINDOW, Monitor, Overview};
-use crate::operator::{OperatorApi, SearchParams};
+use crate::operator::{OperatorApi, SearchParams, constant_time_eq};
 use crate::parking::{Action, ParkedDelivery, Selection};
 use crate::store::{SubmissionState, SubmissionStatus};
 
@@ -535,17 +535,24 @@ fn parked_table(list: &[ParkedDelivery]) -> Markup {
 }
 
 /// The parked delivery an action page is about, checked.
-async fn parked_delivery(dashboard: &Dashboard, session: &Session, target: &str, submission: &str, action: &str) -> Result<ParkedDelivery, Response> {
-    let not_found = || error_page(StatusCode::NOT_FOUND, Some(session), "This delivery is not parked (any more).");
-    if action != "replay" && action != "discard" {
-        return Err(not_found());
+fn not_parked(session: &Session) -> Response {
+    error_page(StatusCode::NOT_FOUND, Some(session), "This delivery is not parked (any more).")
+}
+
+/// The target and submission of an action page's path, checked.
+fn action_path(session: &Session, target: &str, submission: &str, action: &str) -> Result<(TargetName, Uuid), Response> {
+    match (action, TargetName::parse(target), submission.parse::<Uuid>()) {
+        ("replay" | "discard", Ok(target), Ok(submission)) => Ok((target, submission)),
+        _ => Err(not_parked(session)),
     }
-    let (Ok(target), Ok(submission)) = (TargetName::parse(target), submission.parse::<Uuid>()) else {
-        return Err(not_found());
-    };
+}
+
+/// The parked delivery an action page is about.
+async fn parked_delivery(dashboard: &Dashboard, session: &Session, target: &str, submission: &str, action: &str) -> Result<ParkedDelivery, Response> {
+    let (target, submission) = action_path(session, target, submission, action)?;
     match dashboard.api.parking.find(target, submission).await {
         Ok(Some(parked)) => Ok(parked),
-        Ok(None) => Err(not_found()),
+        Ok(None) => Err(not_parked(session)),
         Err(e) => Err(error_page(StatusCode::SERVICE_UNAVAILABLE, Some(session), &format!("The parked deliveries could not be read: {e}"))),
     }
 }
@@ -604,8 +611,8 @@ async fn act(
         tracing::warn!(event = "dashboard_csrf_refused", operator = %session.operator, "dashboard action without a valid CSRF token");
         return error_page(StatusCode::FORBIDDEN, Some(&session), "This form has expired; open the page again.");
     }
-    let parked = match parked_delivery(&dashboard, &session, &target, &submission, &action).await {
-        Ok(parked) => parked,
+    let (target, submission) = match action_path(&session, &target, &submission, &action) {
+        Ok(path) => path,
         Err(response) => return response,
     };
     let operator = session.operator.clone();
@@ -614,20 +621,13 @@ async fn act(
     } else {
         Action::Discard { operator, comment: form.comment.filter(|c| !c.trim().is_empty()) }
     };
-    let selection = Selection {
-        target: TargetName::parse(&parked.target).ok(),
-        submission: parked.submission_id.parse().ok(),
-        ..Selection::default()
-    };
+    // One sweep: applying to a delivery that is no longer parked selects nothing.
+    let selection = Selection { target: Some(target), submission: Some(submission), ..Selection::default() };
     match dashboard.api.parking.apply(&selection, &action_of).await {
-        Ok(done) if !done.is_empty() => Redirect::to(&format!("/dashboard/submissions/{}?done={action}", parked.submission_id)).into_response(),
+        Ok(done) if !done.is_empty() => Redirect::to(&format!("/dashboard/submissions/{submission}?done={action}")).into_response(),
         Ok(_) => error_page(StatusCode::CONFLICT, Some(&session), "This delivery is not parked any more; someone else acted on it."),
         Err(e) => error_page(StatusCode::SERVICE_UNAVAILABLE, Some(&session), &format!("The action failed and nothing changed: {e}")),
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 const STYLE: &str = r#"

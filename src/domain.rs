@@ -179,8 +179,6 @@ impl<'de> Deserialize<'de> for TargetName {
     }
 }
 
-/// The delivery id for a (submission, target) pair: a name-based UUID, so
-/// every attempt and every process derives the same one without storing it.
 /// Fixed width, UTC, milliseconds (`2026-11-24T09:14:02.125Z`).
 const TIMESTAMP: &[time::format_description::BorrowedFormatItem<'static>] =
     time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
@@ -210,6 +208,8 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The delivery id for a (submission, target) pair: a name-based UUID, so
+/// every attempt and every process derives the same one without storing it.
 pub fn delivery_id(submission: uuid::Uuid, target: &TargetName) -> uuid::Uuid {
     uuid::Uuid::new_v5(&submission, target.as_str().as_bytes())
 }

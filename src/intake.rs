@@ -93,7 +93,9 @@ async fn accept(intake: &Intake, headers: &HeaderMap, body: Result<Bytes, BytesR
             ));
         }
     }
-    let idempotency = idempotency_key(headers, &body)?;
+    // One hash of the body serves the ledger and the idempotency check.
+    let body_sha256: [u8; 32] = Sha256::digest(&body).into();
+    let idempotency = idempotency_key(headers, body_sha256)?;
 
     let submission = Submission::parse(&body).map_err(|invalid| match invalid {
         InvalidSubmission::Malformed(reason) => Problem::new(
@@ -150,7 +152,7 @@ async fn accept(intake: &Intake, headers: &HeaderMap, body: Result<Bytes, BytesR
         received_at: crate::domain::now_millis(),
         targets: route.targets.clone(),
         size: body.len(),
-        sha256: crate::domain::sha256_hex(&body),
+        sha256: crate::domain::hex(&body_sha256),
     };
     let fresh = (record.id, record.received_at);
     let (id, received_at) = match intake.store.begin_intake(record, idempotency).await.map_err(internal)? {
@@ -228,7 +230,7 @@ fn internal(error: impl std::fmt::Display) -> Problem {
     Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal Error", "the submission was not accepted")
 }
 
-fn idempotency_key(headers: &HeaderMap, body: &[u8]) -> Result<Option<IdempotencyKey>, Problem> {
+fn idempotency_key(headers: &HeaderMap, body_sha256: [u8; 32]) -> Result<Option<IdempotencyKey>, Problem> {
     let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
     let key = value
         .to_str()
@@ -243,7 +245,7 @@ fn idempotency_key(headers: &HeaderMap, body: &[u8]) -> Result<Option<Idempotenc
                 "the Idempotency-Key header must be 1 to 255 visible ASCII characters",
             )
         })?;
-    Ok(Some(IdempotencyKey { key: key.to_owned(), fingerprint: Sha256::digest(body).into() }))
+    Ok(Some(IdempotencyKey { key: key.to_owned(), fingerprint: body_sha256 }))
 }
 
 async fn status(State(intake): State<Arc<Intake>>, Path(id): Path<String>) -> Response {

@@ -52,18 +52,16 @@ pub struct ParkLabels {
 }
 
 /// How one delivery attempt ended.
+/// The variants are spelled as the label values.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelValue)]
+#[allow(non_camel_case_types)]
 pub enum AttemptOutcome {
-    #[allow(non_camel_case_types)]
     delivered,
     /// The target failed in a way a retry may fix.
-    #[allow(non_camel_case_types)]
     transient,
     /// The target refused the document.
-    #[allow(non_camel_case_types)]
     permanent,
     /// The mapping failed, or the message could not be read.
-    #[allow(non_camel_case_types)]
     mapping_error,
 }
 
@@ -93,7 +91,7 @@ pub struct Metrics {
     /// Messages waiting in the target's work queue.
     pub queue_depth: Family<TargetLabel, Gauge>,
     /// Messages in the target's parking queue.
-    pub parked: Family<TargetLabel, Gauge>,
+    pub parked_deliveries: Family<TargetLabel, Gauge>,
     /// Age of the oldest submission the target does not have yet (0 when
     /// it has them all).
     pub oldest_undelivered_age: Family<TargetLabel, Gauge<f64, AtomicU64>>,
@@ -137,8 +135,8 @@ impl Metrics {
         );
         let queue_depth = Family::<TargetLabel, Gauge>::default();
         registry.register("queue_depth", "Messages waiting in the target's work queue", queue_depth.clone());
-        let parked = Family::<TargetLabel, Gauge>::default();
-        registry.register("parked_deliveries", "Deliveries waiting in the target's parking queue", parked.clone());
+        let parked_deliveries = Family::<TargetLabel, Gauge>::default();
+        registry.register("parked_deliveries", "Deliveries waiting in the target's parking queue", parked_deliveries.clone());
         let oldest_undelivered_age = Family::<TargetLabel, Gauge<f64, AtomicU64>>::default();
         registry.register_with_unit(
             "oldest_undelivered_age",
@@ -167,7 +165,7 @@ impl Metrics {
             let _ = attempt_duration.get_or_create(&label);
             let _ = delivery_latency.get_or_create(&label);
             let _ = queue_depth.get_or_create(&label);
-            let _ = parked.get_or_create(&label);
+            let _ = parked_deliveries.get_or_create(&label);
             let _ = oldest_undelivered_age.get_or_create(&label);
         }
         Self {
@@ -181,7 +179,7 @@ impl Metrics {
             attempt_duration,
             delivery_latency,
             queue_depth,
-            parked,
+            parked_deliveries,
             oldest_undelivered_age,
             broker_connected,
         }

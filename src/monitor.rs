@@ -31,7 +31,8 @@ use crate::broker::{self, Topology};
 use crate::domain::TargetName;
 use crate::intake::Intake;
 use crate::metrics::{self, Metrics};
-use crate::store::{Store, TargetActivity, store_time};
+use crate::domain::timestamp;
+use crate::store::{Store, TargetActivity};
 
 /// A sample younger than this is served as is.
 pub const FRESH_FOR: Duration = Duration::from_secs(2);
@@ -140,12 +141,12 @@ impl Monitor {
                 };
                 if let (Some(depth), Some(parked)) = (queue_depth, parked) {
                     self.metrics.queue_depth.get_or_create(&label).set(depth as i64);
-                    self.metrics.parked.get_or_create(&label).set(parked as i64);
+                    self.metrics.parked_deliveries.get_or_create(&label).set(parked as i64);
                 }
                 TargetOverview { target: target.to_string(), queue_depth, parked, activity, oldest_undelivered_seconds: oldest }
             })
             .collect();
-        Overview { sampled_at: store_time(now), broker_connected, targets }
+        Overview { sampled_at: timestamp(now), broker_connected, targets }
     }
 
     /// (ready in the work queue, in the parking queue) per target, in the

@@ -26,15 +26,15 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::config::OperatorConfig;
 use crate::domain::{ArsPrefix, ServiceKey, TargetName};
-use crate::store::{Cursor, SearchQuery, StoreError, SubmissionState};
-use crate::submission::FieldError;
-use time::OffsetDateTime;
 use crate::parking::{Action, ParkingError, ParkingLot, Selection};
 use crate::problem::Problem;
+use crate::store::{Cursor, SearchQuery, StoreError, SubmissionState};
+use crate::submission::FieldError;
 
 pub struct OperatorApi {
     pub parking: ParkingLot,
@@ -62,12 +62,11 @@ impl OperatorApi {
     /// The operator whose token this is.
     pub fn operator_for(&self, token: &str) -> Option<String> {
         let presented: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
-        // Compare every configured hash in full, so the time taken tells
-        // nothing about which bytes matched.
+        // Compare with every configured hash, so the time taken tells
+        // nothing about which operator matched.
         let mut found = None;
         for (name, hash) in &self.operators {
-            let difference = hash.iter().zip(presented.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
-            if difference == 0 {
+            if constant_time_eq(hash, &presented) {
                 found = Some(name.clone());
             }
         }
@@ -98,6 +97,12 @@ impl OperatorApi {
             .ok_or_else(unauthorized)?;
         self.operator_for(token).ok_or_else(unauthorized)
     }
+}
+
+/// Equal bytes, compared in full whatever differs first, so that the time
+/// taken tells nothing about how much of a secret was right.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn parse_hash(hex: &str) -> Option<[u8; 32]> {

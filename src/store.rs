@@ -36,7 +36,7 @@ use time::format_description::well_known::Rfc3339;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::domain::TargetName;
+use crate::domain::{TargetName, timestamp};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -50,6 +50,8 @@ pub enum StoreError {
     Closed,
     #[error("store: worker thread failed")]
     Join,
+    #[error("store: cannot start the writer thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// What intake records before it publishes.
@@ -95,7 +97,7 @@ pub enum Claim {
     Mismatch,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryState {
     /// Waiting in the target's queue (also after a replay).
@@ -132,7 +134,7 @@ impl DeliveryState {
 }
 
 /// A submission's state across its targets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SubmissionState {
     /// Recorded, not yet confirmed by the broker.
@@ -464,7 +466,7 @@ pub async fn prune_periodically(store: Arc<dyn Store>, retention: Duration, mut 
             }
         }
         if pruned > 0 {
-            tracing::info!(event = "ledger_pruned", submissions = pruned, before = %store_time(before), "ledger pruned");
+            tracing::info!(event = "ledger_pruned", submissions = pruned, before = %timestamp(before), "ledger pruned");
         }
         tokio::select! {
             _ = tokio::time::sleep(PRUNE_EVERY) => {}
@@ -499,6 +501,21 @@ PRAGMA journal_mode = WAL;
 PRAGMA synchronous = NORMAL;
 PRAGMA foreign_keys = ON;
 ";
+
+/// The state of a submission across its targets, from its deliveries, as
+/// an SQL expression over a `submissions` row; `received` stays until the
+/// broker confirmed. (A macro, so that `concat!` can build statements.)
+macro_rules! submission_state {
+    () => {
+        "CASE
+    WHEN state = 'received' THEN 'received'
+    WHEN EXISTS (SELECT 1 FROM deliveries d WHERE d.submission_id = submissions.id AND d.state = 'parked') THEN 'parked'
+    WHEN NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.submission_id = submissions.id AND d.state <> 'delivered') THEN 'delivered'
+    WHEN NOT EXISTS (SELECT 1 FROM deliveries d
+                     WHERE d.submission_id = submissions.id AND d.state NOT IN ('delivered', 'discarded')) THEN 'discarded'
+    ELSE 'accepted' END"
+    };
+}
 
 /// Schema versions in order; `PRAGMA user_version` counts those applied.
 const MIGRATIONS: [&str; 4] = [
@@ -551,8 +568,8 @@ CREATE TABLE mapping_versions (
 ",
     // The ledger. Times become fixed-width (milliseconds, `Z`) so that
     // they compare as text; `submissions.state` becomes the state across
-    // targets, kept by SUBMISSION_STATE.
-    "
+    // targets, kept by UPDATE_SUBMISSION_STATE.
+    concat!("
 ALTER TABLE submissions ADD COLUMN size INTEGER;
 ALTER TABLE submissions ADD COLUMN sha256 TEXT;
 ALTER TABLE deliveries ADD COLUMN receipt TEXT;
@@ -579,24 +596,16 @@ CREATE TABLE health (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL);
 UPDATE submissions SET received_at = strftime('%Y-%m-%dT%H:%M:%fZ', received_at);
 UPDATE deliveries SET updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', updated_at);
 UPDATE operator_actions SET at = strftime('%Y-%m-%dT%H:%M:%fZ', at);
-",
+UPDATE submissions SET state = ", submission_state!(), ";
+"),
 ];
 
-/// The state of the submission `?1` across its targets, from its
-/// deliveries; `received` stays until the broker confirmed.
-const UPDATE_SUBMISSION_STATE: &str = "
-UPDATE submissions SET state = CASE
-    WHEN state = 'received' THEN 'received'
-    WHEN EXISTS (SELECT 1 FROM deliveries d WHERE d.submission_id = ?1 AND d.state = 'parked') THEN 'parked'
-    WHEN NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.submission_id = ?1 AND d.state <> 'delivered') THEN 'delivered'
-    WHEN NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.submission_id = ?1 AND d.state NOT IN ('delivered', 'discarded')) THEN 'discarded'
-    ELSE 'accepted' END
-WHERE id = ?1";
-
-pub use crate::domain::timestamp as store_time;
+/// Sets the state of the submission `?1` across its targets after a change
+/// of its deliveries.
+const UPDATE_SUBMISSION_STATE: &str = concat!("UPDATE submissions SET state = ", submission_state!(), " WHERE id = ?1");
 
 fn now() -> String {
-    store_time(OffsetDateTime::now_utc())
+    timestamp(OffsetDateTime::now_utc())
 }
 
 /// An event row; fields not set stay NULL.
@@ -644,7 +653,7 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("amtsbote-store-writer".into())
             .spawn(move || write_batches(writer, queue))
-            .map_err(|source| StoreError::Directory { path: "(writer thread)".into(), source })?;
+            .map_err(StoreError::Thread)?;
         Ok(Self { jobs, reader: Arc::new(Mutex::new(reader)) })
     }
 
@@ -727,17 +736,6 @@ fn migrate(conn: &mut Connection) -> Result<(), rusqlite::Error> {
         tx.execute_batch(migration)?;
         tx.pragma_update(None, "user_version", version as i64 + 1)?;
     }
-    if applied < 4 {
-        // Existing submissions get their state across targets.
-        let ids: Vec<String> = tx
-            .prepare("SELECT id FROM submissions WHERE state <> 'received'")?
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        for id in ids {
-            tx.execute("UPDATE submissions SET state = 'accepted' WHERE id = ?1", [&id])?;
-            tx.execute(UPDATE_SUBMISSION_STATE, [&id])?;
-        }
-    }
     tx.commit()
 }
 
@@ -775,7 +773,7 @@ impl Store for SqliteStore {
                 }
             }
             let id = s.id.to_string();
-            let received_at = store_time(s.received_at);
+            let received_at = timestamp(s.received_at);
             tx.execute(
                 "INSERT INTO submissions (id, service, region, reference, state, received_at, size, sha256)
                  VALUES (?1, ?2, ?3, ?4, 'received', ?5, ?6, ?7)",
@@ -855,7 +853,11 @@ impl Store for SqliteStore {
                     (DeliveryState::Delivered, detail.clone(), receipt.clone())
                 }
                 AttemptResult::Retrying { error, retry_in } => {
-                    add_event(conn, &id, &at, NewEvent { detail: Some(error), duration_ms, ..on("attempt-failed") })?;
+                    // Without a mapped payload the connector was not called:
+                    // `mapping-failed` above already says what went wrong.
+                    if a.mapped.is_some() {
+                        add_event(conn, &id, &at, NewEvent { detail: Some(error), duration_ms, ..on("attempt-failed") })?;
+                    }
                     let next = format!("next attempt in {}", humantime::format_duration(*retry_in));
                     add_event(conn, &id, &at, NewEvent { detail: Some(&next), ..on("retry-scheduled") })?;
                     (DeliveryState::Retrying, error.clone(), None)
@@ -1030,7 +1032,7 @@ impl Store for SqliteStore {
     async fn search(&self, q: SearchQuery) -> Result<SearchPage, StoreError> {
         self.read(move |conn| {
             let mut conditions: Vec<&str> = Vec::new();
-            let mut values: Vec<Box<dyn ToSql + Send>> = Vec::new();
+            let mut values: Vec<Box<dyn ToSql>> = Vec::new();
             if let Some(reference) = q.reference {
                 conditions.push("s.reference = ?");
                 values.push(Box::new(reference));
@@ -1054,11 +1056,11 @@ impl Store for SqliteStore {
             }
             if let Some(from) = q.from {
                 conditions.push("s.received_at >= ?");
-                values.push(Box::new(store_time(from)));
+                values.push(Box::new(timestamp(from)));
             }
             if let Some(to) = q.to {
                 conditions.push("s.received_at < ?");
-                values.push(Box::new(store_time(to)));
+                values.push(Box::new(timestamp(to)));
             }
             if let Some(after) = &q.after {
                 conditions.push("(s.received_at, s.id) < (?, ?)");
@@ -1109,7 +1111,7 @@ impl Store for SqliteStore {
                 "SELECT target, kind, count(*) FROM events
                  WHERE at >= ?1 AND kind IN ('delivered', 'attempt-failed', 'mapping-failed', 'parked') GROUP BY target, kind",
             )?;
-            for row in counts.query_map([store_time(since)], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))? {
+            for row in counts.query_map([timestamp(since)], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))? {
                 let (target, kind, count) = row?;
                 let entry = activity.entry(target).or_default();
                 match kind.as_str() {
@@ -1133,7 +1135,7 @@ impl Store for SqliteStore {
 
     async fn prune(&self, before: OffsetDateTime, limit: u32) -> Result<u64, StoreError> {
         self.write(move |conn| {
-            let before = store_time(before);
+            let before = timestamp(before);
             let removed = conn.execute(
                 "DELETE FROM submissions WHERE id IN (
                    SELECT id FROM submissions WHERE received_at < ?1 AND state IN ('delivered', 'discarded') LIMIT ?2)",

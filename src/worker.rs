@@ -152,8 +152,9 @@ impl Worker {
     }
 
     async fn settle(&self, id: &str, message: AmqpDelivery, side: &Channel) {
-        let headers = message.properties.headers().clone().unwrap_or_default();
-        let mut history = History::from_headers(&headers);
+        let no_headers = FieldTable::default();
+        let headers = message.properties.headers().as_ref().unwrap_or(&no_headers);
+        let mut history = History::from_headers(headers);
         let first_attempt = history.first_attempt.unwrap_or_else(OffsetDateTime::now_utc);
         history.attempts += 1;
         history.first_attempt = Some(first_attempt);
@@ -192,7 +193,7 @@ impl Worker {
             Next::Done(Delivered { detail, receipt }) => {
                 tracing::info!(event = "delivered", attempt = history.attempts, detail = %detail,
                     receipt = receipt.as_deref().unwrap_or(""), "delivered");
-                if let Some(received_at) = retry::integer(&headers, retry::header::RECEIVED_AT).and_then(retry::from_millis) {
+                if let Some(received_at) = retry::integer(headers, retry::header::RECEIVED_AT).and_then(retry::from_millis) {
                     let latency = (OffsetDateTime::now_utc() - received_at).as_seconds_f64().max(0.0);
                     self.metrics.delivery_latency.get_or_create(&Metrics::for_target(name)).observe(latency);
                 }

@@ -43,7 +43,6 @@ impl SchemaSource {
     }
 }
 
-
 /// A compiled output schema.
 pub enum OutputSchema {
     /// Compiled per thread on first use (libxml2's schema objects are not
