@@ -21,6 +21,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::json;
+use tracing::Instrument;
+use tracing::field::Empty;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -60,13 +62,18 @@ pub fn router(intake: Arc<Intake>, max_body_bytes: usize) -> Router {
 }
 
 async fn submit(State(intake): State<Arc<Intake>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
-    match accept(&intake, &headers, body).await {
+    // The trace of a submission starts here (see `telemetry`); the span's
+    // fields are filled in as they become known.
+    let span = tracing::info_span!("submission", submission = Empty, service = Empty, status = Empty);
+    let response = match accept(&intake, &headers, body).instrument(span.clone()).await {
         Ok(response) => response,
         Err(problem) => {
             intake.metrics.submissions_refused.get_or_create(&ProblemLabel { problem: problem.slug().to_owned() }).inc();
             problem.into_response()
         }
-    }
+    };
+    span.record("status", response.status().as_u16());
+    response
 }
 
 async fn accept(intake: &Intake, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, Problem> {
@@ -181,7 +188,11 @@ async fn accept(intake: &Intake, headers: &HeaderMap, body: Result<Bytes, BytesR
         }
     };
 
+    let span = tracing::Span::current();
+    span.record("submission", tracing::field::display(id));
+    span.record("service", submission.service.as_str());
     let mut headers = FieldTable::default();
+    crate::telemetry::inject_trace_context(&mut headers);
     headers.insert("service".into(), long_string(submission.service.as_str()));
     headers.insert("region".into(), long_string(submission.region.as_str()));
     headers.insert(crate::retry::header::RECEIVED_AT.into(), AMQPValue::LongLongInt(crate::retry::to_millis(received_at)));

@@ -23,7 +23,8 @@
 //!   [`connectors`] lists the connector kinds a target can use.
 //! * [`mapping`] also holds the fixture runner behind `amtsbote mappings
 //!   test` and the sandbox behind `amtsbote mapping-sandbox`.
-//! * [`app`] starts and stops everything; [`telemetry`] sets up logging;
+//! * [`app`] starts and stops everything; [`telemetry`] sets up logging
+//!   and the optional OpenTelemetry trace export;
 //!   [`demo`] runs the self-contained demonstration.
 
 pub mod app;

@@ -182,7 +182,8 @@ fn main() -> ExitCode {
             }
         };
     }
-    amtsbote::telemetry::init();
+    // Dropped after the runtime: sends the last spans.
+    let _telemetry = amtsbote::telemetry::init();
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
     match runtime.block_on(run(cli)) {
         Ok(code) => code,

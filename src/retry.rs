@@ -193,6 +193,9 @@ pub mod header {
     /// Selects the delay queue in the delay (headers) exchange. Not `x-`
     /// prefixed: a headers exchange ignores binding arguments that are.
     pub const DELAY: &str = "amtsbote-delay";
+    /// The W3C trace context of the submission's intake, set by intake
+    /// when traces are exported and carried along unchanged.
+    pub const TRACE_CONTEXT: [&str; 2] = ["traceparent", "tracestate"];
     /// Headers RabbitMQ adds on dead-lettering and redelivery.
     pub const BROKER_ADDED: [&str; 6] =
         ["x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason", "x-delivery-count", "x-last-death-reason"];

@@ -147,7 +147,11 @@ impl Worker {
     async fn handle(&self, message: AmqpDelivery, side: &Channel) {
         let id = broker::message_id(&message.properties);
         let delivery = id.parse::<Uuid>().map(|s| delivery_id(s, &self.target.name).to_string()).unwrap_or_default();
-        let span = tracing::info_span!("delivery", submission = %id, delivery = %delivery, target = %self.target.name);
+        let span = tracing::info_span!("delivery", submission = %id, delivery = %delivery, target = %self.target.name,
+            attempt = tracing::field::Empty, outcome = tracing::field::Empty);
+        if let Some(headers) = message.properties.headers() {
+            crate::telemetry::continue_trace(&span, headers);
+        }
         self.settle(&id, message, side).instrument(span).await
     }
 
@@ -171,6 +175,9 @@ impl Worker {
             Err(Failure::Park(_)) => AttemptOutcome::mapping_error,
         };
         self.metrics.attempt(name, outcome);
+        let span = tracing::Span::current();
+        span.record("attempt", history.attempts);
+        span.record("outcome", tracing::field::debug(outcome));
         if let Some(duration) = attempt.duration {
             self.metrics.attempt_duration.get_or_create(&Metrics::for_target(name)).observe(duration.as_secs_f64());
         }
@@ -273,7 +280,8 @@ impl Worker {
             return failed(Failure::Park(ParkReason::Undecodable("message has no submission id".into())));
         };
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        let payload = match self.sandbox.render(mapping, body, now).await {
+        let mapping_span = tracing::info_span!("mapping", version = mapping.version());
+        let payload = match self.sandbox.render(mapping, body, now).instrument(mapping_span).await {
             Ok(payload) => payload,
             Err(e) => {
                 if matches!(e, EvalError::Mapping(_) | EvalError::Undecodable(_)) {
@@ -296,7 +304,7 @@ impl Worker {
             attempt,
         };
         let started = std::time::Instant::now();
-        let outcome = target.connector.deliver(&delivery).await;
+        let outcome = target.connector.deliver(&delivery).instrument(tracing::info_span!("connector", attempt)).await;
         let duration = Some(started.elapsed());
         let result = match outcome {
             Outcome::Delivered { detail, receipt } => Ok(Delivered { detail, receipt }),

@@ -271,6 +271,122 @@ async fn json_logs_carry_submission_and_delivery_id_on_every_line_of_a_delivery(
     }
 }
 
+/// An OTLP/HTTP collector on loopback that keeps every export request's
+/// body as it arrived.
+struct Collector {
+    base: String,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<axum::body::Bytes>>>,
+}
+
+impl Collector {
+    async fn start() -> Self {
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = bodies.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| async move {
+                kept.lock().unwrap().push(body);
+                StatusCode::OK
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { base, bodies }
+    }
+
+    fn spans(&self) -> Vec<(opentelemetry_proto::tonic::resource::v1::Resource, opentelemetry_proto::tonic::trace::v1::Span)> {
+        use prost::Message;
+        let mut spans = Vec::new();
+        for body in self.bodies.lock().unwrap().iter() {
+            let request = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(body.as_ref())
+                .expect("an OTLP/HTTP protobuf export");
+            for resource_spans in request.resource_spans {
+                let resource = resource_spans.resource.unwrap_or_default();
+                for scope in resource_spans.scope_spans {
+                    spans.extend(scope.spans.into_iter().map(|span| (resource.clone(), span)));
+                }
+            }
+        }
+        spans
+    }
+}
+
+/// A span attribute as text, whatever its OTLP type.
+fn attribute(attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue], key: &str) -> Option<String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+    attributes.iter().find(|a| a.key == key).and_then(|a| a.value.as_ref()?.value.as_ref()).map(|value| match value {
+        Any::StringValue(s) => s.clone(),
+        Any::IntValue(i) => i.to_string(),
+        Any::BoolValue(b) => b.to_string(),
+        other => format!("{other:?}"),
+    })
+}
+
+#[tokio::test]
+async fn a_submission_is_one_trace_from_intake_through_each_attempt_and_no_span_holds_form_data() {
+    let collector = Collector::start().await;
+    let back_office = amtsbote::demo::SampleBackOffice::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    back_office.script(&[StatusCode::SERVICE_UNAVAILABLE]);
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup { target_settings: FAST_RETRY, ..Setup::default() };
+    let config = dir.path().join("amtsbote.yaml");
+    std::fs::write(&config, config_yaml(&setup, &back_office, &unique_prefix(), dir.path())).unwrap();
+    let log = dir.path().join("amtsbote.log");
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", collector.base.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "100"), ("RUST_LOG", "info")];
+    let mut app = AppProcess::start_with(&config, free_port(), &log, &env).await;
+    let submission = gewerbeanmeldung("053150000000");
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/submissions", app.base))
+        .header("content-type", "application/json")
+        .body(submission.to_string())
+        .send()
+        .await
+        .unwrap();
+    let id = accepted_id(response).await;
+    back_office.wait_for(1, Duration::from_secs(20)).await;
+    // The spans still buffered are sent on the way out.
+    app.terminate(Duration::from_secs(15)).await.expect("amtsbote stops on SIGTERM");
+    let log_text = std::fs::read_to_string(&log).unwrap();
+
+    let spans = collector.spans();
+    let named = |name: &str| spans.iter().filter(|(_, s)| s.name == name).map(|(_, s)| s).collect::<Vec<_>>();
+    let intake = named("submission");
+    assert_eq!(intake.len(), 1, "one intake span: {:?}\n{log_text}", spans.iter().map(|(_, s)| &s.name).collect::<Vec<_>>());
+    let intake = intake[0];
+    assert_eq!(attribute(&intake.attributes, "submission").as_deref(), Some(id.as_str()));
+    assert_eq!(attribute(&intake.attributes, "status").as_deref(), Some("202"));
+    assert_eq!(attribute(&intake.attributes, "service").as_deref(), submission["service"].as_str());
+
+    // Both attempts, the failed one and the delivery, continue the
+    // intake's trace across the broker and the delay queue.
+    let deliveries = named("delivery");
+    let outcomes: Vec<_> = deliveries.iter().map(|s| attribute(&s.attributes, "outcome").unwrap_or_default()).collect();
+    assert_eq!(outcomes, ["transient", "delivered"], "{log_text}");
+    for delivery in &deliveries {
+        assert_eq!(delivery.trace_id, intake.trace_id, "a delivery span in another trace");
+        assert_eq!(delivery.parent_span_id, intake.span_id, "a delivery span that is not the intake's child");
+        assert_eq!(attribute(&delivery.attributes, "submission").as_deref(), Some(id.as_str()));
+        assert_eq!(attribute(&delivery.attributes, "target").as_deref(), Some("fv"));
+    }
+    for name in ["mapping", "connector"] {
+        let inner = named(name);
+        assert_eq!(inner.len(), 2, "{name} once per attempt");
+        assert!(inner.iter().all(|s| deliveries.iter().any(|d| d.span_id == s.parent_span_id)), "{name} inside a delivery");
+    }
+    // Only amtsbote's own spans are exported, under its service name.
+    let names: std::collections::BTreeSet<&str> = spans.iter().map(|(_, s)| s.name.as_str()).collect();
+    assert_eq!(names, ["connector", "delivery", "mapping", "submission"].into(), "only amtsbote's spans");
+    let (resource, _) = &spans[0];
+    assert_eq!(attribute(&resource.attributes, "service.name").as_deref(), Some("amtsbote"));
+
+    let exported: Vec<u8> = collector.bodies.lock().unwrap().iter().flat_map(|b| b.to_vec()).collect();
+    let exported = String::from_utf8_lossy(&exported);
+    for value in form_values(&submission) {
+        assert!(!exported.contains(&value), "an exported span holds the form value {value:?}");
+    }
+}
+
 /// `amtsbote_…` metric names in `text`, histogram suffixes removed.
 fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
     let mut names = std::collections::BTreeSet::new();
