@@ -31,8 +31,6 @@ pub enum StartupError {
     Pipeline(Vec<String>),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
-    #[error(transparent)]
-    Operators(#[from] crate::operator::BadTokenHash),
     #[error("cannot find the mapping sandbox program: {0}")]
     Sandbox(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -71,7 +69,7 @@ impl Application {
         let metrics = Arc::new(Metrics::new(&targets));
         let monitor = Arc::new(Monitor::new(config.broker.url.clone(), topology.clone(), targets.clone(), store.clone(), metrics.clone()));
         let parking = ParkingLot::new(config, store.clone());
-        let operator = Arc::new(OperatorApi::new(parking, &config.operators)?);
+        let operator = Arc::new(OperatorApi { parking, pipeline: pipeline.clone() });
         let workers = pipeline
             .load()
             .targets
@@ -243,7 +241,6 @@ fn fixed_settings(config: &Config) -> Vec<(&'static str, String)> {
         ("broker", format!("{} {}", config.broker.url.expose_secret(), config.broker.prefix)),
         ("store", format!("{:?}", config.store)),
         ("sandbox", format!("{:?}", config.sandbox)),
-        ("operators", format!("{:?}", config.operators)),
         ("shutdown_deadline", format!("{:?}", config.shutdown_deadline)),
         ("targets (names and concurrency)", targets.join(",")),
     ]

@@ -16,7 +16,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 pub use crate::connectors::ConnectorConfig;
-use crate::domain::TargetName;
+use crate::access::{KeyHash, Role};
+use crate::domain::{ArsPrefix, SenderName, ServiceKey, TargetName, TenantName};
 use crate::mapping::sandbox::SandboxSettings;
 use crate::retry::RetryPolicy;
 use crate::routing::RouteConfig;
@@ -46,9 +47,20 @@ pub struct Config {
     /// delivered again after the restart.
     #[serde(default = "default_shutdown_deadline", with = "humantime_serde")]
     pub shutdown_deadline: Duration,
-    /// Who may use the operator API (`/v1/parked`). Without entries the
-    /// operator API answers 403; the `amtsbote parked` command works
-    /// regardless, as it talks to the broker and store directly.
+    /// Who may hand in submissions. Without entries intake takes nothing
+    /// (401): there is no built-in credential.
+    #[serde(default)]
+    pub senders: Vec<SenderConfig>,
+    /// Municipalities (or Kreise, Länder) by name, each owning regions.
+    /// With tenants defined, every target names its tenant and receives
+    /// only submissions of the tenant's regions; operators can be limited
+    /// to tenants. Without, one organisation runs everything.
+    #[serde(default)]
+    pub tenants: BTreeMap<TenantName, TenantConfig>,
+    /// Who may use the operator API (`/v1/parked`, search) and the
+    /// dashboard. Without entries the operator API answers 403; the
+    /// `amtsbote parked` command works regardless, as it talks to the
+    /// broker and store directly.
     #[serde(default)]
     pub operators: Vec<OperatorConfig>,
     /// How mapping evaluations are bounded in time and memory; see
@@ -61,16 +73,57 @@ pub struct Config {
     pub base_dir: PathBuf,
 }
 
-/// An operator of the HTTP API, identified by a bearer token of which only
-/// the SHA-256 is configured: `openssl rand -hex 32` makes a token,
-/// `printf %s "$TOKEN" | sha256sum` its hash.
+/// An operator of the HTTP API and the dashboard, identified by a bearer
+/// token of which only the SHA-256 is configured: `amtsbote keys new`
+/// makes a token and prints its hash.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OperatorConfig {
     /// The name recorded with every replay and discard.
     pub name: String,
-    /// Lower-case hex SHA-256 of the operator's token.
-    pub token_sha256: String,
+    /// Hex SHA-256 of the operator's token.
+    pub token_sha256: KeyHash,
+    /// `viewer` looks; `operator` may also replay and discard.
+    pub role: Role,
+    /// The tenants whose targets and submissions the operator sees.
+    /// Omitted: every tenant (the platform's own operators).
+    #[serde(default)]
+    pub tenants: Option<Vec<TenantName>>,
+}
+
+/// An online service that hands in submissions.
+///
+/// ```yaml
+/// senders:
+///   - name: oaa-gewerbe-nrw
+///     api_keys_sha256: ["9f86d0…"]   # several while a key is rotated
+///     regions: ["05"]                # ARS prefixes; "" allows every region
+///     services: ["99050012104000"]   # LeiKa keys; omitted: every service
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SenderConfig {
+    /// Recorded with each submission; a sender reads back only its own.
+    pub name: SenderName,
+    /// Hex SHA-256 of each API key the sender may use (`amtsbote keys
+    /// new` makes one). To rotate, add the new key's hash, reload
+    /// (SIGHUP), switch the sender over, then remove the old one.
+    pub api_keys_sha256: Vec<KeyHash>,
+    /// ARS prefixes of the regions the sender may submit for.
+    pub regions: Vec<ArsPrefix>,
+    /// LeiKa keys of the services the sender may submit; omitted: every
+    /// service.
+    #[serde(default)]
+    pub services: Option<Vec<ServiceKey>>,
+}
+
+/// A tenant: the regions it owns.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// ARS prefixes (`05315` is Köln). Routes may send a tenant's targets
+    /// only regions within these.
+    pub regions: Vec<ArsPrefix>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,6 +177,10 @@ pub struct TargetConfig {
     /// How transient failures are retried; see [`RetryPolicy`].
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// The tenant the target belongs to (required once tenants are
+    /// defined); it receives only submissions of the tenant's regions.
+    #[serde(default)]
+    pub tenant: Option<TenantName>,
 }
 
 fn default_base_dir() -> PathBuf {

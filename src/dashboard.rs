@@ -32,7 +32,8 @@ use uuid::Uuid;
 
 use crate::domain::TargetName;
 use crate::monitor::{ACTIVITY_WINDOW, Monitor, Overview};
-use crate::operator::{OperatorApi, SearchParams, constant_time_eq};
+use crate::access::{Operator, Role, Scope, constant_time_eq};
+use crate::operator::{OperatorApi, SearchParams, scoped_status};
 use crate::parking::{Action, ParkedDelivery, Selection};
 use crate::store::{SubmissionState, SubmissionStatus};
 
@@ -48,7 +49,8 @@ pub struct Dashboard {
 
 #[derive(Clone)]
 struct Session {
-    operator: String,
+    /// As of sign-in: a changed role or scope applies from the next one.
+    operator: Operator,
     csrf: String,
     expires: Instant,
 }
@@ -74,7 +76,7 @@ impl Dashboard {
         id.and_then(|id| sessions.get(&id).cloned()).ok_or_else(|| Redirect::to("/dashboard/login").into_response())
     }
 
-    fn sign_in(&self, operator: String) -> String {
+    fn sign_in(&self, operator: Operator) -> String {
         let id = random_token();
         let session = Session { operator, csrf: random_token(), expires: Instant::now() + SESSION_LIFETIME };
         self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(id.clone(), session);
@@ -126,7 +128,7 @@ fn page(title: &str, session: Option<&Session>, body: Markup) -> Response {
                         }
                         form.signout method="post" action="/dashboard/logout" {
                             input type="hidden" name="csrf" value=(session.csrf);
-                            span.operator { (session.operator) }
+                            span.operator { (session.operator.name) @if session.operator.role == Role::Viewer { " (viewer)" } }
                             button type="submit" { "Sign out" }
                         }
                     }
@@ -189,7 +191,7 @@ async fn login(State(dashboard): State<Arc<Dashboard>>, headers: HeaderMap, Form
         *response.status_mut() = StatusCode::UNAUTHORIZED;
         return response;
     };
-    tracing::info!(event = "dashboard_signed_in", operator = %operator, "operator signed in to the dashboard");
+    tracing::info!(event = "dashboard_signed_in", operator = %operator.name, "operator signed in to the dashboard");
     let id = dashboard.sign_in(operator);
     // Behind a TLS proxy the cookie is only ever sent over TLS.
     let secure = headers.get("x-forwarded-proto").is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
@@ -228,10 +230,10 @@ async fn overview(State(dashboard): State<Arc<Dashboard>>, headers: HeaderMap) -
         Err(sign_in) => return sign_in,
     };
     let overview = dashboard.monitor.overview(Duration::ZERO).await;
-    page("Targets", Some(&session), html! { (targets_table(&overview)) (search_form(&SearchParams::default())) })
+    page("Targets", Some(&session), html! { (targets_table(&overview, &session.operator.scope)) (search_form(&SearchParams::default())) })
 }
 
-fn targets_table(overview: &Overview) -> Markup {
+fn targets_table(overview: &Overview, scope: &Scope) -> Markup {
     let window_hours = ACTIVITY_WINDOW.as_secs() / 3600;
     html! {
         p.status {
@@ -250,7 +252,7 @@ fn targets_table(overview: &Overview) -> Markup {
                 th.num { "Parked" }
             } }
             tbody {
-                @for target in &overview.targets {
+                @for target in overview.targets.iter().filter(|t| scope.sees_name(&t.target)) {
                     tr data-target=(target.target) {
                         td { a href={ "/dashboard/submissions?target=" (target.target) } { (target.target) } }
                         td.num { (target.activity.delivered) }
@@ -321,7 +323,8 @@ async fn search(State(dashboard): State<Arc<Dashboard>>, headers: HeaderMap, que
         Err(sign_in) => return sign_in,
     };
     let params = query.map(|Query(params)| params).unwrap_or_default();
-    let page_of = match params.query() {
+    let scope = &session.operator.scope;
+    let page_of = match params.scoped(scope) {
         Ok(query) => dashboard.api.parking.store.search(query).await.map_err(|e| {
             tracing::error!(event = "store_failed", error = %e, "dashboard search failed");
             "The ledger could not be searched; see the log.".to_owned()
@@ -346,7 +349,7 @@ async fn search(State(dashboard): State<Arc<Dashboard>>, headers: HeaderMap, que
                                     td { (item.service) }
                                     td { (item.region) }
                                     td { span.state data-state=(item.status.as_str()) { (item.status.as_str()) } }
-                                    td { @for t in &item.targets { span.target { (t.target) ": " (t.state.as_str()) } " " } }
+                                    td { @for t in item.targets.iter().filter(|t| scope.sees_name(&t.target)) { span.target { (t.target) ": " (t.state.as_str()) } " " } }
                                 }
                             }
                         }
@@ -381,7 +384,10 @@ async fn submission(
         return error_page(StatusCode::NOT_FOUND, Some(&session), "No submission with this id.");
     };
     let status = match dashboard.api.parking.store.status(id).await {
-        Ok(Some(status)) => status,
+        Ok(Some(status)) => match scoped_status(status, &session.operator.scope) {
+            Some(status) => status,
+            None => return error_page(StatusCode::NOT_FOUND, Some(&session), "No submission with this id."),
+        },
         Ok(None) => return error_page(StatusCode::NOT_FOUND, Some(&session), "No submission with this id."),
         Err(e) => {
             tracing::error!(event = "store_failed", error = %e, "dashboard could not read a submission");
@@ -389,10 +395,11 @@ async fn submission(
         }
     };
     let done = done.ok().and_then(|Query(d)| d.done);
-    page(&format!("Submission {id}"), Some(&session), timeline(&status, done.as_deref()))
+    let may_act = session.operator.role == Role::Operator;
+    page(&format!("Submission {id}"), Some(&session), timeline(&status, done.as_deref(), may_act))
 }
 
-fn timeline(status: &SubmissionStatus, done: Option<&str>) -> Markup {
+fn timeline(status: &SubmissionStatus, done: Option<&str>, may_act: bool) -> Markup {
     html! {
         @match done {
             Some("replay") => p.notice #done { "Replayed: the delivery is queued again." },
@@ -421,7 +428,7 @@ fn timeline(status: &SubmissionStatus, done: Option<&str>) -> Markup {
                         td { (t.receipt.as_deref().unwrap_or("–")) }
                         td.hash { (t.mapping_version.as_deref().unwrap_or("–")) }
                         td {
-                            @if t.state == crate::store::DeliveryState::Parked {
+                            @if may_act && t.state == crate::store::DeliveryState::Parked {
                                 a.button href={ "/dashboard/parked/" (t.target) "/" (status.id) "/replay" } { "Replay" }
                                 " "
                                 a.button.danger href={ "/dashboard/parked/" (t.target) "/" (status.id) "/discard" } { "Discard" }
@@ -487,11 +494,12 @@ async fn parked(State(dashboard): State<Arc<Dashboard>>, headers: HeaderMap, que
         Err(sign_in) => return sign_in,
     };
     let target = query.ok().and_then(|Query(q)| q.target).filter(|t| !t.is_empty());
+    let scope = &session.operator.scope;
     let target = match target.map(|t| TargetName::parse(&t)).transpose() {
-        Ok(target) => target,
-        Err(_) => return error_page(StatusCode::BAD_REQUEST, Some(&session), "No such target."),
+        Ok(target) if target.as_ref().is_none_or(|t| scope.sees(t)) => target,
+        _ => return error_page(StatusCode::BAD_REQUEST, Some(&session), "No such target."),
     };
-    let selection = Selection { target: target.clone(), ..Selection::default() };
+    let selection = Selection { target: target.clone(), ..Selection::default() }.within(scope);
     let list = match dashboard.api.parking.list(&selection).await {
         Ok(list) => list,
         Err(e) => {
@@ -503,10 +511,10 @@ async fn parked(State(dashboard): State<Arc<Dashboard>>, headers: HeaderMap, que
         Some(target) => format!("Parked at {target}"),
         None => "Parked".to_owned(),
     };
-    page(&title, Some(&session), parked_table(&list))
+    page(&title, Some(&session), parked_table(&list, session.operator.role == Role::Operator))
 }
 
-fn parked_table(list: &[ParkedDelivery]) -> Markup {
+fn parked_table(list: &[ParkedDelivery], may_act: bool) -> Markup {
     html! {
         @if list.is_empty() { p #no-parked { "Nothing is parked." } }
         @else {
@@ -522,9 +530,11 @@ fn parked_table(list: &[ParkedDelivery]) -> Markup {
                             td { (p.last_error.as_deref().unwrap_or("–")) }
                             td.num { (p.attempts) }
                             td {
-                                a.button href={ "/dashboard/parked/" (p.target) "/" (p.submission_id) "/replay" } { "Replay" }
-                                " "
-                                a.button.danger href={ "/dashboard/parked/" (p.target) "/" (p.submission_id) "/discard" } { "Discard" }
+                                @if may_act {
+                                    a.button href={ "/dashboard/parked/" (p.target) "/" (p.submission_id) "/replay" } { "Replay" }
+                                    " "
+                                    a.button.danger href={ "/dashboard/parked/" (p.target) "/" (p.submission_id) "/discard" } { "Discard" }
+                                }
                             }
                         }
                     }
@@ -539,10 +549,14 @@ fn not_parked(session: &Session) -> Response {
     error_page(StatusCode::NOT_FOUND, Some(session), "This delivery is not parked (any more).")
 }
 
-/// The target and submission of an action page's path, checked.
+/// The target and submission of an action page's path, checked: the
+/// operator may act, and on this target.
 fn action_path(session: &Session, target: &str, submission: &str, action: &str) -> Result<(TargetName, Uuid), Response> {
+    if let Err(problem) = session.operator.may_act() {
+        return Err(error_page(StatusCode::FORBIDDEN, Some(session), &problem.detail));
+    }
     match (action, TargetName::parse(target), submission.parse::<Uuid>()) {
-        ("replay" | "discard", Ok(target), Ok(submission)) => Ok((target, submission)),
+        ("replay" | "discard", Ok(target), Ok(submission)) if session.operator.scope.sees(&target) => Ok((target, submission)),
         _ => Err(not_parked(session)),
     }
 }
@@ -608,21 +622,21 @@ async fn act(
         Err(sign_in) => return sign_in,
     };
     if !constant_time_eq(form.csrf.as_bytes(), session.csrf.as_bytes()) {
-        tracing::warn!(event = "dashboard_csrf_refused", operator = %session.operator, "dashboard action without a valid CSRF token");
+        tracing::warn!(event = "dashboard_csrf_refused", operator = %session.operator.name, "dashboard action without a valid CSRF token");
         return error_page(StatusCode::FORBIDDEN, Some(&session), "This form has expired; open the page again.");
     }
     let (target, submission) = match action_path(&session, &target, &submission, &action) {
         Ok(path) => path,
         Err(response) => return response,
     };
-    let operator = session.operator.clone();
+    let operator = session.operator.name.clone();
     let action_of = if action == "replay" {
         Action::Replay { operator }
     } else {
         Action::Discard { operator, comment: form.comment.filter(|c| !c.trim().is_empty()) }
     };
     // One sweep: applying to a delivery that is no longer parked selects nothing.
-    let selection = Selection { target: Some(target), submission: Some(submission), ..Selection::default() };
+    let selection = Selection { target: Some(target), submission: Some(submission), ..Selection::default() }.within(&session.operator.scope);
     match dashboard.api.parking.apply(&selection, &action_of).await {
         Ok(done) if !done.is_empty() => Redirect::to(&format!("/dashboard/submissions/{submission}?done={action}")).into_response(),
         Ok(_) => error_page(StatusCode::CONFLICT, Some(&session), "This delivery is not parked any more; someone else acted on it."),
@@ -691,10 +705,11 @@ mod tests {
             received_at: "2026-11-24T09:00:00.000Z".into(),
             size: None,
             sha256: None,
+            sender: None,
             targets: vec![],
             timeline: vec![],
         };
-        let html = timeline(&status, None).into_string();
+        let html = timeline(&status, None, true).into_string();
         assert!(html.contains("&lt;script&gt;") && !html.contains("<script>"), "{html}");
     }
 }

@@ -19,6 +19,10 @@ use axum::routing::post;
 use crate::app::Application;
 use crate::config::Config;
 
+/// The API key of the demo config's sender (`examples/demo/amtsbote.yaml`
+/// holds its hash). Demo only.
+pub const DEMO_SENDER_KEY: &str = "demo-sender-key";
+
 /// One document a back office accepted.
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -202,7 +206,11 @@ pub async fn run(config_path: &Path, submissions: &Path, stay: bool) -> anyhow::
         .collect();
     files.sort();
 
-    let client = reqwest::Client::new();
+    // The demo config's sender; it reads back its own submissions with the
+    // same key.
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {DEMO_SENDER_KEY}").parse().expect("an ASCII header"));
+    let client = reqwest::Client::builder().default_headers(headers).build()?;
     let mut accepted = Vec::new();
     println!("\nSubmitting {} sample forms:", files.len());
     for file in &files {

@@ -105,6 +105,11 @@ impl ArsPrefix {
         &self.0
     }
 
+    /// Whether every region this prefix covers is also covered by `outer`.
+    pub fn within(&self, outer: &ArsPrefix) -> bool {
+        self.0.starts_with(&outer.0)
+    }
+
     /// Whether this prefix covers `region`.
     ///
     /// An AGS lacks the four Gemeindeverband digits of the ARS, so it is
@@ -138,46 +143,69 @@ impl<'de> Deserialize<'de> for ServiceKey {
     }
 }
 
-/// Name of a delivery target, used in queue names and routing keys, so it
-/// is restricted to lower-case letters, digits, `-` and `_`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct TargetName(String);
+/// Names of things in the configuration. They appear in queue names,
+/// routing keys, metrics labels and the ledger, so they are restricted to
+/// 1 to 48 lower-case letters, digits, `-` and `_`.
+macro_rules! config_name {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
 
-impl TargetName {
-    pub const MAX_LEN: usize = 48;
+        impl $name {
+            pub const MAX_LEN: usize = 48;
 
-    pub fn parse(s: &str) -> Result<Self, InvalidIdentifier> {
-        let ok_chars = s
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-        if !s.is_empty() && s.len() <= Self::MAX_LEN && ok_chars {
-            Ok(Self(s.to_owned()))
-        } else {
-            Err(InvalidIdentifier(format!(
-                "target name {s:?} must be 1 to {} characters of a-z, 0-9, '-' and '_'",
-                Self::MAX_LEN
-            )))
+            pub fn parse(s: &str) -> Result<Self, InvalidIdentifier> {
+                let ok_chars = s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+                if !s.is_empty() && s.len() <= Self::MAX_LEN && ok_chars {
+                    Ok(Self(s.to_owned()))
+                } else {
+                    Err(InvalidIdentifier(format!(
+                        concat!($what, " {:?} must be 1 to {} characters of a-z, 0-9, '-' and '_'"),
+                        s,
+                        Self::MAX_LEN
+                    )))
+                }
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
         }
-    }
 
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::parse(&s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
 }
 
-impl fmt::Display for TargetName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for TargetName {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Self::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
+config_name!(
+    /// Name of a delivery target.
+    TargetName,
+    "target name"
+);
+config_name!(
+    /// Name of a sender: an online service (or its operator) that hands in
+    /// submissions; recorded with each submission.
+    SenderName,
+    "sender name"
+);
+config_name!(
+    /// Name of a tenant: a municipality (or a Kreis, a Land) that owns
+    /// regions and the targets that receive their submissions.
+    TenantName,
+    "tenant name"
+);
 
 /// Fixed width, UTC, milliseconds (`2026-11-24T09:14:02.125Z`).
 const TIMESTAMP: &[time::format_description::BorrowedFormatItem<'static>] =

@@ -26,7 +26,9 @@ use tracing::field::Empty;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::access;
 use crate::broker::{BrokerError, Publisher, long_string};
+use crate::domain::SenderName;
 use crate::metrics::{Metrics, ProblemLabel, ServiceLabel};
 use crate::problem::Problem;
 use crate::pipeline::SharedPipeline;
@@ -80,6 +82,9 @@ async fn accept(intake: &Intake, headers: &HeaderMap, body: Result<Bytes, BytesR
     if intake.draining.load(Ordering::Relaxed) {
         return Err(unavailable("amtsbote is shutting down"));
     }
+    // One pipeline for the whole request: who may send, and where to.
+    let pipeline = intake.pipeline.load_full();
+    let sender = pipeline.senders.authenticate(headers)?;
     let body = body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -102,7 +107,7 @@ async fn accept(intake: &Intake, headers: &HeaderMap, body: Result<Bytes, BytesR
     }
     // One hash of the body serves the ledger and the idempotency check.
     let body_sha256: [u8; 32] = Sha256::digest(&body).into();
-    let idempotency = idempotency_key(headers, body_sha256)?;
+    let idempotency = idempotency_key(headers, body_sha256, &sender.name)?;
 
     let submission = Submission::parse(&body).map_err(|invalid| match invalid {
         InvalidSubmission::Malformed(reason) => Problem::new(
@@ -116,7 +121,12 @@ async fn accept(intake: &Intake, headers: &HeaderMap, body: Result<Bytes, BytesR
         }
     })?;
 
-    let pipeline = intake.pipeline.load_full();
+    let refused = sender.refusals(&submission.service, &submission.region);
+    if !refused.is_empty() {
+        tracing::warn!(event = "submission_forbidden", sender = %sender.name, service = submission.service.as_str(),
+            region = %submission.region, "a sender submitted outside what it is allowed");
+        return Err(Problem::fields(StatusCode::FORBIDDEN, "forbidden", "Forbidden", "the sender may not submit this", refused));
+    }
     let Some(route) = pipeline.routes.resolve(&submission.service, &submission.region) else {
         return Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -160,6 +170,7 @@ async fn accept(intake: &Intake, headers: &HeaderMap, body: Result<Bytes, BytesR
         targets: route.targets.clone(),
         size: body.len(),
         sha256: crate::domain::hex(&body_sha256),
+        sender: sender.name.to_string(),
     };
     let fresh = (record.id, record.received_at);
     let (id, received_at) = match intake.store.begin_intake(record, idempotency).await.map_err(internal)? {
@@ -193,8 +204,8 @@ async fn accept(intake: &Intake, headers: &HeaderMap, body: Result<Bytes, BytesR
     span.record("service", submission.service.as_str());
     let mut headers = FieldTable::default();
     crate::telemetry::inject_trace_context(&mut headers);
-    headers.insert("service".into(), long_string(submission.service.as_str()));
-    headers.insert("region".into(), long_string(submission.region.as_str()));
+    headers.insert(crate::retry::header::SERVICE.into(), long_string(submission.service.as_str()));
+    headers.insert(crate::retry::header::REGION.into(), long_string(submission.region.as_str()));
     headers.insert(crate::retry::header::RECEIVED_AT.into(), AMQPValue::LongLongInt(crate::retry::to_millis(received_at)));
     let message = submission.to_message(id, received_at);
     let message_id = id.to_string();
@@ -241,7 +252,9 @@ fn internal(error: impl std::fmt::Display) -> Problem {
     Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal Error", "the submission was not accepted")
 }
 
-fn idempotency_key(headers: &HeaderMap, body_sha256: [u8; 32]) -> Result<Option<IdempotencyKey>, Problem> {
+/// The request's idempotency key, kept per sender: two senders may use the
+/// same key without meeting.
+fn idempotency_key(headers: &HeaderMap, body_sha256: [u8; 32], sender: &SenderName) -> Result<Option<IdempotencyKey>, Problem> {
     let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
     let key = value
         .to_str()
@@ -256,16 +269,31 @@ fn idempotency_key(headers: &HeaderMap, body_sha256: [u8; 32]) -> Result<Option<
                 "the Idempotency-Key header must be 1 to 255 visible ASCII characters",
             )
         })?;
-    Ok(Some(IdempotencyKey { key: key.to_owned(), fingerprint: body_sha256 }))
+    Ok(Some(IdempotencyKey { key: format!("{sender}:{key}"), fingerprint: body_sha256 }))
 }
 
-async fn status(State(intake): State<Arc<Intake>>, Path(id): Path<String>) -> Response {
+/// A submission's status, for the sender that handed it in or an operator
+/// whose scope it reached; anyone else hears it does not exist.
+async fn status(State(intake): State<Arc<Intake>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let not_found = || Problem::new(StatusCode::NOT_FOUND, "unknown-submission", "Unknown Submission", "no submission with this id").into_response();
+    let pipeline = intake.pipeline.load_full();
+    let reader = match pipeline.senders.authenticate(&headers) {
+        Ok(sender) => Ok(sender),
+        Err(refused) => match access::bearer(&headers).and_then(|token| pipeline.operators.find(token)) {
+            Some(operator) => Err(operator.clone()),
+            None => return refused.into_response(),
+        },
+    };
     let Ok(id) = id.parse::<Uuid>() else { return not_found() };
-    match intake.store.status(id).await {
-        Ok(Some(status)) => Json(status).into_response(),
-        Ok(None) => not_found(),
-        Err(e) => internal(e).into_response(),
-    }
+    let status = match intake.store.status(id).await {
+        Ok(Some(status)) => status,
+        Ok(None) => return not_found(),
+        Err(e) => return internal(e).into_response(),
+    };
+    let visible = match reader {
+        Ok(sender) => Some(status).filter(|s| s.sender.as_deref() == Some(sender.name.as_str())),
+        Err(operator) => crate::operator::scoped_status(status, &operator.scope),
+    };
+    visible.map_or_else(not_found, |status| Json(status).into_response())
 }
 

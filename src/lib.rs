@@ -27,6 +27,7 @@
 //!   and the optional OpenTelemetry trace export;
 //!   [`demo`] runs the self-contained demonstration.
 
+pub mod access;
 pub mod app;
 pub mod broker;
 pub mod config;

@@ -54,6 +54,11 @@ enum Command {
         #[arg(long)]
         output_limit_mib: u64,
     },
+    /// Make credentials: API keys for senders, tokens for operators.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Run the demo: sample back offices, amtsbote, sample submissions.
     Demo {
         /// The demo config (its targets point at the sample back offices).
@@ -67,6 +72,14 @@ enum Command {
         #[arg(long)]
         stay: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a new random key (256 bits, hex) and the SHA-256 to configure
+    /// (`api_keys_sha256` of a sender, `token_sha256` of an operator). Hand
+    /// the key to its holder; only the hash goes into the config.
+    New,
 }
 
 #[derive(Subcommand)]
@@ -166,7 +179,7 @@ impl Act {
 impl Select {
     fn selection(self) -> anyhow::Result<Selection> {
         let target = self.target.map(|t| TargetName::parse(&t)).transpose().map_err(|e| anyhow::anyhow!("--target: {e}"))?;
-        Ok(Selection { target, reason: self.reason, older_than: self.older_than, submission: self.submission })
+        Ok(Selection { target, reason: self.reason, older_than: self.older_than, submission: self.submission, within: None })
     }
 }
 
@@ -242,6 +255,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let parking = ParkingLot::new(&config, store.clone());
             parked(&parking, command).await
         }
+        Command::Keys { command: KeysCommand::New } => {
+            let (key, hash) = amtsbote::access::new_key();
+            println!("key:    {key}\nsha256: {hash}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Mappings { command: MappingsCommand::Test { path, bless } } => {
             use amtsbote::mapping::{fixtures, sandbox};
             let sandbox = sandbox::Sandbox::new(sandbox::SandboxSettings::default())?;
@@ -292,7 +310,7 @@ async fn parked(parking: &ParkingLot, command: ParkedCommand) -> anyhow::Result<
             println!("{} discarded", done.len());
         }
         ParkedCommand::Audit { limit } => {
-            for entry in parking.store.audit_trail(limit).await? {
+            for entry in parking.store.audit_trail(limit, None).await? {
                 let r = entry.record;
                 println!(
                     "{}  {:<8} {:<16} {:<24} {}  (was {}){}",

@@ -19,102 +19,71 @@ use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::config::OperatorConfig;
+use crate::access::{Operator, Scope};
 use crate::domain::{ArsPrefix, ServiceKey, TargetName};
+use crate::pipeline::SharedPipeline;
 use crate::parking::{Action, ParkingError, ParkingLot, Selection};
 use crate::problem::Problem;
-use crate::store::{Cursor, SearchQuery, StoreError, SubmissionState};
+use crate::store::{Cursor, SearchQuery, StoreError, SubmissionState, SubmissionStatus};
 use crate::submission::FieldError;
 
 pub struct OperatorApi {
     pub parking: ParkingLot,
-    /// (name, SHA-256 of the token).
-    operators: Vec<(String, [u8; 32])>,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("operator {name}: token_sha256 must be 64 hex digits")]
-pub struct BadTokenHash {
-    name: String,
+    /// Operators come from the pipeline in use, so a reload rotates
+    /// tokens and changes roles.
+    pub pipeline: SharedPipeline,
 }
 
 impl OperatorApi {
-    pub fn new(parking: ParkingLot, operators: &[OperatorConfig]) -> Result<Self, BadTokenHash> {
-        let operators = operators
-            .iter()
-            .map(|o| {
-                parse_hash(&o.token_sha256).map(|hash| (o.name.clone(), hash)).ok_or_else(|| BadTokenHash { name: o.name.clone() })
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Self { parking, operators })
-    }
-
-    /// The operator whose token this is.
-    pub fn operator_for(&self, token: &str) -> Option<String> {
-        let presented: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
-        // Compare with every configured hash, so the time taken tells
-        // nothing about which operator matched.
-        let mut found = None;
-        for (name, hash) in &self.operators {
-            if constant_time_eq(hash, &presented) {
-                found = Some(name.clone());
-            }
-        }
-        found
+    /// The operator whose token this is (the dashboard's sign-in).
+    pub fn operator_for(&self, token: &str) -> Option<Operator> {
+        self.pipeline.load().operators.find(token).cloned()
     }
 
     pub fn has_operators(&self) -> bool {
-        !self.operators.is_empty()
+        !self.pipeline.load().operators.is_empty()
     }
 
     /// The operator the request authenticates as.
-    fn authenticate(&self, headers: &HeaderMap) -> Result<String, Problem> {
-        if self.operators.is_empty() {
-            return Err(Problem::new(
-                StatusCode::FORBIDDEN,
-                "operator-api-disabled",
-                "Operator API Disabled",
-                "no operators are configured (operators: in the config file)",
-            ));
-        }
-        let unauthorized = || {
-            Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", "send Authorization: Bearer <operator token>")
-        };
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(unauthorized)?;
-        self.operator_for(token).ok_or_else(unauthorized)
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Operator, Problem> {
+        self.pipeline.load().operators.authenticate(headers)
     }
 }
 
-/// Equal bytes, compared in full whatever differs first, so that the time
-/// taken tells nothing about how much of a secret was right.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The names of the targets in `scope`, as the store filters by them.
+pub fn within(scope: &Scope) -> Option<Vec<String>> {
+    scope.targets().map(|targets| targets.iter().map(|t| t.as_str().to_owned()).collect())
 }
 
-fn parse_hash(hex: &str) -> Option<[u8; 32]> {
-    let hex = hex.trim();
-    if hex.len() != 64 {
+/// A submission's status as an operator of `scope` may see it: only the
+/// targets in scope, and only the events about them or about the
+/// submission as a whole. `None` if it went to none of them.
+pub fn scoped_status(mut status: SubmissionStatus, scope: &Scope) -> Option<SubmissionStatus> {
+    if !status.targets.iter().any(|t| scope.sees_name(&t.target)) {
         return None;
     }
-    let mut hash = [0u8; 32];
-    for (i, byte) in hash.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    status.targets.retain(|t| scope.sees_name(&t.target));
+    // `routed` names the targets in its detail; those out of scope are
+    // not shown either.
+    status.timeline.retain(|e| e.target.as_deref().is_none_or(|t| scope.sees_name(t)));
+    for event in &mut status.timeline {
+        if event.event == "routed"
+            && let Some(detail) = &event.detail
+        {
+            let seen: Vec<&str> = detail.split(' ').filter(|t| scope.sees_name(t)).collect();
+            event.detail = Some(seen.join(" "));
+        }
     }
-    Some(hash)
+    Some(status)
 }
 
 pub fn router(api: Arc<OperatorApi>) -> Router {
@@ -130,9 +99,9 @@ pub fn router(api: Arc<OperatorApi>) -> Router {
 
 async fn list(State(api): State<Arc<OperatorApi>>, headers: HeaderMap, query: Result<Query<Selection>, QueryRejection>) -> Response {
     respond(async {
-        api.authenticate(&headers)?;
+        let operator = api.authenticate(&headers)?;
         let Query(selection) = query.map_err(|e| bad_request(e.body_text()))?;
-        let parked = api.parking.list(&selection).await.map_err(parking_problem)?;
+        let parked = api.parking.list(&selection.within(&operator.scope)).await.map_err(parking_problem)?;
         Ok(Json(json!({ "count": parked.len(), "parked": parked })).into_response())
     })
     .await
@@ -140,9 +109,9 @@ async fn list(State(api): State<Arc<OperatorApi>>, headers: HeaderMap, query: Re
 
 async fn show(State(api): State<Arc<OperatorApi>>, headers: HeaderMap, Path((target, submission)): Path<(String, String)>) -> Response {
     respond(async {
-        api.authenticate(&headers)?;
+        let operator = api.authenticate(&headers)?;
         let not_found = || Problem::new(StatusCode::NOT_FOUND, "not-parked", "Not Parked", "no such parked delivery");
-        let target = TargetName::parse(&target).map_err(|_| not_found())?;
+        let target = TargetName::parse(&target).ok().filter(|t| operator.scope.sees(t)).ok_or_else(not_found)?;
         let submission = submission.parse::<Uuid>().map_err(|_| not_found())?;
         let parked = api.parking.find(target, submission).await.map_err(parking_problem)?;
         Ok(Json(parked.ok_or_else(not_found)?).into_response())
@@ -173,6 +142,7 @@ impl Bulk {
             reason: self.reason.clone(),
             older_than: self.older_than,
             submission: self.submission,
+            within: None,
         };
         if selection.is_everything() && !self.all {
             return Err(bad_request(
@@ -186,8 +156,10 @@ impl Bulk {
 async fn replay(State(api): State<Arc<OperatorApi>>, headers: HeaderMap, body: Result<Json<Bulk>, JsonRejection>) -> Response {
     respond(async {
         let operator = api.authenticate(&headers)?;
+        operator.may_act()?;
         let Json(bulk) = body.map_err(|e| bad_request(e.body_text()))?;
-        let done = api.parking.apply(&bulk.selection()?, &Action::Replay { operator }).await.map_err(parking_problem)?;
+        let selection = bulk.selection()?.within(&operator.scope);
+        let done = api.parking.apply(&selection, &Action::Replay { operator: operator.name }).await.map_err(parking_problem)?;
         Ok(Json(json!({ "count": done.len(), "replayed": done })).into_response())
     })
     .await
@@ -196,9 +168,10 @@ async fn replay(State(api): State<Arc<OperatorApi>>, headers: HeaderMap, body: R
 async fn discard(State(api): State<Arc<OperatorApi>>, headers: HeaderMap, body: Result<Json<Bulk>, JsonRejection>) -> Response {
     respond(async {
         let operator = api.authenticate(&headers)?;
+        operator.may_act()?;
         let Json(bulk) = body.map_err(|e| bad_request(e.body_text()))?;
-        let action = Action::Discard { operator, comment: bulk.comment.clone() };
-        let done = api.parking.apply(&bulk.selection()?, &action).await.map_err(parking_problem)?;
+        let action = Action::Discard { operator: operator.name, comment: bulk.comment.clone() };
+        let done = api.parking.apply(&bulk.selection()?.within(&operator.scope), &action).await.map_err(parking_problem)?;
         Ok(Json(json!({ "count": done.len(), "discarded": done })).into_response())
     })
     .await
@@ -212,12 +185,12 @@ struct AuditQuery {
 
 async fn audit(State(api): State<Arc<OperatorApi>>, headers: HeaderMap, query: Result<Query<AuditQuery>, QueryRejection>) -> Response {
     respond(async {
-        api.authenticate(&headers)?;
+        let operator = api.authenticate(&headers)?;
         let Query(query) = query.map_err(|e| bad_request(e.body_text()))?;
         let trail = api
             .parking
             .store
-            .audit_trail(query.limit.unwrap_or(100).min(10_000))
+            .audit_trail(query.limit.unwrap_or(100).min(10_000), within(&operator.scope))
             .await
             .map_err(|e| store_problem(e, "the audit trail could not be read"))?;
         Ok(Json(json!({ "entries": trail })).into_response())
@@ -250,7 +223,12 @@ pub struct SearchParams {
 }
 
 impl SearchParams {
-    pub fn query(&self) -> Result<SearchQuery, Problem> {
+    /// The query within what an operator of `scope` sees.
+    pub fn scoped(&self, scope: &Scope) -> Result<SearchQuery, Problem> {
+        Ok(SearchQuery { within: within(scope), ..self.query()? })
+    }
+
+    fn query(&self) -> Result<SearchQuery, Problem> {
         let given = |value: &Option<String>| value.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
         let invalid = |parameter: &str, detail: String| {
             Problem::fields(StatusCode::BAD_REQUEST, "invalid-search", "Invalid Search", "invalid query parameter(s)", vec![
@@ -280,7 +258,7 @@ impl SearchParams {
         let after = given(&self.cursor)
             .map(|c| Cursor::decode(&c).ok_or_else(|| invalid("cursor", "not a cursor this API handed out".into())))
             .transpose()?;
-        Ok(SearchQuery { reference: given(&self.reference), service, region, target, state, from, to, limit, after })
+        Ok(SearchQuery { reference: given(&self.reference), service, region, target, state, from, to, limit, after, within: None })
     }
 }
 
@@ -303,9 +281,12 @@ fn parse_time(text: &str) -> Option<OffsetDateTime> {
 
 async fn search(State(api): State<Arc<OperatorApi>>, headers: HeaderMap, query: Result<Query<SearchParams>, QueryRejection>) -> Response {
     respond(async {
-        api.authenticate(&headers)?;
+        let operator = api.authenticate(&headers)?;
         let Query(params) = query.map_err(|e| bad_request(e.body_text()))?;
-        let page = api.parking.store.search(params.query()?).await.map_err(|e| store_problem(e, "the ledger could not be searched"))?;
+        let mut page = api.parking.store.search(params.scoped(&operator.scope)?).await.map_err(|e| store_problem(e, "the ledger could not be searched"))?;
+        for item in &mut page.items {
+            item.targets.retain(|t| operator.scope.sees_name(&t.target));
+        }
         Ok(Json(page).into_response())
     })
     .await
@@ -335,17 +316,5 @@ fn parking_problem(error: ParkingError) -> Problem {
                 .retry_after(5)
         }
         ParkingError::Store(e) => store_problem(e, "the store failed; see the log"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_hashes_are_hex_sha256() {
-        assert!(parse_hash(&"ab".repeat(32)).is_some());
-        assert!(parse_hash("abc").is_none());
-        assert!(parse_hash(&"zz".repeat(32)).is_none());
     }
 }

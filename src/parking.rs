@@ -79,9 +79,18 @@ pub struct Selection {
     #[serde(default, with = "humantime_serde")]
     pub older_than: Option<Duration>,
     pub submission: Option<Uuid>,
+    /// Only these targets (an operator's scope); set by the server, never
+    /// taken from a request.
+    #[serde(skip)]
+    pub within: Option<std::collections::BTreeSet<TargetName>>,
 }
 
 impl Selection {
+    /// This selection, limited to what an operator of `scope` sees.
+    pub fn within(self, scope: &crate::access::Scope) -> Self {
+        Self { within: scope.targets().cloned(), ..self }
+    }
+
     pub fn is_everything(&self) -> bool {
         self.target.is_none() && self.reason.is_none() && self.older_than.is_none() && self.submission.is_none()
     }
@@ -138,10 +147,14 @@ impl ParkingLot {
     }
 
     async fn sweep(&self, selection: &Selection, action: Option<&Action>) -> Result<Vec<ParkedDelivery>, ParkingError> {
+        let seen = |target: &TargetName| selection.within.as_ref().is_none_or(|within| within.contains(target));
         let targets: Vec<TargetName> = match &selection.target {
-            Some(wanted) if !self.targets.contains(wanted) => return Err(ParkingError::UnknownTarget(wanted.to_string())),
+            // Out of scope is answered as unknown: it tells nothing.
+            Some(wanted) if !self.targets.contains(wanted) || !seen(wanted) => {
+                return Err(ParkingError::UnknownTarget(wanted.to_string()));
+            }
             Some(wanted) => vec![wanted.clone()],
-            None => self.targets.clone(),
+            None => self.targets.iter().filter(|t| seen(t)).cloned().collect(),
         };
         let _one_at_a_time = self.sweeping.lock().await;
         let connection = broker::connect(&self.broker_url, "amtsbote-parking").await?;

@@ -1,6 +1,8 @@
-//! The configuration compiled into what runs: the route table and, per
-//! target, its mapping and connector. `amtsbote check` builds exactly this
-//! and reports every problem it finds at once.
+//! The configuration compiled into what runs: the route table, per target
+//! its mapping, connector and tenant's regions, and who may send and
+//! operate ([`crate::access`]). `amtsbote check` builds exactly this and
+//! reports every problem it finds at once; a reload swaps it whole, so it
+//! also rotates keys.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -8,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use amtsbote_connector::{Connector, Context};
 
 use crate::config::Config;
-use crate::domain::TargetName;
+use crate::access::{Operators, Senders, Tenancy};
+use crate::domain::{ArsPrefix, Region, TargetName};
 use crate::mapping::{Mapping, MappingSource, PackageFormat};
 use crate::retry::RetryPolicy;
 use crate::routing::RouteTable;
@@ -20,11 +23,28 @@ pub struct Target {
     pub connector: Arc<dyn Connector>,
     pub concurrency: u16,
     pub retry: RetryPolicy,
+    /// The regions of the target's tenant: it receives nothing else.
+    /// `None` without tenants.
+    pub regions: Option<Vec<ArsPrefix>>,
+}
+
+impl Target {
+    /// Whether the target may receive a submission of `region` (see
+    /// [`crate::access::Tenancy`]); a region that is not even an ARS or
+    /// AGS is refused as well.
+    pub fn admits(&self, region: &str) -> bool {
+        match &self.regions {
+            None => true,
+            Some(prefixes) => Region::parse(region).is_ok_and(|region| prefixes.iter().any(|p| p.covers(&region))),
+        }
+    }
 }
 
 pub struct Pipeline {
     pub routes: RouteTable,
     pub targets: BTreeMap<TargetName, Arc<Target>>,
+    pub senders: Senders,
+    pub operators: Operators,
 }
 
 /// The pipeline in use; a reload swaps it whole, so that a submission is
@@ -46,6 +66,9 @@ impl Pipeline {
                 }
             }
         }
+        let senders = Senders::new(&config.senders).map_err(|p| problems.extend(p)).unwrap_or_default();
+        let tenancy = Tenancy::new(config).map_err(|p| problems.extend(p)).unwrap_or_default();
+        let operators = Operators::new(&config.operators, &tenancy);
         let mut mappings: BTreeMap<&std::path::Path, Arc<Mapping>> = BTreeMap::new();
         let mut targets = BTreeMap::new();
         for (name, target) in &config.targets {
@@ -87,11 +110,18 @@ impl Pipeline {
             if let (Some(mapping), Some(connector)) = (mapping, connector) {
                 targets.insert(
                     name.clone(),
-                    Arc::new(Target { name: name.clone(), mapping, connector, concurrency: target.concurrency.max(1), retry: target.retry.clone() }),
+                    Arc::new(Target {
+                        name: name.clone(),
+                        mapping,
+                        connector,
+                        concurrency: target.concurrency.max(1),
+                        retry: target.retry.clone(),
+                        regions: tenancy.regions_of(name),
+                    }),
                 );
             }
         }
-        if problems.is_empty() { Ok(Self { routes, targets }) } else { Err(problems) }
+        if problems.is_empty() { Ok(Self { routes, targets, senders, operators }) } else { Err(problems) }
     }
 }
 

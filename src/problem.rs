@@ -19,6 +19,9 @@ pub struct Problem {
     pub errors: Vec<FieldError>,
     #[serde(skip)]
     pub retry_after: Option<u64>,
+    /// The `WWW-Authenticate` challenge of a 401.
+    #[serde(skip)]
+    pub challenge: Option<&'static str>,
 }
 
 fn as_u16<S: serde::Serializer>(s: &StatusCode, ser: S) -> Result<S::Ok, S::Error> {
@@ -34,6 +37,7 @@ impl Problem {
             detail: detail.into(),
             errors: Vec::new(),
             retry_after: None,
+            challenge: None,
         }
     }
 
@@ -59,6 +63,11 @@ impl Problem {
         self.retry_after = Some(seconds);
         self
     }
+
+    pub fn challenge(mut self, scheme: &'static str) -> Self {
+        self.challenge = Some(scheme);
+        self
+    }
 }
 
 impl IntoResponse for Problem {
@@ -69,6 +78,9 @@ impl IntoResponse for Problem {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if let Some(seconds) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Some(scheme) = self.challenge {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(scheme));
         }
         response
     }

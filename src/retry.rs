@@ -168,6 +168,11 @@ pub fn level_name(level: Duration) -> String {
 /// Message headers amtsbote reads and writes; defined once here. All but
 /// [`header::DELAY`] start with `x-amtsbote-`.
 pub mod header {
+    /// The submission's LeiKa service key, set by intake.
+    pub const SERVICE: &str = "service";
+    /// The submission's region (ARS or AGS), set by intake; a worker checks
+    /// it against its target's tenant before delivering.
+    pub const REGION: &str = "region";
     /// Unix milliseconds of the submission's receipt at intake, for the
     /// end-to-end latency. Set by intake and carried along unchanged
     /// (not `x-amtsbote-` prefixed: those are rewritten per attempt).

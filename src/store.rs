@@ -68,6 +68,8 @@ pub struct NewSubmission {
     /// Hex SHA-256 of the request body: proves later which bytes arrived
     /// without keeping them.
     pub sha256: String,
+    /// The sender that handed it in.
+    pub sender: String,
 }
 
 #[derive(Debug, Clone)]
@@ -295,6 +297,10 @@ pub struct SubmissionStatus {
     pub size: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// The sender that handed it in (absent for submissions from before
+    /// senders were recorded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
     pub targets: Vec<TargetStatus>,
     /// Everything that happened to the submission, oldest first.
     pub timeline: Vec<Event>,
@@ -333,6 +339,9 @@ pub struct SearchQuery {
     pub limit: u32,
     /// Continue after this entry (from [`SearchPage::next`]).
     pub after: Option<Cursor>,
+    /// Only submissions with a delivery to one of these targets (an
+    /// operator's scope).
+    pub within: Option<Vec<String>>,
 }
 
 /// A position in the search order (newest first).
@@ -426,8 +435,9 @@ pub trait Store: Send + Sync + 'static {
     /// Records who replayed or discarded a parked delivery, and sets the
     /// delivery's state accordingly.
     async fn record_operator_action(&self, record: OperatorRecord) -> Result<(), StoreError>;
-    /// The audit trail, newest first.
-    async fn audit_trail(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
+    /// The audit trail, newest first; only of the `within` targets if
+    /// given.
+    async fn audit_trail(&self, limit: u32, within: Option<Vec<String>>) -> Result<Vec<AuditEntry>, StoreError>;
     /// Per target: deliveries and failures since `since`, and the oldest
     /// undelivered submission.
     async fn activity(&self, since: OffsetDateTime) -> Result<std::collections::BTreeMap<String, TargetActivity>, StoreError>;
@@ -518,7 +528,7 @@ macro_rules! submission_state {
 }
 
 /// Schema versions in order; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     "
 CREATE TABLE IF NOT EXISTS submissions (
     id          TEXT PRIMARY KEY,
@@ -598,6 +608,10 @@ UPDATE deliveries SET updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', updated_at);
 UPDATE operator_actions SET at = strftime('%Y-%m-%dT%H:%M:%fZ', at);
 UPDATE submissions SET state = ", submission_state!(), ";
 "),
+    // Who handed the submission in (a configured sender's name).
+    "
+ALTER TABLE submissions ADD COLUMN sender TEXT;
+",
 ];
 
 /// Sets the state of the submission `?1` across its targets after a change
@@ -775,9 +789,9 @@ impl Store for SqliteStore {
             let id = s.id.to_string();
             let received_at = timestamp(s.received_at);
             tx.execute(
-                "INSERT INTO submissions (id, service, region, reference, state, received_at, size, sha256)
-                 VALUES (?1, ?2, ?3, ?4, 'received', ?5, ?6, ?7)",
-                params![id, s.service, s.region, s.reference, received_at, s.size as i64, s.sha256],
+                "INSERT INTO submissions (id, service, region, reference, state, received_at, size, sha256, sender)
+                 VALUES (?1, ?2, ?3, ?4, 'received', ?5, ?6, ?7, ?8)",
+                params![id, s.service, s.region, s.reference, received_at, s.size as i64, s.sha256, s.sender],
             )?;
             for target in &s.targets {
                 tx.execute(
@@ -935,14 +949,16 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn audit_trail(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+    async fn audit_trail(&self, limit: u32, within: Option<Vec<String>>) -> Result<Vec<AuditEntry>, StoreError> {
+        let within = within.map(|targets| serde_json::to_string(&targets).expect("names serialize"));
         self.read(move |conn| {
             let mut statement = conn.prepare(
                 "SELECT at, operator, action, target, submission_id, parked_reason, comment
-                 FROM operator_actions ORDER BY at DESC, rowid DESC LIMIT ?1",
+                 FROM operator_actions WHERE ?2 IS NULL OR target IN (SELECT value FROM json_each(?2))
+                 ORDER BY at DESC, rowid DESC LIMIT ?1",
             )?;
             statement
-                .query_map([limit], |r| {
+                .query_map(params![limit, within], |r| {
                     Ok(AuditEntry {
                         at: r.get(0)?,
                         record: OperatorRecord {
@@ -965,7 +981,7 @@ impl Store for SqliteStore {
             let key = id.to_string();
             let Some(mut status) = conn
                 .query_row(
-                    "SELECT service, region, reference, state, received_at, size, sha256 FROM submissions WHERE id = ?1",
+                    "SELECT service, region, reference, state, received_at, size, sha256, sender FROM submissions WHERE id = ?1",
                     [&key],
                     |r| {
                         Ok(SubmissionStatus {
@@ -977,6 +993,7 @@ impl Store for SqliteStore {
                             received_at: r.get(4)?,
                             size: r.get(5)?,
                             sha256: r.get(6)?,
+                            sender: r.get(7)?,
                             targets: Vec::new(),
                             timeline: Vec::new(),
                         })
@@ -1049,6 +1066,12 @@ impl Store for SqliteStore {
             if let Some(target) = q.target {
                 conditions.push("EXISTS (SELECT 1 FROM deliveries t WHERE t.submission_id = s.id AND t.target = ?)");
                 values.push(Box::new(target));
+            }
+            if let Some(within) = q.within {
+                conditions.push(
+                    "EXISTS (SELECT 1 FROM deliveries w WHERE w.submission_id = s.id AND w.target IN (SELECT value FROM json_each(?)))",
+                );
+                values.push(Box::new(serde_json::to_string(&within).expect("names serialize")));
             }
             if let Some(state) = q.state {
                 conditions.push("s.state = ?");
@@ -1170,6 +1193,7 @@ mod tests {
             targets: vec![TargetName::parse("a").unwrap(), TargetName::parse("b").unwrap()],
             size: 1234,
             sha256: "ab".repeat(32),
+            sender: "oaa".into(),
         }
     }
 
@@ -1259,8 +1283,11 @@ mod tests {
             comment: Some("duplicate of R-1".into()),
         };
         store.record_operator_action(record).await.unwrap();
-        let trail = store.audit_trail(10).await.unwrap();
+        let trail = store.audit_trail(10, None).await.unwrap();
         assert_eq!((trail[0].record.operator.as_str(), trail[0].record.action), ("alice", OperatorAction::Discard));
+        assert_eq!(store.audit_trail(10, Some(vec!["a".into()])).await.unwrap().len(), 1);
+        assert!(store.audit_trail(10, Some(vec!["b".into()])).await.unwrap().is_empty(), "only the targets within");
+        assert_eq!(store.status(id).await.unwrap().unwrap().sender.as_deref(), Some("oaa"));
         let status = store.status(id).await.unwrap().unwrap();
         assert_eq!(status.targets[0].state, DeliveryState::Discarded);
         assert_eq!(status.targets[0].last_outcome.as_deref(), Some("discarded by alice"));
@@ -1393,6 +1420,11 @@ mod tests {
         assert_eq!(query(window).await.items.iter().map(|s| s.id).collect::<Vec<_>>(), [ids[3], ids[2]]);
         let nowhere = query(SearchQuery { target: Some("c".into()), limit: 50, ..SearchQuery::default() }).await;
         assert!(nowhere.items.is_empty());
+        // An operator's scope: only submissions that went to its targets.
+        let outside = query(SearchQuery { within: Some(vec!["c".into(), "d".into()]), limit: 50, ..SearchQuery::default() }).await;
+        assert!(outside.items.is_empty());
+        let inside = query(SearchQuery { within: Some(vec!["c".into(), "b".into()]), limit: 50, ..SearchQuery::default() }).await;
+        assert_eq!(inside.items.len(), ids.len());
     }
 
     #[tokio::test]

@@ -166,12 +166,13 @@ impl Worker {
         let mapping = self.mapping_for(&target, id, history.mapping_version.as_deref()).await;
         history.mapping_version = Some(mapping.version().to_owned());
         let policy = &target.retry;
-        let attempt = self.deliver(&target, id, &message.data, &mapping, history.attempts).await;
+        let region = retry::text(headers, retry::header::REGION).unwrap_or_default();
+        let attempt = self.deliver(&target, id, &region, &message.data, &mapping, history.attempts).await;
         let name = &self.target.name;
         let outcome = match &attempt.result {
             Ok(_) => AttemptOutcome::delivered,
             Err(Failure::Transient { .. }) => AttemptOutcome::transient,
-            Err(Failure::Park(ParkReason::Rejected(_))) => AttemptOutcome::permanent,
+            Err(Failure::Park(ParkReason::Rejected(_) | ParkReason::OutsideTenant(_))) => AttemptOutcome::permanent,
             Err(Failure::Park(_)) => AttemptOutcome::mapping_error,
         };
         self.metrics.attempt(name, outcome);
@@ -274,11 +275,15 @@ impl Worker {
     }
 
     /// Renders and delivers.
-    async fn deliver(&self, target: &Target, message_id: &str, body: &[u8], mapping: &Mapping, attempt: u32) -> Attempt {
+    async fn deliver(&self, target: &Target, message_id: &str, region: &str, body: &[u8], mapping: &Mapping, attempt: u32) -> Attempt {
         let failed = |failure| Attempt { mapped: None, duration: None, result: Err(failure) };
         let Ok(id) = message_id.parse::<Uuid>() else {
             return failed(Failure::Park(ParkReason::Undecodable("message has no submission id".into())));
         };
+        if !target.admits(region) {
+            tracing::error!(event = "outside_tenant", region, "a submission of another tenant's region reached this target; parked");
+            return failed(Failure::Park(ParkReason::OutsideTenant(format!("region {region:?} is not of the target's tenant"))));
+        }
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let mapping_span = tracing::info_span!("mapping", version = mapping.version());
         let payload = match self.sandbox.render(mapping, body, now).instrument(mapping_span).await {
@@ -408,11 +413,15 @@ pub enum ParkReason {
     /// Transient failures went on past the retry policy's `max_age`.
     #[error("{0}")]
     RetriesExhausted(String),
+    /// The submission's region is not one of the target's tenant: no
+    /// route should have sent it here, so it is held, not delivered.
+    #[error("{0}")]
+    OutsideTenant(String),
 }
 
 impl ParkReason {
     /// Every [`kind`](Self::kind).
-    pub const KINDS: [&'static str; 4] = ["undecodable", "mapping-error", "target-rejected", "retries-exhausted"];
+    pub const KINDS: [&'static str; 5] = ["undecodable", "mapping-error", "target-rejected", "retries-exhausted", "outside-tenant"];
 
     pub fn kind(&self) -> &'static str {
         match self {
@@ -420,6 +429,7 @@ impl ParkReason {
             ParkReason::Mapping(_) => "mapping-error",
             ParkReason::Rejected(_) => "target-rejected",
             ParkReason::RetriesExhausted(_) => "retries-exhausted",
+            ParkReason::OutsideTenant(_) => "outside-tenant",
         }
     }
 }
@@ -440,6 +450,7 @@ mod tests {
             ParkReason::Mapping(String::new()),
             ParkReason::Rejected(String::new()),
             ParkReason::RetriesExhausted(String::new()),
+            ParkReason::OutsideTenant(String::new()),
         ];
         assert_eq!(reasons.map(|r| r.kind()), ParkReason::KINDS);
     }

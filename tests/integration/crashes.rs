@@ -13,7 +13,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use crate::helpers::{
-    AppProcess, FAST_RETRY, PrivateBroker, Setup, config_yaml, free_port, gewerbeanmeldung, spawn_app, unique_prefix,
+    AppProcess, FAST_RETRY, PrivateBroker, Setup, as_sender, config_yaml, free_port, gewerbeanmeldung, spawn_app, unique_prefix,
 };
 
 const SERVICE: &str = "99050012104000";
@@ -60,7 +60,7 @@ async fn sigkill_in_the_middle_of_1000_submissions_loses_none() {
     let accepted: Arc<Mutex<HashMap<usize, String>>> = Arc::default();
     let permits = Arc::new(Semaphore::new(16));
     let body = gewerbeanmeldung("053150000000").to_string();
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
+    let client = as_sender(reqwest::Client::builder().timeout(Duration::from_secs(15))).build().unwrap();
     let mut clients = tokio::task::JoinSet::new();
     for i in 0..TOTAL {
         let (accepted, permits, body, client, base) = (accepted.clone(), permits.clone(), body.clone(), client.clone(), app.base.clone());

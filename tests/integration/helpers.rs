@@ -18,6 +18,21 @@ pub fn broker_url() -> String {
 
 /// The bearer token of the operator `test-operator` in every test config.
 pub const OPERATOR_TOKEN: &str = "0123456789abcdef-test-operator-token";
+/// The API key of the sender `test-sender` (every region and service) in
+/// every test config.
+pub const SENDER_KEY: &str = "0123456789abcdef-test-sender-key";
+
+/// The hex SHA-256 of a key, as configs hold it.
+pub fn key_hash(key: &str) -> String {
+    Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A client that sends as `test-sender`.
+pub fn as_sender(builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {SENDER_KEY}").parse().unwrap());
+    builder.default_headers(headers)
+}
 
 pub struct TestApp {
     pub base: String,
@@ -50,6 +65,11 @@ pub struct Setup<'a> {
     /// The `connector:` block of every target, indented by six spaces
     /// (default: `http` to the sample back office).
     pub connector: Option<&'a str>,
+    /// Top-level YAML in place of the default `senders:` (`test-sender`)
+    /// and `operators:` (`test-operator`), e.g. with `tenants:`.
+    pub access: Option<&'a str>,
+    /// (target, tenant) pairs.
+    pub tenants_of: &'a [(&'a str, &'a str)],
 }
 
 impl Default for Setup<'_> {
@@ -63,6 +83,8 @@ impl Default for Setup<'_> {
             route_settings: "",
             mappings: None,
             connector: None,
+            access: None,
+            tenants_of: &[],
         }
     }
 }
@@ -72,9 +94,15 @@ pub const FAST_RETRY: &str = "    retry:\n      first_delay: 100ms\n      factor
 
 /// The config file for `setup`, delivering to `back_office`.
 pub fn config_yaml(setup: &Setup<'_>, back_office: &SampleBackOffice, prefix: &str, store: &Path) -> String {
-    let token_hash: String = Sha256::digest(OPERATOR_TOKEN.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    let access = setup.access.map(str::to_owned).unwrap_or_else(|| {
+        format!(
+            "senders:\n  - name: test-sender\n    api_keys_sha256: [{}]\n    regions: [\"\"]\noperators:\n  - name: test-operator\n    token_sha256: {}\n    role: operator\n",
+            key_hash(SENDER_KEY),
+            key_hash(OPERATOR_TOKEN)
+        )
+    });
     let mut yaml = format!(
-        "http:\n  listen: 127.0.0.1:0\n  max_body_bytes: {}\nbroker:\n  url: {}\n  prefix: {prefix}\nstore:\n  path: {}\nmappings: {}\nshutdown_deadline: 5s\nsandbox:\n  program: {}\n  processes: 2\noperators:\n  - name: test-operator\n    token_sha256: {token_hash}\ntargets:\n",
+        "http:\n  listen: 127.0.0.1:0\n  max_body_bytes: {}\nbroker:\n  url: {}\n  prefix: {prefix}\nstore:\n  path: {}\nmappings: {}\nshutdown_deadline: 5s\nsandbox:\n  program: {}\n  processes: 2\n{access}targets:\n",
         setup.max_body_bytes.unwrap_or(1 << 20),
         setup.broker_url.clone().unwrap_or_else(broker_url),
         store.join("store.sqlite").display(),
@@ -87,6 +115,9 @@ pub fn config_yaml(setup: &Setup<'_>, back_office: &SampleBackOffice, prefix: &s
             None => format!("      http:\n        url: {}\n        timeout: 30s\n", back_office.url(name)),
         };
         yaml += &format!("  {name}:\n    mapping: {mapping}\n    connector:\n{connector}{}", setup.target_settings);
+        if let Some((_, tenant)) = setup.tenants_of.iter().find(|(target, _)| target == name) {
+            yaml += &format!("    tenant: {tenant}\n");
+        }
     }
     yaml += "routes:\n";
     for (service, region, targets) in setup.routes {
@@ -117,7 +148,7 @@ pub async fn spawn_app(setup: Setup<'_>) -> TestApp {
     }));
     TestApp {
         base,
-        client: reqwest::Client::new(),
+        client: as_sender(reqwest::Client::builder()).build().unwrap(),
         back_office,
         prefix,
         config_path,

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use amtsbote::demo::SampleBackOffice;
 
-use crate::helpers::{AppProcess, Setup, config_yaml, free_port, gewerbeanmeldung, spawn_app, unique_prefix};
+use crate::helpers::{AppProcess, Setup, as_sender, config_yaml, free_port, gewerbeanmeldung, spawn_app, unique_prefix};
 
 fn shipped() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings")
@@ -309,7 +309,7 @@ async fn sighup_reloads_the_running_binary_and_a_broken_config_is_refused() {
     std::fs::write(&config, config_yaml(&setup, &back_office, &unique_prefix(), dir.path())).unwrap();
     let log = dir.path().join("amtsbote.log");
     let app = AppProcess::start(&config, free_port(), &log).await;
-    let client = reqwest::Client::new();
+    let client = as_sender(reqwest::Client::builder()).build().unwrap();
     let submit = || async {
         let response = client
             .post(format!("{}/v1/submissions", app.base))

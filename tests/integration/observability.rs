@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::helpers::{AppProcess, FAST_RETRY, Setup, config_yaml, free_port, gewerbeanmeldung, spawn_app, unique_prefix};
+use crate::helpers::{AppProcess, FAST_RETRY, Setup, as_sender, config_yaml, free_port, gewerbeanmeldung, spawn_app, unique_prefix};
 
 async fn accepted_id(response: reqwest::Response) -> String {
     assert_eq!(response.status(), StatusCode::ACCEPTED);
@@ -244,7 +244,9 @@ async fn json_logs_carry_submission_and_delivery_id_on_every_line_of_a_delivery(
     let log = dir.path().join("amtsbote.log");
     let mut app = AppProcess::start_with(&config, free_port(), &log, &[("AMTSBOTE_LOG_FORMAT", "json"), ("RUST_LOG", "info")]).await;
     let submission = gewerbeanmeldung("053150000000");
-    let response = reqwest::Client::new()
+    let response = as_sender(reqwest::Client::builder())
+        .build()
+        .unwrap()
         .post(format!("{}/v1/submissions", app.base))
         .header("content-type", "application/json")
         .body(submission.to_string())
@@ -336,7 +338,9 @@ async fn a_submission_is_one_trace_from_intake_through_each_attempt_and_no_span_
     let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", collector.base.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "100"), ("RUST_LOG", "info")];
     let mut app = AppProcess::start_with(&config, free_port(), &log, &env).await;
     let submission = gewerbeanmeldung("053150000000");
-    let response = reqwest::Client::new()
+    let response = as_sender(reqwest::Client::builder())
+        .build()
+        .unwrap()
         .post(format!("{}/v1/submissions", app.base))
         .header("content-type", "application/json")
         .body(submission.to_string())

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{OPERATOR_TOKEN, Setup, TestApp, gewerbeanmeldung, spawn_app};
+use crate::helpers::{OPERATOR_TOKEN, SENDER_KEY, Setup, TestApp, gewerbeanmeldung, key_hash, spawn_app};
 
 /// Objects that list their properties accept no others, for the test: an
 /// answer with a field the document does not name fails.
@@ -74,7 +74,16 @@ impl Checker {
 
 #[tokio::test]
 async fn the_running_server_answers_as_its_openapi_document_says() {
-    let app = spawn_app(Setup::default()).await;
+    // Besides test-sender and test-operator: a sender for Köln only and a
+    // viewer, for the 403s.
+    let access = format!(
+        "senders:\n  - name: test-sender\n    api_keys_sha256: [{}]\n    regions: [\"\"]\n  - name: koeln-only\n    api_keys_sha256: [{}]\n    regions: [\"05315\"]\noperators:\n  - name: test-operator\n    token_sha256: {}\n    role: operator\n  - name: test-viewer\n    token_sha256: {}\n    role: viewer\n",
+        key_hash(SENDER_KEY),
+        key_hash("koeln-only-key"),
+        key_hash(OPERATOR_TOKEN),
+        key_hash("viewer-token")
+    );
+    let app = spawn_app(Setup { access: Some(&access), ..Setup::default() }).await;
     let served = app.client.get(format!("{}/v1/openapi.json", app.base)).send().await.unwrap();
     assert_eq!(served.status(), StatusCode::OK);
     let mut doc: Value = served.json().await.unwrap();
@@ -99,6 +108,11 @@ async fn the_running_server_answers_as_its_openapi_document_says() {
         (client.post(format!("{base}/v1/submissions")).header("content-type", "text/plain").body("x"), StatusCode::UNSUPPORTED_MEDIA_TYPE),
         (json_post("/v1/submissions", gewerbeanmeldung("053150000000").to_string().replace("99050012104000", "99000000000000")), StatusCode::UNPROCESSABLE_ENTITY),
         (json_post("/v1/submissions", "x".repeat(2 << 20)), StatusCode::PAYLOAD_TOO_LARGE),
+        (json_post("/v1/submissions", submission.to_string()).header("authorization", "Bearer nope"), StatusCode::UNAUTHORIZED),
+        (
+            json_post("/v1/submissions", gewerbeanmeldung("091620000000").to_string()).bearer_auth("koeln-only-key"),
+            StatusCode::FORBIDDEN,
+        ),
     ];
     for (request, expected) in refusals {
         assert_eq!(checker.check(&app, request).await.0, expected);
@@ -114,6 +128,9 @@ async fn the_running_server_answers_as_its_openapi_document_says() {
         (client.get(format!("{base}/v1/submissions/{delivered}")), StatusCode::OK),
         (client.get(format!("{base}/v1/submissions/{parked}")), StatusCode::OK),
         (client.get(format!("{base}/v1/submissions/{}", uuid::Uuid::new_v4())), StatusCode::NOT_FOUND),
+        (client.get(format!("{base}/v1/submissions/{delivered}")).bearer_auth("nope"), StatusCode::UNAUTHORIZED),
+        (client.get(format!("{base}/v1/submissions/{delivered}")).bearer_auth("koeln-only-key"), StatusCode::NOT_FOUND),
+        (operator(Method::GET, &format!("/v1/submissions/{delivered}")), StatusCode::OK),
         (operator(Method::GET, "/v1/submissions?reference=OAA-OPENAPI"), StatusCode::OK),
         (operator(Method::GET, "/v1/submissions?limit=1"), StatusCode::OK),
         (operator(Method::GET, "/v1/submissions?state=lost"), StatusCode::BAD_REQUEST),
@@ -127,6 +144,7 @@ async fn the_running_server_answers_as_its_openapi_document_says() {
         (operator(Method::POST, "/v1/parked/discard").json(&json!({ "submission": parked, "comment": "test" })), StatusCode::OK),
         (operator(Method::POST, "/v1/parked/replay").json(&json!({ "submission": parked })), StatusCode::OK),
         (operator(Method::GET, "/v1/audit?limit=5"), StatusCode::OK),
+        (client.post(format!("{base}/v1/parked/replay")).bearer_auth("viewer-token").json(&json!({ "all": true })), StatusCode::FORBIDDEN),
         (client.get(format!("{base}/v1/audit")), StatusCode::UNAUTHORIZED),
         // Operations.
         (client.get(format!("{base}/healthz")), StatusCode::OK),

@@ -1,0 +1,448 @@
+//! Who may do what.
+//!
+//! * **Senders** (online services) hand in submissions with an API key, and
+//!   only for the regions (ARS prefixes) and services (LeiKa keys) they are
+//!   allowed ([`Senders`]). A sender reads back only its own submissions.
+//! * **Tenants** (municipalities, Kreise, a Land) own regions; every target
+//!   of a tenant receives only submissions of the tenant's regions
+//!   ([`Tenancy`]): checked when the configuration is loaded (no route may
+//!   send another tenant's region to it) and again before each delivery.
+//! * **Operators** see and act within their tenants ([`Scope`]); a
+//!   [`Role::Viewer`] looks, a [`Role::Operator`] may also replay and
+//!   discard.
+//!
+//! Keys and tokens are configured as SHA-256 hashes only ([`KeyHash`]),
+//! so the configuration holds nothing that opens the door. They are
+//! random 256-bit values (`amtsbote keys new` makes one), for which a plain
+//! hash is as good as a slow one: there is nothing to guess.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, StatusCode, header};
+use serde::{Deserialize, Deserializer};
+use sha2::{Digest, Sha256};
+
+use crate::config::{Config, OperatorConfig, SenderConfig};
+use crate::domain::{ArsPrefix, Region, SenderName, ServiceKey, TargetName, TenantName};
+use crate::problem::Problem;
+use crate::submission::FieldError;
+
+/// The SHA-256 of a key or token, configured as 64 hex digits.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyHash([u8; 32]);
+
+impl KeyHash {
+    pub fn of(secret: &str) -> Self {
+        Self(Sha256::digest(secret.trim().as_bytes()).into())
+    }
+
+    pub fn parse(hex: &str) -> Option<Self> {
+        let hex = hex.trim();
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut hash = [0u8; 32];
+        for (i, byte) in hash.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Self(hash))
+    }
+}
+
+impl fmt::Debug for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyHash({}…)", crate::domain::hex(&self.0[..4]))
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyHash {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::parse(&text).ok_or_else(|| {
+            serde::de::Error::custom("must be the SHA-256 of a key as 64 hex digits (printf %s \"$KEY\" | sha256sum)")
+        })
+    }
+}
+
+/// A fresh random key, as `amtsbote keys new` prints it, with its hash.
+pub fn new_key() -> (String, String) {
+    let mut bytes = [0u8; 32];
+    bytes[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    bytes[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    let key = crate::domain::hex(&bytes);
+    let hash = crate::domain::hex(&KeyHash::of(&key).0);
+    (key, hash)
+}
+
+/// Equal bytes, compared in full whatever differs first, so that the time
+/// taken tells nothing about how much of a secret was right.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Holders of keys: finds whose a presented key is, comparing it with every
+/// hash so that the time taken tells nothing about which one matched.
+#[derive(Debug)]
+pub struct KeyRing<T> {
+    entries: Vec<(KeyHash, T)>,
+}
+
+impl<T> Default for KeyRing<T> {
+    fn default() -> Self {
+        Self { entries: Vec::new() }
+    }
+}
+
+impl<T> KeyRing<T> {
+    pub fn insert(&mut self, hash: KeyHash, holder: T) {
+        self.entries.push((hash, holder));
+    }
+
+    pub fn find(&self, presented: &str) -> Option<&T> {
+        let presented = KeyHash::of(presented);
+        let mut found = None;
+        for (hash, holder) in &self.entries {
+            if constant_time_eq(&hash.0, &presented.0) {
+                found = Some(holder);
+            }
+        }
+        found
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn find_hash(&self, hash: &KeyHash) -> bool {
+        self.entries.iter().any(|(h, _)| h == hash)
+    }
+}
+
+/// The bearer token of a request, if it sent one.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+/// 401 with the challenge RFC 6750 asks for.
+pub fn unauthorized(detail: &str) -> Problem {
+    Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", detail).challenge("Bearer")
+}
+
+/// An online service allowed to hand in submissions.
+#[derive(Debug)]
+pub struct Sender {
+    pub name: SenderName,
+    regions: Vec<ArsPrefix>,
+    /// `None`: every service.
+    services: Option<BTreeSet<ServiceKey>>,
+}
+
+impl Sender {
+    /// The fields of a submission this sender may not send, with why.
+    pub fn refusals(&self, service: &ServiceKey, region: &Region) -> Vec<FieldError> {
+        let mut refused = Vec::new();
+        if self.services.as_ref().is_some_and(|allowed| !allowed.contains(service)) {
+            refused.push(FieldError::new("#/service", format!("sender {} may not submit this service", self.name)));
+        }
+        if !self.regions.iter().any(|prefix| prefix.covers(region)) {
+            let detail = match region {
+                Region::Ags(_) if self.regions.iter().any(|p| (6..12).contains(&p.len())) => format!(
+                    "sender {} may not submit for this region (an AGS does not tell the Gemeindeverband: send the 12-digit ARS)",
+                    self.name
+                ),
+                _ => format!("sender {} may not submit for this region", self.name),
+            };
+            refused.push(FieldError::new("#/region", detail));
+        }
+        refused
+    }
+}
+
+/// The configured senders, by API key.
+#[derive(Debug, Default)]
+pub struct Senders {
+    ring: KeyRing<Arc<Sender>>,
+}
+
+impl Senders {
+    pub fn new(configs: &[SenderConfig]) -> Result<Self, Vec<String>> {
+        let mut problems = Vec::new();
+        let mut ring = KeyRing::default();
+        let mut names = BTreeSet::new();
+        for config in configs {
+            if !names.insert(&config.name) {
+                problems.push(format!("senders: {} is named twice", config.name));
+            }
+            if config.api_keys_sha256.is_empty() {
+                problems.push(format!("senders: {} has no api_keys_sha256", config.name));
+            }
+            if config.regions.is_empty() {
+                problems.push(format!("senders: {} has no regions (\"\" allows every region)", config.name));
+            }
+            let sender = Arc::new(Sender {
+                name: config.name.clone(),
+                regions: config.regions.clone(),
+                services: config.services.as_ref().map(|s| s.iter().cloned().collect()),
+            });
+            for hash in &config.api_keys_sha256 {
+                if ring.find_hash(hash) {
+                    problems.push(format!("senders: {}: an API key hash is configured twice", config.name));
+                }
+                ring.insert(hash.clone(), sender.clone());
+            }
+        }
+        if problems.is_empty() { Ok(Self { ring }) } else { Err(problems) }
+    }
+
+    /// The sender a request authenticates as.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Sender>, Problem> {
+        if self.ring.is_empty() {
+            return Err(unauthorized("no senders are configured (senders: in the config file), so intake takes nothing"));
+        }
+        let token = bearer(headers).ok_or_else(|| unauthorized("send Authorization: Bearer <API key>"))?;
+        self.ring.find(token).cloned().ok_or_else(|| unauthorized("unknown API key"))
+    }
+}
+
+/// Which tenant owns which regions and targets.
+#[derive(Debug, Default)]
+pub struct Tenancy {
+    regions: BTreeMap<TenantName, Vec<ArsPrefix>>,
+    owner: BTreeMap<TargetName, TenantName>,
+}
+
+impl Tenancy {
+    /// Checks the configuration's tenants against its targets and routes;
+    /// returns every problem.
+    pub fn new(config: &Config) -> Result<Self, Vec<String>> {
+        let mut problems = Vec::new();
+        let regions: BTreeMap<TenantName, Vec<ArsPrefix>> =
+            config.tenants.iter().map(|(name, tenant)| (name.clone(), tenant.regions.clone())).collect();
+        for (name, tenant) in &config.tenants {
+            if tenant.regions.is_empty() {
+                problems.push(format!("tenants: {name} has no regions"));
+            }
+        }
+        let mut owner = BTreeMap::new();
+        for (target, settings) in &config.targets {
+            match &settings.tenant {
+                Some(tenant) if !regions.contains_key(tenant) => {
+                    problems.push(format!("targets: {target}: tenant {tenant} is not defined under tenants"));
+                }
+                Some(tenant) => {
+                    owner.insert(target.clone(), tenant.clone());
+                }
+                None if !regions.is_empty() => {
+                    problems.push(format!("targets: {target}: name its tenant (tenants are defined, so every target belongs to one)"));
+                }
+                None => {}
+            }
+        }
+        let tenancy = Self { regions, owner };
+        for (index, route) in config.routes.iter().enumerate() {
+            for target in &route.targets {
+                if let Some(tenant) = tenancy.owner.get(target)
+                    && !tenancy.regions[tenant].iter().any(|outer| route.region.within(outer))
+                {
+                    problems.push(format!(
+                        "routes: route {index} (service {}, region {:?}) sends to {target} of tenant {tenant}, whose regions ({}) do not include {:?}",
+                        route.service.as_str(),
+                        route.region.as_str(),
+                        tenancy.regions[tenant].iter().map(|p| format!("{:?}", p.as_str())).collect::<Vec<_>>().join(", "),
+                        route.region.as_str(),
+                    ));
+                }
+            }
+        }
+        for operator in &config.operators {
+            for tenant in operator.tenants.iter().flatten() {
+                if !tenancy.regions.contains_key(tenant) {
+                    problems.push(format!("operators: {}: tenant {tenant} is not defined under tenants", operator.name));
+                }
+            }
+        }
+        if problems.is_empty() { Ok(tenancy) } else { Err(problems) }
+    }
+
+    /// The regions a target may receive submissions of; `None` if it
+    /// belongs to no tenant (a configuration without tenants).
+    pub fn regions_of(&self, target: &TargetName) -> Option<Vec<ArsPrefix>> {
+        self.owner.get(target).map(|tenant| self.regions[tenant].clone())
+    }
+
+    /// What an operator of these tenants sees (`None`: every tenant).
+    pub fn scope(&self, tenants: Option<&[TenantName]>) -> Scope {
+        match tenants {
+            None => Scope::Everything,
+            Some(tenants) => Scope::Targets(
+                self.owner.iter().filter(|(_, owner)| tenants.contains(owner)).map(|(target, _)| target.clone()).collect(),
+            ),
+        }
+    }
+}
+
+/// The targets an operator sees, and through them the submissions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    Everything,
+    Targets(BTreeSet<TargetName>),
+}
+
+impl Scope {
+    pub fn sees(&self, target: &TargetName) -> bool {
+        match self {
+            Scope::Everything => true,
+            Scope::Targets(targets) => targets.contains(target),
+        }
+    }
+
+    /// Whether a target given by name (as stored in the ledger) is seen.
+    pub fn sees_name(&self, target: &str) -> bool {
+        match self {
+            Scope::Everything => true,
+            Scope::Targets(targets) => targets.iter().any(|t| t.as_str() == target),
+        }
+    }
+
+    /// The targets seen, if not all.
+    pub fn targets(&self) -> Option<&BTreeSet<TargetName>> {
+        match self {
+            Scope::Everything => None,
+            Scope::Targets(targets) => Some(targets),
+        }
+    }
+}
+
+/// What an operator may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Sees the dashboard, the ledger and parked deliveries.
+    Viewer,
+    /// Also replays and discards parked deliveries.
+    Operator,
+}
+
+/// A signed-in operator.
+#[derive(Debug, Clone)]
+pub struct Operator {
+    /// The name recorded with every replay and discard.
+    pub name: String,
+    pub role: Role,
+    pub scope: Scope,
+}
+
+impl Operator {
+    /// Refuses a viewer an action that changes something.
+    pub fn may_act(&self) -> Result<(), Problem> {
+        match self.role {
+            Role::Operator => Ok(()),
+            Role::Viewer => Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "Forbidden",
+                format!("operator {} is a viewer: replay and discard need the operator role", self.name),
+            )),
+        }
+    }
+}
+
+/// The configured operators, by token.
+#[derive(Debug, Default)]
+pub struct Operators {
+    ring: KeyRing<Operator>,
+}
+
+impl Operators {
+    pub fn new(configs: &[OperatorConfig], tenancy: &Tenancy) -> Self {
+        let mut ring = KeyRing::default();
+        for config in configs {
+            let operator =
+                Operator { name: config.name.clone(), role: config.role, scope: tenancy.scope(config.tenants.as_deref()) };
+            ring.insert(config.token_sha256.clone(), operator);
+        }
+        Self { ring }
+    }
+
+    pub fn find(&self, token: &str) -> Option<&Operator> {
+        self.ring.find(token)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ring.is_empty()
+    }
+
+    /// The operator a request authenticates as.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Operator, Problem> {
+        if self.is_empty() {
+            return Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "operator-api-disabled",
+                "Operator API Disabled",
+                "no operators are configured (operators: in the config file)",
+            ));
+        }
+        let token = bearer(headers).ok_or_else(|| unauthorized("send Authorization: Bearer <operator token>"))?;
+        self.find(token).cloned().ok_or_else(|| unauthorized("unknown operator token"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_hash_is_64_hex_digits() {
+        let (key, hash) = new_key();
+        assert_eq!(key.len(), 64);
+        assert_eq!(KeyHash::parse(&hash), Some(KeyHash::of(&key)));
+        assert_eq!(KeyHash::parse("abc"), None);
+        assert_eq!(KeyHash::parse(&"g".repeat(64)), None);
+        assert_ne!(new_key().0, key, "keys are random");
+    }
+
+    #[test]
+    fn a_key_ring_finds_the_holder() {
+        let mut ring = KeyRing::default();
+        ring.insert(KeyHash::of("one"), 1);
+        ring.insert(KeyHash::of("two"), 2);
+        assert_eq!(ring.find("two"), Some(&2));
+        assert_eq!(ring.find(" one "), Some(&1));
+        assert_eq!(ring.find("three"), None);
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_case_insensitively_by_scheme() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(bearer(&headers), None);
+        headers.insert(header::AUTHORIZATION, "bearer abc".parse().unwrap());
+        assert_eq!(bearer(&headers), Some("abc"));
+        headers.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(bearer(&headers), None);
+        headers.insert(header::AUTHORIZATION, "Bearer ".parse().unwrap());
+        assert_eq!(bearer(&headers), None);
+    }
+
+    #[test]
+    fn a_sender_is_refused_what_it_may_not_send() {
+        let sender = Sender {
+            name: SenderName::parse("oaa").unwrap(),
+            regions: vec![ArsPrefix::parse("05315").unwrap(), ArsPrefix::parse("0731500").unwrap()],
+            services: Some([ServiceKey::parse("99050012104000").unwrap()].into()),
+        };
+        let gewerbe = ServiceKey::parse("99050012104000").unwrap();
+        let other = ServiceKey::parse("99123456789000").unwrap();
+        let koeln = Region::parse("053150000000").unwrap();
+        let bonn = Region::parse("053140000000").unwrap();
+        assert!(sender.refusals(&gewerbe, &koeln).is_empty());
+        let pointers = |errors: Vec<FieldError>| errors.into_iter().map(|e| e.pointer).collect::<Vec<_>>();
+        assert_eq!(pointers(sender.refusals(&gewerbe, &bonn)), ["#/region"]);
+        assert_eq!(pointers(sender.refusals(&other, &bonn)), ["#/service", "#/region"]);
+        let ags = sender.refusals(&gewerbe, &Region::parse("07315001").unwrap());
+        assert!(ags[0].detail.contains("12-digit ARS"), "{ags:?}");
+    }
+}
