@@ -11,3 +11,4 @@ mod mappings;
 mod observability;
 mod openapi;
 mod retries;
+mod security;

@@ -1,0 +1,218 @@
+//! Who may send what, and who sees what: sender keys and their rights,
+//! tenants whose submissions never cross, operator roles and scopes.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::helpers::{OPERATOR_TOKEN, SENDER_KEY, Setup, TestApp, gewerbeanmeldung, key_hash, spawn_app};
+
+const GEWERBE: &str = "99050012104000";
+const KOELN: &str = "053150000000";
+const BONN: &str = "053140000000";
+
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+async fn problem(response: reqwest::Response) -> (StatusCode, Option<String>, Value) {
+    let status = response.status();
+    let challenge = response.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    (status, challenge, response.json().await.unwrap())
+}
+
+fn pointers(problem: &Value) -> Vec<&str> {
+    problem["errors"].as_array().map(|e| e.iter().map(|e| e["pointer"].as_str().unwrap()).collect()).unwrap_or_default()
+}
+
+async fn post_as(app: &TestApp, key: Option<&str>, body: String) -> reqwest::Response {
+    let mut request = reqwest::Client::new().post(format!("{}/v1/submissions", app.base)).header("content-type", "application/json");
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    request.body(body).send().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_sender_without_rights_gets_403_naming_the_field_and_nothing_is_queued() {
+    let access = format!(
+        "senders:\n  - name: koeln-gewerbe\n    api_keys_sha256: [{}]\n    regions: [\"05315\"]\n    services: [\"{GEWERBE}\"]\noperators:\n  - name: test-operator\n    token_sha256: {}\n    role: operator\n",
+        key_hash("koeln-key"),
+        key_hash(OPERATOR_TOKEN)
+    );
+    let app = spawn_app(Setup { access: Some(&access), ..Setup::default() }).await;
+
+    let (status, challenge, body) = problem(post_as(&app, None, gewerbeanmeldung(KOELN).to_string()).await).await;
+    assert_eq!((status, challenge.as_deref()), (StatusCode::UNAUTHORIZED, Some("Bearer")), "{body}");
+    let (status, _, _) = problem(post_as(&app, Some("not-a-key"), gewerbeanmeldung(KOELN).to_string()).await).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let (status, _, body) = problem(post_as(&app, Some("koeln-key"), gewerbeanmeldung(BONN).to_string()).await).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["type"], "https://amtsbote.dev/problems/forbidden");
+    assert_eq!(pointers(&body), ["#/region"], "{body}");
+    let other_service = gewerbeanmeldung(KOELN).to_string().replace(GEWERBE, "99102013104000");
+    let (status, _, body) = problem(post_as(&app, Some("koeln-key"), other_service).await).await;
+    assert_eq!((status, pointers(&body)), (StatusCode::FORBIDDEN, vec!["#/service"]), "{body}");
+
+    // Nothing of the refused requests was queued, recorded or delivered.
+    let metrics = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+    assert_eq!(metric(&metrics, "amtsbote_queue_depth{target=\"fv\"}"), Some(0.0), "{metrics}");
+    assert_eq!(metric(&metrics, "amtsbote_submissions_refused_total{problem=\"forbidden\"}"), Some(2.0));
+    assert_eq!(metric(&metrics, "amtsbote_submissions_refused_total{problem=\"unauthorized\"}"), Some(2.0));
+    let found: Value = app.operator(Method::GET, "/v1/submissions").send().await.unwrap().json().await.unwrap();
+    assert_eq!(found["items"].as_array().unwrap().len(), 0, "{found}");
+
+    // What it may send goes through, and only it reads the status back.
+    let response = post_as(&app, Some("koeln-key"), gewerbeanmeldung(KOELN).to_string()).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    app.back_office.wait_for(1, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.back_office.received().len(), 1, "only the allowed submission arrived");
+    let status_of = |key: &'static str| {
+        let url = format!("{}/v1/submissions/{id}", app.base);
+        async move { reqwest::Client::new().get(url).bearer_auth(key).send().await.unwrap().status() }
+    };
+    assert_eq!(status_of("koeln-key").await, StatusCode::OK);
+    assert_eq!(status_of(OPERATOR_TOKEN).await, StatusCode::OK);
+    assert_eq!(status_of("not-a-key").await, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_rotated_key_works_alongside_the_old_one_until_the_old_one_is_removed() {
+    let access = |keys: &[&str]| {
+        let hashes: Vec<String> = keys.iter().map(|k| key_hash(k)).collect();
+        format!("senders:\n  - name: oaa\n    api_keys_sha256: [{}]\n    regions: [\"\"]\n", hashes.join(", "))
+    };
+    let old = access(&["old-key"]);
+    let app = spawn_app(Setup { access: Some(&old), ..Setup::default() }).await;
+    let accepts = |key: &'static str| {
+        let app = &app;
+        async move { post_as(app, Some(key), gewerbeanmeldung(KOELN).to_string()).await.status() }
+    };
+    assert_eq!(accepts("old-key").await, StatusCode::ACCEPTED);
+    assert_eq!(accepts("new-key").await, StatusCode::UNAUTHORIZED);
+
+    let reload = |yaml: String| {
+        let app = &app;
+        async move {
+            let text = std::fs::read_to_string(&app.config_path).unwrap();
+            let start = text.find("senders:").unwrap();
+            let end = text.find("targets:").unwrap();
+            let config = format!("{}{yaml}{}", &text[..start], &text[end..]);
+            app.reloader.reload(&amtsbote::config::parse_yaml(&config).unwrap()).await.unwrap();
+        }
+    };
+    reload(access(&["old-key", "new-key"])).await;
+    assert_eq!(accepts("old-key").await, StatusCode::ACCEPTED);
+    assert_eq!(accepts("new-key").await, StatusCode::ACCEPTED);
+    reload(access(&["new-key"])).await;
+    assert_eq!(accepts("old-key").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(accepts("new-key").await, StatusCode::ACCEPTED);
+}
+
+/// Köln and Bonn, each with its trade office; one sender serves both; a
+/// viewer for Köln.
+fn two_tenants() -> String {
+    format!(
+        "senders:\n  - name: oaa-nrw\n    api_keys_sha256: [{}]\n    regions: [\"05\"]\noperators:\n  - name: platform\n    token_sha256: {}\n    role: operator\n  - name: koeln-viewer\n    token_sha256: {}\n    role: viewer\n    tenants: [koeln]\ntenants:\n  koeln:\n    regions: [\"05315\"]\n  bonn:\n    regions: [\"05314\"]\n",
+        key_hash(SENDER_KEY),
+        key_hash(OPERATOR_TOKEN),
+        key_hash("koeln-viewer-token")
+    )
+}
+
+const TWO_TENANTS_TARGETS: &[(&str, &str)] =
+    &[("koeln-fv", "xgewerbeanzeige-2.2/gewerbeanmeldung.yaml"), ("bonn-fv", "xgewerbeanzeige-2.2/gewerbeanmeldung.yaml")];
+
+#[tokio::test]
+async fn two_tenants_submissions_never_cross_and_each_operator_sees_only_its_own() {
+    let access = two_tenants();
+    let app = spawn_app(Setup {
+        targets: TWO_TENANTS_TARGETS,
+        routes: &[(GEWERBE, "05315", &["koeln-fv"]), (GEWERBE, "05314", &["bonn-fv"])],
+        access: Some(&access),
+        tenants_of: &[("koeln-fv", "koeln"), ("bonn-fv", "bonn")],
+        ..Setup::default()
+    })
+    .await;
+
+    // Interleaved and concurrent, as a shared online service sends them.
+    const EACH: usize = 20;
+    let mut sent = tokio::task::JoinSet::new();
+    for i in 0..2 * EACH {
+        let (client, base) = (app.client.clone(), app.base.clone());
+        let region = if i % 2 == 0 { KOELN } else { BONN };
+        sent.spawn(async move {
+            let response = client
+                .post(format!("{base}/v1/submissions"))
+                .header("content-type", "application/json")
+                .body(gewerbeanmeldung(region).to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::ACCEPTED);
+            (region, response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned())
+        });
+    }
+    let ids: Vec<(&str, String)> = sent.join_all().await;
+    let received = app.back_office.wait_for(2 * EACH, Duration::from_secs(60)).await;
+    assert_eq!(received.len(), 2 * EACH);
+    for (path, own, other) in [("/koeln-fv", "05315000", "05314000"), ("/bonn-fv", "05314000", "05315000")] {
+        let arrived: Vec<String> =
+            received.iter().filter(|r| r.path == path).map(|r| String::from_utf8_lossy(&r.body).into_owned()).collect();
+        assert_eq!(arrived.len(), EACH, "{path}");
+        for body in &arrived {
+            assert!(body.contains(own) && !body.contains(other), "{path} received another tenant's submission");
+        }
+    }
+
+    // The Köln viewer finds Köln's submissions only; Bonn's do not exist
+    // for it, neither in search nor by id.
+    let viewer = |method: Method, path: &str| app.client.request(method, format!("{}{path}", app.base)).bearer_auth("koeln-viewer-token");
+    let found: Value = viewer(Method::GET, "/v1/submissions?limit=500").send().await.unwrap().json().await.unwrap();
+    let regions: Vec<&str> = found["items"].as_array().unwrap().iter().map(|i| i["region"].as_str().unwrap()).collect();
+    assert_eq!(regions.len(), EACH, "{found}");
+    assert!(regions.iter().all(|r| *r == KOELN), "{regions:?}");
+    for (region, id) in &ids {
+        let status = viewer(Method::GET, &format!("/v1/submissions/{id}")).send().await.unwrap().status();
+        assert_eq!(status, if *region == KOELN { StatusCode::OK } else { StatusCode::NOT_FOUND }, "{region}");
+    }
+    // ... and may look but not act.
+    let replay = viewer(Method::POST, "/v1/parked/replay").json(&serde_json::json!({ "all": true })).send().await.unwrap();
+    assert_eq!(replay.status(), StatusCode::FORBIDDEN);
+    let parked = viewer(Method::GET, "/v1/parked?target=bonn-fv").send().await.unwrap();
+    assert_eq!(parked.status(), StatusCode::UNPROCESSABLE_ENTITY, "another tenant's target is unknown to it");
+    // The platform operator sees both.
+    let all: Value = app.operator(Method::GET, "/v1/submissions?limit=500").send().await.unwrap().json().await.unwrap();
+    assert_eq!(all["items"].as_array().unwrap().len(), 2 * EACH);
+}
+
+#[tokio::test]
+async fn a_route_sending_a_region_to_another_tenants_target_is_refused_at_load() {
+    let access = two_tenants();
+    let back_office = amtsbote::demo::SampleBackOffice::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut setup = Setup {
+        targets: TWO_TENANTS_TARGETS,
+        // Köln's route also names Bonn's office.
+        routes: &[(GEWERBE, "05315", &["koeln-fv", "bonn-fv"])],
+        access: Some(&access),
+        tenants_of: &[("koeln-fv", "koeln"), ("bonn-fv", "bonn")],
+        ..Setup::default()
+    };
+    let yaml = crate::helpers::config_yaml(&setup, &back_office, "unused", dir.path());
+    let problems = amtsbote::pipeline::Pipeline::build(&amtsbote::config::parse_yaml(&yaml).unwrap()).err().expect("refused");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("bonn-fv of tenant bonn") && problems[0].contains("\"05315\""), "{problems:?}");
+
+    // A target without a tenant, once tenants exist, is refused too.
+    setup.routes = &[(GEWERBE, "05315", &["koeln-fv"])];
+    setup.tenants_of = &[("koeln-fv", "koeln")];
+    let yaml = crate::helpers::config_yaml(&setup, &back_office, "unused", dir.path());
+    let problems = amtsbote::pipeline::Pipeline::build(&amtsbote::config::parse_yaml(&yaml).unwrap()).err().expect("refused");
+    assert!(problems.iter().any(|p| p.contains("bonn-fv: name its tenant")), "{problems:?}");
+}
