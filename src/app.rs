@@ -58,6 +58,9 @@ pub struct Application {
 impl Application {
     pub async fn build(config: &Config) -> Result<Self, StartupError> {
         let pipeline = Pipeline::build(config).map_err(StartupError::Pipeline)?;
+        if !pipeline.sealer.is_sealing() {
+            tracing::warn!(event = "plaintext_on_broker", "no encryption: is configured, so submissions lie on the broker in plaintext");
+        }
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store.path)?);
         let versions = Arc::new(MappingVersions::new(store.clone()));
         versions.keep(&pipeline).await?;

@@ -47,6 +47,11 @@ pub struct Config {
     /// delivered again after the restart.
     #[serde(default = "default_shutdown_deadline", with = "humantime_serde")]
     pub shutdown_deadline: Duration,
+    /// Keys that seal submissions on the broker; see
+    /// [`crate::seal::EncryptionConfig`]. Without, they travel in
+    /// plaintext (and `check` and `serve` say so).
+    #[serde(default)]
+    pub encryption: Option<crate::seal::EncryptionConfig>,
     /// Who may hand in submissions. Without entries intake takes nothing
     /// (401): there is no built-in credential.
     #[serde(default)]

@@ -207,8 +207,8 @@ async fn accept(intake: &Intake, headers: &HeaderMap, body: Result<Bytes, BytesR
     headers.insert(crate::retry::header::SERVICE.into(), long_string(submission.service.as_str()));
     headers.insert(crate::retry::header::REGION.into(), long_string(submission.region.as_str()));
     headers.insert(crate::retry::header::RECEIVED_AT.into(), AMQPValue::LongLongInt(crate::retry::to_millis(received_at)));
-    let message = submission.to_message(id, received_at);
     let message_id = id.to_string();
+    let message = pipeline.sealer.seal(&message_id, submission.region.as_str(), submission.to_message(id, received_at));
     match intake.publisher.publish(&route.routing_key, &message_id, headers, &message).await {
         Ok(()) => {
             if let Err(e) = intake.store.confirm_intake(id).await {

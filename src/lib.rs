@@ -45,6 +45,7 @@ pub mod parking;
 pub mod problem;
 pub mod retry;
 pub mod routing;
+pub mod seal;
 pub mod store;
 pub mod submission;
 pub mod telemetry;

@@ -15,6 +15,7 @@ use crate::domain::{ArsPrefix, Region, TargetName};
 use crate::mapping::{Mapping, MappingSource, PackageFormat};
 use crate::retry::RetryPolicy;
 use crate::routing::RouteTable;
+use crate::seal::Sealer;
 use crate::store::Store;
 
 pub struct Target {
@@ -45,6 +46,8 @@ pub struct Pipeline {
     pub targets: BTreeMap<TargetName, Arc<Target>>,
     pub senders: Senders,
     pub operators: Operators,
+    /// Seals what intake publishes, opens what workers take.
+    pub sealer: Sealer,
 }
 
 /// The pipeline in use; a reload swaps it whole, so that a submission is
@@ -69,6 +72,9 @@ impl Pipeline {
         let senders = Senders::new(&config.senders).map_err(|p| problems.extend(p)).unwrap_or_default();
         let tenancy = Tenancy::new(config).map_err(|p| problems.extend(p)).unwrap_or_default();
         let operators = Operators::new(&config.operators, &tenancy);
+        let sealer = Sealer::new(config.encryption.as_ref(), &Context::new(&config.base_dir))
+            .map_err(|p| problems.extend(p))
+            .unwrap_or_default();
         let mut mappings: BTreeMap<&std::path::Path, Arc<Mapping>> = BTreeMap::new();
         let mut targets = BTreeMap::new();
         for (name, target) in &config.targets {
@@ -121,7 +127,7 @@ impl Pipeline {
                 );
             }
         }
-        if problems.is_empty() { Ok(Self { routes, targets, senders, operators }) } else { Err(problems) }
+        if problems.is_empty() { Ok(Self { routes, targets, senders, operators, sealer }) } else { Err(problems) }
     }
 }
 

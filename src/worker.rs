@@ -284,9 +284,14 @@ impl Worker {
             tracing::error!(event = "outside_tenant", region, "a submission of another tenant's region reached this target; parked");
             return failed(Failure::Park(ParkReason::OutsideTenant(format!("region {region:?} is not of the target's tenant"))));
         }
+        let opened = self.pipeline.load().sealer.open(message_id, region, body);
+        let body = match opened {
+            Ok(body) => body,
+            Err(e) => return failed(Failure::Park(ParkReason::Undecodable(e.to_string()))),
+        };
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let mapping_span = tracing::info_span!("mapping", version = mapping.version());
-        let payload = match self.sandbox.render(mapping, body, now).instrument(mapping_span).await {
+        let payload = match self.sandbox.render(mapping, &body, now).instrument(mapping_span).await {
             Ok(payload) => payload,
             Err(e) => {
                 if matches!(e, EvalError::Mapping(_) | EvalError::Undecodable(_)) {

@@ -94,6 +94,10 @@ pub const FAST_RETRY: &str = "    retry:\n      first_delay: 100ms\n      factor
 
 /// The config file for `setup`, delivering to `back_office`.
 pub fn config_yaml(setup: &Setup<'_>, back_office: &SampleBackOffice, prefix: &str, store: &Path) -> String {
+    // Every test app seals what it puts on the broker.
+    let seal_key = store.join("seal.key");
+    std::fs::write(&seal_key, "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\n").unwrap();
+    let encryption = format!("encryption:\n  keys:\n    test: {{ file: {} }}\n  seal_with: test\n", seal_key.display());
     let access = setup.access.map(str::to_owned).unwrap_or_else(|| {
         format!(
             "senders:\n  - name: test-sender\n    api_keys_sha256: [{}]\n    regions: [\"\"]\noperators:\n  - name: test-operator\n    token_sha256: {}\n    role: operator\n",
@@ -102,7 +106,7 @@ pub fn config_yaml(setup: &Setup<'_>, back_office: &SampleBackOffice, prefix: &s
         )
     });
     let mut yaml = format!(
-        "http:\n  listen: 127.0.0.1:0\n  max_body_bytes: {}\nbroker:\n  url: {}\n  prefix: {prefix}\nstore:\n  path: {}\nmappings: {}\nshutdown_deadline: 5s\nsandbox:\n  program: {}\n  processes: 2\n{access}targets:\n",
+        "http:\n  listen: 127.0.0.1:0\n  max_body_bytes: {}\nbroker:\n  url: {}\n  prefix: {prefix}\nstore:\n  path: {}\nmappings: {}\nshutdown_deadline: 5s\nsandbox:\n  program: {}\n  processes: 2\n{encryption}{access}targets:\n",
         setup.max_body_bytes.unwrap_or(1 << 20),
         setup.broker_url.clone().unwrap_or_else(broker_url),
         store.join("store.sqlite").display(),

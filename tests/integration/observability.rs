@@ -154,7 +154,7 @@ async fn healthz_is_alive_and_readyz_checks_broker_and_store() {
 
 /// Every string of the form data (5 characters or more, so that the
 /// search cannot hit by chance) and the attachment's content.
-fn form_values(submission: &Value) -> Vec<String> {
+pub(crate) fn form_values(submission: &Value) -> Vec<String> {
     fn leaves(value: &Value, out: &mut Vec<String>) {
         match value {
             Value::Object(map) => map.values().for_each(|v| leaves(v, out)),

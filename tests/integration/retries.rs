@@ -134,13 +134,17 @@ async fn a_poison_message_is_parked_and_the_messages_behind_it_are_delivered() {
     let connection = Connection::connect(&broker_url(), ConnectionProperties::default()).await.unwrap();
     let channel = connection.create_channel().await.unwrap();
     let queue = format!("{}.target.fv", app.prefix);
+    // Sealed as intake seals, so that it is the content that poisons.
+    let config = amtsbote::config::Config::load(&app.config_path).unwrap();
+    let sealer = amtsbote::pipeline::Pipeline::build(&config).unwrap().sealer;
     for (id, body) in [("5b0d5d4e-0000-4000-8000-000000000001", &b"not json at all"[..]), ("no-uuid", &b"{}"[..])] {
+        let body = sealer.seal(id, "", body.to_vec());
         channel
             .basic_publish(
                 "".into(),
                 queue.as_str().into(),
                 BasicPublishOptions::default(),
-                body,
+                &body,
                 BasicProperties::default().with_message_id(id.into()).with_delivery_mode(2),
             )
             .await

@@ -216,3 +216,57 @@ async fn a_route_sending_a_region_to_another_tenants_target_is_refused_at_load()
     let problems = amtsbote::pipeline::Pipeline::build(&amtsbote::config::parse_yaml(&yaml).unwrap()).err().expect("refused");
     assert!(problems.iter().any(|p| p.contains("bonn-fv: name its tenant")), "{problems:?}");
 }
+
+/// The bodies of the messages in `queue`, left in the queue.
+async fn peek(queue: &str) -> Vec<Vec<u8>> {
+    use lapin::options::BasicGetOptions;
+    let connection = amtsbote::broker::connect(&crate::helpers::broker_url().into(), "test-peek").await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let mut bodies = Vec::new();
+    while let Some(message) = channel.basic_get(queue.into(), BasicGetOptions { no_ack: false }).await.unwrap() {
+        bodies.push(message.delivery.data.clone());
+    }
+    // Closing returns them all.
+    channel.close(200, "peeked".into()).await.unwrap();
+    connection.close(200, "peeked".into()).await.unwrap();
+    bodies
+}
+
+#[tokio::test]
+async fn the_broker_holds_no_plaintext_form_field_in_waiting_or_parked_messages() {
+    let app = spawn_app(Setup {
+        targets: &[("waiting", "xgewerbeanzeige-2.2/gewerbeanmeldung.yaml"), ("refusing", "xgewerbeanzeige-2.2/gewerbeanmeldung.yaml")],
+        routes: &[(GEWERBE, "", &["waiting", "refusing"])],
+        // The retry waits a minute in the broker's delay queue.
+        target_settings: "    retry:\n      first_delay: 1m\n      jitter: false\n",
+        ..Setup::default()
+    })
+    .await;
+    app.back_office.script_for("/waiting", &[StatusCode::SERVICE_UNAVAILABLE]);
+    app.back_office.script_for("/refusing", &[StatusCode::UNPROCESSABLE_ENTITY]);
+    let submission = gewerbeanmeldung(KOELN);
+    let response = app.submit(submission.to_string()).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let status = app
+        .status_when(&id, |s| {
+            let states: Vec<&str> = s["targets"].as_array().unwrap().iter().map(|t| t["state"].as_str().unwrap()).collect();
+            states == ["parked", "retrying"]
+        })
+        .await;
+    assert_eq!(status["targets"][0]["state"], "parked", "{status}");
+
+    let topology = amtsbote::broker::Topology::new(&app.prefix);
+    let parked = peek(&topology.parking_queue(&amtsbote::domain::TargetName::parse("refusing").unwrap())).await;
+    let waiting = peek(&topology.delay_queue(Duration::from_secs(60))).await;
+    assert_eq!((parked.len(), waiting.len()), (1, 1), "one message each");
+    let values = crate::observability::form_values(&submission);
+    assert!(values.len() > 15, "{values:?}");
+    for body in parked.iter().chain(&waiting) {
+        assert!(body.starts_with(b"ASB1"), "sealed");
+        let text = String::from_utf8_lossy(body);
+        for value in &values {
+            assert!(!text.contains(value.as_str()), "the broker holds the form value {value:?}");
+        }
+    }
+}

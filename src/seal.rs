@@ -1,0 +1,263 @@
+//! Sealing: what amtsbote puts on the broker is encrypted and
+//! authenticated (AES-256-GCM, from aws-lc-rs), so queues, parked messages,
+//! the broker's disks and its management UI never show an application.
+//!
+//! A sealed message body is
+//!
+//! ```text
+//! "ASB1" | key id length (1 byte) | key id | nonce (12 bytes) | ciphertext and tag
+//! ```
+//!
+//! The key id travels in the body, so keys can rotate while messages
+//! sealed with the old one are still queued or parked. The associated data
+//! binds the ciphertext to its message id and region: a sealed body moved
+//! into another message, or a message whose region header was changed
+//! (the worker checks the region against the target's tenant), does not
+//! open. Nonces are random; at 2^32 messages per key (decades at a
+//! state-wide platform's rate) rotate the key.
+
+use std::collections::BTreeMap;
+
+use amtsbote_connector::{Context, SecretRef};
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use serde::Deserialize;
+
+const MAGIC: &[u8; 4] = b"ASB1";
+
+/// `encryption:` in the config.
+///
+/// ```yaml
+/// encryption:
+///   keys:
+///     k2026-11: { file: /run/secrets/amtsbote-key-2026-11 }
+///     k2026-05: { env: AMTSBOTE_KEY_2026_05 }
+///   seal_with: k2026-11
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// The keys by id (1 to 32 of `a-z`, `0-9`, `-`, `_`, `.`): each 32
+    /// random bytes written as 64 hex digits, from a file or the
+    /// environment (`amtsbote keys new` makes one; use its `key:` line).
+    /// Keep every key that may still have sealed a queued or parked
+    /// message.
+    pub keys: BTreeMap<String, SecretRef>,
+    /// The key that seals new messages; the others only open. To rotate:
+    /// add a key, reload every amtsbote, then switch `seal_with` to it;
+    /// remove the old key once nothing sealed with it is left
+    /// (`amtsbote parked list` shows parked ones).
+    pub seal_with: String,
+    /// Also deliver messages that are not sealed, e.g. those queued before
+    /// sealing was switched on (default `false`: they are parked as
+    /// `undecodable`, since anyone who can publish to the broker could
+    /// have put them there).
+    #[serde(default)]
+    pub accept_unsealed: bool,
+}
+
+/// Why a sealed body does not open. Never carries any of the body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SealError {
+    #[error("the message is not sealed, and encryption.accept_unsealed is off")]
+    NotSealed,
+    #[error("the message is sealed with key {0:?}, which is not among encryption.keys")]
+    UnknownKey(String),
+    #[error("the sealed message is damaged, or belongs to another message or region (authentication failed)")]
+    Damaged,
+}
+
+/// The configured keys, ready to seal and open.
+pub struct Sealer {
+    /// `None`: sealing is off; messages travel in plaintext.
+    sealing: Option<(String, LessSafeKey)>,
+    keys: BTreeMap<String, LessSafeKey>,
+    accept_unsealed: bool,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sealer")
+            .field("seal_with", &self.sealing.as_ref().map(|(id, _)| id))
+            .field("keys", &self.keys.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Default for Sealer {
+    /// Sealing off.
+    fn default() -> Self {
+        Self { sealing: None, keys: BTreeMap::new(), accept_unsealed: true }
+    }
+}
+
+impl Sealer {
+    /// Reads the keys (a reload reads them again, so it rotates them);
+    /// returns every problem, none quoting a key.
+    pub fn new(config: Option<&EncryptionConfig>, context: &Context) -> Result<Self, Vec<String>> {
+        let Some(config) = config else { return Ok(Self::default()) };
+        let mut problems = Vec::new();
+        let mut keys = BTreeMap::new();
+        for (id, secret) in &config.keys {
+            let valid_id = (1..=32).contains(&id.len())
+                && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+            if !valid_id {
+                problems.push(format!("encryption: key id {id:?} must be 1 to 32 of a-z, 0-9, '-', '_' and '.'"));
+                continue;
+            }
+            let key = context
+                .secret(secret)
+                .map_err(|e| e.to_string())
+                .and_then(|secret| parse_key(secret.expose()).ok_or_else(|| "must be 64 hex digits (32 random bytes)".to_owned()))
+                .and_then(|bytes| UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| "is not an AES-256 key".to_owned()));
+            match key {
+                Ok(key) => {
+                    keys.insert(id.clone(), LessSafeKey::new(key));
+                }
+                Err(e) => problems.push(format!("encryption: key {id}: {e}")),
+            }
+        }
+        if !config.keys.contains_key(&config.seal_with) {
+            problems.push(format!("encryption: seal_with {:?} is not one of the keys", config.seal_with));
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let sealing = keys.remove(&config.seal_with).map(|key| (config.seal_with.clone(), key));
+        Ok(Self { sealing, keys, accept_unsealed: config.accept_unsealed })
+    }
+
+    pub fn is_sealing(&self) -> bool {
+        self.sealing.is_some()
+    }
+
+    /// `plaintext` sealed for the message `message_id` of `region`; as it
+    /// is if sealing is off.
+    pub fn seal(&self, message_id: &str, region: &str, plaintext: Vec<u8>) -> Vec<u8> {
+        let Some((id, key)) = &self.sealing else { return plaintext };
+        let mut nonce = [0u8; NONCE_LEN];
+        aws_lc_rs::rand::fill(&mut nonce).expect("the system's random source works");
+        let mut in_out = plaintext;
+        key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad(id, message_id, region)), &mut in_out)
+            .expect("AES-GCM seals any message amtsbote accepts");
+        let mut sealed = Vec::with_capacity(MAGIC.len() + 1 + id.len() + NONCE_LEN + in_out.len());
+        sealed.extend_from_slice(MAGIC);
+        sealed.push(id.len() as u8);
+        sealed.extend_from_slice(id.as_bytes());
+        sealed.extend_from_slice(&nonce);
+        sealed.extend_from_slice(&in_out);
+        sealed
+    }
+
+    /// The plaintext of a message body.
+    pub fn open(&self, message_id: &str, region: &str, body: &[u8]) -> Result<Vec<u8>, SealError> {
+        let Some(rest) = body.strip_prefix(MAGIC.as_slice()) else {
+            return if self.accept_unsealed { Ok(body.to_vec()) } else { Err(SealError::NotSealed) };
+        };
+        let (&id_len, rest) = rest.split_first().ok_or(SealError::Damaged)?;
+        let id_len = usize::from(id_len);
+        if rest.len() < id_len + NONCE_LEN {
+            return Err(SealError::Damaged);
+        }
+        let (id, rest) = rest.split_at(id_len);
+        let id = std::str::from_utf8(id).map_err(|_| SealError::Damaged)?;
+        let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
+        let key = match &self.sealing {
+            Some((current, key)) if current == id => key,
+            _ => self.keys.get(id).ok_or_else(|| SealError::UnknownKey(id.to_owned()))?,
+        };
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| SealError::Damaged)?;
+        let mut in_out = ciphertext.to_vec();
+        let plaintext = key.open_in_place(nonce, Aad::from(aad(id, message_id, region)), &mut in_out).map_err(|_| SealError::Damaged)?;
+        let len = plaintext.len();
+        in_out.truncate(len);
+        Ok(in_out)
+    }
+}
+
+/// What a sealed body is bound to besides its own bytes.
+fn aad(key_id: &str, message_id: &str, region: &str) -> Vec<u8> {
+    [MAGIC.as_slice(), key_id.as_bytes(), b"\0", message_id.as_bytes(), b"\0", region.as_bytes()].concat()
+}
+
+fn parse_key(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim();
+    if text.len() != 64 {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sealer(dir: &std::path::Path, keys: &[(&str, &str)], seal_with: &str) -> Sealer {
+        let mut config = EncryptionConfig { keys: BTreeMap::new(), seal_with: seal_with.into(), accept_unsealed: false };
+        for (id, key) in keys {
+            std::fs::write(dir.join(id), format!("{key}\n")).unwrap();
+            config.keys.insert((*id).into(), SecretRef::File(id.into()));
+        }
+        Sealer::new(Some(&config), &Context::new(dir)).unwrap()
+    }
+
+    const KEY_A: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    const KEY_B: &str = "1f1e1d1c1b1a191817161514131211100f0e0d0c0b0a09080706050403020100";
+
+    #[test]
+    fn a_sealed_body_opens_only_for_its_message_and_region_and_shows_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let sealer = sealer(dir.path(), &[("a", KEY_A)], "a");
+        let plaintext = br#"{"data":{"name":"Erika Mustermann"}}"#.to_vec();
+        let sealed = sealer.seal("m1", "053150000000", plaintext.clone());
+        assert!(sealed.starts_with(b"ASB1\x01a"));
+        assert!(!String::from_utf8_lossy(&sealed).contains("Mustermann"), "no plaintext in the sealed body");
+        assert_eq!(sealer.open("m1", "053150000000", &sealed).unwrap(), plaintext);
+        assert_eq!(sealer.open("m2", "053150000000", &sealed), Err(SealError::Damaged), "moved to another message");
+        assert_eq!(sealer.open("m1", "053140000000", &sealed), Err(SealError::Damaged), "region changed");
+        let mut flipped = sealed.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert_eq!(sealer.open("m1", "053150000000", &flipped), Err(SealError::Damaged));
+        assert_eq!(sealer.open("m1", "053150000000", &sealed[..8]), Err(SealError::Damaged), "truncated");
+        assert_eq!(sealer.open("m1", "053150000000", &plaintext), Err(SealError::NotSealed));
+        assert_ne!(sealer.seal("m1", "053150000000", plaintext.clone()), sealed, "a fresh nonce each time");
+    }
+
+    #[test]
+    fn keys_rotate_old_messages_still_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = sealer(dir.path(), &[("a", KEY_A)], "a");
+        let sealed_old = old.seal("m", "r", b"x".to_vec());
+        let rotated = sealer(dir.path(), &[("a", KEY_A), ("b", KEY_B)], "b");
+        let sealed_new = rotated.seal("m", "r", b"y".to_vec());
+        assert!(sealed_new.starts_with(b"ASB1\x01b"));
+        assert_eq!(rotated.open("m", "r", &sealed_old).unwrap(), b"x");
+        assert_eq!(rotated.open("m", "r", &sealed_new).unwrap(), b"y");
+        assert_eq!(old.open("m", "r", &sealed_new), Err(SealError::UnknownKey("b".into())));
+    }
+
+    #[test]
+    fn bad_keys_are_refused_without_being_quoted() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("short"), "abcdef").unwrap();
+        let config = EncryptionConfig {
+            keys: [("short".to_owned(), SecretRef::File("short".into()))].into(),
+            seal_with: "other".into(),
+            accept_unsealed: false,
+        };
+        let problems = Sealer::new(Some(&config), &Context::new(dir.path())).unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems.iter().all(|p| !p.contains("abcdef")), "{problems:?}");
+    }
+
+    #[test]
+    fn without_encryption_messages_pass_as_they_are() {
+        let sealer = Sealer::default();
+        assert!(!sealer.is_sealing());
+        assert_eq!(sealer.seal("m", "r", b"{}".to_vec()), b"{}");
+        assert_eq!(sealer.open("m", "r", b"{}").unwrap(), b"{}");
+    }
+}
