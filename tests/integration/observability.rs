@@ -233,8 +233,10 @@ async fn the_ledger_holds_no_value_of_the_submitted_form() {
     }
 }
 
-#[tokio::test]
-async fn json_logs_carry_submission_and_delivery_id_on_every_line_of_a_delivery() {
+/// The real binary, run with `env`, delivers one submission whose first
+/// attempt gets a 503, and stops on SIGTERM; the submission, its id and
+/// the process's log.
+async fn one_retried_delivery_by_the_binary(env: &[(&str, &str)]) -> (Value, String, String) {
     let back_office = amtsbote::demo::SampleBackOffice::start(([127, 0, 0, 1], 0).into()).await.unwrap();
     back_office.script(&[StatusCode::SERVICE_UNAVAILABLE]);
     let dir = tempfile::tempdir().unwrap();
@@ -242,7 +244,7 @@ async fn json_logs_carry_submission_and_delivery_id_on_every_line_of_a_delivery(
     let config = dir.path().join("amtsbote.yaml");
     std::fs::write(&config, config_yaml(&setup, &back_office, &unique_prefix(), dir.path())).unwrap();
     let log = dir.path().join("amtsbote.log");
-    let mut app = AppProcess::start_with(&config, free_port(), &log, &[("AMTSBOTE_LOG_FORMAT", "json"), ("RUST_LOG", "info")]).await;
+    let mut app = AppProcess::start_with(&config, free_port(), &log, env).await;
     let submission = gewerbeanmeldung("053150000000");
     let response = as_sender(reqwest::Client::builder())
         .build()
@@ -256,9 +258,13 @@ async fn json_logs_carry_submission_and_delivery_id_on_every_line_of_a_delivery(
     let id = accepted_id(response).await;
     back_office.wait_for(1, Duration::from_secs(20)).await;
     app.terminate(Duration::from_secs(15)).await.expect("amtsbote stops on SIGTERM");
+    (submission, id, std::fs::read_to_string(&log).unwrap())
+}
 
+#[tokio::test]
+async fn json_logs_carry_submission_and_delivery_id_on_every_line_of_a_delivery() {
+    let (submission, id, text) = one_retried_delivery_by_the_binary(&[("AMTSBOTE_LOG_FORMAT", "json"), ("RUST_LOG", "info")]).await;
     let delivery = amtsbote::domain::delivery_id(id.parse().unwrap(), &amtsbote::domain::TargetName::parse("fv").unwrap()).to_string();
-    let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}"))).collect();
     let of_delivery: Vec<&Value> = lines.iter().filter(|l| l["span"]["name"] == "delivery").collect();
     let kinds: Vec<&str> = of_delivery.iter().filter_map(|l| l["fields"]["event"].as_str()).collect();
@@ -328,30 +334,9 @@ fn attribute(attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue], ke
 #[tokio::test]
 async fn a_submission_is_one_trace_from_intake_through_each_attempt_and_no_span_holds_form_data() {
     let collector = Collector::start().await;
-    let back_office = amtsbote::demo::SampleBackOffice::start(([127, 0, 0, 1], 0).into()).await.unwrap();
-    back_office.script(&[StatusCode::SERVICE_UNAVAILABLE]);
-    let dir = tempfile::tempdir().unwrap();
-    let setup = Setup { target_settings: FAST_RETRY, ..Setup::default() };
-    let config = dir.path().join("amtsbote.yaml");
-    std::fs::write(&config, config_yaml(&setup, &back_office, &unique_prefix(), dir.path())).unwrap();
-    let log = dir.path().join("amtsbote.log");
+    // The spans still buffered are sent on the way out, after SIGTERM.
     let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", collector.base.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "100"), ("RUST_LOG", "info")];
-    let mut app = AppProcess::start_with(&config, free_port(), &log, &env).await;
-    let submission = gewerbeanmeldung("053150000000");
-    let response = as_sender(reqwest::Client::builder())
-        .build()
-        .unwrap()
-        .post(format!("{}/v1/submissions", app.base))
-        .header("content-type", "application/json")
-        .body(submission.to_string())
-        .send()
-        .await
-        .unwrap();
-    let id = accepted_id(response).await;
-    back_office.wait_for(1, Duration::from_secs(20)).await;
-    // The spans still buffered are sent on the way out.
-    app.terminate(Duration::from_secs(15)).await.expect("amtsbote stops on SIGTERM");
-    let log_text = std::fs::read_to_string(&log).unwrap();
+    let (submission, id, log_text) = one_retried_delivery_by_the_binary(&env).await;
 
     let spans = collector.spans();
     let named = |name: &str| spans.iter().filter(|(_, s)| s.name == name).map(|(_, s)| s).collect::<Vec<_>>();
