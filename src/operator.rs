@@ -79,8 +79,8 @@ pub fn scoped_status(mut status: SubmissionStatus, scope: &Scope) -> Option<Subm
         if event.event == "routed"
             && let Some(detail) = &event.detail
         {
-            let seen: Vec<&str> = detail.split(' ').filter(|t| scope.sees_name(t)).collect();
-            event.detail = Some(seen.join(" "));
+            let seen: Vec<&str> = detail.split(", ").filter(|t| scope.sees_name(t)).collect();
+            event.detail = Some(seen.join(", "));
         }
     }
     Some(status)
@@ -316,5 +316,69 @@ fn parking_problem(error: ParkingError) -> Problem {
                 .retry_after(5)
         }
         ParkingError::Store(e) => store_problem(e, "the store failed; see the log"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{DeliveryState, Event, TargetStatus};
+
+    fn event(kind: &str, target: Option<&str>, detail: Option<&str>) -> Event {
+        Event {
+            at: "2026-11-24T09:00:00.000Z".into(),
+            event: kind.into(),
+            target: target.map(str::to_owned),
+            attempt: None,
+            mapping_version: None,
+            detail: detail.map(str::to_owned),
+            receipt: None,
+            size: None,
+            sha256: None,
+            operator: None,
+            duration_ms: None,
+        }
+    }
+
+    fn target(name: &str) -> TargetStatus {
+        TargetStatus {
+            target: name.into(),
+            state: DeliveryState::Delivered,
+            attempts: 1,
+            last_outcome: None,
+            updated_at: "2026-11-24T09:00:01.000Z".into(),
+            mapping_version: None,
+            receipt: None,
+        }
+    }
+
+    #[test]
+    fn an_operator_sees_only_its_targets_of_a_submission() {
+        let status = SubmissionStatus {
+            id: Uuid::nil(),
+            status: SubmissionState::Delivered,
+            service: "99050012104000".into(),
+            region: "053150000000".into(),
+            reference: None,
+            received_at: "2026-11-24T09:00:00.000Z".into(),
+            size: None,
+            sha256: None,
+            sender: Some("oaa".into()),
+            targets: vec![target("dms-land"), target("koeln-fv")],
+            timeline: vec![
+                event("received", None, None),
+                event("routed", None, Some("dms-land, koeln-fv")),
+                event("delivered", Some("dms-land"), Some("HTTP 201")),
+                event("delivered", Some("koeln-fv"), Some("HTTP 201")),
+            ],
+        };
+        let koeln = Scope::Targets([TargetName::parse("koeln-fv").unwrap()].into());
+        let seen = scoped_status(status.clone(), &koeln).expect("it went to Köln");
+        assert_eq!(seen.targets.iter().map(|t| t.target.as_str()).collect::<Vec<_>>(), ["koeln-fv"]);
+        let events: Vec<(&str, Option<&str>)> = seen.timeline.iter().map(|e| (e.event.as_str(), e.detail.as_deref())).collect();
+        assert_eq!(events, [("received", None), ("routed", Some("koeln-fv")), ("delivered", Some("HTTP 201"))]);
+        let bonn = Scope::Targets([TargetName::parse("bonn-fv").unwrap()].into());
+        assert!(scoped_status(status.clone(), &bonn).is_none(), "it did not go to Bonn");
+        assert_eq!(scoped_status(status, &Scope::Everything).unwrap().timeline.len(), 4);
     }
 }
