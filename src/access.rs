@@ -189,6 +189,7 @@ impl Senders {
                 services: config.services.as_ref().map(|s| s.iter().cloned().collect()),
             });
             for hash in &config.api_keys_sha256 {
+                // One key, two senders: whose rights would it carry?
                 if ring.find_hash(hash) {
                     problems.push(format!("senders: {}: an API key hash is configured twice", config.name));
                 }
@@ -358,14 +359,19 @@ pub struct Operators {
 }
 
 impl Operators {
-    pub fn new(configs: &[OperatorConfig], tenancy: &Tenancy) -> Self {
+    pub fn new(configs: &[OperatorConfig], tenancy: &Tenancy) -> Result<Self, Vec<String>> {
+        let mut problems = Vec::new();
         let mut ring = KeyRing::default();
         for config in configs {
+            // One token, two operators: which role would it get?
+            if ring.find_hash(&config.token_sha256) {
+                problems.push(format!("operators: {}: this token hash is configured for another operator too", config.name));
+            }
             let operator =
                 Operator { name: config.name.clone(), role: config.role, scope: tenancy.scope(config.tenants.as_deref()) };
             ring.insert(config.token_sha256.clone(), operator);
         }
-        Self { ring }
+        if problems.is_empty() { Ok(Self { ring }) } else { Err(problems) }
     }
 
     pub fn find(&self, token: &str) -> Option<&Operator> {
@@ -444,5 +450,21 @@ mod tests {
         assert_eq!(pointers(sender.refusals(&other, &bonn)), ["#/service", "#/region"]);
         let ags = sender.refusals(&gewerbe, &Region::parse("07315001").unwrap());
         assert!(ags[0].detail.contains("12-digit ARS"), "{ags:?}");
+    }
+
+    #[test]
+    fn a_key_or_token_configured_twice_is_refused() {
+        let hash = KeyHash::of("shared");
+        let sender = |name: &str| SenderConfig {
+            name: SenderName::parse(name).unwrap(),
+            api_keys_sha256: vec![hash.clone()],
+            regions: vec![ArsPrefix::parse("").unwrap()],
+            services: None,
+        };
+        let problems = Senders::new(&[sender("a"), sender("b")]).unwrap_err();
+        assert!(problems[0].contains("configured twice"), "{problems:?}");
+        let operator = |name: &str, role| OperatorConfig { name: name.into(), token_sha256: hash.clone(), role, tenants: None };
+        let problems = Operators::new(&[operator("viewer", Role::Viewer), operator("admin", Role::Operator)], &Tenancy::default()).unwrap_err();
+        assert!(problems[0].contains("another operator"), "{problems:?}");
     }
 }

@@ -71,7 +71,7 @@ impl Pipeline {
         }
         let senders = Senders::new(&config.senders).map_err(|p| problems.extend(p)).unwrap_or_default();
         let tenancy = Tenancy::new(config).map_err(|p| problems.extend(p)).unwrap_or_default();
-        let operators = Operators::new(&config.operators, &tenancy);
+        let operators = Operators::new(&config.operators, &tenancy).map_err(|p| problems.extend(p)).unwrap_or_default();
         let sealer = Sealer::new(config.encryption.as_ref(), &Context::new(&config.base_dir))
             .map_err(|p| problems.extend(p))
             .unwrap_or_default();
