@@ -39,15 +39,7 @@ impl KeyHash {
     }
 
     pub fn parse(hex: &str) -> Option<Self> {
-        let hex = hex.trim();
-        if hex.len() != 64 {
-            return None;
-        }
-        let mut hash = [0u8; 32];
-        for (i, byte) in hash.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-        }
-        Some(Self(hash))
+        crate::domain::unhex32(hex).map(Self)
     }
 }
 
@@ -66,12 +58,17 @@ impl<'de> Deserialize<'de> for KeyHash {
     }
 }
 
+/// 256 random bits from the operating system, as 64 hex digits: keys,
+/// tokens, session ids.
+pub fn random_hex32() -> String {
+    let mut bytes = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut bytes).expect("the system's random source works");
+    crate::domain::hex(&bytes)
+}
+
 /// A fresh random key, as `amtsbote keys new` prints it, with its hash.
 pub fn new_key() -> (String, String) {
-    let mut bytes = [0u8; 32];
-    bytes[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    bytes[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    let key = crate::domain::hex(&bytes);
+    let key = random_hex32();
     let hash = crate::domain::hex(&KeyHash::of(&key).0);
     (key, hash)
 }

@@ -59,7 +59,7 @@ impl Application {
     pub async fn build(config: &Config) -> Result<Self, StartupError> {
         let pipeline = Pipeline::build(config).map_err(StartupError::Pipeline)?;
         if !pipeline.sealer.is_sealing() {
-            tracing::warn!(event = "plaintext_on_broker", "no encryption: is configured, so submissions lie on the broker in plaintext");
+            tracing::warn!(event = "plaintext_on_broker", "{}", crate::seal::PLAINTEXT_WARNING);
         }
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store.path)?);
         let versions = Arc::new(MappingVersions::new(store.clone()));

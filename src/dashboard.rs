@@ -32,7 +32,7 @@ use uuid::Uuid;
 
 use crate::domain::TargetName;
 use crate::monitor::{ACTIVITY_WINDOW, Monitor, Overview};
-use crate::access::{Operator, Role, Scope, constant_time_eq};
+use crate::access::{Operator, Role, Scope, constant_time_eq, random_hex32};
 use crate::operator::{OperatorApi, SearchParams, scoped_status};
 use crate::parking::{Action, ParkedDelivery, Selection};
 use crate::store::{SubmissionState, SubmissionStatus};
@@ -77,8 +77,8 @@ impl Dashboard {
     }
 
     fn sign_in(&self, operator: Operator) -> String {
-        let id = random_token();
-        let session = Session { operator, csrf: random_token(), expires: Instant::now() + SESSION_LIFETIME };
+        let id = random_hex32();
+        let session = Session { operator, csrf: random_hex32(), expires: Instant::now() + SESSION_LIFETIME };
         self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(id.clone(), session);
         id
     }
@@ -86,11 +86,6 @@ impl Dashboard {
     fn sign_out(&self, session: &Session) {
         self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).retain(|_, s| s.csrf != session.csrf);
     }
-}
-
-/// 244 random bits from the operating system (two v4 UUIDs), as hex.
-fn random_token() -> String {
-    format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple())
 }
 
 pub fn router(dashboard: Arc<Dashboard>) -> Router {

@@ -236,6 +236,20 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The 32 bytes written as 64 hex digits in `text` (surrounding white
+/// space ignored), as [`hex`] writes a SHA-256 or a key.
+pub fn unhex32(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim();
+    if text.len() != 64 {
+        return None;
+    }
+    let mut bytes = [0u8; 32];
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(bytes)
+}
+
 /// The delivery id for a (submission, target) pair: a name-based UUID, so
 /// every attempt and every process derives the same one without storing it.
 pub fn delivery_id(submission: uuid::Uuid, target: &TargetName) -> uuid::Uuid {

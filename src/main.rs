@@ -227,7 +227,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(pipeline) if problems.is_empty() => {
                     println!("{path}: ok ({} targets, {} routes)", pipeline.targets.len(), config.routes.len());
                     if !pipeline.sealer.is_sealing() {
-                        println!("{path}: note: no encryption: is configured, so submissions lie on the broker in plaintext");
+                        println!("{path}: note: {}", amtsbote::seal::PLAINTEXT_WARNING);
                     }
                     if !probe {
                         return Ok(ExitCode::SUCCESS);

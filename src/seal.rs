@@ -22,7 +22,12 @@ use amtsbote_connector::{Context, SecretRef};
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use serde::Deserialize;
 
+use crate::domain::unhex32;
+
 const MAGIC: &[u8; 4] = b"ASB1";
+
+/// What `check` and `serve` say when no `encryption:` is configured.
+pub const PLAINTEXT_WARNING: &str = "no encryption: is configured, so submissions lie on the broker in plaintext";
 
 /// `encryption:` in the config.
 ///
@@ -107,7 +112,7 @@ impl Sealer {
             let key = context
                 .secret(secret)
                 .map_err(|e| e.to_string())
-                .and_then(|secret| parse_key(secret.expose()).ok_or_else(|| "must be 64 hex digits (32 random bytes)".to_owned()))
+                .and_then(|secret| unhex32(secret.expose()).ok_or_else(|| "must be 64 hex digits (32 random bytes)".to_owned()))
                 .and_then(|bytes| UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| "is not an AES-256 key".to_owned()));
             match key {
                 Ok(key) => {
@@ -177,18 +182,6 @@ impl Sealer {
 /// What a sealed body is bound to besides its own bytes.
 fn aad(key_id: &str, message_id: &str, region: &str) -> Vec<u8> {
     [MAGIC.as_slice(), key_id.as_bytes(), b"\0", message_id.as_bytes(), b"\0", region.as_bytes()].concat()
-}
-
-fn parse_key(text: &str) -> Option<[u8; 32]> {
-    let text = text.trim();
-    if text.len() != 64 {
-        return None;
-    }
-    let mut key = [0u8; 32];
-    for (i, byte) in key.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(key)
 }
 
 #[cfg(test)]

@@ -233,11 +233,22 @@ pub struct AttemptRecord {
     /// 1 for the first attempt (counted anew after a replay).
     pub attempt: u32,
     pub mapping_version: String,
-    /// The rendered payload; `None` when the mapping failed.
-    pub mapped: Option<Fingerprint>,
+    pub rendering: Rendering,
     /// How long the connector took; `None` when it was not called.
     pub duration: Option<Duration>,
     pub result: AttemptResult,
+}
+
+/// How far an attempt got with the mapping.
+#[derive(Debug, Clone)]
+pub enum Rendering {
+    /// The mapping rendered this payload; the connector was called.
+    Rendered(Fingerprint),
+    /// The mapping failed, or its sandbox was unavailable.
+    Failed,
+    /// The attempt stopped before the mapping: the message could not be
+    /// opened, or is not for this target.
+    NotReached,
 }
 
 #[derive(Debug, Clone)]
@@ -846,20 +857,23 @@ impl Store for SqliteStore {
             let attempt = Some(a.attempt);
             let duration_ms = a.duration.map(|d| d.as_millis() as i64);
             let on = |kind| NewEvent { kind, target: Some(target), attempt, ..NewEvent::default() };
-            match &a.mapped {
-                Some(mapped) => add_event(conn, &id, &at, NewEvent {
+            let error = match &a.result {
+                AttemptResult::Parked { error, .. } | AttemptResult::Retrying { error, .. } => Some(error.as_str()),
+                AttemptResult::Delivered { .. } => None,
+            };
+            let rendered = matches!(a.rendering, Rendering::Rendered(_));
+            match &a.rendering {
+                Rendering::Rendered(mapped) => add_event(conn, &id, &at, NewEvent {
                     mapping_version: version,
                     size: Some(mapped.size as i64),
                     sha256: Some(&mapped.sha256),
                     ..on("mapped")
                 })?,
-                None => {
-                    let error = match &a.result {
-                        AttemptResult::Parked { error, .. } | AttemptResult::Retrying { error, .. } => Some(error.as_str()),
-                        AttemptResult::Delivered { .. } => None,
-                    };
+                Rendering::Failed => {
                     add_event(conn, &id, &at, NewEvent { mapping_version: version, detail: error, ..on("mapping-failed") })?;
                 }
+                // The `parked` or `retry-scheduled` event below says why.
+                Rendering::NotReached => {}
             }
             let (state, outcome, receipt) = match &a.result {
                 AttemptResult::Delivered { detail, receipt } => {
@@ -867,9 +881,9 @@ impl Store for SqliteStore {
                     (DeliveryState::Delivered, detail.clone(), receipt.clone())
                 }
                 AttemptResult::Retrying { error, retry_in } => {
-                    // Without a mapped payload the connector was not called:
-                    // `mapping-failed` above already says what went wrong.
-                    if a.mapped.is_some() {
+                    // Without a rendered payload the connector was not
+                    // called: `mapping-failed` above says what went wrong.
+                    if rendered {
                         add_event(conn, &id, &at, NewEvent { detail: Some(error), duration_ms, ..on("attempt-failed") })?;
                     }
                     let next = format!("next attempt in {}", humantime::format_duration(*retry_in));
@@ -877,10 +891,16 @@ impl Store for SqliteStore {
                     (DeliveryState::Retrying, error.clone(), None)
                 }
                 AttemptResult::Parked { reason, error } => {
-                    if a.mapped.is_some() {
+                    if rendered {
                         add_event(conn, &id, &at, NewEvent { detail: Some(error), duration_ms, ..on("attempt-failed") })?;
                     }
-                    add_event(conn, &id, &at, NewEvent { detail: Some(reason), ..on("parked") })?;
+                    // Stopped before the mapping, no other event carries the
+                    // error: the parking does.
+                    let why = match a.rendering {
+                        Rendering::NotReached => format!("{reason}: {error}"),
+                        _ => (*reason).to_owned(),
+                    };
+                    add_event(conn, &id, &at, NewEvent { detail: Some(&why), ..on("parked") })?;
                     (DeliveryState::Parked, error.clone(), None)
                 }
             };
@@ -1213,7 +1233,7 @@ mod tests {
             target: TargetName::parse(target).unwrap(),
             attempt: 1,
             mapping_version: "sha256:test".into(),
-            mapped: Some(Fingerprint { size: 99, sha256: "cd".repeat(32) }),
+            rendering: Rendering::Rendered(Fingerprint { size: 99, sha256: "cd".repeat(32) }),
             duration: Some(Duration::from_millis(12)),
             result,
         }
@@ -1373,11 +1393,22 @@ mod tests {
         let (_dir, store) = temp_store();
         let id = accepted(&store, submission(Uuid::new_v4())).await;
         let parked = AttemptResult::Parked { reason: "mapping-error", error: "line 3: no such field".into() };
-        store.record_attempt(AttemptRecord { mapped: None, duration: None, ..attempt(id, "a", parked) }).await.unwrap();
+        store.record_attempt(AttemptRecord { rendering: Rendering::Failed, duration: None, ..attempt(id, "a", parked) }).await.unwrap();
         let status = store.status(id).await.unwrap().unwrap();
         let events: Vec<&str> = status.timeline.iter().skip(3).map(|e| e.event.as_str()).collect();
         assert_eq!(events, ["mapping-failed", "parked"]);
         assert_eq!(status.timeline[4].detail.as_deref(), Some("mapping-error"));
+    }
+
+    #[tokio::test]
+    async fn a_message_stopped_before_the_mapping_is_parked_with_its_reason_and_no_mapping_event() {
+        let (_dir, store) = temp_store();
+        let id = accepted(&store, submission(Uuid::new_v4())).await;
+        let parked = AttemptResult::Parked { reason: "outside-tenant", error: "region \"053140000000\" is not of the target's tenant".into() };
+        store.record_attempt(AttemptRecord { rendering: Rendering::NotReached, duration: None, ..attempt(id, "a", parked) }).await.unwrap();
+        let status = store.status(id).await.unwrap().unwrap();
+        let events: Vec<(&str, Option<&str>)> = status.timeline.iter().skip(3).map(|e| (e.event.as_str(), e.detail.as_deref())).collect();
+        assert_eq!(events, [("parked", Some("outside-tenant: region \"053140000000\" is not of the target's tenant"))]);
     }
 
     #[tokio::test]

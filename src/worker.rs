@@ -41,7 +41,7 @@ use crate::mapping::Mapping;
 use crate::mapping::sandbox::{EvalError, Sandbox};
 use crate::pipeline::{MappingVersions, SharedPipeline, Target};
 use crate::retry::{self, History};
-use crate::store::{AttemptRecord, AttemptResult, Fingerprint, Store};
+use crate::store::{AttemptRecord, AttemptResult, Fingerprint, Rendering, Store};
 
 pub struct Worker {
     /// The target as the worker started; its name and concurrency hold
@@ -236,7 +236,7 @@ impl Worker {
                 target: name.clone(),
                 attempt: history.attempts,
                 mapping_version: mapping.version().to_owned(),
-                mapped: attempt.mapped,
+                rendering: attempt.rendering,
                 duration: attempt.duration,
                 result,
             };
@@ -276,18 +276,19 @@ impl Worker {
 
     /// Renders and delivers.
     async fn deliver(&self, target: &Target, message_id: &str, region: &str, body: &[u8], mapping: &Mapping, attempt: u32) -> Attempt {
-        let failed = |failure| Attempt { mapped: None, duration: None, result: Err(failure) };
+        let stopped = |rendering, failure| Attempt { rendering, duration: None, result: Err(failure) };
+        let refused = |reason| stopped(Rendering::NotReached, Failure::Park(reason));
         let Ok(id) = message_id.parse::<Uuid>() else {
-            return failed(Failure::Park(ParkReason::Undecodable("message has no submission id".into())));
+            return refused(ParkReason::Undecodable("message has no submission id".into()));
         };
         if !target.admits(region) {
             tracing::error!(event = "outside_tenant", region, "a submission of another tenant's region reached this target; parked");
-            return failed(Failure::Park(ParkReason::OutsideTenant(format!("region {region:?} is not of the target's tenant"))));
+            return refused(ParkReason::OutsideTenant(format!("region {region:?} is not of the target's tenant")));
         }
         let opened = self.pipeline.load().sealer.open(message_id, region, body);
         let body = match opened {
             Ok(body) => body,
-            Err(e) => return failed(Failure::Park(ParkReason::Undecodable(e.to_string()))),
+            Err(e) => return refused(ParkReason::Undecodable(e.to_string())),
         };
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let mapping_span = tracing::info_span!("mapping", version = mapping.version());
@@ -297,14 +298,14 @@ impl Worker {
                 if matches!(e, EvalError::Mapping(_) | EvalError::Undecodable(_)) {
                     self.metrics.mapping_errors.get_or_create(&Metrics::for_target(&target.name)).inc();
                 }
-                return failed(match e {
+                return stopped(Rendering::Failed, match e {
                     EvalError::Mapping(e) => Failure::Park(ParkReason::Mapping(e.to_string())),
                     EvalError::Undecodable(e) => Failure::Park(ParkReason::Undecodable(format!("message is not JSON ({e})"))),
                     unavailable @ EvalError::Unavailable(_) => Failure::Transient { reason: unavailable.to_string(), retry_after: None },
                 });
             }
         };
-        let mapped = Some(fingerprint(&payload));
+        let rendering = Rendering::Rendered(fingerprint(&payload));
         let delivery = Delivery {
             submission_id: id,
             delivery_id: delivery_id(id, &target.name),
@@ -321,7 +322,7 @@ impl Worker {
             Outcome::Transient { reason, retry_after } => Err(Failure::Transient { reason, retry_after }),
             Outcome::Permanent { reason } => Err(Failure::Park(ParkReason::Rejected(reason))),
         };
-        Attempt { mapped, duration, result }
+        Attempt { rendering, duration, result }
     }
 
     /// Publishes the message, with confirm, to the delay queue of a retry
@@ -356,8 +357,7 @@ impl Worker {
 
 /// One attempt: what the mapping made and what the target said.
 struct Attempt {
-    /// `None` when the mapping failed.
-    mapped: Option<Fingerprint>,
+    rendering: Rendering,
     /// How long the connector took; `None` when it was not called.
     duration: Option<Duration>,
     result: Result<Delivered, Failure>,

@@ -6,7 +6,6 @@ use amtsbote::app::Application;
 use amtsbote::config::{Config, parse_yaml};
 use amtsbote::demo::SampleBackOffice;
 use tokio::net::{TcpListener, TcpStream};
-use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 
 /// The broker `scripts/test` started. No broker is a failure, never a skip.
@@ -22,9 +21,14 @@ pub const OPERATOR_TOKEN: &str = "0123456789abcdef-test-operator-token";
 /// every test config.
 pub const SENDER_KEY: &str = "0123456789abcdef-test-sender-key";
 
+/// The value of one series (`name{labels}`) in a `/metrics` text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
 /// The hex SHA-256 of a key, as configs hold it.
 pub fn key_hash(key: &str) -> String {
-    Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    amtsbote::domain::sha256_hex(key.as_bytes())
 }
 
 /// A client that sends as `test-sender`.

@@ -6,7 +6,9 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::helpers::{AppProcess, FAST_RETRY, Setup, as_sender, config_yaml, free_port, gewerbeanmeldung, spawn_app, unique_prefix};
+use crate::helpers::{
+    AppProcess, FAST_RETRY, Setup, as_sender, config_yaml, free_port, gewerbeanmeldung, metric, spawn_app, unique_prefix,
+};
 
 async fn accepted_id(response: reqwest::Response) -> String {
     assert_eq!(response.status(), StatusCode::ACCEPTED);
@@ -91,10 +93,6 @@ async fn search_pages_through_every_submission_once() {
     }
     ids.reverse();
     assert_eq!(seen, ids, "newest first, each once");
-}
-
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
 }
 
 #[tokio::test]

@@ -6,15 +6,11 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::helpers::{OPERATOR_TOKEN, SENDER_KEY, Setup, TestApp, gewerbeanmeldung, key_hash, spawn_app};
+use crate::helpers::{OPERATOR_TOKEN, SENDER_KEY, Setup, TestApp, gewerbeanmeldung, key_hash, metric, spawn_app};
 
 const GEWERBE: &str = "99050012104000";
 const KOELN: &str = "053150000000";
 const BONN: &str = "053140000000";
-
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-}
 
 async fn problem(response: reqwest::Response) -> (StatusCode, Option<String>, Value) {
     let status = response.status();

@@ -233,7 +233,7 @@ async fn same_case(directory: &dyn CaseDirectory, case: &str, found: Entry, payl
     match (payload, found) {
         (Payload::Document { body, .. }, Entry::File) => {
             let there = directory.read(case).await.map_err(io("cannot read", case))?;
-            if &there == body { Ok(()) } else { Err(Failure::Conflict(format!("file {case}"))) }
+            if there == body { Ok(()) } else { Err(Failure::Conflict(format!("file {case}"))) }
         }
         (Payload::Files(files), Entry::Folder) => {
             for file in files {

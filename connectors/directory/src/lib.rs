@@ -155,7 +155,7 @@ impl CaseDirectory for LocalDirectory {
     }
 
     async fn create_folder(&self, path: &str) -> io::Result<()> {
-        self.run(path, |path| std::fs::create_dir(path)).await
+        self.run(path, std::fs::create_dir).await
     }
 
     async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
