@@ -96,6 +96,7 @@ impl Application {
             store: store.clone(),
             draining: AtomicBool::new(false),
             metrics: metrics.clone(),
+            limits: config.http.submission_limits(),
         });
         let dashboard = Arc::new(Dashboard::new(operator.clone(), monitor.clone()));
         let observed = Arc::new(Observed { intake: intake.clone(), monitor, metrics });

@@ -141,6 +141,27 @@ pub struct HttpSettings {
     /// a building application with its attachments in base64).
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// Most attachments in one submission (default 100).
+    #[serde(default = "default_max_attachments")]
+    pub max_attachments: usize,
+    /// Largest attachment in bytes, decoded (default 25 MiB).
+    #[serde(default = "default_max_attachment_bytes")]
+    pub max_attachment_bytes: usize,
+    /// Deepest nesting of arrays and objects in JSON form data (default
+    /// 32, at most 100; forms rarely go past 6).
+    #[serde(default = "default_max_json_depth", deserialize_with = "json_depth_limit")]
+    pub max_json_depth: usize,
+}
+
+impl HttpSettings {
+    /// The limits intake holds each submission to.
+    pub fn submission_limits(&self) -> crate::submission::Limits {
+        crate::submission::Limits {
+            attachments: self.max_attachments,
+            attachment_bytes: self.max_attachment_bytes,
+            json_depth: self.max_json_depth,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -200,6 +221,24 @@ fn default_listen() -> SocketAddr {
 fn default_max_body_bytes() -> usize {
     32 * 1024 * 1024
 }
+fn default_max_attachments() -> usize {
+    crate::submission::Limits::default().attachments
+}
+fn default_max_attachment_bytes() -> usize {
+    crate::submission::Limits::default().attachment_bytes
+}
+fn default_max_json_depth() -> usize {
+    crate::submission::Limits::default().json_depth
+}
+/// serde_json reads at most 128 levels, and a queued message nests the
+/// form two deeper than intake sees it.
+fn json_depth_limit<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    let depth = usize::deserialize(deserializer)?;
+    if !(1..=100).contains(&depth) {
+        return Err(serde::de::Error::custom(format!("max_json_depth must be 1 to 100, not {depth}")));
+    }
+    Ok(depth)
+}
 fn default_broker_url() -> SecretString {
     "amqp://guest:guest@127.0.0.1:5672/%2f".into()
 }
@@ -221,7 +260,14 @@ fn default_shutdown_deadline() -> Duration {
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self { listen: default_listen(), max_body_bytes: default_max_body_bytes() }
+        let limits = crate::submission::Limits::default();
+        Self {
+            listen: default_listen(),
+            max_body_bytes: default_max_body_bytes(),
+            max_attachments: limits.attachments,
+            max_attachment_bytes: limits.attachment_bytes,
+            max_json_depth: limits.json_depth,
+        }
     }
 }
 impl Default for BrokerSettings {

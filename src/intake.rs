@@ -51,6 +51,8 @@ pub struct Intake {
     /// Set when shutdown begins: new submissions get 503.
     pub draining: AtomicBool,
     pub metrics: Arc<Metrics>,
+    /// What a submission may hold beyond the body size.
+    pub limits: crate::submission::Limits,
 }
 
 pub fn router(intake: Arc<Intake>, max_body_bytes: usize) -> Router {
@@ -109,7 +111,7 @@ async fn accept(intake: &Intake, headers: &HeaderMap, body: Result<Bytes, BytesR
     let body_sha256: [u8; 32] = Sha256::digest(&body).into();
     let idempotency = idempotency_key(headers, body_sha256, &sender.name)?;
 
-    let submission = Submission::parse(&body).map_err(|invalid| match invalid {
+    let submission = Submission::parse(&body, &intake.limits).map_err(|invalid| match invalid {
         InvalidSubmission::Malformed(reason) => Problem::new(
             StatusCode::BAD_REQUEST,
             "malformed-json",

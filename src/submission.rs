@@ -131,9 +131,35 @@ struct Queued<'s, 'a> {
 const MAX_REFERENCE_LEN: usize = 200;
 const MAX_ATTACHMENT_NAME_LEN: usize = 255;
 
+/// What one submission may hold beyond the body size (which the HTTP layer
+/// bounds): each limit is refused naming the field, before anything is
+/// stored or published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Attachments per submission.
+    pub attachments: usize,
+    /// Decoded bytes of one attachment.
+    pub attachment_bytes: usize,
+    /// Nesting of arrays and objects in the JSON form data. serde_json
+    /// stops at 128 for the whole body anyway; mappings and schemas walk
+    /// the tree recursively, so the form gets a tighter bound of its own.
+    pub json_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { attachments: 100, attachment_bytes: 25 * 1024 * 1024, json_depth: 32 }
+    }
+}
+
 impl<'a> Submission<'a> {
     /// Parses and validates a request body.
-    pub fn parse(body: &'a [u8]) -> Result<Self, InvalidSubmission> {
+    pub fn parse(body: &'a [u8], limits: &Limits) -> Result<Self, InvalidSubmission> {
+        // serde would read a struct from an array, too, and then name
+        // array positions: say what is wrong instead.
+        if body.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|&b| b != b'{') {
+            return Err(InvalidSubmission::Fields(vec![FieldError::new("#", "a submission is a JSON object")]));
+        }
         let mut de = serde_json::Deserializer::from_slice(body);
         let envelope: Envelope<'a> = match serde_path_to_error::deserialize(&mut de) {
             Ok(e) => e,
@@ -162,16 +188,30 @@ impl<'a> Submission<'a> {
                 errors.push(FieldError::new("#/submittedAt", "must be an RFC 3339 timestamp such as 2026-11-20T09:14:00Z"));
             }
         let data = match (envelope.data, envelope.data_xml) {
-            (Some(json), None) if json.get().starts_with('{') => Some(FormData::Json(json)),
+            (Some(json), None) if json.get().starts_with('{') => {
+                if json_depth(json.get()) > limits.json_depth {
+                    errors.push(FieldError::new("#/data", format!("is nested deeper than {} levels", limits.json_depth)));
+                }
+                Some(FormData::Json(json))
+            }
             (Some(_), None) => {
                 errors.push(FieldError::new("#/data", "must be a JSON object"));
                 None
             }
             (None, Some(xml)) => match xml::to_json(&xml) {
-                Ok(tree) => Some(FormData::Xml {
-                    tree: RawValue::from_string(tree.to_string()).expect("a JSON value is valid JSON"),
-                    xml,
-                }),
+                Ok(tree) => {
+                    let tree = RawValue::from_string(tree.to_string()).expect("a JSON value is valid JSON");
+                    // Repeated elements become arrays: the tree can be
+                    // deeper than the XML, and must stay readable by
+                    // serde_json (128 levels).
+                    if json_depth(tree.get()) > limits.json_depth {
+                        errors.push(FieldError::new(
+                            "#/dataXml",
+                            format!("is nested deeper than {} levels once read as JSON", limits.json_depth),
+                        ));
+                    }
+                    Some(FormData::Xml { tree, xml })
+                }
                 Err(e) => {
                     errors.push(FieldError::new("#/dataXml", format!("must be well-formed XML form data: {e}")));
                     None
@@ -186,6 +226,12 @@ impl<'a> Submission<'a> {
                 None
             }
         };
+        if envelope.attachments.len() > limits.attachments {
+            errors.push(FieldError::new(
+                "#/attachments",
+                format!("holds {} attachments; at most {} are accepted", envelope.attachments.len(), limits.attachments),
+            ));
+        }
         let mut attachments = Vec::with_capacity(envelope.attachments.len());
         for (i, a) in envelope.attachments.into_iter().enumerate() {
             let at = |field: &str| format!("#/attachments/{i}/{field}");
@@ -198,7 +244,14 @@ impl<'a> Submission<'a> {
             if !is_media_type(&a.media_type) {
                 errors.push(FieldError::new(at("mediaType"), "must be a media type such as application/pdf"));
             }
-            if is_base64(a.content) {
+            if !is_base64(a.content) {
+                errors.push(FieldError::new(at("content"), "must be standard base64 (RFC 4648, with padding)"));
+            } else if decoded_len(a.content) > limits.attachment_bytes {
+                errors.push(FieldError::new(
+                    at("content"),
+                    format!("is {} bytes; an attachment may have at most {}", decoded_len(a.content), limits.attachment_bytes),
+                ));
+            } else {
                 attachments.push(Attachment {
                     size: decoded_len(a.content),
                     file: String::new(),
@@ -207,8 +260,6 @@ impl<'a> Submission<'a> {
                     purpose: a.purpose,
                     content: a.content,
                 });
-            } else {
-                errors.push(FieldError::new(at("content"), "must be standard base64 (RFC 4648, with padding)"));
             }
         }
         let files = unique_file_names(attachments.iter().map(|a| a.name.as_str()));
@@ -373,6 +424,33 @@ fn is_base64(s: &str) -> bool {
         (2, Some(&c)) => value(c) & 0b1111 == 0,
         _ => true,
     }
+}
+
+/// The deepest nesting of arrays and objects in valid JSON, counted on
+/// the raw text without building the tree.
+fn json_depth(json: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in json.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 fn decoded_len(s: &str) -> usize {

@@ -5,7 +5,7 @@ const VALID: &str = r#"{"service":"99050012104000","region":"053150000000","refe
   "attachments":[{"name":"antrag.pdf","mediaType":"application/pdf","purpose":"form","content":"JVBERi0xLjQ="}]}"#;
 
 fn fields(body: &str) -> Vec<FieldError> {
-    match Submission::parse(body.as_bytes()) {
+    match Submission::parse(body.as_bytes(), &Limits::default()) {
         Err(InvalidSubmission::Fields(f)) => f,
         other => panic!("expected field errors, got {other:?}"),
     }
@@ -17,7 +17,7 @@ fn pointers(body: &str) -> Vec<String> {
 
 #[test]
 fn valid_submission_becomes_a_queue_message() {
-    let s = Submission::parse(VALID.as_bytes()).unwrap();
+    let s = Submission::parse(VALID.as_bytes(), &Limits::default()).unwrap();
     let id = Uuid::nil();
     let at = time::macros::datetime!(2026-11-20 09:15:00 UTC);
     let message: serde_json::Value = serde_json::from_slice(&s.to_message(id, at)).unwrap();
@@ -30,9 +30,10 @@ fn valid_submission_becomes_a_queue_message() {
 
 #[test]
 fn malformed_json_is_malformed() {
-    assert!(matches!(Submission::parse(b"{\"service\":"), Err(InvalidSubmission::Malformed(_))));
+    assert!(matches!(Submission::parse(b"{\"service\":", &Limits::default()), Err(InvalidSubmission::Malformed(_))));
     let trailing = format!("{VALID} {{}}");
-    assert!(matches!(Submission::parse(trailing.as_bytes()), Err(InvalidSubmission::Malformed(_))));
+    assert!(matches!(Submission::parse(trailing.as_bytes(), &Limits::default()), Err(InvalidSubmission::Malformed(_))));
+    assert_eq!(pointers(" [1]"), ["#"]);
 }
 
 #[test]
@@ -73,4 +74,40 @@ fn base64_rules() {
     }
     assert_eq!(decoded_len("AA=="), 1);
     assert_eq!(decoded_len("AAAA"), 3);
+}
+
+#[test]
+fn each_limit_is_refused_naming_the_field() {
+    let limits = Limits { attachments: 2, attachment_bytes: 8, json_depth: 3 };
+    let refused = |body: &str| match Submission::parse(body.as_bytes(), &limits) {
+        Err(InvalidSubmission::Fields(f)) => f.into_iter().map(|f| (f.pointer, f.detail)).collect::<Vec<_>>(),
+        other => panic!("expected field errors, got {other:?}"),
+    };
+    assert!(Submission::parse(VALID.as_bytes(), &limits).is_ok(), "8 decoded bytes are within the limit");
+
+    let nine_bytes = VALID.replace("JVBERi0xLjQ=", "JVBERi0xLjQu");
+    assert_eq!(refused(&nine_bytes)[0].0, "#/attachments/0/content");
+    assert!(refused(&nine_bytes)[0].1.contains("at most 8"));
+
+    let attachment = r#"{"name":"a.pdf","mediaType":"application/pdf","purpose":"attachment","content":""}"#;
+    let three = VALID.replace(r#""attachments":["#, &format!(r#""attachments":[{attachment},{attachment},"#));
+    assert_eq!(refused(&three)[0].0, "#/attachments");
+
+    // Three levels pass, four do not; brackets inside strings do not count.
+    let deep = |data: &str| VALID.replace(r#"{"name":"Anna"}"#, data);
+    assert!(Submission::parse(deep(r#"{"a":[{"b":"[[[[{{{{"}]}"#).as_bytes(), &limits).is_ok());
+    assert_eq!(refused(&deep(r#"{"a":[{"b":["\"]"]}]}"#))[0], ("#/data".into(), "is nested deeper than 3 levels".into()));
+}
+
+#[test]
+fn xml_form_data_is_held_to_the_json_depth_limit() {
+    // 100 elements deep is what the XML reader takes; as JSON it is 101.
+    let xml = format!("{}{}", "<a>".repeat(100), "</a>".repeat(100));
+    let body = VALID.replace(r#""data":{"name":"Anna"}"#, &format!(r#""dataXml":"{xml}""#));
+    match Submission::parse(body.as_bytes(), &Limits::default()) {
+        Err(InvalidSubmission::Fields(f)) => assert_eq!(f[0].pointer, "#/dataXml"),
+        other => panic!("expected a field error, got {other:?}"),
+    }
+    let deep = Limits { json_depth: 128, ..Limits::default() };
+    assert!(Submission::parse(body.as_bytes(), &deep).unwrap().data_value().is_object());
 }

@@ -7,35 +7,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use amtsbote::demo::SampleBackOffice;
-use amtsbote::domain::{TargetName, delivery_id};
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use crate::helpers::{
-    AppProcess, FAST_RETRY, PrivateBroker, Setup, as_sender, config_yaml, free_port, gewerbeanmeldung, spawn_app, unique_prefix,
+    AppProcess, FAST_RETRY, PrivateBroker, Setup, as_sender, config_yaml, expected_keys, free_port, gewerbeanmeldung, spawn_app,
+    unique_prefix, wait_for_keys,
 };
 
 const SERVICE: &str = "99050012104000";
-
-/// The delivery ids a target must have received for these submissions.
-fn expected_keys(ids: impl IntoIterator<Item = String>, target: &str) -> HashSet<String> {
-    let target = TargetName::parse(target).unwrap();
-    ids.into_iter().map(|id| delivery_id(id.parse().unwrap(), &target).to_string()).collect()
-}
-
-/// Waits until `path` of `back_office` has received every key in `keys`.
-async fn wait_for_keys(back_office: &SampleBackOffice, path: &str, keys: &HashSet<String>, timeout: Duration) -> HashSet<String> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let got: HashSet<String> =
-            back_office.received().into_iter().filter(|r| r.path == path).filter_map(|r| r.idempotency_key).collect();
-        if keys.is_subset(&got) || tokio::time::Instant::now() >= deadline {
-            return got;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_in_the_middle_of_1000_submissions_loses_none() {

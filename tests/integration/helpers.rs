@@ -1,3 +1,4 @@
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -5,6 +6,7 @@ use std::time::Duration;
 use amtsbote::app::Application;
 use amtsbote::config::{Config, parse_yaml};
 use amtsbote::demo::SampleBackOffice;
+use amtsbote::domain::{TargetName, delivery_id};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -60,6 +62,8 @@ pub struct Setup<'a> {
     pub routes: &'a [(&'a str, &'a str, &'a [&'a str])],
     pub broker_url: Option<String>,
     pub max_body_bytes: Option<usize>,
+    /// YAML added under `http:`, indented by two spaces (e.g. limits).
+    pub http_settings: &'a str,
     /// YAML added to every target, indented by four spaces (e.g. `retry:`).
     pub target_settings: &'a str,
     /// YAML added to every route, indented by four spaces (e.g. `schema:`).
@@ -83,6 +87,7 @@ impl Default for Setup<'_> {
             routes: &[("99050012104000", "", &["fv"])],
             broker_url: None,
             max_body_bytes: None,
+            http_settings: "",
             target_settings: "",
             route_settings: "",
             mappings: None,
@@ -110,8 +115,9 @@ pub fn config_yaml(setup: &Setup<'_>, back_office: &SampleBackOffice, prefix: &s
         )
     });
     let mut yaml = format!(
-        "http:\n  listen: 127.0.0.1:0\n  max_body_bytes: {}\nbroker:\n  url: {}\n  prefix: {prefix}\nstore:\n  path: {}\nmappings: {}\nshutdown_deadline: 5s\nsandbox:\n  program: {}\n  processes: 2\n{encryption}{access}targets:\n",
+        "http:\n  listen: 127.0.0.1:0\n  max_body_bytes: {}\n{}broker:\n  url: {}\n  prefix: {prefix}\nstore:\n  path: {}\nmappings: {}\nshutdown_deadline: 5s\nsandbox:\n  program: {}\n  processes: 2\n{encryption}{access}targets:\n",
         setup.max_body_bytes.unwrap_or(1 << 20),
+        setup.http_settings,
         setup.broker_url.clone().unwrap_or_else(broker_url),
         store.join("store.sqlite").display(),
         setup.mappings.map(Path::to_owned).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings")).display(),
@@ -413,5 +419,24 @@ impl Drop for PrivateBroker {
     fn drop(&mut self) {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/rabbitmq-node");
         let _ = std::process::Command::new(script).arg("stop").arg(&self.dir).status();
+    }
+}
+
+/// The delivery ids a target must have received for these submissions.
+pub fn expected_keys(ids: impl IntoIterator<Item = String>, target: &str) -> HashSet<String> {
+    let target = TargetName::parse(target).unwrap();
+    ids.into_iter().map(|id| delivery_id(id.parse().unwrap(), &target).to_string()).collect()
+}
+
+/// Waits until `path` of `back_office` has received every key in `keys`.
+pub async fn wait_for_keys(back_office: &SampleBackOffice, path: &str, keys: &HashSet<String>, timeout: Duration) -> HashSet<String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let got: HashSet<String> =
+            back_office.received().into_iter().filter(|r| r.path == path).filter_map(|r| r.idempotency_key).collect();
+        if keys.is_subset(&got) || tokio::time::Instant::now() >= deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

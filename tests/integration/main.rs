@@ -6,6 +6,7 @@ mod crashes;
 mod dashboard;
 mod delivery;
 mod helpers;
+mod hostile;
 mod intake;
 mod mappings;
 mod observability;

@@ -1,0 +1,188 @@
+//! Hostile input: each gets its own clear answer (a 4xx naming the field,
+//! or a parked reason for a mapping that runs away), and a valid load sent
+//! at the same time is delivered in full.
+
+use std::time::Duration;
+
+use futures_lite::future::zip;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+
+use crate::helpers::{Setup, TestApp, as_sender, expected_keys, gewerbeanmeldung, spawn_app, wait_for_keys};
+
+const GEWERBE: &str = "99050012104000";
+/// A service routed to mappings that run away.
+const RUNAWAY: &str = "99102013104000";
+const KOELN: &str = "053150000000";
+const VALID_LOAD: usize = 200;
+
+/// A hostile request and what it must get: status, problem slug, pointer.
+struct Case {
+    name: &'static str,
+    body: Vec<u8>,
+    content_type: &'static str,
+    status: StatusCode,
+    slug: &'static str,
+    pointer: Option<&'static str>,
+}
+
+fn with_data(data: Value) -> Vec<u8> {
+    let mut body = gewerbeanmeldung(KOELN);
+    body["data"] = data;
+    body.to_string().into_bytes()
+}
+
+fn with_xml(xml: &str) -> Vec<u8> {
+    let mut body = gewerbeanmeldung(KOELN);
+    body.as_object_mut().unwrap().remove("data");
+    body["dataXml"] = json!(xml);
+    body.to_string().into_bytes()
+}
+
+fn with_attachments(count: usize, bytes: usize) -> Vec<u8> {
+    use base64::Engine;
+    let content = base64::engine::general_purpose::STANDARD.encode(vec![b'%'; bytes]);
+    let mut body = gewerbeanmeldung(KOELN);
+    body["attachments"] = (0..count)
+        .map(|i| json!({"name": format!("scan-{i}.pdf"), "mediaType": "application/pdf", "purpose": "attachment", "content": content}))
+        .collect();
+    body.to_string().into_bytes()
+}
+
+fn nested(depth: usize) -> Value {
+    (0..depth).fold(json!("x"), |inner, _| json!({ "a": inner }))
+}
+
+fn cases() -> Vec<Case> {
+    let case = |name, body, status, slug, pointer| Case { name, body, content_type: "application/json", status, slug, pointer };
+    const BAD: StatusCode = StatusCode::BAD_REQUEST;
+    let billion_laughs = format!(
+        "<?xml version=\"1.0\"?><!DOCTYPE lolz [<!ENTITY lol \"lol\">{}]><lolz>&lol9;</lolz>",
+        (1..10).map(|i| format!("<!ENTITY lol{i} \"{}\">", format!("&lol{};", i - 1).repeat(10))).collect::<String>()
+    );
+    vec![
+        case("a body over http.max_body_bytes", vec![b' '; 2 << 20], StatusCode::PAYLOAD_TOO_LARGE, "too-large", None),
+        case("more attachments than allowed", with_attachments(4, 10), BAD, "invalid-submission", Some("#/attachments")),
+        case("an attachment over its limit", with_attachments(1, 5000), BAD, "invalid-submission", Some("#/attachments/0/content")),
+        case("form data nested too deep", with_data(nested(40)), BAD, "invalid-submission", Some("#/data")),
+        case(
+            "JSON nested past serde_json's recursion limit",
+            format!("{{\"service\":\"{GEWERBE}\",\"region\":\"{KOELN}\",\"data\":{}", "[".repeat(100_000)).into_bytes(),
+            BAD,
+            "malformed-json",
+            None,
+        ),
+        case("not UTF-8", b"{\"service\":\"\xff\xfe\"}".to_vec(), BAD, "malformed-json", None),
+        case("an entity expansion bomb", with_xml(&billion_laughs), BAD, "invalid-submission", Some("#/dataXml")),
+        case(
+            "an external entity (XXE)",
+            with_xml("<!DOCTYPE a [<!ENTITY x SYSTEM \"file:///etc/passwd\">]><a>&x;</a>"),
+            BAD,
+            "invalid-submission",
+            Some("#/dataXml"),
+        ),
+        case("an undeclared entity", with_xml("<a>&x;</a>"), BAD, "invalid-submission", Some("#/dataXml")),
+        case("XML nested 10000 deep", with_xml(&format!("{}{}", "<a>".repeat(10_000), "</a>".repeat(10_000))), BAD, "invalid-submission", Some("#/dataXml")),
+        Case { content_type: "application/xml", ..case("not JSON", b"<a/>".to_vec(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", None) },
+    ]
+}
+
+async fn send_case(app: &TestApp, case: &Case) -> (StatusCode, Value) {
+    // A client of its own: the server closes the connection after a 413
+    // (the rest of the body is never read), which a pooled connection
+    // would carry into the next case.
+    let client = as_sender(reqwest::Client::builder()).build().unwrap();
+    let response = client
+        .post(format!("{}/v1/submissions", app.base))
+        .header("content-type", case.content_type)
+        .body(case.body.clone())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{}: no answer: {e}", case.name));
+    let status = response.status();
+    assert_eq!(response.headers()["content-type"], "application/problem+json", "{}", case.name);
+    (status, response.json().await.unwrap())
+}
+
+async fn valid_load(app: &TestApp) -> Vec<String> {
+    let mut load = JoinSet::new();
+    let body = gewerbeanmeldung(KOELN).to_string();
+    for _ in 0..8 {
+        let (client, url, body) = (app.client.clone(), format!("{}/v1/submissions", app.base), body.clone());
+        load.spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..VALID_LOAD / 8 {
+                let response = client.post(&url).header("content-type", "application/json").body(body.clone()).send().await.unwrap();
+                assert_eq!(response.status(), StatusCode::ACCEPTED, "a valid submission was refused");
+                ids.push(response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned());
+            }
+            ids
+        });
+    }
+    load.join_all().await.into_iter().flatten().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_hostile_input_gets_its_error_while_a_parallel_valid_load_is_delivered_in_full() {
+    let runaway = tempfile::tempdir().unwrap();
+    let mapping = |name: &str, expression: &str| {
+        let path = runaway.path().join(name);
+        std::fs::write(&path, format!("output: json\ndocument:\n  x: '{expression}'\n")).unwrap();
+        path.display().to_string()
+    };
+    // Mapping paths outside the mappings directory are taken as given.
+    let endless = mapping("endless.yaml", "last(range(1e15))");
+    let huge = mapping("huge.yaml", "\"x\" * 100000000");
+    let targets = [("fv", "xgewerbeanzeige-2.2/gewerbeanmeldung.yaml"), ("endless", endless.as_str()), ("huge", huge.as_str())];
+    let app = spawn_app(Setup {
+        targets: &targets,
+        routes: &[(GEWERBE, "", &["fv"]), (RUNAWAY, "", &["endless", "huge"])],
+        http_settings: "  max_attachments: 3\n  max_attachment_bytes: 4096\n",
+        ..Setup::default()
+    })
+    .await;
+
+    let hostile = async {
+        let mut answers = Vec::new();
+        for case in cases() {
+            answers.push((case.name, send_case(&app, &case).await, case));
+        }
+        let mut runaway_form = gewerbeanmeldung(KOELN);
+        runaway_form["service"] = json!(RUNAWAY);
+        let response = app.submit(runaway_form.to_string()).await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        (answers, response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned())
+    };
+    let (ids, (answers, runaway_id)) = zip(valid_load(&app), hostile).await;
+
+    for (name, (status, problem), case) in answers {
+        assert_eq!(status, case.status, "{name}: {problem}");
+        assert_eq!(problem["type"], format!("https://amtsbote.dev/problems/{}", case.slug), "{name}: {problem}");
+        let pointers: Vec<&str> = problem["errors"].as_array().map(|e| e.iter().map(|e| e["pointer"].as_str().unwrap()).collect()).unwrap_or_default();
+        assert_eq!(pointers, case.pointer.into_iter().collect::<Vec<_>>(), "{name}: {problem}");
+    }
+
+    // Every valid submission arrived, each once.
+    let keys = expected_keys(ids, "fv");
+    let got = wait_for_keys(&app.back_office, "/fv", &keys, Duration::from_secs(120)).await;
+    assert_eq!(keys.difference(&got).count(), 0, "valid submissions not delivered");
+    assert_eq!(app.back_office.received().iter().filter(|r| r.path == "/fv").count(), VALID_LOAD);
+
+    // The runaway mappings were stopped and parked with their reason.
+    for (target, why) in [("endless", "time limit"), ("huge", "larger than the limit")] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let parked = loop {
+            let response = app.operator(Method::GET, &format!("/v1/parked/{target}/{runaway_id}")).send().await.unwrap();
+            if response.status() == StatusCode::OK || tokio::time::Instant::now() > deadline {
+                break response.json::<Value>().await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(parked["reason"], "mapping-error", "{parked}");
+        assert!(parked["lastError"].as_str().unwrap().contains(why), "{target}: {parked}");
+    }
+    assert!(!app.back_office.received().iter().any(|r| r.path != "/fv"), "a runaway mapping delivered something");
+    let health = app.client.get(format!("{}/readyz", app.base)).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK, "amtsbote still serves");
+}
