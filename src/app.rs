@@ -68,9 +68,9 @@ impl Application {
         let topology = Topology::new(&config.broker.prefix);
         let targets: Vec<_> = pipeline.targets.keys().cloned().collect();
         let pipeline: SharedPipeline = Arc::new(ArcSwap::from_pointee(pipeline));
-        let publisher = Arc::new(Publisher::new(config.broker.url.clone(), topology.clone(), targets.clone()));
+        let publisher = Arc::new(Publisher::new(config.broker.endpoint(), topology.clone(), targets.clone()));
         let metrics = Arc::new(Metrics::new(&targets));
-        let monitor = Arc::new(Monitor::new(config.broker.url.clone(), topology.clone(), targets.clone(), store.clone(), metrics.clone()));
+        let monitor = Arc::new(Monitor::new(config.broker.endpoint(), topology.clone(), targets.clone(), store.clone(), metrics.clone()));
         let parking = ParkingLot::new(config, store.clone());
         let operator = Arc::new(OperatorApi { parking, pipeline: pipeline.clone() });
         let workers = pipeline
@@ -82,7 +82,7 @@ impl Application {
                     target: target.clone(),
                     pipeline: pipeline.clone(),
                     topology: topology.clone(),
-                    broker_url: config.broker.url.clone(),
+                    broker: config.broker.endpoint(),
                     store: store.clone(),
                     sandbox: sandbox.clone(),
                     versions: versions.clone(),
@@ -242,7 +242,7 @@ fn fixed_settings(config: &Config) -> Vec<(&'static str, String)> {
     let targets: Vec<String> = config.targets.iter().map(|(name, t)| format!("{name}:{}", t.concurrency)).collect();
     vec![
         ("http", format!("{:?}", config.http)),
-        ("broker", format!("{} {}", config.broker.url.expose_secret(), config.broker.prefix)),
+        ("broker", format!("{} {} {:?}", config.broker.url.expose_secret(), config.broker.prefix, config.broker.ca_file)),
         ("store", format!("{:?}", config.store)),
         ("sandbox", format!("{:?}", config.sandbox)),
         ("shutdown_deadline", format!("{:?}", config.shutdown_deadline)),

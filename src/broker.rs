@@ -19,11 +19,13 @@
 //! Every declaration is idempotent and repeated on every (re)connect, so a
 //! broker that lost its definitions gets them back.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use secrecy::{ExposeSecret, SecretString};
@@ -192,12 +194,36 @@ pub fn long_string(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
 }
 
+/// Where the broker is, and which CA vouches for it.
+#[derive(Clone)]
+pub struct Endpoint {
+    /// `amqp://` or `amqps://`, with credentials.
+    pub url: SecretString,
+    /// PEM file of the CA that signed the broker's certificate (for
+    /// `amqps://` with a private CA), besides the system's roots. Read on
+    /// every connect, so a renewed CA needs no restart.
+    pub ca_file: Option<PathBuf>,
+}
+
 /// Opens a connection, bounded by a timeout so that an unreachable broker
 /// is reported instead of waited for.
-pub async fn connect(url: &SecretString, name: &str) -> Result<Connection, BrokerError> {
+pub async fn connect(endpoint: &Endpoint, name: &str) -> Result<Connection, BrokerError> {
+    let url = &endpoint.url;
     let unreachable = |reason: String| BrokerError::Unreachable { url: redact_url(url.expose_secret()), reason };
+    let tls = match &endpoint.ca_file {
+        None => OwnedTLSConfig::default(),
+        Some(file) => OwnedTLSConfig {
+            identity: None,
+            cert_chain: Some(
+                std::fs::read_to_string(file)
+                    .map_err(|e| unreachable(format!("cannot read the CA file {}: {e}", file.display())))?,
+            ),
+        },
+    };
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url.expose_secret(), properties)).await {
+    let runtime = lapin::runtime::default_runtime().map_err(|e| unreachable(e.to_string()))?;
+    let connecting = Connection::connect_with_config(url.expose_secret(), properties, tls, runtime);
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(connection)) => Ok(connection),
         Ok(Err(e)) => Err(unreachable(e.to_string())),
         Err(_) => Err(unreachable(format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()))),
@@ -247,7 +273,7 @@ pub async fn publish_confirmed(channel: &Channel, message: Outgoing<'_>) -> Resu
 /// The intake's publisher: one connection and confirm channel, reopened
 /// on demand after the broker went away.
 pub struct Publisher {
-    url: SecretString,
+    broker: Endpoint,
     topology: Topology,
     targets: Vec<TargetName>,
     state: RwLock<State>,
@@ -271,8 +297,8 @@ impl State {
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 
 impl Publisher {
-    pub fn new(url: SecretString, topology: Topology, targets: Vec<TargetName>) -> Self {
-        Self { url, topology, targets, state: RwLock::new(State::default()) }
+    pub fn new(broker: Endpoint, topology: Topology, targets: Vec<TargetName>) -> Self {
+        Self { broker, topology, targets, state: RwLock::new(State::default()) }
     }
 
     /// Publishes to the submissions exchange and waits for the confirm.
@@ -307,7 +333,7 @@ impl Publisher {
         }
         if state.last_failure.is_some_and(|at| at.elapsed() < RECONNECT_PAUSE) {
             return Err(BrokerError::Unreachable {
-                url: redact_url(self.url.expose_secret()),
+                url: redact_url(self.broker.url.expose_secret()),
                 reason: "connect failed moments ago".into(),
             });
         }
@@ -328,7 +354,7 @@ impl Publisher {
     }
 
     async fn open(&self) -> Result<(Connection, Channel), BrokerError> {
-        let connection = connect(&self.url, "amtsbote-intake").await?;
+        let connection = connect(&self.broker, "amtsbote-intake").await?;
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
         self.topology.declare(&channel, &self.targets).await?;

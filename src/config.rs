@@ -174,6 +174,11 @@ pub struct BrokerSettings {
     /// `amtsbote`), so several installations can share a vhost.
     #[serde(default = "default_prefix")]
     pub prefix: String,
+    /// PEM file of the CA that signed the broker's certificate, for
+    /// `amqps://` to a broker with a private CA; the system's roots are
+    /// trusted as well. Relative to the config file.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -272,7 +277,7 @@ impl Default for HttpSettings {
 }
 impl Default for BrokerSettings {
     fn default() -> Self {
-        Self { url: default_broker_url(), prefix: default_prefix() }
+        Self { url: default_broker_url(), prefix: default_prefix(), ca_file: None }
     }
 }
 impl Default for StoreSettings {
@@ -335,6 +340,9 @@ impl Config {
         config.base_dir = base.to_path_buf();
         config.mappings = base.join(&config.mappings);
         config.store.path = base.join(&config.store.path);
+        if let Some(ca_file) = &mut config.broker.ca_file {
+            *ca_file = base.join(&*ca_file);
+        }
         for route in &mut config.routes {
             if let Some(schema) = &mut route.schema {
                 *schema = base.join(&*schema);
@@ -364,6 +372,10 @@ impl BrokerSettings {
     /// The URL without credentials, for logs and messages.
     pub fn display_url(&self) -> String {
         redact_url(self.url.expose_secret())
+    }
+
+    pub fn endpoint(&self) -> crate::broker::Endpoint {
+        crate::broker::Endpoint { url: self.url.clone(), ca_file: self.ca_file.clone() }
     }
 }
 

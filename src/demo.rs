@@ -29,6 +29,9 @@ pub struct Received {
     pub path: String,
     pub idempotency_key: Option<String>,
     pub content_type: Option<String>,
+    /// The `Authorization` header, to test that a connector sent its
+    /// credentials.
+    pub authorization: Option<String>,
     pub body: Bytes,
 }
 
@@ -169,6 +172,7 @@ async fn receive(State(state): State<Arc<BackOfficeState>>, UrlPath(path): UrlPa
                 path: path.clone(),
                 idempotency_key: key.clone(),
                 content_type: header("content-type"),
+                authorization: header("authorization"),
                 body,
             });
         }

@@ -22,7 +22,6 @@ use axum::{Json, Router};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
-use secrecy::SecretString;
 use serde::Serialize;
 use serde_json::json;
 use time::OffsetDateTime;
@@ -74,7 +73,7 @@ impl TargetOverview {
 }
 
 pub struct Monitor {
-    broker_url: SecretString,
+    broker: crate::broker::Endpoint,
     topology: Topology,
     targets: Vec<TargetName>,
     store: Arc<dyn Store>,
@@ -89,8 +88,8 @@ struct Sampled {
 }
 
 impl Monitor {
-    pub fn new(broker_url: SecretString, topology: Topology, targets: Vec<TargetName>, store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
-        Self { broker_url, topology, targets, store, metrics, state: tokio::sync::Mutex::new(Sampled::default()) }
+    pub fn new(broker: crate::broker::Endpoint, topology: Topology, targets: Vec<TargetName>, store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
+        Self { broker, topology, targets, store, metrics, state: tokio::sync::Mutex::new(Sampled::default()) }
     }
 
     /// The latest overview, sampled anew if older than `max_age`.
@@ -155,7 +154,7 @@ impl Monitor {
         let usable = connection.as_ref().is_some_and(|(c, ch)| c.status().connected() && ch.status().connected());
         if !usable {
             close(connection).await;
-            let fresh = broker::connect(&self.broker_url, "amtsbote-monitor").await.ok()?;
+            let fresh = broker::connect(&self.broker, "amtsbote-monitor").await.ok()?;
             let channel = fresh.create_channel().await.ok()?;
             // Declaring (idempotent) rather than checking passively: a
             // passive check of a queue no worker declared yet would close

@@ -23,7 +23,6 @@ use std::time::Duration;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
-use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -110,7 +109,7 @@ pub enum Action {
 }
 
 pub struct ParkingLot {
-    pub broker_url: SecretString,
+    pub broker: crate::broker::Endpoint,
     pub topology: Topology,
     pub targets: Vec<TargetName>,
     pub store: Arc<dyn Store>,
@@ -122,7 +121,7 @@ pub struct ParkingLot {
 impl ParkingLot {
     pub fn new(config: &Config, store: Arc<dyn Store>) -> Self {
         Self {
-            broker_url: config.broker.url.clone(),
+            broker: config.broker.endpoint(),
             topology: Topology::new(&config.broker.prefix),
             targets: config.targets.keys().cloned().collect(),
             store,
@@ -157,7 +156,7 @@ impl ParkingLot {
             None => self.targets.iter().filter(|t| seen(t)).cloned().collect(),
         };
         let _one_at_a_time = self.sweeping.lock().await;
-        let connection = broker::connect(&self.broker_url, "amtsbote-parking").await?;
+        let connection = broker::connect(&self.broker, "amtsbote-parking").await?;
         let channel = connection.create_channel().await.map_err(BrokerError::from)?;
         channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(BrokerError::from)?;
         self.topology.declare(&channel, &targets).await?;

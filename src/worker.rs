@@ -27,7 +27,6 @@ use lapin::message::Delivery as AmqpDelivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
-use secrecy::SecretString;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
@@ -50,7 +49,7 @@ pub struct Worker {
     pub target: Arc<Target>,
     pub pipeline: SharedPipeline,
     pub topology: Topology,
-    pub broker_url: SecretString,
+    pub broker: crate::broker::Endpoint,
     pub store: Arc<dyn Store>,
     pub sandbox: Arc<Sandbox>,
     pub versions: Arc<MappingVersions>,
@@ -88,7 +87,7 @@ impl Worker {
 
     async fn consume(self: &Arc<Self>, shutdown: &mut watch::Receiver<bool>, deadline: Duration) -> Result<(), BrokerError> {
         let name = format!("amtsbote-worker-{}", self.target.name);
-        let connection = broker::connect(&self.broker_url, &name).await?;
+        let connection = broker::connect(&self.broker, &name).await?;
         let channel = connection.create_channel().await?;
         self.topology.declare(&channel, [&self.target.name]).await?;
         self.topology.declare_delay_ladder(&channel).await?;

@@ -378,12 +378,18 @@ impl AppProcess {
 pub struct PrivateBroker {
     dir: std::path::PathBuf,
     port: u16,
+    conf: String,
 }
 
 impl PrivateBroker {
     pub async fn start(name: &str) -> Self {
+        Self::start_with(name, "").await
+    }
+
+    /// As [`start`](Self::start), with these lines in `rabbitmq.conf`.
+    pub async fn start_with(name: &str, conf: &str) -> Self {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join(format!("rabbitmq-{name}"));
-        let broker = Self { dir, port: free_port() };
+        let broker = Self { dir, port: free_port(), conf: conf.to_owned() };
         broker.node("stop").await;
         let _ = std::fs::remove_dir_all(&broker.dir);
         broker.node("start").await;
@@ -406,7 +412,7 @@ impl PrivateBroker {
     async fn node(&self, command: &str) {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/rabbitmq-node");
         let mut invocation = tokio::process::Command::new(script);
-        invocation.arg(command).arg(&self.dir);
+        invocation.arg(command).arg(&self.dir).env("AMTSBOTE_RABBITMQ_CONF", &self.conf);
         if command == "start" {
             invocation.arg(self.port.to_string());
         }

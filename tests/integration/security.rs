@@ -216,7 +216,7 @@ async fn a_route_sending_a_region_to_another_tenants_target_is_refused_at_load()
 /// The bodies of the messages in `queue`, left in the queue.
 async fn peek(queue: &str) -> Vec<Vec<u8>> {
     use lapin::options::BasicGetOptions;
-    let connection = amtsbote::broker::connect(&crate::helpers::broker_url().into(), "test-peek").await.unwrap();
+    let connection = amtsbote::broker::connect(&amtsbote::broker::Endpoint { url: crate::helpers::broker_url().into(), ca_file: None }, "test-peek").await.unwrap();
     let channel = connection.create_channel().await.unwrap();
     let mut bodies = Vec::new();
     while let Some(message) = channel.basic_get(queue.into(), BasicGetOptions { no_ack: false }).await.unwrap() {
@@ -265,4 +265,108 @@ async fn the_broker_holds_no_plaintext_form_field_in_waiting_or_parked_messages(
             assert!(!text.contains(value.as_str()), "the broker holds the form value {value:?}");
         }
     }
+}
+
+/// Every secret a full run handles: broker password, sender key, operator
+/// token, sealing key, a back office's token, and a wrong key a client
+/// tried. None may appear in a log line, an HTTP answer, the metrics or
+/// `amtsbote check`'s output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn amqps_with_a_private_ca_works_and_no_secret_reaches_logs_answers_or_metrics() {
+    use crate::helpers::{AppProcess, FAST_RETRY, PrivateBroker, as_sender, config_yaml, free_port, unique_prefix};
+    use amtsbote_connector_conformance::pki::Pki;
+
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(dir.path());
+    let password = format!("broker-password-{}", uuid::Uuid::new_v4().simple());
+    let tls_port = free_port();
+    let conf = format!(
+        "default_user = amtsbote\ndefault_pass = {password}\nlisteners.ssl.default = {tls_port}\nssl_options.cacertfile = {}\nssl_options.certfile = {}\nssl_options.keyfile = {}\nssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false",
+        pki.ca.display(),
+        pki.server_certificate.display(),
+        pki.server_key.display()
+    );
+    let broker = PrivateBroker::start_with("tls", &conf).await;
+    let _ = &broker;
+
+    let back_office = amtsbote::demo::SampleBackOffice::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    back_office.script(&[StatusCode::SERVICE_UNAVAILABLE]);
+    let back_office_token = format!("back-office-token-{}", uuid::Uuid::new_v4().simple());
+    let token_file = dir.path().join("fv.token");
+    std::fs::write(&token_file, &back_office_token).unwrap();
+    let connector = format!(
+        "      http:\n        url: {}\n        auth:\n          bearer:\n            token: {{ file: {} }}\n",
+        back_office.url("fv"),
+        token_file.display()
+    );
+    let url = format!("amqps://amtsbote:{password}@localhost:{tls_port}/%2f");
+    let setup = Setup { broker_url: Some(url.clone()), connector: Some(&connector), target_settings: FAST_RETRY, ..Setup::default() };
+    let yaml = config_yaml(&setup, &back_office, &unique_prefix(), dir.path());
+    let yaml = yaml.replacen("broker:\n", &format!("broker:\n  ca_file: {}\n", pki.ca.display()), 1);
+    let config = dir.path().join("amtsbote.yaml");
+    std::fs::write(&config, &yaml).unwrap();
+    let seal_key = std::fs::read_to_string(dir.path().join("seal.key")).unwrap().trim().to_owned();
+
+    let log = dir.path().join("amtsbote.log");
+    let mut app = AppProcess::start_with(&config, free_port(), &log, &[("RUST_LOG", "trace"), ("AMTSBOTE_LOG_FORMAT", "json")]).await;
+    let sender = as_sender(reqwest::Client::builder()).build().unwrap();
+    let operator = reqwest::Client::new();
+    let wrong_key = format!("wrong-key-{}", uuid::Uuid::new_v4().simple());
+    let mut answers = String::new();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let response = sender
+            .post(format!("{}/v1/submissions", app.base))
+            .header("content-type", "application/json")
+            .body(gewerbeanmeldung(KOELN).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED, "accepted through amqps");
+        let text = response.text().await.unwrap();
+        ids.push(serde_json::from_str::<Value>(&text).unwrap()["id"].as_str().unwrap().to_owned());
+        answers += &text;
+    }
+    let refused = reqwest::Client::new()
+        .post(format!("{}/v1/submissions", app.base))
+        .bearer_auth(&wrong_key)
+        .header("content-type", "application/json")
+        .body(gewerbeanmeldung(KOELN).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    answers += &refused.text().await.unwrap();
+    let delivered = back_office.wait_for(3, Duration::from_secs(30)).await;
+    assert_eq!(delivered.len(), 3, "delivered through amqps after a retry");
+    app.hang_up();
+    for path in ["/v1/submissions", &format!("/v1/submissions/{}", ids[0]), "/v1/parked", "/readyz", "/metrics", "/dashboard"] {
+        let response = operator.get(format!("{}{path}", app.base)).bearer_auth(OPERATOR_TOKEN).send().await.unwrap();
+        answers += &response.text().await.unwrap();
+    }
+    let wrong_operator = operator.get(format!("{}/v1/parked", app.base)).bearer_auth(&wrong_key).send().await.unwrap();
+    answers += &wrong_operator.text().await.unwrap();
+    app.terminate(Duration::from_secs(15)).await.expect("amtsbote stops on SIGTERM");
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_amtsbote")).args(["check", "--config"]).arg(&config).output().unwrap();
+    let check = format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.contains("\"event\":\"delivered\""), "the log is of a full run");
+    assert!(logs.lines().count() > 100, "trace logs of every crate were on");
+    let secrets = [
+        ("broker password", password.as_str()),
+        ("sender key", SENDER_KEY),
+        ("operator token", OPERATOR_TOKEN),
+        ("sealing key", seal_key.as_str()),
+        ("back office token", back_office_token.as_str()),
+        ("a wrong key a client tried", wrong_key.as_str()),
+    ];
+    for (what, secret) in secrets {
+        for (place, text) in [("the logs", &logs), ("an HTTP answer", &answers), ("amtsbote check", &check)] {
+            assert!(!text.contains(secret), "the {what} appears in {place}");
+        }
+    }
+    // The back office did get its token: the test would pass for nothing
+    // if the token were never sent.
+    assert!(back_office.received().iter().all(|r| r.authorization.as_deref() == Some(&format!("Bearer {back_office_token}"))));
 }
