@@ -166,3 +166,38 @@ async fn the_running_server_answers_as_its_openapi_document_says() {
     let untested: Vec<_> = documented.difference(&checker.exercised).collect();
     assert!(untested.is_empty(), "documented but not called: {untested:?}");
 }
+
+/// schemathesis (from `target/test-tools/venv`, see
+/// `scripts/install-test-deps`) drives every operation of the served
+/// document with generated valid and invalid input, once as a sender and
+/// once as an operator: no answer may be a 5xx, or have a status, content
+/// type or body the document does not describe; the server stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_server_error_or_undocumented_answer_on_any_operation() {
+    let schemathesis = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-tools/venv/bin/schemathesis");
+    assert!(schemathesis.exists(), "schemathesis is not installed: run scripts/install-test-deps");
+    let app = spawn_app(Setup::default()).await;
+    let reports = tempfile::tempdir().unwrap();
+    for (who, credential) in [("sender", SENDER_KEY), ("operator", OPERATOR_TOKEN)] {
+        let output = tokio::process::Command::new(&schemathesis)
+            .arg("run")
+            .arg(format!("{}/v1/openapi.json", app.base))
+            .args(["--url", &app.base])
+            .args(["--header", &format!("Authorization: Bearer {credential}")])
+            .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance", "--mode", "all", "--max-examples", "40", "--seed", "1"])
+            .args(["--phases", "examples,coverage,fuzzing", "--workers", "2", "--request-timeout", "20"])
+            .args(["--generation-database", "none", "--no-color", "--warnings", "off"])
+            .arg("--report-dir")
+            .arg(reports.path())
+            .env("SCHEMATHESIS_HOOKS", "")
+            .current_dir(reports.path())
+            .output()
+            .await
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(output.status.success(), "schemathesis as {who} found a problem:\n{text}");
+        assert!(text.contains("passed"), "schemathesis as {who} tested nothing:\n{text}");
+    }
+    let health = reqwest::get(format!("{}/healthz", app.base)).await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+}
