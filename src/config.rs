@@ -235,8 +235,8 @@ fn default_max_attachment_bytes() -> usize {
 fn default_max_json_depth() -> usize {
     crate::submission::Limits::default().json_depth
 }
-/// serde_json reads at most 128 levels, and a queued message nests the
-/// form two deeper than intake sees it.
+/// serde_json reads at most 128 levels; the queued message nests the form
+/// one level deeper than intake sees it, and the limit leaves room.
 fn json_depth_limit<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
     let depth = usize::deserialize(deserializer)?;
     if !(1..=100).contains(&depth) {

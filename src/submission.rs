@@ -200,17 +200,20 @@ impl<'a> Submission<'a> {
             }
             (None, Some(xml)) => match xml::to_json(&xml) {
                 Ok(tree) => {
-                    let tree = RawValue::from_string(tree.to_string()).expect("a JSON value is valid JSON");
                     // Repeated elements become arrays: the tree can be
                     // deeper than the XML, and must stay readable by
                     // serde_json (128 levels).
-                    if json_depth(tree.get()) > limits.json_depth {
+                    let tree = tree.to_string();
+                    if json_depth(&tree) > limits.json_depth {
                         errors.push(FieldError::new(
                             "#/dataXml",
                             format!("is nested deeper than {} levels once read as JSON", limits.json_depth),
                         ));
+                        None
+                    } else {
+                        let tree = RawValue::from_string(tree).expect("a JSON value is valid JSON");
+                        Some(FormData::Xml { tree, xml })
                     }
-                    Some(FormData::Xml { tree, xml })
                 }
                 Err(e) => {
                     errors.push(FieldError::new("#/dataXml", format!("must be well-formed XML form data: {e}")));

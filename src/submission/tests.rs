@@ -111,3 +111,19 @@ fn xml_form_data_is_held_to_the_json_depth_limit() {
     let deep = Limits { json_depth: 128, ..Limits::default() };
     assert!(Submission::parse(body.as_bytes(), &deep).unwrap().data_value().is_object());
 }
+
+#[test]
+fn xml_whose_json_tree_is_deeper_than_serde_json_reads_is_refused_not_a_panic() {
+    // Each level holds two `a`s, so each element adds an object and an
+    // array: 90 elements deep is 180 levels of JSON.
+    let xml = format!("{}{}", "<a><a/>".repeat(90), "</a>".repeat(90));
+    let body = VALID.replace(r#""data":{"name":"Anna"}"#, &format!(r#""dataXml":"{xml}""#));
+    let deepest = Limits { json_depth: 100, ..Limits::default() };
+    match Submission::parse(body.as_bytes(), &deepest) {
+        Err(InvalidSubmission::Fields(f)) => {
+            assert_eq!(f[0].pointer, "#/dataXml");
+            assert!(f[0].detail.contains("once read as JSON"), "{}", f[0].detail);
+        }
+        other => panic!("expected a field error, got {other:?}"),
+    }
+}

@@ -286,8 +286,8 @@ async fn amqps_with_a_private_ca_works_and_no_secret_reaches_logs_answers_or_met
         pki.server_certificate.display(),
         pki.server_key.display()
     );
-    let broker = PrivateBroker::start_with("tls", &conf).await;
-    let _ = &broker;
+    // Stopped when dropped, at the end of the test.
+    let _broker = PrivateBroker::start_with("tls", &conf).await;
 
     let back_office = amtsbote::demo::SampleBackOffice::start(([127, 0, 0, 1], 0).into()).await.unwrap();
     back_office.script(&[StatusCode::SERVICE_UNAVAILABLE]);
