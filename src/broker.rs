@@ -205,6 +205,21 @@ pub struct Endpoint {
     pub ca_file: Option<PathBuf>,
 }
 
+impl Endpoint {
+    /// What is wrong with `ca_file`, for `amtsbote check`: unreadable, or
+    /// no PEM certificate in it.
+    pub fn ca_file_problem(&self) -> Option<String> {
+        let file = self.ca_file.as_ref()?;
+        match std::fs::read_to_string(file) {
+            Err(e) => Some(format!("broker.ca_file: cannot read {}: {e}", file.display())),
+            Ok(pem) if !pem.contains("-----BEGIN CERTIFICATE-----") => {
+                Some(format!("broker.ca_file: {} holds no PEM certificate", file.display()))
+            }
+            Ok(_) => None,
+        }
+    }
+}
+
 /// Opens a connection, bounded by a timeout so that an unreachable broker
 /// is reported instead of waited for.
 pub async fn connect(endpoint: &Endpoint, name: &str) -> Result<Connection, BrokerError> {

@@ -28,7 +28,8 @@ enum Command {
     Check {
         #[arg(long, short, env = "AMTSBOTE_CONFIG", default_value = "amtsbote.yaml")]
         config: PathBuf,
-        /// Also probe every target: connect and log in, deliver nothing.
+        /// Also probe the broker and every target: connect and log in,
+        /// deliver nothing.
         #[arg(long)]
         probe: bool,
     },
@@ -222,6 +223,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let path = config.display().to_string();
             let config = amtsbote::config::Config::load(&config)?;
             let mut problems = amtsbote::pipeline::check_unused_mappings(&config);
+            problems.extend(config.broker.endpoint().ca_file_problem());
             let built = amtsbote::pipeline::Pipeline::build(&config).map_err(|p| problems.extend(p));
             match built {
                 Ok(pipeline) if problems.is_empty() => {
@@ -233,6 +235,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         return Ok(ExitCode::SUCCESS);
                     }
                     let mut healthy = true;
+                    match amtsbote::broker::connect(&config.broker.endpoint(), "amtsbote-check").await {
+                        Ok(connection) => {
+                            println!("broker {}: reachable", config.broker.display_url());
+                            let _ = connection.close(200, "checked".into()).await;
+                        }
+                        Err(e) => {
+                            healthy = false;
+                            println!("broker: NOT reachable: {e}");
+                        }
+                    }
                     for (name, target) in &pipeline.targets {
                         match target.connector.probe().await {
                             Ok(()) => println!("{name}: reachable"),

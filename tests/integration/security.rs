@@ -347,8 +347,9 @@ async fn amqps_with_a_private_ca_works_and_no_secret_reaches_logs_answers_or_met
     let wrong_operator = operator.get(format!("{}/v1/parked", app.base)).bearer_auth(&wrong_key).send().await.unwrap();
     answers += &wrong_operator.text().await.unwrap();
     app.terminate(Duration::from_secs(15)).await.expect("amtsbote stops on SIGTERM");
-    let check = std::process::Command::new(env!("CARGO_BIN_EXE_amtsbote")).args(["check", "--config"]).arg(&config).output().unwrap();
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_amtsbote")).args(["check", "--probe", "--config"]).arg(&config).output().unwrap();
     let check = format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    assert!(check.contains(&format!("broker amqps://localhost:{tls_port}/%2f: reachable")), "{check}");
 
     let logs = std::fs::read_to_string(&log).unwrap();
     assert!(logs.contains("\"event\":\"delivered\""), "the log is of a full run");
