@@ -141,15 +141,20 @@ impl Sealer {
         let Some((id, key)) = &self.sealing else { return plaintext };
         let mut nonce = [0u8; NONCE_LEN];
         aws_lc_rs::rand::fill(&mut nonce).expect("the system's random source works");
-        let mut in_out = plaintext;
-        key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad(id, message_id, region)), &mut in_out)
-            .expect("AES-GCM seals any message amtsbote accepts");
-        let mut sealed = Vec::with_capacity(MAGIC.len() + 1 + id.len() + NONCE_LEN + in_out.len());
+        // Header, then the plaintext encrypted where it lies, then the tag:
+        // one copy of a body that can be many megabytes.
+        let tag_len = AES_256_GCM.tag_len();
+        let mut sealed = Vec::with_capacity(MAGIC.len() + 1 + id.len() + NONCE_LEN + plaintext.len() + tag_len);
         sealed.extend_from_slice(MAGIC);
         sealed.push(id.len() as u8);
         sealed.extend_from_slice(id.as_bytes());
         sealed.extend_from_slice(&nonce);
-        sealed.extend_from_slice(&in_out);
+        let header = sealed.len();
+        sealed.extend_from_slice(&plaintext);
+        let tag = key
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad(id, message_id, region)), &mut sealed[header..])
+            .expect("AES-GCM seals any message amtsbote accepts");
+        sealed.extend_from_slice(tag.as_ref());
         sealed
     }
 

@@ -110,7 +110,7 @@ mod otel {
     use std::io::Read;
     use std::time::Duration;
 
-    use lapin::types::{AMQPValue, FieldTable, LongString};
+    use lapin::types::{AMQPValue, FieldTable};
     use opentelemetry::propagation::TextMapPropagator;
     use opentelemetry::trace::TracerProvider;
     use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
@@ -205,7 +205,7 @@ mod otel {
         let mut carrier = HashMap::new();
         TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
         for (name, value) in carrier {
-            headers.insert(name.into(), AMQPValue::LongString(LongString::from(value)));
+            headers.insert(name.into(), crate::broker::long_string(&value));
         }
     }
 

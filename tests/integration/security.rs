@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::helpers::{OPERATOR_TOKEN, SENDER_KEY, Setup, TestApp, gewerbeanmeldung, key_hash, metric, spawn_app};
+use crate::helpers::{OPERATOR_TOKEN, SENDER_KEY, Setup, gewerbeanmeldung, key_hash, metric, spawn_app};
 
 const GEWERBE: &str = "99050012104000";
 const KOELN: &str = "053150000000";
@@ -23,8 +23,9 @@ fn pointers(problem: &Value) -> Vec<&str> {
     problem["errors"].as_array().map(|e| e.iter().map(|e| e["pointer"].as_str().unwrap()).collect()).unwrap_or_default()
 }
 
-async fn post_as(app: &TestApp, key: Option<&str>, body: String) -> reqwest::Response {
-    let mut request = reqwest::Client::new().post(format!("{}/v1/submissions", app.base)).header("content-type", "application/json");
+/// A submission posted to the amtsbote at `base` with `key`, if any.
+async fn post_as(base: &str, key: Option<&str>, body: String) -> reqwest::Response {
+    let mut request = reqwest::Client::new().post(format!("{base}/v1/submissions")).header("content-type", "application/json");
     if let Some(key) = key {
         request = request.bearer_auth(key);
     }
@@ -40,17 +41,17 @@ async fn a_sender_without_rights_gets_403_naming_the_field_and_nothing_is_queued
     );
     let app = spawn_app(Setup { access: Some(&access), ..Setup::default() }).await;
 
-    let (status, challenge, body) = problem(post_as(&app, None, gewerbeanmeldung(KOELN).to_string()).await).await;
+    let (status, challenge, body) = problem(post_as(&app.base, None, gewerbeanmeldung(KOELN).to_string()).await).await;
     assert_eq!((status, challenge.as_deref()), (StatusCode::UNAUTHORIZED, Some("Bearer")), "{body}");
-    let (status, _, _) = problem(post_as(&app, Some("not-a-key"), gewerbeanmeldung(KOELN).to_string()).await).await;
+    let (status, _, _) = problem(post_as(&app.base, Some("not-a-key"), gewerbeanmeldung(KOELN).to_string()).await).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
-    let (status, _, body) = problem(post_as(&app, Some("koeln-key"), gewerbeanmeldung(BONN).to_string()).await).await;
+    let (status, _, body) = problem(post_as(&app.base, Some("koeln-key"), gewerbeanmeldung(BONN).to_string()).await).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(body["type"], "https://amtsbote.dev/problems/forbidden");
     assert_eq!(pointers(&body), ["#/region"], "{body}");
     let other_service = gewerbeanmeldung(KOELN).to_string().replace(GEWERBE, "99102013104000");
-    let (status, _, body) = problem(post_as(&app, Some("koeln-key"), other_service).await).await;
+    let (status, _, body) = problem(post_as(&app.base, Some("koeln-key"), other_service).await).await;
     assert_eq!((status, pointers(&body)), (StatusCode::FORBIDDEN, vec!["#/service"]), "{body}");
 
     // Nothing of the refused requests was queued, recorded or delivered.
@@ -62,7 +63,7 @@ async fn a_sender_without_rights_gets_403_naming_the_field_and_nothing_is_queued
     assert_eq!(found["items"].as_array().unwrap().len(), 0, "{found}");
 
     // What it may send goes through, and only it reads the status back.
-    let response = post_as(&app, Some("koeln-key"), gewerbeanmeldung(KOELN).to_string()).await;
+    let response = post_as(&app.base, Some("koeln-key"), gewerbeanmeldung(KOELN).to_string()).await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     app.back_office.wait_for(1, Duration::from_secs(20)).await;
@@ -87,7 +88,7 @@ async fn a_rotated_key_works_alongside_the_old_one_until_the_old_one_is_removed(
     let app = spawn_app(Setup { access: Some(&old), ..Setup::default() }).await;
     let accepts = |key: &'static str| {
         let app = &app;
-        async move { post_as(app, Some(key), gewerbeanmeldung(KOELN).to_string()).await.status() }
+        async move { post_as(&app.base, Some(key), gewerbeanmeldung(KOELN).to_string()).await.status() }
     };
     assert_eq!(accepts("old-key").await, StatusCode::ACCEPTED);
     assert_eq!(accepts("new-key").await, StatusCode::UNAUTHORIZED);
@@ -140,16 +141,10 @@ async fn two_tenants_submissions_never_cross_and_each_operator_sees_only_its_own
     const EACH: usize = 20;
     let mut sent = tokio::task::JoinSet::new();
     for i in 0..2 * EACH {
-        let (client, base) = (app.client.clone(), app.base.clone());
+        let base = app.base.clone();
         let region = if i % 2 == 0 { KOELN } else { BONN };
         sent.spawn(async move {
-            let response = client
-                .post(format!("{base}/v1/submissions"))
-                .header("content-type", "application/json")
-                .body(gewerbeanmeldung(region).to_string())
-                .send()
-                .await
-                .unwrap();
+            let response = post_as(&base, Some(SENDER_KEY), gewerbeanmeldung(region).to_string()).await;
             assert_eq!(response.status(), StatusCode::ACCEPTED);
             (region, response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned())
         });
@@ -273,7 +268,7 @@ async fn the_broker_holds_no_plaintext_form_field_in_waiting_or_parked_messages(
 /// `amtsbote check`'s output.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn amqps_with_a_private_ca_works_and_no_secret_reaches_logs_answers_or_metrics() {
-    use crate::helpers::{AppProcess, FAST_RETRY, PrivateBroker, as_sender, config_yaml, free_port, unique_prefix};
+    use crate::helpers::{AppProcess, FAST_RETRY, PrivateBroker, config_yaml, free_port, unique_prefix};
     use amtsbote_connector_conformance::pki::Pki;
 
     let dir = tempfile::tempdir().unwrap();
@@ -309,32 +304,18 @@ async fn amqps_with_a_private_ca_works_and_no_secret_reaches_logs_answers_or_met
 
     let log = dir.path().join("amtsbote.log");
     let mut app = AppProcess::start_with(&config, free_port(), &log, &[("RUST_LOG", "trace"), ("AMTSBOTE_LOG_FORMAT", "json")]).await;
-    let sender = as_sender(reqwest::Client::builder()).build().unwrap();
     let operator = reqwest::Client::new();
     let wrong_key = format!("wrong-key-{}", uuid::Uuid::new_v4().simple());
     let mut answers = String::new();
     let mut ids = Vec::new();
     for _ in 0..3 {
-        let response = sender
-            .post(format!("{}/v1/submissions", app.base))
-            .header("content-type", "application/json")
-            .body(gewerbeanmeldung(KOELN).to_string())
-            .send()
-            .await
-            .unwrap();
+        let response = post_as(&app.base, Some(SENDER_KEY), gewerbeanmeldung(KOELN).to_string()).await;
         assert_eq!(response.status(), StatusCode::ACCEPTED, "accepted through amqps");
         let text = response.text().await.unwrap();
         ids.push(serde_json::from_str::<Value>(&text).unwrap()["id"].as_str().unwrap().to_owned());
         answers += &text;
     }
-    let refused = reqwest::Client::new()
-        .post(format!("{}/v1/submissions", app.base))
-        .bearer_auth(&wrong_key)
-        .header("content-type", "application/json")
-        .body(gewerbeanmeldung(KOELN).to_string())
-        .send()
-        .await
-        .unwrap();
+    let refused = post_as(&app.base, Some(&wrong_key), gewerbeanmeldung(KOELN).to_string()).await;
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     answers += &refused.text().await.unwrap();
     let delivered = back_office.wait_for(3, Duration::from_secs(30)).await;
