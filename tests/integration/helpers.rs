@@ -322,6 +322,7 @@ pub fn free_port() -> u16 {
 pub struct AppProcess {
     child: tokio::process::Child,
     pub base: String,
+    log: std::path::PathBuf,
 }
 
 impl AppProcess {
@@ -331,8 +332,8 @@ impl AppProcess {
     }
 
     /// As [`start`](Self::start), with these environment variables.
-    pub async fn start_with(config: &Path, port: u16, log: &Path, env: &[(&str, &str)]) -> Self {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    pub async fn start_with(config: &Path, port: u16, log_path: &Path, env: &[(&str, &str)]) -> Self {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path).unwrap();
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_amtsbote"))
             .args(["serve", "--config"])
             .arg(config)
@@ -351,7 +352,27 @@ impl AppProcess {
             assert!(tokio::time::Instant::now() < deadline, "amtsbote did not start");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Self { child, base }
+        Self { child, base, log: log_path.to_owned() }
+    }
+
+    /// Waits until `/readyz` answers 200 (broker connected, store
+    /// writable); if it does not within `within`, fails with the warnings
+    /// and errors of the process's log, which say why.
+    pub async fn wait_until_ready(&self, within: Duration) {
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let ready = client.get(format!("{}/readyz", self.base)).send().await.is_ok_and(|r| r.status().is_success());
+            if ready {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let problems: Vec<&str> = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+                panic!("amtsbote was not ready within {within:?}; its warnings and errors:\n{}", problems.join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// SIGKILL: no shutdown code runs.

@@ -294,7 +294,7 @@ async fn amqps_with_a_private_ca_works_and_no_secret_reaches_logs_answers_or_met
         back_office.url("fv"),
         token_file.display()
     );
-    let url = format!("amqps://amtsbote:{password}@localhost:{tls_port}/%2f");
+    let url = format!("amqps://amtsbote:{password}@127.0.0.1:{tls_port}/%2f");
     let setup = Setup { broker_url: Some(url.clone()), connector: Some(&connector), target_settings: FAST_RETRY, ..Setup::default() };
     let yaml = config_yaml(&setup, &back_office, &unique_prefix(), dir.path());
     let yaml = yaml.replacen("broker:\n", &format!("broker:\n  ca_file: {}\n", pki.ca.display()), 1);
@@ -304,6 +304,10 @@ async fn amqps_with_a_private_ca_works_and_no_secret_reaches_logs_answers_or_met
 
     let log = dir.path().join("amtsbote.log");
     let mut app = AppProcess::start_with(&config, free_port(), &log, &[("RUST_LOG", "trace"), ("AMTSBOTE_LOG_FORMAT", "json")]).await;
+    // The first connect to a broker that has just booted may fail on a
+    // loaded machine (CI once answered 503 here); a client, like a load
+    // balancer, waits for readiness. If it never comes, the log says why.
+    app.wait_until_ready(Duration::from_secs(30)).await;
     let operator = reqwest::Client::new();
     let wrong_key = format!("wrong-key-{}", uuid::Uuid::new_v4().simple());
     let mut answers = String::new();
@@ -330,7 +334,7 @@ async fn amqps_with_a_private_ca_works_and_no_secret_reaches_logs_answers_or_met
     app.terminate(Duration::from_secs(15)).await.expect("amtsbote stops on SIGTERM");
     let check = std::process::Command::new(env!("CARGO_BIN_EXE_amtsbote")).args(["check", "--probe", "--config"]).arg(&config).output().unwrap();
     let check = format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
-    assert!(check.contains(&format!("broker amqps://localhost:{tls_port}/%2f: reachable")), "{check}");
+    assert!(check.contains(&format!("broker amqps://127.0.0.1:{tls_port}/%2f: reachable")), "{check}");
 
     let logs = std::fs::read_to_string(&log).unwrap();
     assert!(logs.contains("\"event\":\"delivered\""), "the log is of a full run");
