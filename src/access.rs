@@ -28,6 +28,7 @@ use crate::config::{Config, OperatorConfig, SenderConfig};
 use crate::domain::{ArsPrefix, Region, SenderName, ServiceKey, TargetName, TenantName};
 use crate::problem::Problem;
 use crate::submission::FieldError;
+use crate::tls::CertificateFingerprint;
 
 /// The SHA-256 of a key or token, configured as 64 hex digits.
 #[derive(Clone, PartialEq, Eq)]
@@ -159,23 +160,33 @@ impl Sender {
     }
 }
 
-/// The configured senders, by API key.
+/// The configured senders, by API key and by client certificate.
 #[derive(Debug, Default)]
 pub struct Senders {
     ring: KeyRing<Arc<Sender>>,
+    certificates: BTreeMap<CertificateFingerprint, Arc<Sender>>,
 }
 
 impl Senders {
-    pub fn new(configs: &[SenderConfig]) -> Result<Self, Vec<String>> {
+    /// `client_ca`: whether `http.tls.client_ca` is set, without which no
+    /// client certificate reaches intake.
+    pub fn new(configs: &[SenderConfig], client_ca: bool) -> Result<Self, Vec<String>> {
         let mut problems = Vec::new();
         let mut ring = KeyRing::default();
+        let mut certificates = BTreeMap::new();
         let mut names = BTreeSet::new();
         for config in configs {
             if !names.insert(&config.name) {
                 problems.push(format!("senders: {} is named twice", config.name));
             }
-            if config.api_keys_sha256.is_empty() {
-                problems.push(format!("senders: {} has no api_keys_sha256", config.name));
+            if config.api_keys_sha256.is_empty() && config.client_certificates_sha256.is_empty() {
+                problems.push(format!("senders: {} has neither api_keys_sha256 nor client_certificates_sha256", config.name));
+            }
+            if !config.client_certificates_sha256.is_empty() && !client_ca {
+                problems.push(format!(
+                    "senders: {} has client_certificates_sha256, but without http.tls.client_ca no client can present a certificate",
+                    config.name
+                ));
             }
             if config.regions.is_empty() {
                 problems.push(format!("senders: {} has no regions (\"\" allows every region)", config.name));
@@ -192,17 +203,41 @@ impl Senders {
                 }
                 ring.insert(hash.clone(), sender.clone());
             }
+            for fingerprint in &config.client_certificates_sha256 {
+                if certificates.insert(fingerprint.clone(), sender.clone()).is_some() {
+                    problems.push(format!("senders: {}: client certificate {fingerprint} is configured twice", config.name));
+                }
+            }
         }
-        if problems.is_empty() { Ok(Self { ring }) } else { Err(problems) }
+        if problems.is_empty() { Ok(Self { ring, certificates }) } else { Err(problems) }
     }
 
-    /// The sender a request authenticates as.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Sender>, Problem> {
-        if self.ring.is_empty() {
+    /// The sender a request authenticates as, by its API key or by the
+    /// client certificate of its connection (verified in the handshake).
+    /// A request with both must name the same sender with each: of two
+    /// identities, whose rights would apply?
+    pub fn authenticate(&self, headers: &HeaderMap, certificate: Option<&CertificateFingerprint>) -> Result<Arc<Sender>, Problem> {
+        if self.ring.is_empty() && self.certificates.is_empty() {
             return Err(unauthorized("no senders are configured (senders: in the config file), so intake takes nothing"));
         }
-        let token = bearer(headers).ok_or_else(|| unauthorized("send Authorization: Bearer <API key>"))?;
-        self.ring.find(token).cloned().ok_or_else(|| unauthorized("unknown API key"))
+        let by_key = match bearer(headers) {
+            Some(token) => Some(self.ring.find(token).ok_or_else(|| unauthorized("unknown API key"))?),
+            None => None,
+        };
+        let by_certificate = certificate.and_then(|fingerprint| self.certificates.get(fingerprint));
+        match (by_key, by_certificate) {
+            (Some(key), Some(certificate)) if !Arc::ptr_eq(key, certificate) => Err(unauthorized(&format!(
+                "the API key is {}'s, the client certificate {}'s: send one credential",
+                key.name, certificate.name
+            ))),
+            (Some(sender), _) | (None, Some(sender)) => Ok(sender.clone()),
+            (None, None) => Err(match certificate {
+                Some(fingerprint) => unauthorized(&format!(
+                    "the client certificate {fingerprint} is not registered for any sender (client_certificates_sha256)"
+                )),
+                None => unauthorized("send Authorization: Bearer <API key>, or a registered client certificate"),
+            }),
+        }
     }
 }
 
@@ -455,13 +490,49 @@ mod tests {
         let sender = |name: &str| SenderConfig {
             name: SenderName::parse(name).unwrap(),
             api_keys_sha256: vec![hash.clone()],
+            client_certificates_sha256: Vec::new(),
             regions: vec![ArsPrefix::parse("").unwrap()],
             services: None,
         };
-        let problems = Senders::new(&[sender("a"), sender("b")]).unwrap_err();
+        let problems = Senders::new(&[sender("a"), sender("b")], false).unwrap_err();
         assert!(problems[0].contains("configured twice"), "{problems:?}");
         let operator = |name: &str, role| OperatorConfig { name: name.into(), token_sha256: hash.clone(), role, tenants: None };
         let problems = Operators::new(&[operator("viewer", Role::Viewer), operator("admin", Role::Operator)], &Tenancy::default()).unwrap_err();
         assert!(problems[0].contains("another operator"), "{problems:?}");
+    }
+
+    #[test]
+    fn a_sender_authenticates_by_key_or_by_certificate_and_both_must_agree() {
+        let certificate = |text: &[u8]| CertificateFingerprint::of(text);
+        let sender = |name: &str, key: Option<&str>, certificates: Vec<CertificateFingerprint>| SenderConfig {
+            name: SenderName::parse(name).unwrap(),
+            api_keys_sha256: key.map(KeyHash::of).into_iter().collect(),
+            client_certificates_sha256: certificates,
+            regions: vec![ArsPrefix::parse("").unwrap()],
+            services: None,
+        };
+        let senders = Senders::new(&[sender("by-key", Some("key-a"), vec![]), sender("by-cert", None, vec![certificate(b"b")])], true).unwrap();
+        let with_key = |key: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, format!("Bearer {key}").parse().unwrap());
+            headers
+        };
+        let name = |result: Result<Arc<Sender>, Problem>| result.map(|s| s.name.to_string()).map_err(|p| p.detail);
+        assert_eq!(name(senders.authenticate(&with_key("key-a"), None)), Ok("by-key".into()));
+        assert_eq!(name(senders.authenticate(&HeaderMap::new(), Some(&certificate(b"b")))), Ok("by-cert".into()));
+        // An unregistered certificate does not stand in the way of a key.
+        assert_eq!(name(senders.authenticate(&with_key("key-a"), Some(&certificate(b"x")))), Ok("by-key".into()));
+        let refused = |result| name(result).unwrap_err();
+        assert!(refused(senders.authenticate(&with_key("key-a"), Some(&certificate(b"b")))).contains("send one credential"));
+        assert!(refused(senders.authenticate(&with_key("wrong"), Some(&certificate(b"b")))).contains("unknown API key"));
+        assert!(refused(senders.authenticate(&HeaderMap::new(), Some(&certificate(b"x")))).contains("not registered"));
+        assert!(refused(senders.authenticate(&HeaderMap::new(), None)).contains("Bearer"));
+
+        let problems = Senders::new(&[sender("by-cert", None, vec![certificate(b"b")])], false).unwrap_err();
+        assert!(problems[0].contains("http.tls.client_ca"), "{problems:?}");
+        let problems = Senders::new(&[sender("a", None, vec![certificate(b"b")]), sender("c", None, vec![certificate(b"b")])], true).unwrap_err();
+        assert!(problems[0].contains("configured twice"), "{problems:?}");
+        let problems = Senders::new(&[sender("a", None, vec![])], true).unwrap_err();
+        assert!(problems[0].contains("neither"), "{problems:?}");
     }
 }

@@ -23,6 +23,9 @@ use crate::dashboard::{self, Dashboard};
 use crate::metrics::Metrics;
 use crate::monitor::{self, Monitor, Observed};
 use crate::store::{self, SqliteStore, Store};
+use crate::tls::{Peer, TlsListener};
+use axum::extract::connect_info::Connected;
+use axum::serve::IncomingStream;
 use crate::worker::Worker;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +38,8 @@ pub enum StartupError {
     Sandbox(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// What shutdown allows beyond the configured deadline for closing
@@ -43,6 +48,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 pub struct Application {
     listener: TcpListener,
+    /// With `http.tls`: serve HTTPS, with what the last (re)load read.
+    tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
     reloader: Reloader,
     intake: Arc<Intake>,
     operator: Arc<OperatorApi>,
@@ -100,11 +107,16 @@ impl Application {
         });
         let dashboard = Arc::new(Dashboard::new(operator.clone(), monitor.clone()));
         let observed = Arc::new(Observed { intake: intake.clone(), monitor, metrics });
+        let tls = match &config.http.tls {
+            Some(settings) => Some(Arc::new(ArcSwap::new(crate::tls::server_config(settings)?))),
+            None => None,
+        };
         let addr = config.http.listen;
         let listener = TcpListener::bind(addr).await.map_err(|source| StartupError::Listen { addr, source })?;
-        let reloader = Reloader { pipeline, versions, fixed: Arc::new(fixed_settings(config)) };
+        let reloader = Reloader { pipeline, versions, tls: tls.clone(), fixed: Arc::new(fixed_settings(config)) };
         Ok(Self {
             listener,
+            tls,
             reloader,
             intake,
             operator,
@@ -125,6 +137,11 @@ impl Application {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// The base URL clients reach, `https://` with `http.tls`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
     /// Serves until `shutdown` resolves: then intake answers 503, workers
@@ -149,13 +166,10 @@ impl Application {
             .merge(operator::router(self.operator))
             .merge(monitor::router(self.observed))
             .merge(dashboard::router(self.dashboard));
-        let server = tokio::spawn(async move {
-            axum::serve(self.listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = server_stop.await;
-                })
-                .await
-        });
+        let server = match self.tls {
+            None => tokio::spawn(serve(self.listener, app, server_stop)),
+            Some(tls) => tokio::spawn(serve(TlsListener::new(self.listener, tls)?, app, server_stop)),
+        };
         tracing::info!(event = "started", "amtsbote is running");
 
         shutdown.await;
@@ -181,6 +195,21 @@ impl Application {
     }
 }
 
+/// Serves `app` on `listener` until `stop`, then finishes the requests in
+/// progress. Handlers see the [`Peer`] of their connection.
+async fn serve<L>(listener: L, app: axum::Router, stop: tokio::sync::oneshot::Receiver<()>) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+    Peer: for<'a> Connected<IncomingStream<'a, L>>,
+{
+    axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+        .with_graceful_shutdown(async move {
+            let _ = stop.await;
+        })
+        .await
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
@@ -199,7 +228,8 @@ pub async fn shutdown_signal() {
 
 /// Applies a changed configuration file to the running amtsbote (on
 /// SIGHUP): routes, route schemas, mappings, code lists, output schemas,
-/// connectors and retry policies. A configuration with any problem is
+/// connectors and retry policies, senders, and the files of `http.tls`
+/// (a renewed certificate). A configuration with any problem is
 /// refused whole and the running one stays. Settings that need new
 /// connections, listeners or workers (`http`, `broker`, `store`,
 /// `sandbox`, `operators`, `shutdown_deadline`, the set of targets and
@@ -209,6 +239,7 @@ pub async fn shutdown_signal() {
 pub struct Reloader {
     pipeline: SharedPipeline,
     versions: Arc<MappingVersions>,
+    tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
     fixed: Arc<Vec<(&'static str, String)>>,
 }
 
@@ -226,12 +257,20 @@ impl Reloader {
             return Err(changed);
         }
         let pipeline = Pipeline::build(config)?;
+        // The paths are fixed (`http`); what they hold may have been renewed.
+        let tls = match (&self.tls, &config.http.tls) {
+            (Some(_), Some(settings)) => Some(crate::tls::server_config(settings).map_err(|e| vec![e.to_string()])?),
+            _ => None,
+        };
         self.versions.keep(&pipeline).await.map_err(|e| vec![format!("store: {e}")])?;
         for target in pipeline.targets.values() {
             tracing::info!(event = "mapping_loaded", target = %target.name, mapping = target.mapping.file(),
                 version = target.mapping.version(), "mapping in use");
         }
         self.pipeline.store(Arc::new(pipeline));
+        if let (Some(current), Some(tls)) = (&self.tls, tls) {
+            current.store(tls);
+        }
         Ok(())
     }
 }

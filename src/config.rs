@@ -105,6 +105,11 @@ pub struct OperatorConfig {
 ///     regions: ["05"]                # ARS prefixes; "" allows every region
 ///     services: ["99050012104000"]   # LeiKa keys; omitted: every service
 /// ```
+///
+/// A sender authenticates with an API key (`Authorization: Bearer <key>`)
+/// or, over `http.tls` with a `client_ca`, with a client certificate; it
+/// needs at least one of the two. A request carrying both must name the
+/// same sender with each.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SenderConfig {
@@ -113,7 +118,15 @@ pub struct SenderConfig {
     /// Hex SHA-256 of each API key the sender may use (`amtsbote keys
     /// new` makes one). To rotate, add the new key's hash, reload
     /// (SIGHUP), switch the sender over, then remove the old one.
+    #[serde(default)]
     pub api_keys_sha256: Vec<KeyHash>,
+    /// SHA-256 fingerprints of the client certificates the sender may
+    /// present instead of an API key (`amtsbote keys fingerprint
+    /// client.pem`, or `openssl x509 -noout -fingerprint -sha256`). Needs
+    /// `http.tls.client_ca`, to which the certificates must chain. Rotate
+    /// as keys: add the new one, reload, switch, remove the old one.
+    #[serde(default)]
+    pub client_certificates_sha256: Vec<crate::tls::CertificateFingerprint>,
     /// ARS prefixes of the regions the sender may submit for.
     pub regions: Vec<ArsPrefix>,
     /// LeiKa keys of the services the sender may submit; omitted: every
@@ -151,6 +164,42 @@ pub struct HttpSettings {
     /// 32, at most 100; forms rarely go past 6).
     #[serde(default = "default_max_json_depth", deserialize_with = "json_depth_limit")]
     pub max_json_depth: usize,
+    /// HTTPS instead of plain HTTP, optionally with client certificates
+    /// for senders; see [`TlsSettings`]. Without it, put amtsbote behind a
+    /// proxy that terminates TLS.
+    #[serde(default)]
+    pub tls: Option<TlsSettings>,
+}
+
+/// HTTPS for every endpoint (`http.tls`).
+///
+/// ```yaml
+/// http:
+///   listen: 0.0.0.0:8443
+///   tls:
+///     certificate: tls/amtsbote.pem   # the chain, server certificate first
+///     key: tls/amtsbote.key
+///     client_ca: tls/senders-ca.pem   # optional: senders may present certificates
+/// ```
+///
+/// The files are relative to the config file, read at start and on every
+/// reload (SIGHUP): a renewed certificate needs no restart. Connections
+/// already open keep the certificate they began with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM file with the server's certificate chain, the server's own
+    /// certificate first.
+    pub certificate: PathBuf,
+    /// PEM file with the server's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// PEM file with the CA certificates that issue senders' client
+    /// certificates. With it, a client may present a certificate, which
+    /// must chain to one of these CAs and whose fingerprint must be listed
+    /// under a sender's `client_certificates_sha256`. Clients without a
+    /// certificate still use API keys (senders) and tokens (operators).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 impl HttpSettings {
@@ -272,6 +321,7 @@ impl Default for HttpSettings {
             max_attachments: limits.attachments,
             max_attachment_bytes: limits.attachment_bytes,
             max_json_depth: limits.json_depth,
+            tls: None,
         }
     }
 }
@@ -342,6 +392,13 @@ impl Config {
         config.store.path = base.join(&config.store.path);
         if let Some(ca_file) = &mut config.broker.ca_file {
             *ca_file = base.join(&*ca_file);
+        }
+        if let Some(tls) = &mut config.http.tls {
+            tls.certificate = base.join(&tls.certificate);
+            tls.key = base.join(&tls.key);
+            if let Some(client_ca) = &mut tls.client_ca {
+                *client_ca = base.join(&*client_ca);
+            }
         }
         for route in &mut config.routes {
             if let Some(schema) = &mut route.schema {

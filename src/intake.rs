@@ -34,6 +34,7 @@ use crate::problem::Problem;
 use crate::pipeline::SharedPipeline;
 use crate::store::{Claim, IdempotencyKey, NewSubmission, Store};
 use crate::submission::{FieldError, InvalidSubmission, Submission};
+use crate::tls::{CertificateFingerprint, ClientCertificate};
 
 /// The OpenAPI 3.1 description of every endpoint, served at
 /// `/v1/openapi.json`; `tests/integration/openapi.rs` holds the running
@@ -65,11 +66,16 @@ pub fn router(intake: Arc<Intake>, max_body_bytes: usize) -> Router {
         .with_state(intake)
 }
 
-async fn submit(State(intake): State<Arc<Intake>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn submit(
+    State(intake): State<Arc<Intake>>,
+    ClientCertificate(certificate): ClientCertificate,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     // The trace of a submission starts here (see `telemetry`); the span's
     // fields are filled in as they become known.
     let span = tracing::info_span!("submission", submission = Empty, service = Empty, status = Empty);
-    let response = match accept(&intake, &headers, body).instrument(span.clone()).await {
+    let response = match accept(&intake, &headers, certificate.as_ref(), body).instrument(span.clone()).await {
         Ok(response) => response,
         Err(problem) => {
             intake.metrics.submissions_refused.get_or_create(&ProblemLabel { problem: problem.slug().to_owned() }).inc();
@@ -80,13 +86,18 @@ async fn submit(State(intake): State<Arc<Intake>>, headers: HeaderMap, body: Res
     response
 }
 
-async fn accept(intake: &Intake, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, Problem> {
+async fn accept(
+    intake: &Intake,
+    headers: &HeaderMap,
+    certificate: Option<&CertificateFingerprint>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
     if intake.draining.load(Ordering::Relaxed) {
         return Err(unavailable("amtsbote is shutting down"));
     }
     // One pipeline for the whole request: who may send, and where to.
     let pipeline = intake.pipeline.load_full();
-    let sender = pipeline.senders.authenticate(headers)?;
+    let sender = pipeline.senders.authenticate(headers, certificate)?;
     let body = body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -276,10 +287,15 @@ fn idempotency_key(headers: &HeaderMap, body_sha256: [u8; 32], sender: &SenderNa
 
 /// A submission's status, for the sender that handed it in or an operator
 /// whose scope it reached; anyone else hears it does not exist.
-async fn status(State(intake): State<Arc<Intake>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn status(
+    State(intake): State<Arc<Intake>>,
+    ClientCertificate(certificate): ClientCertificate,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
     let not_found = || Problem::new(StatusCode::NOT_FOUND, "unknown-submission", "Unknown Submission", "no submission with this id").into_response();
     let pipeline = intake.pipeline.load_full();
-    let reader = match pipeline.senders.authenticate(&headers) {
+    let reader = match pipeline.senders.authenticate(&headers, certificate.as_ref()) {
         Ok(sender) => Ok(sender),
         Err(refused) => match access::bearer(&headers).and_then(|token| pipeline.operators.find(token)) {
             Some(operator) => Err(operator.clone()),

@@ -23,6 +23,9 @@
 //!   [`connectors`] lists the connector kinds a target can use.
 //! * [`mapping`] also holds the fixture runner behind `amtsbote mappings
 //!   test` and the sandbox behind `amtsbote mapping-sandbox`.
+//! * [`access`] decides who may hand in, read and act on what (senders,
+//!   tenants, operators); [`tls`] serves HTTPS and hands intake the
+//!   client certificate a sender presented.
 //! * [`app`] starts and stops everything; [`telemetry`] sets up logging
 //!   and the optional OpenTelemetry trace export;
 //!   [`demo`] runs the self-contained demonstration.
@@ -49,4 +52,5 @@ pub mod seal;
 pub mod store;
 pub mod submission;
 pub mod telemetry;
+pub mod tls;
 pub mod worker;

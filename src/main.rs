@@ -81,6 +81,12 @@ enum KeysCommand {
     /// (`api_keys_sha256` of a sender, `token_sha256` of an operator). Hand
     /// the key to its holder; only the hash goes into the config.
     New,
+    /// Print the SHA-256 fingerprint of each certificate in a PEM file, for
+    /// a sender's `client_certificates_sha256`.
+    Fingerprint {
+        /// The client certificate (PEM); never the private key.
+        certificate: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -215,7 +221,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = amtsbote::config::Config::load(&path)?;
             let app = amtsbote::app::Application::build(&config).await?;
             tokio::spawn(amtsbote::app::reload_on_hangup(path, app.reloader()));
-            tracing::info!(event = "listening", address = %app.local_addr(), broker = %config.broker.display_url(), "intake listening");
+            tracing::info!(event = "listening", address = %app.local_addr(), scheme = app.scheme(), broker = %config.broker.display_url(), "intake listening");
             app.run_until(amtsbote::app::shutdown_signal()).await.context("serving")?;
             Ok(ExitCode::SUCCESS)
         }
@@ -224,6 +230,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = amtsbote::config::Config::load(&config)?;
             let mut problems = amtsbote::pipeline::check_unused_mappings(&config);
             problems.extend(config.broker.endpoint().ca_file_problem());
+            if let Some(tls) = &config.http.tls {
+                problems.extend(amtsbote::tls::server_config(tls).err().map(|e| e.to_string()));
+            }
             let built = amtsbote::pipeline::Pipeline::build(&config).map_err(|p| problems.extend(p));
             match built {
                 Ok(pipeline) if problems.is_empty() => {
@@ -273,6 +282,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys { command: KeysCommand::New } => {
             let (key, hash) = amtsbote::access::new_key();
             println!("key:    {key}\nsha256: {hash}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys { command: KeysCommand::Fingerprint { certificate } } => {
+            for fingerprint in amtsbote::tls::CertificateFingerprint::of_pem_file(&certificate)? {
+                println!("{fingerprint}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Mappings { command: MappingsCommand::Test { path, bless } } => {

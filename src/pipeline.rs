@@ -69,7 +69,7 @@ impl Pipeline {
                 }
             }
         }
-        let senders = Senders::new(&config.senders).map_err(|p| problems.extend(p)).unwrap_or_default();
+        let senders = Senders::new(&config.senders, config.http.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some())).map_err(|p| problems.extend(p)).unwrap_or_default();
         let tenancy = Tenancy::new(config).map_err(|p| problems.extend(p)).unwrap_or_default();
         let operators = Operators::new(&config.operators, &tenancy).map_err(|p| problems.extend(p)).unwrap_or_default();
         let sealer = Sealer::new(config.encryption.as_ref(), &Context::new(&config.base_dir))

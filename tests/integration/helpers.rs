@@ -155,7 +155,7 @@ pub async fn spawn_app(setup: Setup<'_>) -> TestApp {
     let config: Config = parse_yaml(&yaml).unwrap();
     let app = Application::build(&config).await.unwrap();
     let reloader = app.reloader();
-    let base = format!("http://{}", app.local_addr());
+    let base = format!("{}://{}", app.scheme(), app.local_addr());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(app.run_until(async move {
         let _ = stopped.await;

@@ -25,11 +25,16 @@ fn pointers(problem: &Value) -> Vec<&str> {
 
 /// A submission posted to the amtsbote at `base` with `key`, if any.
 async fn post_as(base: &str, key: Option<&str>, body: String) -> reqwest::Response {
-    let mut request = reqwest::Client::new().post(format!("{base}/v1/submissions")).header("content-type", "application/json");
+    try_post(&reqwest::Client::new(), base, key, body).await.unwrap()
+}
+
+/// As [`post_as`], through `client` (which may present a certificate).
+async fn try_post(client: &reqwest::Client, base: &str, key: Option<&str>, body: String) -> reqwest::Result<reqwest::Response> {
+    let mut request = client.post(format!("{base}/v1/submissions")).header("content-type", "application/json");
     if let Some(key) = key {
         request = request.bearer_auth(key);
     }
-    request.body(body).send().await.unwrap()
+    request.body(body).send().await
 }
 
 #[tokio::test]
@@ -355,4 +360,100 @@ async fn amqps_with_a_private_ca_works_and_no_secret_reaches_logs_answers_or_met
     // The back office did get its token: the test would pass for nothing
     // if the token were never sent.
     assert!(back_office.received().iter().all(|r| r.authorization.as_deref() == Some(&format!("Bearer {back_office_token}"))));
+}
+
+/// mTLS: over `http.tls` with a `client_ca`, a sender may present a client
+/// certificate instead of an API key; its rights are the same.
+#[tokio::test]
+async fn a_sender_with_a_registered_client_certificate_needs_no_key_and_keeps_to_its_rights() {
+    use amtsbote::tls::CertificateFingerprint;
+    use amtsbote_connector_conformance::pki::Pki;
+
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(dir.path());
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let stranger = Pki::generate(&elsewhere);
+    let fingerprint = &CertificateFingerprint::of_pem_file(&pki.client_certificate).unwrap()[0];
+    let http = format!(
+        "  tls:\n    certificate: {}\n    key: {}\n    client_ca: {}\n",
+        pki.server_certificate.display(),
+        pki.server_key.display(),
+        pki.ca.display()
+    );
+    let access = format!(
+        "senders:\n  - name: koeln-by-certificate\n    client_certificates_sha256: [\"{fingerprint}\"]\n    regions: [\"05315\"]\n  - name: by-key\n    api_keys_sha256: [{}]\n    regions: [\"\"]\noperators:\n  - name: test-operator\n    token_sha256: {}\n    role: operator\n",
+        key_hash(SENDER_KEY),
+        key_hash(OPERATOR_TOKEN)
+    );
+    let app = spawn_app(Setup { http_settings: &http, access: Some(&access), ..Setup::default() }).await;
+    assert!(app.base.starts_with("https://"), "{}", app.base);
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&pki.ca).unwrap()).unwrap();
+    let client = |identity: Option<(&std::path::Path, &std::path::Path)>| {
+        let mut builder = reqwest::Client::builder().add_root_certificate(ca.clone());
+        if let Some((certificate, key)) = identity {
+            let pem = [std::fs::read(certificate).unwrap(), std::fs::read(key).unwrap()].concat();
+            builder = builder.identity(reqwest::Identity::from_pem(&pem).unwrap());
+        }
+        builder.build().unwrap()
+    };
+    let registered = client(Some((&pki.client_certificate, &pki.client_key)));
+    // Issued by the same CA, but registered for no sender.
+    let unregistered = client(Some((&pki.server_certificate, &pki.server_key)));
+    let foreign = client(Some((&stranger.client_certificate, &stranger.client_key)));
+    let anonymous = client(None);
+    let post = async |client: &reqwest::Client, key: Option<&str>, region: &str| {
+        try_post(client, &app.base, key, gewerbeanmeldung(region).to_string()).await
+    };
+
+    let accepted = post(&registered, None, KOELN).await.unwrap();
+    assert_eq!(accepted.status(), StatusCode::ACCEPTED, "the certificate alone is a credential");
+    let id = accepted.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let own = registered.get(format!("{}/v1/submissions/{id}", app.base)).send().await.unwrap();
+    assert_eq!(own.status(), StatusCode::OK, "the sender reads back its own submission");
+    let by_key = anonymous.get(format!("{}/v1/submissions/{id}", app.base)).bearer_auth(SENDER_KEY).send().await.unwrap();
+    assert_eq!(by_key.status(), StatusCode::NOT_FOUND, "another sender does not see it");
+
+    let (status, _, body) = problem(post(&registered, None, BONN).await.unwrap()).await;
+    assert_eq!((status, pointers(&body)), (StatusCode::FORBIDDEN, vec!["#/region"]), "the certificate's sender keeps to its regions");
+    let (status, challenge, body) = problem(post(&anonymous, None, KOELN).await.unwrap()).await;
+    assert_eq!((status, challenge.as_deref()), (StatusCode::UNAUTHORIZED, Some("Bearer")), "{body}");
+    let (status, _, body) = problem(post(&unregistered, None, KOELN).await.unwrap()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("not registered"), "{body}");
+    let (status, _, body) = problem(post(&registered, Some(SENDER_KEY), KOELN).await.unwrap()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a key and a certificate of two senders: {body}");
+    let refused = post(&foreign, None, KOELN).await;
+    assert!(refused.is_err(), "a certificate from another CA fails the handshake: {refused:?}");
+    let plain = reqwest::Client::new().get(app.base.replacen("https", "http", 1) + "/healthz").send().await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success(), "no plain HTTP on the TLS port");
+
+    let accepted = post(&anonymous, Some(SENDER_KEY), KOELN).await.unwrap();
+    assert_eq!(accepted.status(), StatusCode::ACCEPTED, "API keys still work over TLS");
+    let delivered = app.back_office.wait_for(2, Duration::from_secs(20)).await;
+    assert_eq!(delivered.len(), 2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.back_office.received().len(), 2, "nothing refused was delivered");
+
+    // A renewed server certificate takes effect on reload; a broken one is
+    // refused and the running one stays.
+    let reload = async || app.reloader.reload(&amtsbote::config::Config::load(&app.config_path).unwrap()).await;
+    let renewed_dir = dir.path().join("renewed");
+    std::fs::create_dir(&renewed_dir).unwrap();
+    let renewed = Pki::generate(&renewed_dir);
+    std::fs::write(&pki.server_certificate, "not a certificate").unwrap();
+    let problems = reload().await.unwrap_err();
+    assert!(problems[0].contains("http.tls.certificate"), "{problems:?}");
+    let new_connection = client(Some((&pki.client_certificate, &pki.client_key)));
+    assert_eq!(post(&new_connection, None, KOELN).await.unwrap().status(), StatusCode::ACCEPTED, "still serving");
+    std::fs::copy(&renewed.server_certificate, &pki.server_certificate).unwrap();
+    std::fs::copy(&renewed.server_key, &pki.server_key).unwrap();
+    reload().await.unwrap();
+    let trusts_renewed = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&renewed.ca).unwrap()).unwrap())
+        .identity(reqwest::Identity::from_pem(&[std::fs::read(&pki.client_certificate).unwrap(), std::fs::read(&pki.client_key).unwrap()].concat()).unwrap())
+        .build()
+        .unwrap();
+    assert_eq!(post(&trusts_renewed, None, KOELN).await.unwrap().status(), StatusCode::ACCEPTED, "the renewed certificate is served");
+    assert!(post(&client(None), Some(SENDER_KEY), KOELN).await.is_err(), "the old one is not");
 }

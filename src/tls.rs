@@ -1,0 +1,285 @@
+//! HTTPS for intake, the operator API and the dashboard, with client
+//! certificates (mTLS) as the senders' alternative to API keys.
+//!
+//! [`TlsListener`] accepts TCP connections and runs each TLS handshake in
+//! a task of its own, bounded in number and in time, so that a slow or
+//! hostile client holds up nobody. axum gets finished connections; the
+//! [`Peer`] of each carries the fingerprint of the client certificate, if
+//! one was presented. The certificate has been verified against
+//! `http.tls.client_ca` during the handshake; which sender it belongs to is
+//! decided by [`crate::access::Senders`], by fingerprint.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use axum::extract::{ConnectInfo, FromRequestParts, connect_info::Connected};
+use axum::http::request::Parts;
+use axum::serve::{IncomingStream, Listener};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use serde::{Deserialize, Deserializer};
+use sha2::{Digest, Sha256};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use crate::config::TlsSettings;
+
+/// Handshakes in progress at once; further connections wait in the
+/// kernel's accept queue.
+const MAX_HANDSHAKES: usize = 256;
+
+/// A client that has not finished its handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{field}: cannot read {path}: {reason}")]
+    Read { field: &'static str, path: String, reason: String },
+    #[error("{field}: {path} holds no PEM certificate")]
+    NoCertificate { field: &'static str, path: String },
+    #[error("http.tls.client_ca: {0}")]
+    ClientCa(String),
+    #[error("http.tls: the certificate and key do not make a server identity: {0}")]
+    Identity(rustls::Error),
+}
+
+/// The SHA-256 of a certificate (its DER bytes), as `openssl x509
+/// -noout -fingerprint -sha256` and `amtsbote keys fingerprint` print it.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CertificateFingerprint([u8; 32]);
+
+impl CertificateFingerprint {
+    pub fn of(certificate: &[u8]) -> Self {
+        Self(Sha256::digest(certificate).into())
+    }
+
+    /// 64 hex digits, upper or lower case, with or without `:` between
+    /// the bytes.
+    pub fn parse(text: &str) -> Option<Self> {
+        let digits: String = text.trim().chars().filter(|c| *c != ':').collect();
+        crate::domain::unhex32(&digits.to_ascii_lowercase()).map(Self)
+    }
+
+    /// The fingerprint of each certificate in a PEM file.
+    pub fn of_pem_file(path: &Path) -> Result<Vec<Self>, TlsError> {
+        Ok(read_certificates("certificate file", path)?.iter().map(|c| Self::of(c)).collect())
+    }
+}
+
+impl fmt::Display for CertificateFingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&crate::domain::hex(&self.0))
+    }
+}
+
+impl fmt::Debug for CertificateFingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CertificateFingerprint({self})")
+    }
+}
+
+impl<'de> Deserialize<'de> for CertificateFingerprint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::parse(&text).ok_or_else(|| {
+            serde::de::Error::custom(
+                "must be a certificate's SHA-256 fingerprint as 64 hex digits (amtsbote keys fingerprint client.pem)",
+            )
+        })
+    }
+}
+
+/// The rustls configuration `http.tls` describes. Client certificates are
+/// asked for only with a `client_ca`, and even then optional: a sender may
+/// use an API key instead, an operator its token.
+pub fn server_config(settings: &TlsSettings) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let chain = read_certificates("http.tls.certificate", &settings.certificate)?;
+    let key = PrivateKeyDer::from_pem_file(&settings.key).map_err(|e| TlsError::Read {
+        field: "http.tls.key",
+        path: settings.key.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Identity)?;
+    let builder = match &settings.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(file) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for certificate in read_certificates("http.tls.client_ca", file)? {
+                roots.add(certificate).map_err(|e| TlsError::ClientCa(e.to_string()))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| TlsError::ClientCa(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(chain, key).map_err(TlsError::Identity)?;
+    // axum serves HTTP/1.1 only (its `http2` feature is off).
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn read_certificates(field: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let unreadable = |reason: String| TlsError::Read { field, path: path.display().to_string(), reason };
+    let certificates = CertificateDer::pem_file_iter(path)
+        .map_err(|e| unreadable(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| unreadable(e.to_string()))?;
+    if certificates.is_empty() {
+        return Err(TlsError::NoCertificate { field, path: path.display().to_string() });
+    }
+    Ok(certificates)
+}
+
+/// A TCP listener that hands axum finished TLS connections.
+pub struct TlsListener {
+    local_addr: SocketAddr,
+    accepted: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    accepting: tokio::task::AbortHandle,
+}
+
+impl TlsListener {
+    /// Each handshake uses the configuration `config` holds at the time, so
+    /// that a reload can swap in a renewed certificate.
+    pub fn new(tcp: TcpListener, config: Arc<ArcSwap<rustls::ServerConfig>>) -> std::io::Result<Self> {
+        let local_addr = tcp.local_addr()?;
+        let (ready, accepted) = mpsc::channel(MAX_HANDSHAKES);
+        let accepting = tokio::spawn(accept_and_handshake(tcp, config, ready)).abort_handle();
+        Ok(Self { local_addr, accepted, accepting })
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        // Stops accepting, which frees the port; handshakes in progress end
+        // within their timeout.
+        self.accepting.abort();
+    }
+}
+
+async fn accept_and_handshake(
+    mut tcp: TcpListener,
+    config: Arc<ArcSwap<rustls::ServerConfig>>,
+    ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+) {
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    loop {
+        let Ok(permit) = handshakes.clone().acquire_owned().await else { return };
+        // axum's accept retries on errors such as too many open files.
+        let (stream, addr) = Listener::accept(&mut tcp).await;
+        let acceptor = TlsAcceptor::from(config.load_full());
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    let _ = ready.send((tls, addr)).await;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(event = "tls_handshake_failed", peer = %addr, error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    tracing::debug!(event = "tls_handshake_failed", peer = %addr, error = "timed out", "TLS handshake failed");
+                }
+            }
+        });
+    }
+}
+
+impl Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.accepted.recv().await {
+            Some(connection) => connection,
+            // The accepting task ends only when this listener is dropped.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.local_addr)
+    }
+}
+
+/// The other end of a connection: its address and, over TLS, the
+/// fingerprint of the client certificate it presented and proved to hold
+/// the key of.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub client_certificate: Option<CertificateFingerprint>,
+}
+
+impl Connected<IncomingStream<'_, TcpListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
+        Self { addr: *stream.remote_addr(), client_certificate: None }
+    }
+}
+
+impl Connected<IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
+        let (_, session) = stream.io().get_ref();
+        let client_certificate = session.peer_certificates().and_then(|chain| chain.first()).map(|leaf| CertificateFingerprint::of(leaf));
+        Self { addr: *stream.remote_addr(), client_certificate }
+    }
+}
+
+/// The verified client certificate of the request's connection, if any.
+pub struct ClientCertificate(pub Option<CertificateFingerprint>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientCertificate {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        let peer = parts.extensions.get::<ConnectInfo<Peer>>();
+        Ok(Self(peer.and_then(|ConnectInfo(peer)| peer.client_certificate.clone())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fingerprint_reads_as_openssl_and_sha256sum_print_it() {
+        let of = CertificateFingerprint::of(b"certificate");
+        let plain = of.to_string();
+        let openssl = plain.as_bytes().chunks(2).map(|pair| std::str::from_utf8(pair).unwrap().to_ascii_uppercase()).collect::<Vec<_>>().join(":");
+        assert_eq!(CertificateFingerprint::parse(&plain), Some(of.clone()));
+        assert_eq!(CertificateFingerprint::parse(&openssl), Some(of));
+        assert_eq!(CertificateFingerprint::parse("ab:cd"), None);
+        assert_eq!(CertificateFingerprint::parse(&"g".repeat(64)), None);
+    }
+
+    #[test]
+    fn a_wrong_file_is_refused_naming_its_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = amtsbote_connector_conformance::pki::Pki::generate(dir.path());
+        let settings = |certificate: &Path, key: &Path, client_ca: &Path| TlsSettings {
+            certificate: certificate.to_owned(),
+            key: key.to_owned(),
+            client_ca: Some(client_ca.to_owned()),
+        };
+        let refusal = |settings| server_config(&settings).unwrap_err().to_string();
+        assert!(server_config(&settings(&pki.server_certificate, &pki.server_key, &pki.ca)).is_ok());
+        let missing = dir.path().join("missing.pem");
+        assert!(refusal(settings(&missing, &pki.server_key, &pki.ca)).starts_with("http.tls.certificate: cannot read"));
+        assert!(refusal(settings(&pki.server_key, &pki.server_key, &pki.ca)).starts_with("http.tls.certificate: "));
+        assert!(refusal(settings(&pki.server_certificate, &pki.server_certificate, &pki.ca)).starts_with("http.tls.key: "));
+        assert!(refusal(settings(&pki.server_certificate, &pki.server_key, &pki.server_key)).starts_with("http.tls.client_ca: "));
+    }
+}
