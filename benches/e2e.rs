@@ -1,0 +1,454 @@
+//! amtsbote end to end, measured against the physical limit in one run.
+//!
+//!     scripts/bench
+//!
+//! (starts a private RabbitMQ, then `cargo bench --bench e2e`; set
+//! `AMTSBOTE_BENCH_BROKER_URL` to run this against a broker of your own).
+//!
+//! 1. **Broker limit**: persistent 1 KiB messages with publisher confirms
+//!    into a durable quorum queue, published and consumed at once with
+//!    manual acks and a window of 256, as `brokerlimit ... quorum 256 pipe`
+//!    does. Nothing is faster through this broker on this machine.
+//! 2. **Saturation**: the release binary of amtsbote with a demo-like
+//!    config (sealing on, ledger on) takes 1 KiB Gewerbeanmeldung
+//!    submissions over HTTP from `BENCH_CLIENTS` connections, maps each to
+//!    XGewerbeanzeige 2.2 XML and POSTs it to a local HTTP back office.
+//!    The rate counts from the first request to the last document the
+//!    back office received.
+//! 3. **Half load**: submissions at a fixed rate of half the saturated
+//!    rate (open loop: each at its time, whether or not earlier ones were
+//!    answered), for `BENCH_HALF_LOAD_SECONDS`; latency is from the
+//!    scheduled send to the back office's receipt.
+//! 4. **Memory**: peak resident memory (VmHWM) of the amtsbote process and
+//!    of its mapping sandbox processes, over the whole run.
+//!
+//! Settings, from the environment: `BENCH_MESSAGES` (default 20000, per
+//! measurement), `BENCH_CLIENTS` (64), `BENCH_HALF_LOAD_SECONDS` (10),
+//! `BENCH_TARGET_CONCURRENCY` (the target's `concurrency`, 64).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+const TARGET: &str = "fv";
+const SENDER_KEY: &str = "bench-sender-key";
+
+struct Settings {
+    broker_url: String,
+    messages: usize,
+    clients: usize,
+    half_load: Duration,
+    target_concurrency: u16,
+}
+
+impl Settings {
+    fn from_env() -> Self {
+        let number = |name: &str, default: usize| {
+            std::env::var(name).ok().map(|v| v.parse().unwrap_or_else(|_| panic!("{name} must be a number"))).unwrap_or(default)
+        };
+        Self {
+            broker_url: std::env::var("AMTSBOTE_BENCH_BROKER_URL")
+                .expect("AMTSBOTE_BENCH_BROKER_URL names the broker (scripts/bench starts one)"),
+            messages: number("BENCH_MESSAGES", 20_000),
+            clients: number("BENCH_CLIENTS", 64),
+            half_load: Duration::from_secs(number("BENCH_HALF_LOAD_SECONDS", 10) as u64),
+            target_concurrency: number("BENCH_TARGET_CONCURRENCY", 64) as u16,
+        }
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; this binary takes no arguments.
+    let settings = Settings::from_env();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(run(settings));
+}
+
+async fn run(settings: Settings) {
+    println!("machine: {} CPUs, {}", std::thread::available_parallelism().map_or(0, |n| n.get()), memory_total());
+    let limit = broker_limit(&settings.broker_url, settings.messages, 256).await;
+    println!("broker limit (quorum, persistent 1 KiB, confirms, window 256, pipe): {limit:.0}/s");
+
+    let back_office = BackOffice::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut amtsbote = Amtsbote::start(&settings, dir.path(), &back_office).await;
+    let client = reqwest::Client::builder().pool_max_idle_per_host(settings.clients).build().unwrap();
+    let submission = Submission::load();
+
+    // Warm-up: connections, the ledger's pages, the sandbox processes.
+    saturate(&client, &amtsbote.base, &submission, &back_office, settings.messages / 10, settings.clients).await;
+    let saturated = saturate(&client, &amtsbote.base, &submission, &back_office, settings.messages, settings.clients).await;
+    println!(
+        "amtsbote saturated: {:.0}/s end to end ({:.0}/s accepted at intake), {} submissions from {} connections",
+        saturated.delivered_rate, saturated.accepted_rate, settings.messages, settings.clients
+    );
+    let rate = saturated.delivered_rate / 2.0;
+    let paced = paced(&client, &amtsbote.base, &submission, &back_office, rate, settings.half_load).await;
+    let rss = amtsbote.peak_rss_kib();
+    amtsbote.stop().await;
+
+    println!("amtsbote at half load ({rate:.0}/s for {}s): {}", settings.half_load.as_secs(), paced.summary());
+    println!("peak RSS: amtsbote {} MiB, mapping sandboxes {} MiB ({} processes)", rss.main / 1024, rss.sandboxes / 1024, rss.sandbox_count);
+    println!();
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!("| broker limit (quorum, 1 KiB, confirms, pipe) | {limit:.0} msg/s |");
+    println!("| amtsbote end to end, saturated | {:.0} submissions/s |", saturated.delivered_rate);
+    println!("| ratio to the broker limit | {:.2} |", saturated.delivered_rate / limit);
+    println!("| latency at half load, p50 / p99 / max | {} |", paced.percentiles());
+    println!("| peak RSS, amtsbote / each sandbox process | {} MiB / {} MiB |", rss.main / 1024, rss.sandboxes / 1024 / rss.sandbox_count.max(1) as u64);
+}
+
+/// What `brokerlimit ... quorum <window> pipe` measures: messages per
+/// second through one queue that is fed and drained at once.
+async fn broker_limit(url: &str, messages: usize, window: usize) -> f64 {
+    let connection = Connection::connect(url, ConnectionProperties::default()).await.expect("the broker is reachable");
+    let publishing = connection.create_channel().await.unwrap();
+    let queue = format!("amtsbote-bench.limit.{}", Uuid::new_v4().simple());
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    publishing
+        .queue_declare(queue.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, arguments)
+        .await
+        .unwrap();
+    publishing.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let consuming = connection.create_channel().await.unwrap();
+    consuming.basic_qos(window as u16, BasicQosOptions::default()).await.unwrap();
+    let mut consumer = consuming
+        .basic_consume(queue.as_str().into(), "limit".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    let body = vec![b'x'; 1024];
+    let started = Instant::now();
+    let drain = tokio::spawn(async move {
+        let mut got = 0;
+        while let Some(delivery) = consumer.next().await {
+            delivery.unwrap().ack(BasicAckOptions::default()).await.unwrap();
+            got += 1;
+            if got == messages {
+                break;
+            }
+        }
+    });
+    let mut pending = std::collections::VecDeque::new();
+    for _ in 0..messages {
+        let properties = BasicProperties::default().with_delivery_mode(2);
+        let confirm = publishing.basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), &body, properties);
+        pending.push_back(confirm.await.unwrap());
+        if pending.len() >= window {
+            pending.pop_front().unwrap().await.unwrap();
+        }
+    }
+    while let Some(confirm) = pending.pop_front() {
+        confirm.await.unwrap();
+    }
+    drain.await.unwrap();
+    let rate = messages as f64 / started.elapsed().as_secs_f64();
+    let _ = publishing.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    let _ = connection.close(200, "measured".into()).await;
+    rate
+}
+
+/// The back office: answers every POST at once and notes when each
+/// delivery id arrived.
+struct BackOffice {
+    url: String,
+    arrivals: Arc<Mutex<HashMap<Uuid, Instant>>>,
+    count: Arc<AtomicUsize>,
+    arrived: Arc<Notify>,
+}
+
+impl BackOffice {
+    async fn start() -> Self {
+        let arrivals: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::default();
+        let count = Arc::new(AtomicUsize::new(0));
+        let arrived = Arc::new(Notify::new());
+        let (noted, counted, told) = (arrivals.clone(), count.clone(), arrived.clone());
+        let app = axum::Router::new().route(
+            "/{path}",
+            axum::routing::post(move |headers: HeaderMap, _body: axum::body::Bytes| {
+                let (noted, counted, told) = (noted.clone(), counted.clone(), told.clone());
+                async move {
+                    let at = Instant::now();
+                    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+                    if let Some(key) = key
+                        && noted.lock().unwrap().insert(key, at).is_none()
+                    {
+                        counted.fetch_add(1, Ordering::Relaxed);
+                        told.notify_one();
+                    }
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/{TARGET}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { url, arrivals, count, arrived }
+    }
+
+    /// Forgets what arrived so far.
+    fn reset(&self) {
+        self.arrivals.lock().unwrap().clear();
+        self.count.store(0, Ordering::Relaxed);
+    }
+
+    async fn wait_for(&self, count: usize, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.count.load(Ordering::Relaxed) < count {
+            let waited = tokio::time::timeout_at(deadline, self.arrived.notified()).await;
+            assert!(
+                waited.is_ok() || self.count.load(Ordering::Relaxed) >= count,
+                "the back office got {} of {count} documents in {within:?}",
+                self.count.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
+/// The release binary, serving a config of its own.
+struct Amtsbote {
+    child: tokio::process::Child,
+    base: String,
+}
+
+impl Amtsbote {
+    async fn start(settings: &Settings, dir: &Path, back_office: &BackOffice) -> Self {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let hash = amtsbote::domain::hex(&<sha2::Sha256 as sha2::Digest>::digest(SENDER_KEY));
+        let seal_key = dir.join("seal.key");
+        std::fs::write(&seal_key, amtsbote::access::random_hex32()).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let config = format!(
+            "http:\n  listen: 127.0.0.1:{port}\nbroker:\n  url: {url}\n  prefix: amtsbote-bench-{prefix}\nstore:\n  path: {store}\nmappings: {mappings}\n\
+             encryption:\n  keys:\n    bench: {{ file: {seal} }}\n  seal_with: bench\n\
+             senders:\n  - name: bench\n    api_keys_sha256: [{hash}]\n    regions: [\"\"]\n\
+             targets:\n  {TARGET}:\n    mapping: xgewerbeanzeige-2.2/gewerbeanmeldung.yaml\n    concurrency: {concurrency}\n    connector:\n      http:\n        url: {back_office}\n\
+             routes:\n  - service: \"99050012104000\"\n    region: \"\"\n    targets: [{TARGET}]\n",
+            url = settings.broker_url,
+            prefix = Uuid::new_v4().simple(),
+            store = dir.join("ledger.sqlite").display(),
+            mappings = root.join("mappings").display(),
+            seal = seal_key.display(),
+            concurrency = settings.target_concurrency,
+            back_office = back_office.url,
+        );
+        let path = dir.join("amtsbote.yaml");
+        std::fs::write(&path, config).unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_amtsbote"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = client.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success());
+            if ready {
+                break;
+            }
+            assert!(Instant::now() < deadline, "amtsbote did not get ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Self { child, base }
+    }
+
+    fn peak_rss_kib(&self) -> Rss {
+        let pid = self.child.id().unwrap();
+        let sandboxes: Vec<u32> = children_of(pid);
+        Rss {
+            main: vm_hwm_kib(pid),
+            sandboxes: sandboxes.iter().map(|&child| vm_hwm_kib(child)).sum(),
+            sandbox_count: sandboxes.len(),
+        }
+    }
+
+    async fn stop(&mut self) {
+        let pid = self.child.id().unwrap().to_string();
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+    }
+}
+
+struct Rss {
+    main: u64,
+    sandboxes: u64,
+    sandbox_count: usize,
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&candidate| {
+            let status = std::fs::read_to_string(format!("/proc/{candidate}/status")).unwrap_or_default();
+            status.lines().any(|line| line.strip_prefix("PPid:").is_some_and(|ppid| ppid.trim() == pid.to_string()))
+        })
+        .collect()
+}
+
+fn memory_total() -> String {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib: u64 = info
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    format!("{} GiB RAM", kib / 1024 / 1024)
+}
+
+/// The demo's Gewerbeanmeldung, compact (about 1.1 KiB), with a reference
+/// of its own for each copy.
+struct Submission(serde_json::Value);
+
+impl Submission {
+    fn load() -> Self {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo/submissions/1-gewerbe-koeln.json");
+        Self(serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap())
+    }
+
+    fn numbered(&self, number: usize) -> String {
+        let mut copy = self.0.clone();
+        copy["reference"] = format!("BENCH-{number:08}").into();
+        serde_json::to_string(&copy).unwrap()
+    }
+}
+
+/// Posts one submission; the id amtsbote gave it.
+async fn post(client: &reqwest::Client, base: &str, body: String) -> Uuid {
+    let response = client
+        .post(format!("{base}/v1/submissions"))
+        .bearer_auth(SENDER_KEY)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("amtsbote answers");
+    assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED, "{}", response.text().await.unwrap_or_default());
+    let answer: serde_json::Value = response.json().await.unwrap();
+    answer["id"].as_str().unwrap().parse().unwrap()
+}
+
+struct Saturated {
+    accepted_rate: f64,
+    delivered_rate: f64,
+}
+
+/// `count` submissions from `clients` connections, each posting as soon
+/// as its last one was accepted.
+async fn saturate(
+    client: &reqwest::Client,
+    base: &str,
+    submission: &Submission,
+    back_office: &BackOffice,
+    count: usize,
+    clients: usize,
+) -> Saturated {
+    back_office.reset();
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let (client, base, next) = (client.clone(), base.to_owned(), next.clone());
+        let submission = Submission(submission.0.clone());
+        senders.spawn(async move {
+            loop {
+                let number = next.fetch_add(1, Ordering::Relaxed);
+                if number >= count {
+                    break;
+                }
+                post(&client, &base, submission.numbered(number)).await;
+            }
+        });
+    }
+    while senders.join_next().await.is_some() {}
+    let accepted = started.elapsed();
+    back_office.wait_for(count, Duration::from_secs(600)).await;
+    let delivered = started.elapsed();
+    Saturated { accepted_rate: count as f64 / accepted.as_secs_f64(), delivered_rate: count as f64 / delivered.as_secs_f64() }
+}
+
+struct Paced {
+    latencies: Vec<Duration>,
+    late_sends: usize,
+}
+
+impl Paced {
+    fn percentile(&self, p: f64) -> Duration {
+        let index = ((self.latencies.len() as f64 * p).ceil() as usize).clamp(1, self.latencies.len()) - 1;
+        self.latencies[index]
+    }
+
+    fn percentiles(&self) -> String {
+        let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
+        format!("{} / {} / {}", ms(self.percentile(0.5)), ms(self.percentile(0.99)), ms(*self.latencies.last().unwrap()))
+    }
+
+    fn summary(&self) -> String {
+        format!("latency p50 / p99 / max {} ({} submissions, {} sent late)", self.percentiles(), self.latencies.len(), self.late_sends)
+    }
+}
+
+/// Submissions at `rate` per second for `duration`, each sent at its
+/// scheduled time by a task of its own; latency counts from that time.
+async fn paced(
+    client: &reqwest::Client,
+    base: &str,
+    submission: &Submission,
+    back_office: &BackOffice,
+    rate: f64,
+    duration: Duration,
+) -> Paced {
+    back_office.reset();
+    let count = (rate * duration.as_secs_f64()) as usize;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let started = Instant::now();
+    let mut sent = tokio::task::JoinSet::new();
+    let mut late_sends = 0;
+    for number in 0..count {
+        let scheduled = started + interval.mul_f64(number as f64);
+        tokio::time::sleep_until(scheduled.into()).await;
+        if scheduled.elapsed() > Duration::from_millis(5) {
+            late_sends += 1;
+        }
+        let (client, base, body) = (client.clone(), base.to_owned(), submission.numbered(1_000_000 + number));
+        sent.spawn(async move { (scheduled, post(&client, &base, body).await) });
+    }
+    let mut scheduled_of = HashMap::new();
+    let target = amtsbote::domain::TargetName::parse(TARGET).unwrap();
+    while let Some(result) = sent.join_next().await {
+        let (scheduled, id) = result.unwrap();
+        scheduled_of.insert(amtsbote::domain::delivery_id(id, &target), scheduled);
+    }
+    back_office.wait_for(count, Duration::from_secs(600)).await;
+    let arrivals = back_office.arrivals.lock().unwrap();
+    let mut latencies: Vec<Duration> =
+        scheduled_of.iter().map(|(delivery, scheduled)| arrivals[delivery].saturating_duration_since(*scheduled)).collect();
+    latencies.sort();
+    Paced { latencies, late_sends }
+}
