@@ -799,26 +799,24 @@ impl Store for SqliteStore {
             }
             let id = s.id.to_string();
             let received_at = timestamp(s.received_at);
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO submissions (id, service, region, reference, state, received_at, size, sha256, sender)
                  VALUES (?1, ?2, ?3, ?4, 'received', ?5, ?6, ?7, ?8)",
-                params![id, s.service, s.region, s.reference, received_at, s.size as i64, s.sha256, s.sender],
-            )?;
+            )?
+            .execute(params![id, s.service, s.region, s.reference, received_at, s.size as i64, s.sha256, s.sender])?;
             for target in &s.targets {
-                tx.execute(
-                    "INSERT INTO deliveries (submission_id, target, state, updated_at) VALUES (?1, ?2, 'queued', ?3)",
-                    params![id, target.as_str(), received_at],
-                )?;
+                tx.prepare_cached("INSERT INTO deliveries (submission_id, target, state, updated_at) VALUES (?1, ?2, 'queued', ?3)")?
+                    .execute(params![id, target.as_str(), received_at])?;
             }
             let size = Some(s.size as i64);
             add_event(tx, &id, &received_at, NewEvent { kind: "received", size, sha256: Some(&s.sha256), ..NewEvent::default() })?;
             let targets = s.targets.iter().map(TargetName::as_str).collect::<Vec<_>>().join(", ");
             add_event(tx, &id, &received_at, NewEvent { kind: "routed", detail: Some(&targets), ..NewEvent::default() })?;
             if let Some(k) = &key {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO idempotency_keys (key, fingerprint, submission_id, created_at, claimed_at) VALUES (?1, ?2, ?3, ?4, ?4)",
-                    params![k.key, k.fingerprint.as_slice(), id, received_at],
-                )?;
+                )?
+                .execute(params![k.key, k.fingerprint.as_slice(), id, received_at])?;
             }
             Ok(Claim::Fresh)
         })
@@ -828,8 +826,8 @@ impl Store for SqliteStore {
     async fn confirm_intake(&self, id: Uuid) -> Result<(), StoreError> {
         self.write(move |conn| {
             let id = id.to_string();
-            if conn.execute("UPDATE submissions SET state = 'accepted' WHERE id = ?1 AND state = 'received'", [&id])? > 0 {
-                conn.execute(UPDATE_SUBMISSION_STATE, [&id])?;
+            if conn.prepare_cached("UPDATE submissions SET state = 'accepted' WHERE id = ?1 AND state = 'received'")?.execute([&id])? > 0 {
+                conn.prepare_cached(UPDATE_SUBMISSION_STATE)?.execute([&id])?;
                 add_event(conn, &id, &now(), NewEvent { kind: "accepted", ..NewEvent::default() })?;
             }
             Ok(())
