@@ -104,6 +104,8 @@ impl Application {
             draining: AtomicBool::new(false),
             metrics: metrics.clone(),
             limits: config.http.submission_limits(),
+            room: Intake::memory_for_bodies(config.http.intake_memory_mib),
+            max_body_bytes: config.http.max_body_bytes,
         });
         let dashboard = Arc::new(Dashboard::new(operator.clone(), monitor.clone()));
         let observed = Arc::new(Observed { intake: intake.clone(), monitor, metrics });

@@ -164,6 +164,13 @@ pub struct HttpSettings {
     /// 32, at most 100; forms rarely go past 6).
     #[serde(default = "default_max_json_depth", deserialize_with = "json_depth_limit")]
     pub max_json_depth: usize,
+    /// Memory for request bodies that intake holds at once, in MiB
+    /// (default 128; at least `max_body_bytes`). A submission whose
+    /// declared size does not fit gets `503 busy` with `Retry-After`
+    /// before its body is read: a burst of large uploads waits at the
+    /// senders, not in amtsbote's memory.
+    #[serde(default = "default_intake_memory_mib")]
+    pub intake_memory_mib: usize,
     /// HTTPS instead of plain HTTP, optionally with client certificates
     /// for senders; see [`TlsSettings`]. Without it, put amtsbote behind a
     /// proxy that terminates TLS.
@@ -272,6 +279,9 @@ fn default_mappings_dir() -> PathBuf {
 fn default_listen() -> SocketAddr {
     ([127, 0, 0, 1], 8080).into()
 }
+fn default_intake_memory_mib() -> usize {
+    128
+}
 fn default_max_body_bytes() -> usize {
     32 * 1024 * 1024
 }
@@ -321,6 +331,7 @@ impl Default for HttpSettings {
             max_attachments: limits.attachments,
             max_attachment_bytes: limits.attachment_bytes,
             max_json_depth: limits.json_depth,
+            intake_memory_mib: default_intake_memory_mib(),
             tls: None,
         }
     }

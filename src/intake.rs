@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -24,6 +25,7 @@ use serde_json::json;
 use tracing::Instrument;
 use tracing::field::Empty;
 use sha2::{Digest, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use crate::access;
@@ -54,6 +56,50 @@ pub struct Intake {
     pub metrics: Arc<Metrics>,
     /// What a submission may hold beyond the body size.
     pub limits: crate::submission::Limits,
+    /// Intake's memory for request bodies, in KiB permits; see [`Room`].
+    pub room: Arc<Semaphore>,
+    /// The largest body (`http.max_body_bytes`): what a request without a
+    /// declared length may still send.
+    pub max_body_bytes: usize,
+}
+
+impl Intake {
+    /// Room for `mib` MiB of request bodies at once.
+    pub fn memory_for_bodies(mib: usize) -> Arc<Semaphore> {
+        Arc::new(Semaphore::new((mib * 1024).min(Semaphore::MAX_PERMITS)))
+    }
+}
+
+/// A request's share of intake's memory for bodies, taken before the body
+/// is read and held until the answer: its declared `Content-Length` (or
+/// the largest body, if it declares none). Without room the request gets
+/// `503 busy` at once: waiting would hold the connection and, across many
+/// connections, the memory the budget is there to bound.
+pub struct Room {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl FromRequestParts<Arc<Intake>> for Room {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, intake: &Arc<Intake>) -> Result<Self, Response> {
+        let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        // A body over the limit is refused by the body limit with 413; it
+        // needs no more room than the largest body to be read that far.
+        let bytes = declared.unwrap_or(intake.max_body_bytes).min(intake.max_body_bytes);
+        let permits = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        intake.room.clone().try_acquire_many_owned(permits).map(|permit| Room { _permit: permit }).map_err(|_| {
+            let problem = Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "Busy",
+                "intake holds as many submissions as its memory allows (http.intake_memory_mib); retry shortly",
+            )
+            .retry_after(1);
+            intake.metrics.submissions_refused.get_or_create(&ProblemLabel { problem: problem.slug().to_owned() }).inc();
+            problem.into_response()
+        })
+    }
 }
 
 pub fn router(intake: Arc<Intake>, max_body_bytes: usize) -> Router {
@@ -68,6 +114,7 @@ pub fn router(intake: Arc<Intake>, max_body_bytes: usize) -> Router {
 
 async fn submit(
     State(intake): State<Arc<Intake>>,
+    _room: Room,
     ClientCertificate(certificate): ClientCertificate,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,

@@ -69,6 +69,12 @@ impl Pipeline {
                 }
             }
         }
+        if config.http.intake_memory_mib.saturating_mul(1 << 20) < config.http.max_body_bytes {
+            problems.push(format!(
+                "http.intake_memory_mib: {} MiB cannot hold one body of http.max_body_bytes ({} bytes)",
+                config.http.intake_memory_mib, config.http.max_body_bytes
+            ));
+        }
         let senders = Senders::new(&config.senders, config.http.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some())).map_err(|p| problems.extend(p)).unwrap_or_default();
         let tenancy = Tenancy::new(config).map_err(|p| problems.extend(p)).unwrap_or_default();
         let operators = Operators::new(&config.operators, &tenancy).map_err(|p| problems.extend(p)).unwrap_or_default();

@@ -186,3 +186,54 @@ async fn each_hostile_input_gets_its_error_while_a_parallel_valid_load_is_delive
     let health = app.client.get(format!("{}/readyz", app.base)).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK, "amtsbote still serves");
 }
+
+/// Uploads that would take intake past `http.intake_memory_mib` are turned
+/// away with `503 busy` before their bodies are read, small ones that fit
+/// still go through, and the room comes back when an upload ends, however
+/// it ends.
+#[tokio::test]
+async fn uploads_past_the_memory_budget_get_503_busy_until_room_is_free() {
+    use base64::Engine;
+    use tokio::io::AsyncWriteExt;
+
+    let app = spawn_app(Setup { max_body_bytes: Some(700 * 1024), http_settings: "  intake_memory_mib: 1\n", ..Setup::default() }).await;
+    let post = |body: String| {
+        app.client.post(format!("{}/v1/submissions", app.base)).header("content-type", "application/json").body(body).send()
+    };
+    let mut large = gewerbeanmeldung(KOELN);
+    large["attachments"][0]["content"] = base64::engine::general_purpose::STANDARD.encode(vec![b'%'; 300 * 1024]).into();
+    let large = large.to_string();
+    // A slow upload that declares 700 KiB and sends a little of it.
+    let address = app.base.trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "POST /v1/submissions HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{{\"service\":",
+        crate::helpers::SENDER_KEY,
+        700 * 1024
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let busy = post(large.clone()).await.unwrap();
+    assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE, "400 KiB more do not fit beside 700 KiB in 1 MiB");
+    assert_eq!(busy.headers()["retry-after"], "1");
+    assert_eq!(busy.headers()["content-type"], "application/problem+json");
+    let problem: Value = busy.json().await.unwrap();
+    assert_eq!(problem["type"], "https://amtsbote.dev/problems/busy", "{problem}");
+    let small = post(gewerbeanmeldung(KOELN).to_string()).await.unwrap();
+    assert_eq!(small.status(), StatusCode::ACCEPTED, "a small submission still fits");
+
+    // The slow client gives up: its room is free again.
+    drop(slow);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let response = post(large.clone()).await.unwrap();
+        if response.status() == StatusCode::ACCEPTED {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still {}", response.status());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+    assert_eq!(crate::helpers::metric(&metrics, "amtsbote_submissions_refused_total{problem=\"busy\"}"), Some(1.0), "{metrics}");
+}
