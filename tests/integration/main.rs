@@ -12,4 +12,5 @@ mod mappings;
 mod observability;
 mod openapi;
 mod retries;
+mod scaling;
 mod security;
