@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use axum::extract::connect_info::Connected;
+use axum::serve::IncomingStream;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -24,8 +26,6 @@ use crate::metrics::Metrics;
 use crate::monitor::{self, Monitor, Observed};
 use crate::store::{self, SqliteStore, Store};
 use crate::tls::{Peer, TlsListener};
-use axum::extract::connect_info::Connected;
-use axum::serve::IncomingStream;
 use crate::worker::Worker;
 
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +141,7 @@ impl Application {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
-    /// The base URL clients reach, `https://` with `http.tls`.
+    /// The URL scheme clients use: `https` with `http.tls`.
     pub fn scheme(&self) -> &'static str {
         if self.tls.is_some() { "https" } else { "http" }
     }

@@ -13,8 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -36,7 +35,9 @@ use crate::problem::Problem;
 use crate::pipeline::SharedPipeline;
 use crate::store::{Claim, IdempotencyKey, NewSubmission, Store};
 use crate::submission::{FieldError, InvalidSubmission, Submission};
-use crate::tls::{CertificateFingerprint, ClientCertificate};
+use crate::access::Sender;
+use crate::pipeline::Pipeline;
+use crate::tls::ClientCertificate;
 
 /// The OpenAPI 3.1 description of every endpoint, served at
 /// `/v1/openapi.json`; `tests/integration/openapi.rs` holds the running
@@ -56,7 +57,7 @@ pub struct Intake {
     pub metrics: Arc<Metrics>,
     /// What a submission may hold beyond the body size.
     pub limits: crate::submission::Limits,
-    /// Intake's memory for request bodies, in KiB permits; see [`Room`].
+    /// Intake's memory for request bodies, in KiB permits; see [`Admitted`].
     pub room: Arc<Semaphore>,
     /// The largest body (`http.max_body_bytes`): what a request without a
     /// declared length may still send.
@@ -66,39 +67,46 @@ pub struct Intake {
 impl Intake {
     /// Room for `mib` MiB of request bodies at once.
     pub fn memory_for_bodies(mib: usize) -> Arc<Semaphore> {
-        Arc::new(Semaphore::new((mib * 1024).min(Semaphore::MAX_PERMITS)))
+        Arc::new(Semaphore::new(mib.saturating_mul(1024).min(Semaphore::MAX_PERMITS)))
     }
 }
 
-/// A request's share of intake's memory for bodies, taken before the body
-/// is read and held until the answer: its declared `Content-Length` (or
-/// the largest body, if it declares none). Without room the request gets
+/// A submission request let in before its body is read: its sender,
+/// authenticated by the headers and the connection's client certificate
+/// (so that no one unknown can take intake's memory), the pipeline it was
+/// judged by (one for the whole request: who may send, and where to), and
+/// its share of intake's memory for bodies: its declared `Content-Length`,
+/// or the largest body if it declares none. Without room the request gets
 /// `503 busy` at once: waiting would hold the connection and, across many
 /// connections, the memory the budget is there to bound.
-pub struct Room {
-    _permit: OwnedSemaphorePermit,
+pub struct Admitted {
+    pipeline: Arc<Pipeline>,
+    sender: Arc<Sender>,
+    _room: OwnedSemaphorePermit,
 }
 
-impl FromRequestParts<Arc<Intake>> for Room {
-    type Rejection = Response;
+impl FromRequestParts<Arc<Intake>> for Admitted {
+    type Rejection = Problem;
 
-    async fn from_request_parts(parts: &mut Parts, intake: &Arc<Intake>) -> Result<Self, Response> {
+    async fn from_request_parts(parts: &mut Parts, intake: &Arc<Intake>) -> Result<Self, Problem> {
+        let pipeline = intake.pipeline.load_full();
+        let Ok(ClientCertificate(certificate)) = ClientCertificate::from_request_parts(parts, intake).await;
+        let sender = pipeline.senders.authenticate(&parts.headers, certificate.as_ref())?;
         let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
         // A body over the limit is refused by the body limit with 413; it
         // needs no more room than the largest body to be read that far.
         let bytes = declared.unwrap_or(intake.max_body_bytes).min(intake.max_body_bytes);
         let permits = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
-        intake.room.clone().try_acquire_many_owned(permits).map(|permit| Room { _permit: permit }).map_err(|_| {
-            let problem = Problem::new(
+        let room = intake.room.clone().try_acquire_many_owned(permits).map_err(|_| {
+            Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "busy",
                 "Busy",
                 "intake holds as many submissions as its memory allows (http.intake_memory_mib); retry shortly",
             )
-            .retry_after(1);
-            intake.metrics.submissions_refused.get_or_create(&ProblemLabel { problem: problem.slug().to_owned() }).inc();
-            problem.into_response()
-        })
+            .retry_after(1)
+        })?;
+        Ok(Self { pipeline, sender, _room: room })
     }
 }
 
@@ -114,15 +122,14 @@ pub fn router(intake: Arc<Intake>, max_body_bytes: usize) -> Router {
 
 async fn submit(
     State(intake): State<Arc<Intake>>,
-    _room: Room,
-    ClientCertificate(certificate): ClientCertificate,
+    admitted: Result<Admitted, Problem>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Response {
     // The trace of a submission starts here (see `telemetry`); the span's
     // fields are filled in as they become known.
     let span = tracing::info_span!("submission", submission = Empty, service = Empty, status = Empty);
-    let response = match accept(&intake, &headers, certificate.as_ref(), body).instrument(span.clone()).await {
+    let response = match accept(&intake, admitted, &headers, request).instrument(span.clone()).await {
         Ok(response) => response,
         Err(problem) => {
             intake.metrics.submissions_refused.get_or_create(&ProblemLabel { problem: problem.slug().to_owned() }).inc();
@@ -135,17 +142,16 @@ async fn submit(
 
 async fn accept(
     intake: &Intake,
+    admitted: Result<Admitted, Problem>,
     headers: &HeaderMap,
-    certificate: Option<&CertificateFingerprint>,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<Response, Problem> {
     if intake.draining.load(Ordering::Relaxed) {
         return Err(unavailable("amtsbote is shutting down"));
     }
-    // One pipeline for the whole request: who may send, and where to.
-    let pipeline = intake.pipeline.load_full();
-    let sender = pipeline.senders.authenticate(headers, certificate)?;
-    let body = body.map_err(|rejection| match rejection.status() {
+    let Admitted { pipeline, sender, _room } = admitted?;
+    // Read only now that the sender is known and has room (see `Admitted`).
+    let body = Bytes::from_request(request, &()).await.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too-large",

@@ -189,8 +189,8 @@ async fn each_hostile_input_gets_its_error_while_a_parallel_valid_load_is_delive
 
 /// Uploads that would take intake past `http.intake_memory_mib` are turned
 /// away with `503 busy` before their bodies are read, small ones that fit
-/// still go through, and the room comes back when an upload ends, however
-/// it ends.
+/// still go through, the room comes back when an upload ends, however it
+/// ends, and a client without a key takes none.
 #[tokio::test]
 async fn uploads_past_the_memory_budget_get_503_busy_until_room_is_free() {
     use base64::Engine;
@@ -203,8 +203,16 @@ async fn uploads_past_the_memory_budget_get_503_busy_until_room_is_free() {
     let mut large = gewerbeanmeldung(KOELN);
     large["attachments"][0]["content"] = base64::engine::general_purpose::STANDARD.encode(vec![b'%'; 300 * 1024]).into();
     let large = large.to_string();
-    // A slow upload that declares 700 KiB and sends a little of it.
     let address = app.base.trim_start_matches("http://").to_owned();
+    // Someone without a key is answered from the headers alone and takes
+    // no room, however large an upload it announces.
+    let mut anonymous = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!("POST /v1/submissions HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", 700 * 1024);
+    anonymous.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = [0u8; 12];
+    tokio::io::AsyncReadExt::read_exact(&mut anonymous, &mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 401");
+    // A slow upload that declares 700 KiB and sends a little of it.
     let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
     let head = format!(
         "POST /v1/submissions HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{{\"service\":",
