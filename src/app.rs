@@ -106,6 +106,7 @@ impl Application {
             limits: config.http.submission_limits(),
             room: Intake::memory_for_bodies(config.http.intake_memory_mib),
             max_body_bytes: config.http.max_body_bytes,
+            body_timeout: config.http.body_timeout,
         });
         let dashboard = Arc::new(Dashboard::new(operator.clone(), monitor.clone()));
         let observed = Arc::new(Observed { intake: intake.clone(), monitor, metrics });

@@ -171,6 +171,11 @@ pub struct HttpSettings {
     /// senders, not in amtsbote's memory.
     #[serde(default = "default_intake_memory_mib")]
     pub intake_memory_mib: usize,
+    /// Longest a submission's body may take to arrive, in all (default
+    /// `5m`: 32 MiB at under 1 Mbit/s). A slower upload gets `408` and
+    /// gives its room back.
+    #[serde(default = "default_body_timeout", with = "humantime_serde")]
+    pub body_timeout: Duration,
     /// HTTPS instead of plain HTTP, optionally with client certificates
     /// for senders; see [`TlsSettings`]. Without it, put amtsbote behind a
     /// proxy that terminates TLS.
@@ -282,6 +287,9 @@ fn default_listen() -> SocketAddr {
 fn default_intake_memory_mib() -> usize {
     128
 }
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(300)
+}
 fn default_max_body_bytes() -> usize {
     32 * 1024 * 1024
 }
@@ -332,6 +340,7 @@ impl Default for HttpSettings {
             max_attachment_bytes: limits.attachment_bytes,
             max_json_depth: limits.json_depth,
             intake_memory_mib: default_intake_memory_mib(),
+            body_timeout: default_body_timeout(),
             tls: None,
         }
     }

@@ -10,6 +10,7 @@
 //! the form data reaches a log line.
 
 use std::sync::Arc;
+use std::time::Duration;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::body::Bytes;
@@ -62,6 +63,9 @@ pub struct Intake {
     /// The largest body (`http.max_body_bytes`): what a request without a
     /// declared length may still send.
     pub max_body_bytes: usize,
+    /// Longest a body may take to arrive (`http.body_timeout`), so that a
+    /// slow upload cannot hold its room for ever.
+    pub body_timeout: Duration,
 }
 
 impl Intake {
@@ -151,7 +155,15 @@ async fn accept(
     }
     let Admitted { pipeline, sender, _room } = admitted?;
     // Read only now that the sender is known and has room (see `Admitted`).
-    let body = Bytes::from_request(request, &()).await.map_err(|rejection| match rejection.status() {
+    let reading = tokio::time::timeout(intake.body_timeout, Bytes::from_request(request, &())).await.map_err(|_| {
+        Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body-timeout",
+            "Request Timeout",
+            "the request body did not arrive in time (http.body_timeout)",
+        )
+    })?;
+    let body = reading.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too-large",

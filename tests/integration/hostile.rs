@@ -190,13 +190,14 @@ async fn each_hostile_input_gets_its_error_while_a_parallel_valid_load_is_delive
 /// Uploads that would take intake past `http.intake_memory_mib` are turned
 /// away with `503 busy` before their bodies are read, small ones that fit
 /// still go through, the room comes back when an upload ends, however it
-/// ends, and a client without a key takes none.
+/// ends (an upload slower than `http.body_timeout` ends with 408), and a
+/// client without a key takes none.
 #[tokio::test]
 async fn uploads_past_the_memory_budget_get_503_busy_until_room_is_free() {
     use base64::Engine;
     use tokio::io::AsyncWriteExt;
 
-    let app = spawn_app(Setup { max_body_bytes: Some(700 * 1024), http_settings: "  intake_memory_mib: 1\n", ..Setup::default() }).await;
+    let app = spawn_app(Setup { max_body_bytes: Some(700 * 1024), http_settings: "  intake_memory_mib: 1\n  body_timeout: 2s\n", ..Setup::default() }).await;
     let post = |body: String| {
         app.client.post(format!("{}/v1/submissions", app.base)).header("content-type", "application/json").body(body).send()
     };
@@ -213,15 +214,18 @@ async fn uploads_past_the_memory_budget_get_503_busy_until_room_is_free() {
     tokio::io::AsyncReadExt::read_exact(&mut anonymous, &mut answer).await.unwrap();
     assert_eq!(&answer, b"HTTP/1.1 401");
     // A slow upload that declares 700 KiB and sends a little of it.
-    let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
-    let head = format!(
-        "POST /v1/submissions HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{{\"service\":",
-        crate::helpers::SENDER_KEY,
-        700 * 1024
-    );
-    slow.write_all(head.as_bytes()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
+    let slow_upload = async || {
+        let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let head = format!(
+            "POST /v1/submissions HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{{\"service\":",
+            crate::helpers::SENDER_KEY,
+            700 * 1024
+        );
+        slow.write_all(head.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        slow
+    };
+    let mut slow = slow_upload().await;
     let busy = post(large.clone()).await.unwrap();
     assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE, "400 KiB more do not fit beside 700 KiB in 1 MiB");
     assert_eq!(busy.headers()["retry-after"], "1");
@@ -231,7 +235,16 @@ async fn uploads_past_the_memory_budget_get_503_busy_until_room_is_free() {
     let small = post(gewerbeanmeldung(KOELN).to_string()).await.unwrap();
     assert_eq!(small.status(), StatusCode::ACCEPTED, "a small submission still fits");
 
-    // The slow client gives up: its room is free again.
+    // The slow upload runs out of time (http.body_timeout): 408, and its
+    // room is free again.
+    let mut answer = [0u8; 12];
+    tokio::io::AsyncReadExt::read_exact(&mut slow, &mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 408");
+    assert_eq!(post(large.clone()).await.unwrap().status(), StatusCode::ACCEPTED);
+
+    // Another one's client gives up: its room is free again too.
+    let slow = slow_upload().await;
+    assert_eq!(post(large.clone()).await.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
     drop(slow);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
@@ -243,5 +256,5 @@ async fn uploads_past_the_memory_budget_get_503_busy_until_room_is_free() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let metrics = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
-    assert_eq!(crate::helpers::metric(&metrics, "amtsbote_submissions_refused_total{problem=\"busy\"}"), Some(1.0), "{metrics}");
+    assert_eq!(crate::helpers::metric(&metrics, "amtsbote_submissions_refused_total{problem=\"busy\"}"), Some(2.0), "{metrics}");
 }
