@@ -293,10 +293,14 @@ struct Rss {
 }
 
 fn vm_hwm_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
+    kib_field(&format!("/proc/{pid}/status"), "VmHWM:")
+}
+
+/// A `<name> <n> kB` line of a /proc file, in KiB (0 if missing).
+fn kib_field(file: &str, name: &str) -> u64 {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
@@ -313,13 +317,7 @@ fn children_of(pid: u32) -> Vec<u32> {
 }
 
 fn memory_total() -> String {
-    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let kib: u64 = info
-        .lines()
-        .find_map(|line| line.strip_prefix("MemTotal:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0);
-    format!("{} GiB RAM", kib / 1024 / 1024)
+    format!("{} GiB RAM", kib_field("/proc/meminfo", "MemTotal:") / 1024 / 1024)
 }
 
 /// The demo's Gewerbeanmeldung, compact (about 1.1 KiB), with a reference

@@ -58,7 +58,6 @@ pub struct Application {
     workers: Vec<Arc<Worker>>,
     store: Arc<dyn Store>,
     retention: Duration,
-    max_body_bytes: usize,
     shutdown_deadline: Duration,
 }
 
@@ -128,7 +127,6 @@ impl Application {
             workers,
             store,
             retention: config.store.retention,
-            max_body_bytes: config.http.max_body_bytes,
             shutdown_deadline: config.shutdown_deadline,
         })
     }
@@ -165,7 +163,7 @@ impl Application {
         // clients and load balancers hear "shutting down" rather than
         // "connection refused".
         let (server_stop_tx, server_stop) = tokio::sync::oneshot::channel::<()>();
-        let app = intake::router(self.intake.clone(), self.max_body_bytes)
+        let app = intake::router(self.intake.clone())
             .merge(operator::router(self.operator))
             .merge(monitor::router(self.observed))
             .merge(dashboard::router(self.dashboard));

@@ -210,13 +210,7 @@ impl Endpoint {
     /// no PEM certificate in it.
     pub fn ca_file_problem(&self) -> Option<String> {
         let file = self.ca_file.as_ref()?;
-        match std::fs::read_to_string(file) {
-            Err(e) => Some(format!("broker.ca_file: cannot read {}: {e}", file.display())),
-            Ok(pem) if !pem.contains("-----BEGIN CERTIFICATE-----") => {
-                Some(format!("broker.ca_file: {} holds no PEM certificate", file.display()))
-            }
-            Ok(_) => None,
-        }
+        crate::tls::read_certificates("broker.ca_file", file).err().map(|e| e.to_string())
     }
 }
 

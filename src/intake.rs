@@ -114,7 +114,8 @@ impl FromRequestParts<Arc<Intake>> for Admitted {
     }
 }
 
-pub fn router(intake: Arc<Intake>, max_body_bytes: usize) -> Router {
+pub fn router(intake: Arc<Intake>) -> Router {
+    let max_body_bytes = intake.max_body_bytes;
     Router::new()
         .route("/v1/submissions", post(submit))
         .route("/v1/submissions/{id}", get(status))

@@ -951,8 +951,12 @@ impl Store for SqliteStore {
                 OperatorAction::Replay => (DeliveryState::Queued, "replayed", format!("replayed by {}", r.operator)),
                 OperatorAction::Discard => (DeliveryState::Discarded, "discarded", format!("discarded by {}", r.operator)),
             };
+            // Only a parked delivery changes state here: a replayed one is
+            // published before this is recorded, and its worker may have
+            // recorded the outcome already, which must stand.
             conn.execute(
-                "UPDATE deliveries SET state = ?3, last_outcome = ?4, updated_at = ?5 WHERE submission_id = ?1 AND target = ?2",
+                "UPDATE deliveries SET state = ?3, last_outcome = ?4, updated_at = ?5
+                 WHERE submission_id = ?1 AND target = ?2 AND state = 'parked'",
                 params![r.submission_id, r.target, state.as_str(), outcome, at],
             )?;
             conn.execute(UPDATE_SUBMISSION_STATE, [&r.submission_id])?;
@@ -1313,6 +1317,29 @@ mod tests {
         assert_eq!((last.event.as_str(), last.operator.as_deref()), ("discarded", Some("alice")));
         // Target b still waits: the submission is not finished.
         assert_eq!(status.status, SubmissionState::Accepted);
+    }
+
+    #[tokio::test]
+    async fn a_replay_recorded_after_its_delivery_leaves_the_delivery_standing() {
+        let (_dir, store) = temp_store();
+        let id = accepted(&store, submission(Uuid::new_v4())).await;
+        let parked = AttemptResult::Parked { reason: "retries-exhausted", error: "HTTP 503".into() };
+        store.record_attempt(attempt(id, "a", parked)).await.unwrap();
+        // The replayed message was delivered before the replay was recorded.
+        let delivered = AttemptResult::Delivered { detail: "HTTP 201".into(), receipt: None };
+        store.record_attempt(attempt(id, "a", delivered)).await.unwrap();
+        let record = OperatorRecord {
+            operator: "alice".into(),
+            action: OperatorAction::Replay,
+            target: "a".into(),
+            submission_id: id.to_string(),
+            parked_reason: "retries-exhausted".into(),
+            comment: None,
+        };
+        store.record_operator_action(record).await.unwrap();
+        let status = store.status(id).await.unwrap().unwrap();
+        assert_eq!(status.targets[0].state, DeliveryState::Delivered);
+        assert!(status.timeline.iter().any(|e| e.event == "replayed"), "the replay is in the timeline all the same");
     }
 
     #[test]

@@ -249,14 +249,17 @@ impl<'a> Submission<'a> {
             }
             if !is_base64(a.content) {
                 errors.push(FieldError::new(at("content"), "must be standard base64 (RFC 4648, with padding)"));
-            } else if decoded_len(a.content) > limits.attachment_bytes {
+                continue;
+            }
+            let size = decoded_len(a.content);
+            if size > limits.attachment_bytes {
                 errors.push(FieldError::new(
                     at("content"),
-                    format!("is {} bytes; an attachment may have at most {}", decoded_len(a.content), limits.attachment_bytes),
+                    format!("is {size} bytes; an attachment may have at most {}", limits.attachment_bytes),
                 ));
             } else {
                 attachments.push(Attachment {
-                    size: decoded_len(a.content),
+                    size,
                     file: String::new(),
                     name: a.name,
                     media_type: a.media_type,

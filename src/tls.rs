@@ -131,7 +131,8 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<rustls::ServerConfig>
     Ok(Arc::new(config))
 }
 
-fn read_certificates(field: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// The certificates of a PEM file; `field` names the setting in errors.
+pub(crate) fn read_certificates(field: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let unreadable = |reason: String| TlsError::Read { field, path: path.display().to_string(), reason };
     let certificates = CertificateDer::pem_file_iter(path)
         .map_err(|e| unreadable(e.to_string()))?

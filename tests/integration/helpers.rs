@@ -64,6 +64,8 @@ pub struct Setup<'a> {
     pub max_body_bytes: Option<usize>,
     /// YAML added under `http:`, indented by two spaces (e.g. limits).
     pub http_settings: &'a str,
+    /// YAML added under `sandbox:`, indented by two spaces.
+    pub sandbox_settings: &'a str,
     /// YAML added to every target, indented by four spaces (e.g. `retry:`).
     pub target_settings: &'a str,
     /// YAML added to every route, indented by four spaces (e.g. `schema:`).
@@ -88,6 +90,7 @@ impl Default for Setup<'_> {
             broker_url: None,
             max_body_bytes: None,
             http_settings: "",
+            sandbox_settings: "",
             target_settings: "",
             route_settings: "",
             mappings: None,
@@ -115,13 +118,14 @@ pub fn config_yaml(setup: &Setup<'_>, back_office: &SampleBackOffice, prefix: &s
         )
     });
     let mut yaml = format!(
-        "http:\n  listen: 127.0.0.1:0\n  max_body_bytes: {}\n{}broker:\n  url: {}\n  prefix: {prefix}\nstore:\n  path: {}\nmappings: {}\nshutdown_deadline: 5s\nsandbox:\n  program: {}\n  processes: 2\n{encryption}{access}targets:\n",
+        "http:\n  listen: 127.0.0.1:0\n  max_body_bytes: {}\n{}broker:\n  url: {}\n  prefix: {prefix}\nstore:\n  path: {}\nmappings: {}\nshutdown_deadline: 5s\nsandbox:\n  program: {}\n  processes: 2\n{}{encryption}{access}targets:\n",
         setup.max_body_bytes.unwrap_or(1 << 20),
         setup.http_settings,
         setup.broker_url.clone().unwrap_or_else(broker_url),
         store.join("store.sqlite").display(),
         setup.mappings.map(Path::to_owned).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings")).display(),
         env!("CARGO_BIN_EXE_amtsbote"),
+        setup.sandbox_settings,
     );
     for (name, mapping) in setup.targets {
         let connector = match setup.connector {

@@ -185,7 +185,10 @@ async fn schemathesis_finds_no_server_error_or_undocumented_answer_on_any_operat
             .args(["--url", &app.base])
             .args(["--header", &format!("Authorization: Bearer {credential}")])
             .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance", "--mode", "all", "--max-examples", "40", "--seed", "1"])
-            .args(["--phases", "examples,coverage,fuzzing", "--workers", "2", "--request-timeout", "20"])
+            // One worker: with two, a run once died inside hypothesis with
+            // CPython 3.11's "AST constructor recursion depth mismatch"
+            // (its shared AST bookkeeping, gh-106905), a tool error.
+            .args(["--phases", "examples,coverage,fuzzing", "--workers", "1", "--request-timeout", "20"])
             .args(["--generation-database", "none", "--no-color", "--warnings", "off"])
             .arg("--report-dir")
             .arg(reports.path())

@@ -388,15 +388,17 @@ async fn a_sender_with_a_registered_client_certificate_needs_no_key_and_keeps_to
     );
     let app = spawn_app(Setup { http_settings: &http, access: Some(&access), ..Setup::default() }).await;
     assert!(app.base.starts_with("https://"), "{}", app.base);
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(&pki.ca).unwrap()).unwrap();
-    let client = |identity: Option<(&std::path::Path, &std::path::Path)>| {
-        let mut builder = reqwest::Client::builder().add_root_certificate(ca.clone());
+    // A client trusting `ca`, presenting `identity` (certificate, key).
+    let client_of = |ca: &std::path::Path, identity: Option<(&std::path::Path, &std::path::Path)>| {
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
+        let mut builder = reqwest::Client::builder().add_root_certificate(ca);
         if let Some((certificate, key)) = identity {
             let pem = [std::fs::read(certificate).unwrap(), std::fs::read(key).unwrap()].concat();
             builder = builder.identity(reqwest::Identity::from_pem(&pem).unwrap());
         }
         builder.build().unwrap()
     };
+    let client = |identity| client_of(&pki.ca, identity);
     let registered = client(Some((&pki.client_certificate, &pki.client_key)));
     // Issued by the same CA, but registered for no sender.
     let unregistered = client(Some((&pki.server_certificate, &pki.server_key)));
@@ -449,11 +451,7 @@ async fn a_sender_with_a_registered_client_certificate_needs_no_key_and_keeps_to
     std::fs::copy(&renewed.server_certificate, &pki.server_certificate).unwrap();
     std::fs::copy(&renewed.server_key, &pki.server_key).unwrap();
     reload().await.unwrap();
-    let trusts_renewed = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&renewed.ca).unwrap()).unwrap())
-        .identity(reqwest::Identity::from_pem(&[std::fs::read(&pki.client_certificate).unwrap(), std::fs::read(&pki.client_key).unwrap()].concat()).unwrap())
-        .build()
-        .unwrap();
+    let trusts_renewed = client_of(&renewed.ca, Some((&pki.client_certificate, &pki.client_key)));
     assert_eq!(post(&trusts_renewed, None, KOELN).await.unwrap().status(), StatusCode::ACCEPTED, "the renewed certificate is served");
     assert!(post(&client(None), Some(SENDER_KEY), KOELN).await.is_err(), "the old one is not");
 }
