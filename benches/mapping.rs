@@ -46,7 +46,7 @@ fn mapping_throughput(c: &mut Criterion) {
     })
     .unwrap();
     group.bench_function("sandbox", |b| {
-        b.iter(|| runtime.block_on(sandbox.render(&mapping, &input, 1_700_000_000)).unwrap())
+        b.iter(|| runtime.block_on(sandbox.render(&mapping, &input, &[], 1_700_000_000)).unwrap())
     });
     group.finish();
 }

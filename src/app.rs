@@ -14,7 +14,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::blobs::{self, BlobStore};
 use crate::broker::{Publisher, Topology};
+use crate::budget::MemoryBudget;
 use crate::config::Config;
 use crate::intake::{self, Intake};
 use crate::operator::{self, OperatorApi};
@@ -40,6 +42,8 @@ pub enum StartupError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Blobs(#[from] crate::blobs::BlobError),
 }
 
 /// What shutdown allows beyond the configured deadline for closing
@@ -57,6 +61,8 @@ pub struct Application {
     dashboard: Arc<Dashboard>,
     workers: Vec<Arc<Worker>>,
     store: Arc<dyn Store>,
+    blobs: BlobStore,
+    sweep_every: Duration,
     retention: Duration,
     shutdown_deadline: Duration,
 }
@@ -68,6 +74,8 @@ impl Application {
             tracing::warn!(event = "plaintext_on_broker", "{}", crate::seal::PLAINTEXT_WARNING);
         }
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store.path)?);
+        let blobs = BlobStore::open(&config.blobs.path)?;
+        let delivery_memory = MemoryBudget::mib(config.blobs.delivery_memory_mib);
         let versions = Arc::new(MappingVersions::new(store.clone()));
         versions.keep(&pipeline).await?;
         let sandbox = Sandbox::new(config.sandbox.clone()).map_err(StartupError::Sandbox)?;
@@ -93,6 +101,8 @@ impl Application {
                     sandbox: sandbox.clone(),
                     versions: versions.clone(),
                     metrics: metrics.clone(),
+                    blobs: blobs.clone(),
+                    delivery_memory: delivery_memory.clone(),
                 })
             })
             .collect();
@@ -103,9 +113,11 @@ impl Application {
             draining: AtomicBool::new(false),
             metrics: metrics.clone(),
             limits: config.http.submission_limits(),
-            room: Intake::memory_for_bodies(config.http.intake_memory_mib),
+            room: MemoryBudget::mib(config.http.intake_memory_mib),
             max_body_bytes: config.http.max_body_bytes,
             body_timeout: config.http.body_timeout,
+            blobs: blobs.clone(),
+            keep_above_bytes: config.blobs.keep_above_kib.saturating_mul(1024),
         });
         let dashboard = Arc::new(Dashboard::new(operator.clone(), monitor.clone()));
         let observed = Arc::new(Observed { intake: intake.clone(), monitor, metrics });
@@ -126,6 +138,8 @@ impl Application {
             dashboard,
             workers,
             store,
+            blobs,
+            sweep_every: config.blobs.sweep_every,
             retention: config.store.retention,
             shutdown_deadline: config.shutdown_deadline,
         })
@@ -154,6 +168,7 @@ impl Application {
         for worker in self.workers {
             workers.spawn(worker.run(stop_rx.clone(), self.shutdown_deadline));
         }
+        let sweeping = tokio::spawn(blobs::sweep_periodically(self.blobs, self.store.clone(), self.sweep_every, stop_rx.clone()));
         let pruning = tokio::spawn(store::prune_periodically(self.store, self.retention, stop_rx.clone()));
         // Try the broker early so the first submission does not pay for it.
         let _ = self.intake.publisher.ensure_connected().await;
@@ -187,6 +202,7 @@ impl Application {
             workers.abort_all();
         }
         let _ = pruning.await;
+        let _ = sweeping.await;
         intake.publisher.close().await;
         let _ = server_stop_tx.send(());
         match server.await {
@@ -284,6 +300,7 @@ fn fixed_settings(config: &Config) -> Vec<(&'static str, String)> {
         ("http", format!("{:?}", config.http)),
         ("broker", format!("{} {} {:?}", config.broker.url.expose_secret(), config.broker.prefix, config.broker.ca_file)),
         ("store", format!("{:?}", config.store)),
+        ("blobs", format!("{:?}", config.blobs)),
         ("sandbox", format!("{:?}", config.sandbox)),
         ("shutdown_deadline", format!("{:?}", config.shutdown_deadline)),
         ("targets (names and concurrency)", targets.join(",")),

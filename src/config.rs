@@ -35,6 +35,10 @@ pub struct Config {
     /// The embedded store: the delivery ledger and idempotency keys.
     #[serde(default)]
     pub store: StoreSettings,
+    /// Where large attachments wait for their deliveries, out of the
+    /// broker's messages; see [`BlobSettings`].
+    #[serde(default)]
+    pub blobs: BlobSettings,
     /// Directory of the mapping files (default `mappings`).
     #[serde(default = "default_mappings_dir")]
     pub mappings: PathBuf,
@@ -150,8 +154,8 @@ pub struct HttpSettings {
     /// Address the intake API listens on (default `127.0.0.1:8080`).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// Largest accepted request body in bytes (default 32 MiB, enough for
-    /// a building application with its attachments in base64).
+    /// Largest accepted request body in bytes (default 40 MiB, enough for
+    /// a building application with 25 MiB of attachments in base64).
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
     /// Most attachments in one submission (default 100).
@@ -172,7 +176,7 @@ pub struct HttpSettings {
     #[serde(default = "default_intake_memory_mib")]
     pub intake_memory_mib: usize,
     /// Longest a submission's body may take to arrive, in all (default
-    /// `5m`: 32 MiB at under 1 Mbit/s). A slower upload gets `408` and
+    /// `5m`: 40 MiB at a little over 1 Mbit/s). A slower upload gets `408` and
     /// gives its room back.
     #[serde(default = "default_body_timeout", with = "humantime_serde")]
     pub body_timeout: Duration,
@@ -255,6 +259,72 @@ pub struct StoreSettings {
     pub retention: Duration,
 }
 
+/// The claim check (`blobs:`): attachments from `keep_above_kib` on are
+/// written, decoded, to a blob store when the submission is accepted, and
+/// the message on the broker names them by their SHA-256 instead of
+/// carrying them. Messages stay small (RabbitMQ 4 refuses messages over
+/// 16 MiB by default), and workers read an attachment only when a delivery
+/// needs it.
+///
+/// ```yaml
+/// blobs:
+///   path: /var/lib/amtsbote/blobs
+///   keep_above_kib: 64
+///   delivery_memory_mib: 256
+/// ```
+///
+/// With `encryption:` configured, blobs are sealed as messages are. A
+/// submission's blobs are removed once each of its deliveries is
+/// delivered or discarded; a parked delivery keeps them for its replay.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobSettings {
+    /// The directory (default `var/blobs`, relative to the config file).
+    /// Every amtsbote process of an installation must see the same one,
+    /// as they share the ledger.
+    #[serde(default = "default_blobs_path")]
+    pub path: PathBuf,
+    /// Attachments of at least this many KiB, decoded, go to the blob
+    /// store; smaller ones travel in the message (default 64).
+    #[serde(default = "default_keep_above_kib")]
+    pub keep_above_kib: usize,
+    /// Memory for attachments read back from the blob store for
+    /// deliveries in flight, across all targets, in MiB (default 256). A
+    /// delivery waits for room before it reads its attachments, so slow
+    /// targets and large submissions cannot add up beyond it.
+    #[serde(default = "default_delivery_memory_mib")]
+    pub delivery_memory_mib: usize,
+    /// How often blobs of finished submissions are looked for and removed
+    /// (default `1m`). A submission's blobs go at the first look at least
+    /// this long after its last delivery finished.
+    #[serde(default = "default_sweep_every", with = "humantime_serde")]
+    pub sweep_every: Duration,
+}
+
+impl Default for BlobSettings {
+    fn default() -> Self {
+        Self {
+            path: default_blobs_path(),
+            keep_above_kib: default_keep_above_kib(),
+            delivery_memory_mib: default_delivery_memory_mib(),
+            sweep_every: default_sweep_every(),
+        }
+    }
+}
+
+fn default_blobs_path() -> PathBuf {
+    "var/blobs".into()
+}
+fn default_keep_above_kib() -> usize {
+    64
+}
+fn default_delivery_memory_mib() -> usize {
+    256
+}
+fn default_sweep_every() -> Duration {
+    Duration::from_secs(60)
+}
+
 /// One back office that receives documents.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -291,7 +361,7 @@ fn default_body_timeout() -> Duration {
     Duration::from_secs(300)
 }
 fn default_max_body_bytes() -> usize {
-    32 * 1024 * 1024
+    40 * 1024 * 1024
 }
 fn default_max_attachments() -> usize {
     crate::submission::Limits::default().attachments
@@ -410,6 +480,7 @@ impl Config {
         config.base_dir = base.to_path_buf();
         config.mappings = base.join(&config.mappings);
         config.store.path = base.join(&config.store.path);
+        config.blobs.path = base.join(&config.blobs.path);
         if let Some(ca_file) = &mut config.broker.ca_file {
             *ca_file = base.join(&*ca_file);
         }

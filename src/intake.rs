@@ -25,10 +25,11 @@ use serde_json::json;
 use tracing::Instrument;
 use tracing::field::Empty;
 use sha2::{Digest, Sha256};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use crate::access;
+use crate::blobs::BlobStore;
+use crate::budget::{MemoryBudget, Reserved};
 use crate::broker::{BrokerError, Publisher, long_string};
 use crate::domain::SenderName;
 use crate::metrics::{Metrics, ProblemLabel, ServiceLabel};
@@ -58,21 +59,19 @@ pub struct Intake {
     pub metrics: Arc<Metrics>,
     /// What a submission may hold beyond the body size.
     pub limits: crate::submission::Limits,
-    /// Intake's memory for request bodies, in KiB permits; see [`Admitted`].
-    pub room: Arc<Semaphore>,
+    /// Intake's memory for request bodies (`http.intake_memory_mib`); see
+    /// [`Admitted`].
+    pub room: MemoryBudget,
     /// The largest body (`http.max_body_bytes`): what a request without a
     /// declared length may still send.
     pub max_body_bytes: usize,
     /// Longest a body may take to arrive (`http.body_timeout`), so that a
     /// slow upload cannot hold its room for ever.
     pub body_timeout: Duration,
-}
-
-impl Intake {
-    /// Room for `mib` MiB of request bodies at once.
-    pub fn memory_for_bodies(mib: usize) -> Arc<Semaphore> {
-        Arc::new(Semaphore::new(mib.saturating_mul(1024).min(Semaphore::MAX_PERMITS)))
-    }
+    /// Where attachments of at least `keep_above_bytes` wait instead of
+    /// travelling in the message (the claim check).
+    pub blobs: BlobStore,
+    pub keep_above_bytes: usize,
 }
 
 /// A submission request let in before its body is read: its sender,
@@ -86,7 +85,7 @@ impl Intake {
 pub struct Admitted {
     pipeline: Arc<Pipeline>,
     sender: Arc<Sender>,
-    _room: OwnedSemaphorePermit,
+    _room: Reserved,
 }
 
 impl FromRequestParts<Arc<Intake>> for Admitted {
@@ -100,8 +99,7 @@ impl FromRequestParts<Arc<Intake>> for Admitted {
         // A body over the limit is refused by the body limit with 413; it
         // needs no more room than the largest body to be read that far.
         let bytes = declared.unwrap_or(intake.max_body_bytes).min(intake.max_body_bytes);
-        let permits = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
-        let room = intake.room.clone().try_acquire_many_owned(permits).map_err(|_| {
+        let room = intake.room.try_reserve(bytes as u64).ok_or_else(|| {
             Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "busy",
@@ -187,8 +185,9 @@ async fn accept(
     // One hash of the body serves the ledger and the idempotency check.
     let body_sha256: [u8; 32] = Sha256::digest(&body).into();
     let idempotency = idempotency_key(headers, body_sha256, &sender.name)?;
+    let keyed = idempotency.is_some();
 
-    let submission = Submission::parse(&body, &intake.limits).map_err(|invalid| match invalid {
+    let mut submission = Submission::parse(&body, &intake.limits).map_err(|invalid| match invalid {
         InvalidSubmission::Malformed(reason) => Problem::new(
             StatusCode::BAD_REQUEST,
             "malformed-json",
@@ -284,6 +283,16 @@ async fn accept(
     let span = tracing::Span::current();
     span.record("submission", tracing::field::display(id));
     span.record("service", submission.service.as_str());
+    for (index, content) in submission.attachments_from(intake.keep_above_bytes) {
+        match intake.blobs.put(id, body.slice_ref(content.as_bytes()), pipeline.sealer.clone()).await {
+            Ok(blob) => submission.keep_out(index, blob),
+            Err(error) => {
+                forget(intake, id, keyed).await;
+                tracing::error!(event = "blob_store_failed", submission = %id, error = %error, "could not store an attachment");
+                return Err(unavailable("the attachments could not be stored; nothing was accepted"));
+            }
+        }
+    }
     let mut headers = FieldTable::default();
     crate::telemetry::inject_trace_context(&mut headers);
     headers.insert(crate::retry::header::SERVICE.into(), long_string(submission.service.as_str()));
@@ -303,15 +312,27 @@ async fn accept(
             Ok(accepted(id))
         }
         Err(error) => {
-            if let Err(e) = intake.store.abandon_intake(id).await {
-                tracing::error!(event = "store_failed", submission = %id, error = %e, "could not forget unpublished submission");
-            }
+            forget(intake, id, keyed).await;
             tracing::warn!(event = "submission_refused", submission = %id, error = %error, "broker did not take the submission");
             Err(match error {
                 BrokerError::Unroutable(_) => unavailable("the broker has no queue for this route; an operator must check the topology"),
                 _ => unavailable("the message broker is unavailable; nothing was accepted"),
             })
         }
+    }
+}
+
+/// Undoes what intake recorded and stored for a submission the broker did
+/// not confirm. With an idempotency key the record and the attachments
+/// stay: the broker may have the message after all, and the client's retry
+/// resumes under the same id (see [`Store::abandon_intake`]).
+async fn forget(intake: &Intake, id: Uuid, keyed: bool) {
+    if let Err(e) = intake.store.abandon_intake(id).await {
+        tracing::error!(event = "store_failed", submission = %id, error = %e, "could not forget unpublished submission");
+    }
+    if !keyed && let Err(e) = intake.blobs.remove(id).await {
+        // The sweep removes them later: the ledger no longer knows the id.
+        tracing::warn!(event = "blob_store_failed", submission = %id, error = %e, "could not remove the attachments of a refused submission");
     }
 }
 

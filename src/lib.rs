@@ -8,6 +8,8 @@
 //!   in the [`store`], publishes it once through the [`broker`] with a
 //!   publisher confirm, and only then answers `202`. Errors are
 //!   [`problem`] documents.
+//!   Large attachments wait in the [`blobs`] store (the claim check);
+//!   the message names them.
 //! * [`broker`]: RabbitMQ topology (exchange, per-target work and parking
 //!   queues) and confirmed publishing.
 //! * [`worker`]: one consumer per target; renders the target's [`mapping`]
@@ -26,13 +28,17 @@
 //! * [`access`] decides who may hand in, read and act on what (senders,
 //!   tenants, operators); [`tls`] serves HTTPS and hands intake the
 //!   client certificate a sender presented.
+//! * [`budget`] bounds the memory of bodies at intake and of attachments
+//!   in deliveries.
 //! * [`app`] starts and stops everything; [`telemetry`] sets up logging
 //!   and the optional OpenTelemetry trace export;
 //!   [`demo`] runs the self-contained demonstration.
 
 pub mod access;
 pub mod app;
+pub mod blobs;
 pub mod broker;
+pub mod budget;
 pub mod config;
 pub mod connectors;
 pub mod dashboard;

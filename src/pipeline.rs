@@ -47,7 +47,7 @@ pub struct Pipeline {
     pub senders: Senders,
     pub operators: Operators,
     /// Seals what intake publishes, opens what workers take.
-    pub sealer: Sealer,
+    pub sealer: Arc<Sealer>,
 }
 
 /// The pipeline in use; a reload swaps it whole, so that a submission is
@@ -79,6 +79,7 @@ impl Pipeline {
         let tenancy = Tenancy::new(config).map_err(|p| problems.extend(p)).unwrap_or_default();
         let operators = Operators::new(&config.operators, &tenancy).map_err(|p| problems.extend(p)).unwrap_or_default();
         let sealer = Sealer::new(config.encryption.as_ref(), &Context::new(&config.base_dir))
+            .map(Arc::new)
             .map_err(|p| problems.extend(p))
             .unwrap_or_default();
         let mut mappings: BTreeMap<&std::path::Path, Arc<Mapping>> = BTreeMap::new();

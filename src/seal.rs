@@ -184,6 +184,116 @@ impl Sealer {
     }
 }
 
+/// Attachments in the blob store (see [`crate::blobs`]) are sealed in
+/// chunks, so that a file of many megabytes is sealed and opened a chunk at
+/// a time, never as one buffer (the STREAM construction of Hoang,
+/// Reyhanitabar, Rogaway and Vizár, as in age and Tink):
+///
+/// ```text
+/// "ASB2" | key id length (1 byte) | key id | nonce prefix (7 bytes) | chunk ... | last chunk
+/// chunk i: up to 64 KiB of ciphertext and its tag, nonce = prefix | i (4 bytes BE) | 1 if last else 0
+/// ```
+///
+/// The last-chunk flag in the nonce makes a truncated file fail to open;
+/// the chunk number, a reordered one. The associated data binds the blob
+/// to its submission; the blob store checks the plaintext's SHA-256 (its
+/// name) on reading, so blobs of one submission cannot be swapped either.
+const BLOB_MAGIC: &[u8; 4] = b"ASB2";
+pub const BLOB_CHUNK: usize = 64 * 1024;
+const BLOB_NONCE_PREFIX: usize = 7;
+
+/// Seals one blob, chunk by chunk; made by [`Sealer::seal_blob`].
+pub struct BlobSealer<'k> {
+    key: &'k LessSafeKey,
+    aad: Vec<u8>,
+    prefix: [u8; BLOB_NONCE_PREFIX],
+    counter: u32,
+}
+
+impl BlobSealer<'_> {
+    /// Seals `chunk` (at most [`BLOB_CHUNK`] bytes; only the last may be
+    /// shorter) where it lies and appends its tag.
+    pub fn seal_chunk(&mut self, chunk: &mut Vec<u8>, last: bool) {
+        assert!(chunk.len() <= BLOB_CHUNK, "blob chunks are at most BLOB_CHUNK bytes");
+        let nonce = blob_nonce(&self.prefix, self.counter, last);
+        self.counter = self.counter.checked_add(1).expect("a blob has fewer than 2^32 chunks (256 TiB)");
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(nonce, Aad::from(self.aad.as_slice()), chunk)
+            .expect("AES-GCM seals any chunk");
+        chunk.extend_from_slice(tag.as_ref());
+    }
+}
+
+fn blob_nonce(prefix: &[u8; BLOB_NONCE_PREFIX], counter: u32, last: bool) -> Nonce {
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce[..BLOB_NONCE_PREFIX].copy_from_slice(prefix);
+    nonce[BLOB_NONCE_PREFIX..NONCE_LEN - 1].copy_from_slice(&counter.to_be_bytes());
+    nonce[NONCE_LEN - 1] = u8::from(last);
+    Nonce::assume_unique_for_key(nonce)
+}
+
+fn blob_aad(key_id: &str, submission: &str) -> Vec<u8> {
+    [BLOB_MAGIC.as_slice(), key_id.as_bytes(), b"\0", submission.as_bytes()].concat()
+}
+
+impl Sealer {
+    /// Starts sealing a blob of `submission`: the header to write before
+    /// the chunks, and their sealer. `None` when sealing is off.
+    pub fn seal_blob(&self, submission: &str) -> Option<(Vec<u8>, BlobSealer<'_>)> {
+        let (id, key) = self.sealing.as_ref()?;
+        let mut prefix = [0u8; BLOB_NONCE_PREFIX];
+        aws_lc_rs::rand::fill(&mut prefix).expect("the system's random source works");
+        let header = [BLOB_MAGIC.as_slice(), &[id.len() as u8], id.as_bytes(), &prefix].concat();
+        Some((header, BlobSealer { key, aad: blob_aad(id, submission), prefix, counter: 0 }))
+    }
+
+    /// The plaintext of a sealed blob of `submission`, opened chunk by
+    /// chunk where it lies.
+    pub fn open_blob(&self, submission: &str, mut stored: Vec<u8>) -> Result<Vec<u8>, SealError> {
+        let rest = stored.strip_prefix(BLOB_MAGIC.as_slice()).ok_or(SealError::NotSealed)?;
+        let (&id_len, rest) = rest.split_first().ok_or(SealError::Damaged)?;
+        let id_len = usize::from(id_len);
+        if rest.len() < id_len + BLOB_NONCE_PREFIX {
+            return Err(SealError::Damaged);
+        }
+        let id = std::str::from_utf8(&rest[..id_len]).map_err(|_| SealError::Damaged)?.to_owned();
+        let prefix: [u8; BLOB_NONCE_PREFIX] = rest[id_len..id_len + BLOB_NONCE_PREFIX].try_into().expect("7 bytes");
+        let key = match &self.sealing {
+            Some((current, key)) if *current == id => key,
+            _ => self.keys.get(&id).ok_or_else(|| SealError::UnknownKey(id.clone()))?,
+        };
+        let aad = blob_aad(&id, submission);
+        let tag_len = AES_256_GCM.tag_len();
+        let (mut read, mut written, mut counter) = (BLOB_MAGIC.len() + 1 + id_len + BLOB_NONCE_PREFIX, 0, 0u32);
+        loop {
+            let sealed_len = (stored.len() - read).min(BLOB_CHUNK + tag_len);
+            if sealed_len < tag_len {
+                return Err(SealError::Damaged);
+            }
+            let last = read + sealed_len == stored.len();
+            let nonce = blob_nonce(&prefix, counter, last);
+            let plain = key
+                .open_in_place(nonce, Aad::from(aad.as_slice()), &mut stored[read..read + sealed_len])
+                .map_err(|_| SealError::Damaged)?
+                .len();
+            stored.copy_within(read..read + plain, written);
+            read += sealed_len;
+            written += plain;
+            if last {
+                stored.truncate(written);
+                return Ok(stored);
+            }
+            counter = counter.checked_add(1).ok_or(SealError::Damaged)?;
+        }
+    }
+}
+
+/// Whether a message body is sealed (or claims to be).
+pub fn is_sealed(body: &[u8]) -> bool {
+    body.starts_with(MAGIC)
+}
+
 /// What a sealed body is bound to besides its own bytes.
 fn aad(key_id: &str, message_id: &str, region: &str) -> Vec<u8> {
     [MAGIC.as_slice(), key_id.as_bytes(), b"\0", message_id.as_bytes(), b"\0", region.as_bytes()].concat()
@@ -249,6 +359,35 @@ mod tests {
         let problems = Sealer::new(Some(&config), &Context::new(dir.path())).unwrap_err();
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems.iter().all(|p| !p.contains("abcdef")), "{problems:?}");
+    }
+
+    #[test]
+    fn a_sealed_blob_opens_only_whole_and_for_its_submission() {
+        let dir = tempfile::tempdir().unwrap();
+        let sealer = sealer(dir.path(), &[("a", KEY_A)], "a");
+        for len in [0, 1, BLOB_CHUNK - 1, BLOB_CHUNK, BLOB_CHUNK + 1, 3 * BLOB_CHUNK + 17] {
+            let plaintext: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let (mut stored, mut chunks) = sealer.seal_blob("s1").unwrap();
+            let pieces: Vec<&[u8]> = if len == 0 { vec![&[]] } else { plaintext.chunks(BLOB_CHUNK).collect() };
+            for (i, piece) in pieces.iter().enumerate() {
+                let mut chunk = piece.to_vec();
+                chunks.seal_chunk(&mut chunk, i + 1 == pieces.len());
+                stored.extend_from_slice(&chunk);
+            }
+            assert!(stored.starts_with(b"ASB2\x01a"));
+            assert_eq!(sealer.open_blob("s1", stored.clone()).unwrap(), plaintext, "{len} bytes");
+            assert_eq!(sealer.open_blob("s2", stored.clone()), Err(SealError::Damaged), "another submission's");
+            if len > BLOB_CHUNK {
+                let header = 4 + 1 + 1 + 7;
+                let cut = stored.len() - (stored.len() - header) % (BLOB_CHUNK + 16);
+                assert_eq!(sealer.open_blob("s1", stored[..cut].to_vec()), Err(SealError::Damaged), "the last chunk cut off");
+            }
+            let mut flipped = stored.clone();
+            *flipped.last_mut().unwrap() ^= 1;
+            assert_eq!(sealer.open_blob("s1", flipped), Err(SealError::Damaged));
+        }
+        assert!(Sealer::default().seal_blob("s1").is_none(), "sealing off");
+        assert_eq!(sealer.open_blob("s1", b"%PDF-1.7".to_vec()), Err(SealError::NotSealed));
     }
 
     #[test]

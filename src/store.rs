@@ -459,6 +459,11 @@ pub trait Store: Send + Sync + 'static {
     async fn prune(&self, before: OffsetDateTime, limit: u32) -> Result<u64, StoreError>;
     /// Proves the store takes writes (for `/readyz`).
     async fn check_writable(&self) -> Result<(), StoreError>;
+    /// Of `ids`, the submissions no delivery needs any more: each of
+    /// their deliveries delivered or discarded, the last before `before`,
+    /// or unknown to the ledger (refused, or pruned). Their attachments
+    /// may go (see [`crate::blobs`]).
+    async fn finished_among(&self, ids: Vec<Uuid>, before: OffsetDateTime) -> Result<Vec<Uuid>, StoreError>;
 }
 
 /// Submissions [`prune_periodically`] removes per write, so that pruning
@@ -1192,6 +1197,24 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn finished_among(&self, ids: Vec<Uuid>, before: OffsetDateTime) -> Result<Vec<Uuid>, StoreError> {
+        self.read(move |conn| {
+            let before = timestamp(before);
+            let mut open = conn.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM deliveries WHERE submission_id = ?1
+                                AND (state NOT IN ('delivered', 'discarded') OR updated_at >= ?2))",
+            )?;
+            let mut finished = Vec::new();
+            for id in ids {
+                if !open.query_row(params![id.to_string(), before], |r| r.get::<_, bool>(0))? {
+                    finished.push(id);
+                }
+            }
+            Ok(finished)
+        })
+        .await
+    }
+
     async fn check_writable(&self) -> Result<(), StoreError> {
         self.write(|conn| {
             conn.execute("INSERT INTO health (id, at) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET at = excluded.at", [now()])?;
@@ -1287,6 +1310,32 @@ mod tests {
         store.begin_intake(submission(id), None).await.unwrap();
         store.abandon_intake(id).await.unwrap();
         assert!(store.status(id).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_submission_is_finished_with_once_every_delivery_is_delivered_or_discarded() {
+        let (_dir, store) = temp_store();
+        let (done, half, unknown) = (accepted(&store, submission(Uuid::new_v4())).await, accepted(&store, submission(Uuid::new_v4())).await, Uuid::new_v4());
+        let parked = AttemptResult::Parked { reason: "target-rejected", error: "HTTP 422".into() };
+        store.record_attempt(attempt(done, "a", delivered("HTTP 201"))).await.unwrap();
+        store.record_attempt(attempt(done, "b", parked.clone())).await.unwrap();
+        store.record_attempt(attempt(half, "a", delivered("HTTP 201"))).await.unwrap();
+        let finished = |before: OffsetDateTime| store.finished_among(vec![done, half, unknown], before);
+        let later = OffsetDateTime::now_utc() + Duration::from_secs(60);
+        assert_eq!(finished(later).await.unwrap(), vec![unknown], "parked and queued deliveries still need their submission");
+        store
+            .record_operator_action(OperatorRecord {
+                operator: "alice".into(),
+                action: OperatorAction::Discard,
+                target: "b".into(),
+                submission_id: done.to_string(),
+                parked_reason: "target-rejected".into(),
+                comment: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(finished(later).await.unwrap(), vec![done, unknown]);
+        assert_eq!(finished(OffsetDateTime::now_utc() - Duration::from_secs(60)).await.unwrap(), vec![unknown], "not finished long enough");
     }
 
     #[tokio::test]

@@ -5,7 +5,8 @@
 //! JSON pointer. What goes onto the queue is the envelope with amtsbote's
 //! id and receive time added; form data and attachment contents are copied
 //! through as received (no re-encoding of base64, no re-serialization of
-//! the form data).
+//! the form data), except that a large attachment is named by its blob
+//! (`"blob": "<sha256>"`) instead of carried (see [`crate::blobs`]).
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -106,8 +107,13 @@ struct Attachment<'a> {
     /// A file name for packages: the name, made unique among the
     /// submission's attachments (`scan.pdf`, `scan (2).pdf`).
     file: String,
-    /// Base64, exactly as received.
-    content: &'a str,
+    /// Base64, exactly as received; `None` once the attachment is kept
+    /// in the blob store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+    /// The attachment in the blob store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    blob: Option<crate::blobs::BlobId>,
 }
 
 /// The message on the queue: what workers and mappings see.
@@ -264,7 +270,8 @@ impl<'a> Submission<'a> {
                     name: a.name,
                     media_type: a.media_type,
                     purpose: a.purpose,
-                    content: a.content,
+                    content: Some(a.content),
+                    blob: None,
                 });
             }
         }
@@ -292,6 +299,25 @@ impl<'a> Submission<'a> {
             FormData::Xml { tree, .. } => tree,
         };
         serde_json::from_str(raw.get()).expect("validated JSON")
+    }
+
+    /// The attachments of at least `bytes` decoded bytes that still travel
+    /// in the message: their index and base64 content.
+    pub fn attachments_from(&self, bytes: usize) -> Vec<(usize, &'a str)> {
+        self.attachments
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.size >= bytes)
+            .filter_map(|(index, a)| Some((index, a.content?)))
+            .collect()
+    }
+
+    /// From now on the message names attachment `index` by `blob` instead
+    /// of carrying its content.
+    pub fn keep_out(&mut self, index: usize, blob: crate::blobs::BlobId) {
+        let attachment = &mut self.attachments[index];
+        attachment.content = None;
+        attachment.blob = Some(blob);
     }
 
     /// The message body for the queue.

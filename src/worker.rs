@@ -15,13 +15,21 @@
 //!   confirm) to the target's parking queue with the [`ParkReason`].
 //!
 //! If that publish fails the message is returned to the queue instead.
+//!
+//! Attachments in the blob store are read only for the delivery that needs
+//! them, after the delivery has room in the shared delivery memory budget
+//! (`blobs.delivery_memory_mib`): a package takes them as files (they never
+//! pass through the mapping); any other mapping gets them as `content`,
+//! encoded in its sandbox process.
 //! The consumer loop reconnects with backon's exponential backoff after the
 //! broker went away; unacknowledged messages return to the queue.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use amtsbote_connector::{Delivery, Outcome, Payload};
+use bytes::Bytes;
 use futures_lite::StreamExt;
 use lapin::message::Delivery as AmqpDelivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions};
@@ -33,13 +41,16 @@ use tracing::Instrument;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::blobs::{BlobError, BlobId, BlobStore};
 use crate::broker::{self, BrokerError, Outgoing, Topology, long_string};
+use crate::budget::MemoryBudget;
 use crate::domain::{delivery_id, hex, sha256_hex};
 use crate::metrics::{AttemptOutcome, Metrics, ParkLabels};
-use crate::mapping::Mapping;
+use crate::mapping::{Mapping, PackageFormat, Rendition};
 use crate::mapping::sandbox::{EvalError, Sandbox};
 use crate::pipeline::{MappingVersions, SharedPipeline, Target};
 use crate::retry::{self, History};
+use crate::seal::Sealer;
 use crate::store::{AttemptRecord, AttemptResult, Fingerprint, Rendering, Store};
 
 pub struct Worker {
@@ -54,6 +65,9 @@ pub struct Worker {
     pub sandbox: Arc<Sandbox>,
     pub versions: Arc<MappingVersions>,
     pub metrics: Arc<Metrics>,
+    pub blobs: BlobStore,
+    /// Shared by all workers: bounds the attachments they hold at once.
+    pub delivery_memory: MemoryBudget,
 }
 
 /// A connection that stayed up this long was healthy: the next loss starts
@@ -284,15 +298,43 @@ impl Worker {
             tracing::error!(event = "outside_tenant", region, "a submission of another tenant's region reached this target; parked");
             return refused(ParkReason::OutsideTenant(format!("region {region:?} is not of the target's tenant")));
         }
-        let opened = self.pipeline.load().sealer.open(message_id, region, body);
-        let body = match opened {
+        let sealer = self.pipeline.load().sealer.clone();
+        let sealed = crate::seal::is_sealed(body);
+        let body = match sealer.open(message_id, region, body) {
             Ok(body) => body,
             Err(e) => return refused(ParkReason::Undecodable(e.to_string())),
         };
+        // A message that does not read is the mapping's to refuse.
+        let StoredAttachments { attachments } = serde_json::from_slice(&body).unwrap_or_default();
+        let stored: Vec<(usize, BlobId, u64)> =
+            attachments.iter().enumerate().filter_map(|(index, a)| Some((index, a.blob?, a.size))).collect();
+        // What the delivery will hold at most: the attachments, and the zip
+        // made of them, or their base64 in the document.
+        let holds = match mapping.package_format() {
+            Some(PackageFormat::Folder) => 1,
+            Some(PackageFormat::Zip) => 2,
+            None => 3,
+        };
+        let _room = match stored.iter().map(|(_, _, size)| size).sum::<u64>() {
+            0 => None,
+            bytes => Some(self.delivery_memory.reserve(bytes.saturating_mul(holds)).await),
+        };
+        let read = |blobs: Vec<BlobId>| self.read_stored(id, blobs, sealed, sealer.clone());
+        // A package takes stored attachments as files; any other mapping
+        // reads them as `content`.
+        let attached = match mapping.package_format() {
+            Some(_) => Vec::new(),
+            None => match read(stored.iter().map(|(_, blob, _)| *blob).collect()).await {
+                Ok(read) => stored.iter().map(|(index, blob, _)| (*index, read[blob].clone())).collect(),
+                Err(failure) => return stopped(Rendering::NotReached, failure),
+            },
+        };
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let mapping_span = tracing::info_span!("mapping", version = mapping.version());
-        let payload = match self.sandbox.render(mapping, &body, now).instrument(mapping_span).await {
-            Ok(payload) => payload,
+        let rendition = self.sandbox.render(mapping, &body, &attached, now).instrument(mapping_span).await;
+        drop(attached);
+        let rendition = match rendition {
+            Ok(rendition) => rendition,
             Err(e) => {
                 if matches!(e, EvalError::Mapping(_) | EvalError::Undecodable(_)) {
                     self.metrics.mapping_errors.get_or_create(&Metrics::for_target(&target.name)).inc();
@@ -303,6 +345,10 @@ impl Worker {
                     unavailable @ EvalError::Unavailable(_) => Failure::Transient { reason: unavailable.to_string(), retry_after: None },
                 });
             }
+        };
+        let payload = match self.finish(id, rendition, sealed, sealer).await {
+            Ok(payload) => payload,
+            Err(failure) => return stopped(Rendering::Failed, failure),
         };
         let rendering = Rendering::Rendered(fingerprint(&payload));
         let delivery = Delivery {
@@ -322,6 +368,44 @@ impl Worker {
             Outcome::Permanent { reason } => Err(Failure::Park(ParkReason::Rejected(reason))),
         };
         Attempt { rendering, duration, result }
+    }
+
+    /// Reads `blobs` of `submission` from the blob store. A blob that is
+    /// gone or does not open is parked; one that cannot be read now (the
+    /// disk, the mount) is tried again.
+    async fn read_stored(&self, submission: Uuid, blobs: Vec<BlobId>, sealed: bool, sealer: Arc<Sealer>) -> Result<HashMap<BlobId, Bytes>, Failure> {
+        let mut read = HashMap::with_capacity(blobs.len());
+        for blob in blobs {
+            if read.contains_key(&blob) {
+                continue;
+            }
+            match self.blobs.get(submission, blob, sealed, sealer.clone()).await {
+                Ok(bytes) => {
+                    read.insert(blob, bytes);
+                }
+                Err(e @ (BlobError::Missing(_) | BlobError::Damaged { .. })) => {
+                    tracing::error!(event = "blob_unreadable", blob = %blob, error = %e, "an attachment of this delivery is gone or damaged");
+                    return Err(Failure::Park(ParkReason::Undecodable(e.to_string())));
+                }
+                Err(e) => return Err(Failure::Transient { reason: e.to_string(), retry_after: None }),
+            }
+        }
+        Ok(read)
+    }
+
+    /// The connector's payload: a package's stored attachments read in, a
+    /// zip zipped (off the async threads: it copies every byte).
+    async fn finish(&self, submission: Uuid, rendition: Rendition, sealed: bool, sealer: Arc<Sealer>) -> Result<Payload, Failure> {
+        let stored = self.read_stored(submission, rendition.stored().collect(), sealed, sealer).await?;
+        let zips = matches!(rendition, Rendition::Package { format: PackageFormat::Zip, .. });
+        let finished = if zips {
+            tokio::task::spawn_blocking(move || rendition.into_payload(&stored))
+                .await
+                .unwrap_or_else(|e| Err(format!("packing failed: {e}")))
+        } else {
+            rendition.into_payload(&stored)
+        };
+        finished.map_err(|message| Failure::Park(ParkReason::Mapping(message)))
     }
 
     /// Publishes the message, with confirm, to the delay queue of a retry
@@ -352,6 +436,22 @@ impl Worker {
         )
         .await
     }
+}
+
+/// What the worker reads of a message before mapping it: which attachments
+/// are in the blob store.
+#[derive(Default, serde::Deserialize)]
+struct StoredAttachments {
+    #[serde(default)]
+    attachments: Vec<AttachmentRef>,
+}
+
+#[derive(serde::Deserialize)]
+struct AttachmentRef {
+    #[serde(default)]
+    blob: Option<BlobId>,
+    #[serde(default)]
+    size: u64,
 }
 
 /// One attempt: what the mapping made and what the target said.

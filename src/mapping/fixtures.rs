@@ -215,10 +215,11 @@ async fn check(mapping: &Mapping, fixture: &Fixture, evaluator: &Evaluator<'_>, 
             let value: Val = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
             mapping.render(&value, now).map_err(|e| e.to_string())
         }
-        Evaluator::Sandbox(sandbox) => sandbox.render(mapping, &bytes, now).await.map_err(|e| match e {
-            EvalError::Mapping(e) => e.to_string(),
-            other => format!("sandbox: {other}"),
-        }),
+        Evaluator::Sandbox(sandbox) => match sandbox.render(mapping, &bytes, &[], now).await {
+            Ok(rendition) => rendition.into_payload(&Default::default()),
+            Err(EvalError::Mapping(e)) => Err(e.to_string()),
+            Err(other) => Err(format!("sandbox: {other}")),
+        },
     };
     match (&fixture.expected, result) {
         (Expected::Error(path), Err(actual)) => {

@@ -35,11 +35,15 @@ mod xml;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use amtsbote_connector::Payload;
+use std::collections::HashMap;
+
+use amtsbote_connector::{PackageFile, Payload};
+use bytes::Bytes;
 use jaq_json::Val;
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
+use crate::blobs::BlobId;
 use crate::config::FileError;
 use codelist::CodeList;
 use expr::{Expr, Globals};
@@ -292,10 +296,17 @@ impl Mapping {
         self.compiled.package.as_ref().map(|p| p.format)
     }
 
+    /// Renders one submission whose attachments all travel in it (as in
+    /// fixtures and tests): [`rendition`](Self::rendition), finished.
+    pub fn render(&self, submission: &Val, now: i64) -> Result<Payload, RenderError> {
+        let rendition = self.rendition(submission, now)?;
+        rendition.into_payload(&std::collections::HashMap::new()).map_err(|message| mapping_error(self, message))
+    }
+
     /// Renders the document for one submission (the JSON the worker
     /// receives, see [`crate::submission`]); `now` is what the `now`
     /// function returns, in seconds since 1970.
-    pub fn render(&self, submission: &Val, now: i64) -> Result<Payload, RenderError> {
+    pub fn rendition(&self, submission: &Val, now: i64) -> Result<Rendition, RenderError> {
         let codelists = Val::obj(
             self.source
                 .codelists
@@ -318,8 +329,96 @@ impl Mapping {
             schema.validate(&body).map_err(|m| scope.plain_error("document", &m))?;
         }
         match &compiled.package {
-            None => Ok(Payload::Document { content_type: compiled.content_type.clone(), body: body.into() }),
+            None => Ok(Rendition::Document { content_type: compiled.content_type.clone(), body: body.into() }),
             Some(package) => package.pack(body, &scope, received_at(submission).unwrap_or(now)),
+        }
+    }
+}
+
+/// An error of the mapping as a whole, not of one place in it.
+pub(crate) fn mapping_error(mapping: &Mapping, message: String) -> RenderError {
+    RenderError { file: mapping.file().to_owned(), line: 0, path: "document".into(), expression: None, message }
+}
+
+/// What a mapping made of a submission: a document, or a package whose
+/// files may include attachments still in the blob store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rendition {
+    Document { content_type: String, body: Bytes },
+    Package {
+        format: PackageFormat,
+        /// The time stamp of zip entries, seconds since 1970.
+        modified: i64,
+        files: Vec<PackedFile>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackedFile {
+    pub path: String,
+    pub content: PackedContent,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PackedContent {
+    Bytes(Bytes),
+    /// An attachment of the submission in the blob store.
+    Stored(BlobId),
+}
+
+impl Rendition {
+    /// The attachments the package takes from the blob store.
+    pub fn stored(&self) -> impl Iterator<Item = BlobId> + '_ {
+        let files = match self {
+            Rendition::Package { files, .. } => files.as_slice(),
+            Rendition::Document { .. } => &[],
+        };
+        files.iter().filter_map(|f| match f.content {
+            PackedContent::Stored(blob) => Some(blob),
+            PackedContent::Bytes(_) => None,
+        })
+    }
+
+    /// Bytes the rendition holds itself (stored attachments not counted).
+    pub fn len(&self) -> usize {
+        match self {
+            Rendition::Document { body, .. } => body.len(),
+            Rendition::Package { files, .. } => files
+                .iter()
+                .map(|f| match &f.content {
+                    PackedContent::Bytes(b) => b.len(),
+                    PackedContent::Stored(_) => 0,
+                })
+                .sum(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The payload for the connector: stored attachments taken from
+    /// `stored`, a zip package zipped.
+    pub fn into_payload(self, stored: &HashMap<BlobId, Bytes>) -> Result<Payload, String> {
+        let (format, modified, files) = match self {
+            Rendition::Document { content_type, body } => return Ok(Payload::Document { content_type, body }),
+            Rendition::Package { format, modified, files } => (format, modified, files),
+        };
+        let files = files
+            .into_iter()
+            .map(|file| {
+                let content = match file.content {
+                    PackedContent::Bytes(bytes) => bytes,
+                    PackedContent::Stored(blob) => {
+                        stored.get(&blob).cloned().ok_or_else(|| format!("attachment {blob} is kept in the blob store, which was not read"))?
+                    }
+                };
+                Ok(PackageFile { path: file.path, content })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        match format {
+            PackageFormat::Folder => Ok(Payload::Files(files)),
+            PackageFormat::Zip => Ok(Payload::Document { content_type: "application/zip".into(), body: package::zip(&files, modified)?.into() }),
         }
     }
 }

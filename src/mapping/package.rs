@@ -15,21 +15,25 @@
 //! ```
 //!
 //! `each` yields attachments of the submission (objects with `content` in
-//! base64); each is written under the path its `path` expression gives.
-//! Attachment bytes are decoded once and written as they are. Paths are
-//! checked: relative, no `..`, no empty or hidden parts, no two alike.
+//! base64, or `blob` for one kept in the blob store); each is written under
+//! the path its `path` expression gives. Attachment bytes are decoded once
+//! and written as they are; a stored attachment never passes through the
+//! mapping (its `content` is absent there): the worker reads it in when it
+//! finishes the package ([`Rendition::into_payload`]). Paths are checked:
+//! relative, no `..`, no empty or hidden parts, no two alike.
 
 use std::io::Write as _;
 
-use amtsbote_connector::{PackageFile, Payload};
+use amtsbote_connector::PackageFile;
 use base64::Engine as _;
 use jaq_json::Val;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
 use super::expr::Expr;
 use super::template::{TemplateError, compile_expr};
-use super::{RenderError, Scope};
+use super::{PackedContent, PackedFile, RenderError, Rendition, Scope};
+use crate::blobs::BlobId;
 
 /// The `package` section of a mapping file.
 #[derive(Debug, Deserialize)]
@@ -45,7 +49,7 @@ pub struct PackageSettings {
     pub files: Vec<FileSettings>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PackageFormat {
     Zip,
@@ -88,22 +92,32 @@ impl Package {
     /// Packs `document` with the files; `modified` (seconds since 1970) is
     /// the time stamp of every zip entry, so the same submission always
     /// packs to the same bytes.
-    pub fn pack(&self, document: Vec<u8>, scope: &Scope, modified: i64) -> Result<Payload, RenderError> {
-        let mut files = vec![PackageFile { path: self.path_of(&self.document, scope, "package/document")?, content: document.into() }];
+    pub fn pack(&self, document: Vec<u8>, scope: &Scope, modified: i64) -> Result<Rendition, RenderError> {
+        let path = self.path_of(&self.document, scope, "package/document")?;
+        let mut files = vec![PackedFile { path, content: PackedContent::Bytes(document.into()) }];
         for (i, (each, path)) in self.files.iter().enumerate() {
             let at = format!("package/files[{i}]");
             for item in scope.each(each, &at)? {
-                let content = match &item.current {
-                    Val::Obj(o) => o.get(&Val::from("content".to_owned())).cloned(),
+                let field = |name: &str| match &item.current {
+                    Val::Obj(o) => o.get(&Val::from(name.to_owned())).cloned(),
                     _ => None,
                 };
-                let Some(Val::TStr(base64)) = content else {
-                    return Err(scope.error(&format!("{at}/each"), each, "yields something that is not an attachment (an object with base64 content)".into()));
+                let not_an_attachment = || {
+                    scope.error(&format!("{at}/each"), each, "yields something that is not an attachment (an object with base64 content)".into())
                 };
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(&**base64)
-                    .map_err(|_| scope.error(&format!("{at}/each"), each, "an attachment's content is not base64".into()))?;
-                files.push(PackageFile { path: self.path_of(path, &item, &format!("{at}/path"))?, content: bytes.into() });
+                let content = match (field("content"), field("blob")) {
+                    (Some(Val::TStr(base64)), _) => PackedContent::Bytes(
+                        base64::engine::general_purpose::STANDARD
+                            .decode(&**base64)
+                            .map_err(|_| scope.error(&format!("{at}/each"), each, "an attachment's content is not base64".into()))?
+                            .into(),
+                    ),
+                    (None, Some(Val::TStr(blob))) => {
+                        PackedContent::Stored(std::str::from_utf8(&blob).ok().and_then(BlobId::parse).ok_or_else(not_an_attachment)?)
+                    }
+                    _ => return Err(not_an_attachment()),
+                };
+                files.push(PackedFile { path: self.path_of(path, &item, &format!("{at}/path"))?, content });
             }
         }
         let mut seen = std::collections::HashSet::new();
@@ -112,10 +126,7 @@ impl Package {
                 return Err(scope.plain_error("package", &format!("file {} of the package has the path of an earlier one", index + 1)));
             }
         }
-        match self.format {
-            PackageFormat::Folder => Ok(Payload::Files(files)),
-            PackageFormat::Zip => Ok(Payload::Document { content_type: "application/zip".into(), body: zip(&files, modified).map_err(|e| scope.plain_error("package", &e))?.into() }),
-        }
+        Ok(Rendition::Package { format: self.format, modified, files })
     }
 
     fn path_of(&self, expr: &Expr, scope: &Scope, at: &str) -> Result<String, RenderError> {
@@ -145,7 +156,7 @@ pub fn check_path(path: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn zip(files: &[PackageFile], modified: i64) -> Result<Vec<u8>, String> {
+pub(super) fn zip(files: &[PackageFile], modified: i64) -> Result<Vec<u8>, String> {
     let time = jiff::Timestamp::from_second(modified).unwrap_or(jiff::Timestamp::UNIX_EPOCH).to_zoned(jiff::tz::TimeZone::UTC);
     let stamp = zip::DateTime::from_date_and_time(
         time.year().clamp(1980, 2107) as u16,

@@ -12,14 +12,17 @@
 //!
 //! The parent sends each process a mapping's [`MappingSource`] once per
 //! version, then render requests that name the version. Frames are
-//! `[tag: u8][length: u32 LE][payload]`.
+//! `[tag: u8][length: u32 LE][payload]`. A render request carries the
+//! submission and, after it, the raw bytes of stored attachments the
+//! mapping reads as `content` (the sandbox encodes them; the server process
+//! never holds their base64). A package answer names stored attachments by
+//! blob instead of returning their bytes.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use amtsbote_connector::{PackageFile, Payload};
 use bytes::Bytes;
 use jaq_json::Val;
 use serde::{Deserialize, Serialize};
@@ -27,7 +30,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::Semaphore;
 
-use super::{Mapping, MappingSource, RenderError};
+use super::{Mapping, MappingSource, PackageFormat, PackedContent, PackedFile, RenderError, Rendition, mapping_error};
+use crate::blobs::BlobId;
 
 /// How mapping evaluations are bounded (the `sandbox` section of the
 /// configuration).
@@ -97,7 +101,7 @@ mod tag {
     /// The request made no sense (a bug, not the mapping's fault).
     pub const PROTOCOL_ERROR: u8 = b'P';
     pub const DOCUMENT: u8 = b'D';
-    pub const FILES: u8 = b'F';
+    pub const PACKAGE: u8 = b'F';
     pub const RENDER_ERROR: u8 = b'E';
     pub const UNDECODABLE: u8 = b'U';
     pub const LOAD_ERROR: u8 = b'X';
@@ -107,6 +111,17 @@ mod tag {
 struct RenderHeader {
     version: String,
     now: i64,
+    /// Stored attachments whose bytes follow the submission, in order.
+    #[serde(default)]
+    attached: Vec<Attached>,
+}
+
+/// The bytes of the submission's attachment number `index`, `len` long:
+/// its `content` for the mapping.
+#[derive(Serialize, Deserialize)]
+struct Attached {
+    index: usize,
+    len: usize,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -116,9 +131,19 @@ struct DocumentHeader {
 }
 
 #[derive(Serialize, Deserialize)]
+struct PackageHeader {
+    format: PackageFormat,
+    modified: i64,
+    files: Vec<FileHeader>,
+}
+
+/// A file of a package: `len` bytes in the answer, or a stored attachment.
+#[derive(Serialize, Deserialize)]
 struct FileHeader {
     path: String,
     len: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    blob: Option<BlobId>,
 }
 
 /// The pool of sandbox processes.
@@ -147,8 +172,10 @@ impl Sandbox {
         Ok(Arc::new(Self { settings, program, permits: Semaphore::new(processes), idle: Mutex::new(Vec::new()) }))
     }
 
-    /// Renders `submission` (the queued message's bytes) with `mapping`.
-    pub async fn render(&self, mapping: &Mapping, submission: &[u8], now: i64) -> Result<Payload, EvalError> {
+    /// Renders `submission` (the queued message's bytes) with `mapping`;
+    /// `attached` are the bytes of stored attachments (by index) that the
+    /// mapping reads as their `content`.
+    pub async fn render(&self, mapping: &Mapping, submission: &[u8], attached: &[(usize, Bytes)], now: i64) -> Result<Rendition, EvalError> {
         let _permit = self.permits.acquire().await.map_err(|_| EvalError::Unavailable("the sandbox is closed".into()))?;
         let idle = self.idle.lock().expect("sandbox pool lock").pop();
         let mut process = match idle {
@@ -156,7 +183,7 @@ impl Sandbox {
             None => self.spawn()?,
         };
         let limit = self.settings.time_limit;
-        match tokio::time::timeout(limit, Self::exchange(&mut process, mapping, submission, now)).await {
+        match tokio::time::timeout(limit, Self::exchange(&mut process, mapping, submission, attached, now)).await {
             Ok(Ok(answer)) => {
                 self.idle.lock().expect("sandbox pool lock").push(process);
                 answer
@@ -167,7 +194,7 @@ impl Sandbox {
                 let status = stop(&mut process).await;
                 tracing::warn!(event = "sandbox_crashed", mapping = mapping.file(), status = ?status, error = %io,
                     "a mapping evaluation ended its sandbox process");
-                Err(EvalError::Mapping(mapping_failure(
+                Err(EvalError::Mapping(mapping_error(
                     mapping,
                     format!(
                         "the evaluation crashed (stack overflow from deep recursion, or more than the memory limit of {} MiB)",
@@ -179,7 +206,7 @@ impl Sandbox {
                 stop(&mut process).await;
                 tracing::warn!(event = "sandbox_timeout", mapping = mapping.file(), limit_ms = limit.as_millis() as u64,
                     "a mapping evaluation ran past the time limit and was stopped");
-                Err(EvalError::Mapping(mapping_failure(
+                Err(EvalError::Mapping(mapping_error(
                     mapping,
                     format!("the evaluation took longer than the time limit of {}", humantime::format_duration(limit)),
                 )))
@@ -212,8 +239,9 @@ impl Sandbox {
         process: &mut Process,
         mapping: &Mapping,
         submission: &[u8],
+        attached: &[(usize, Bytes)],
         now: i64,
-    ) -> std::io::Result<Result<Payload, EvalError>> {
+    ) -> std::io::Result<Result<Rendition, EvalError>> {
         if !process.loaded.contains(mapping.version()) {
             let source = serde_json::to_vec(mapping.source()).expect("a mapping source serializes");
             write_frame(&mut process.stdin, tag::LOAD, &[&source]).await?;
@@ -224,8 +252,15 @@ impl Sandbox {
             }
             process.loaded.insert(mapping.version().to_owned());
         }
-        let header = serde_json::to_vec(&RenderHeader { version: mapping.version().to_owned(), now }).expect("serializes");
-        write_frame(&mut process.stdin, tag::RENDER, &[&header, b"\n", submission]).await?;
+        let header = RenderHeader {
+            version: mapping.version().to_owned(),
+            now,
+            attached: attached.iter().map(|(index, bytes)| Attached { index: *index, len: bytes.len() }).collect(),
+        };
+        let header = serde_json::to_vec(&header).expect("serializes");
+        let mut parts: Vec<&[u8]> = vec![&header, b"\n", submission];
+        parts.extend(attached.iter().map(|(_, bytes)| bytes.as_ref()));
+        write_frame(&mut process.stdin, tag::RENDER, &parts).await?;
         let (t, payload) = read_frame(&mut process.stdout).await?;
         Ok(decode_answer(t, payload))
     }
@@ -237,11 +272,7 @@ async fn stop(process: &mut Process) -> Option<std::process::ExitStatus> {
     process.child.wait().await.ok()
 }
 
-fn mapping_failure(mapping: &Mapping, message: String) -> RenderError {
-    RenderError { file: mapping.file().to_owned(), line: 0, path: "document".into(), expression: None, message }
-}
-
-fn decode_answer(t: u8, payload: Vec<u8>) -> Result<Payload, EvalError> {
+fn decode_answer(t: u8, payload: Vec<u8>) -> Result<Rendition, EvalError> {
     let bad = || EvalError::Unavailable("the sandbox sent an answer it should not".into());
     // Header line, then the bytes, sliced without copying them again.
     let split = |payload: Vec<u8>| -> Option<(Bytes, Bytes)> {
@@ -254,19 +285,26 @@ fn decode_answer(t: u8, payload: Vec<u8>) -> Result<Payload, EvalError> {
         tag::DOCUMENT => {
             let (header, body) = split(payload).ok_or_else(bad)?;
             let header: DocumentHeader = serde_json::from_slice(&header).map_err(|_| bad())?;
-            Ok(Payload::Document { content_type: header.content_type, body })
+            Ok(Rendition::Document { content_type: header.content_type, body })
         }
-        tag::FILES => {
+        tag::PACKAGE => {
             let (header, body) = split(payload).ok_or_else(bad)?;
-            let headers: Vec<FileHeader> = serde_json::from_slice(&header).map_err(|_| bad())?;
+            let header: PackageHeader = serde_json::from_slice(&header).map_err(|_| bad())?;
             let mut offset: usize = 0;
-            let mut files = Vec::with_capacity(headers.len());
-            for h in headers {
-                let end = offset.checked_add(h.len).filter(|&e| e <= body.len()).ok_or_else(bad)?;
-                files.push(PackageFile { path: h.path, content: body.slice(offset..end) });
-                offset = end;
+            let mut files = Vec::with_capacity(header.files.len());
+            for h in header.files {
+                let content = match h.blob {
+                    Some(blob) => PackedContent::Stored(blob),
+                    None => {
+                        let end = offset.checked_add(h.len).filter(|&e| e <= body.len()).ok_or_else(bad)?;
+                        let bytes = body.slice(offset..end);
+                        offset = end;
+                        PackedContent::Bytes(bytes)
+                    }
+                };
+                files.push(PackedFile { path: h.path, content });
             }
-            Ok(Payload::Files(files))
+            Ok(Rendition::Package { format: header.format, modified: header.modified, files })
         }
         tag::RENDER_ERROR => Err(EvalError::Mapping(serde_json::from_slice(&payload).map_err(|_| bad())?)),
         tag::UNDECODABLE => Err(EvalError::Undecodable(String::from_utf8_lossy(&payload).into_owned())),
@@ -365,30 +403,68 @@ fn render_request(mappings: &HashMap<String, Mapping>, payload: &[u8], output_li
     let Some(mapping) = mappings.get(&header.version) else {
         return (tag::PROTOCOL_ERROR, vec![Bytes::from_static(b"mapping version not loaded")]);
     };
-    let submission: Val = match serde_json::from_slice(&payload[newline + 1..]) {
+    let attached_len = header.attached.iter().try_fold(0usize, |sum, a| sum.checked_add(a.len));
+    let Some(message_end) = attached_len.and_then(|len| payload.len().checked_sub(len)).filter(|&end| end > newline) else {
+        return (tag::PROTOCOL_ERROR, vec![Bytes::from_static(b"malformed request")]);
+    };
+    let mut submission: Val = match serde_json::from_slice(&payload[newline + 1..message_end]) {
         Ok(v) => v,
         Err(e) => return (tag::UNDECODABLE, vec![format!("{:?}", e.classify()).into()]),
     };
-    let rendered = mapping.render(&submission, header.now).and_then(|payload| {
-        if payload.len() > output_limit {
-            Err(mapping_failure(mapping, format!("the output is larger than the limit of {} MiB", output_limit / (1024 * 1024))))
+    let mut offset = message_end;
+    for attached in &header.attached {
+        let bytes = &payload[offset..offset + attached.len];
+        offset += attached.len;
+        if !attach_content(&mut submission, attached.index, bytes) {
+            return (tag::PROTOCOL_ERROR, vec![Bytes::from_static(b"no such attachment")]);
+        }
+    }
+    let rendered = mapping.rendition(&submission, header.now).and_then(|rendition| {
+        if rendition.len() > output_limit {
+            Err(mapping_error(mapping, format!("the output is larger than the limit of {} MiB", output_limit / (1024 * 1024))))
         } else {
-            Ok(payload)
+            Ok(rendition)
         }
     });
     match rendered {
-        Ok(Payload::Document { content_type, body }) => {
+        Ok(Rendition::Document { content_type, body }) => {
             let header = serde_json::to_vec(&DocumentHeader { content_type }).expect("serializes");
             (tag::DOCUMENT, vec![header.into(), Bytes::from_static(b"\n"), body])
         }
-        Ok(Payload::Files(files)) => {
-            let headers: Vec<FileHeader> = files.iter().map(|f| FileHeader { path: f.path.clone(), len: f.content.len() }).collect();
-            let mut parts = vec![serde_json::to_vec(&headers).expect("serializes").into(), Bytes::from_static(b"\n")];
-            parts.extend(files.into_iter().map(|f| f.content));
-            (tag::FILES, parts)
+        Ok(Rendition::Package { format, modified, files }) => {
+            let mut header = PackageHeader { format, modified, files: Vec::with_capacity(files.len()) };
+            let mut bodies = Vec::with_capacity(files.len());
+            for file in files {
+                let (len, blob) = match file.content {
+                    PackedContent::Bytes(bytes) => {
+                        let len = bytes.len();
+                        bodies.push(bytes);
+                        (len, None)
+                    }
+                    PackedContent::Stored(blob) => (0, Some(blob)),
+                };
+                header.files.push(FileHeader { path: file.path, len, blob });
+            }
+            let mut parts = vec![serde_json::to_vec(&header).expect("serializes").into(), Bytes::from_static(b"\n")];
+            parts.extend(bodies);
+            (tag::PACKAGE, parts)
         }
         Err(e) => (tag::RENDER_ERROR, vec![serde_json::to_vec(&e).expect("serializes").into()]),
     }
+}
+
+/// Sets `content` (base64 of `bytes`) on the submission's attachment
+/// number `index`; false if there is none.
+fn attach_content(submission: &mut Val, index: usize, bytes: &[u8]) -> bool {
+    use base64::Engine as _;
+    let Val::Obj(message) = submission else { return false };
+    let Some(Val::Arr(attachments)) = std::rc::Rc::make_mut(message).get_mut(&Val::from("attachments".to_owned())) else {
+        return false;
+    };
+    let Some(Val::Obj(attachment)) = std::rc::Rc::make_mut(attachments).get_mut(index) else { return false };
+    let content = base64::engine::general_purpose::STANDARD.encode(bytes);
+    std::rc::Rc::make_mut(attachment).insert(Val::from("content".to_owned()), Val::from(content));
+    true
 }
 
 fn set_limits(memory_limit_mib: u64) {

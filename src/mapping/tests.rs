@@ -261,6 +261,30 @@ fn zip_package_is_deterministic_and_reads_back() {
 }
 
 #[test]
+fn stored_attachments_stay_out_of_the_mapping_and_join_the_package_at_the_end() {
+    let blob = BlobId::parse(&crate::domain::sha256_hex(b"%PDF scan")).unwrap();
+    let stored = format!(r#"{{"name":"scan.pdf","file":"scan.pdf","purpose":"attachment","size":9,"blob":"{blob}"}}"#);
+    let input = format!(
+        r#"{{"id":"x1","receivedAt":"2026-11-24T10:00:00Z","attachments":[{},{stored}]}}"#,
+        attachment("formular.pdf", "form", b"%PDF form")
+    );
+    for format in ["folder", "zip"] {
+        let m = Mapping::parse(&PACKAGE.replace("FORMAT", format), "p.yaml").unwrap();
+        let rendition = m.rendition(&submission(&input), 0).unwrap();
+        assert_eq!(rendition.stored().collect::<Vec<_>>(), [blob]);
+        let missing = rendition.clone().into_payload(&HashMap::new()).unwrap_err();
+        assert!(missing.contains(&blob.to_string()), "{missing}");
+        let payload = rendition.into_payload(&[(blob, Bytes::from_static(b"%PDF scan"))].into()).unwrap();
+        let files = fixtures::files_of(payload).unwrap();
+        let scan = files.iter().find(|(n, _)| n == "anlagen/scan.pdf").expect("the stored attachment");
+        assert_eq!(scan.1, b"%PDF scan", "{format}");
+    }
+    let not_a_blob = input.replace(&blob.to_string(), "../../../etc/passwd");
+    let m = Mapping::parse(&PACKAGE.replace("FORMAT", "folder"), "p.yaml").unwrap();
+    assert!(m.rendition(&submission(&not_a_blob), 0).unwrap_err().message.contains("not an attachment"));
+}
+
+#[test]
 fn package_paths_cannot_leave_the_package() {
     for path in ["'\"../x\"'", "'\"/etc/x\"'", "'\"a//b\"'", "'\".hidden\"'", "'\"a\\\\b\"'"] {
         let text = format!("output: json\ndocument:\n  a: 1\npackage:\n  format: folder\n  document: {path}\n");

@@ -9,8 +9,7 @@ use std::time::Duration;
 use amtsbote::mapping::fixtures;
 use amtsbote::mapping::sandbox::{EvalError, Sandbox, SandboxSettings};
 use amtsbote::mapping::schema::{OutputSchema, SchemaSource};
-use amtsbote::mapping::Mapping;
-use amtsbote_connector::Payload;
+use amtsbote::mapping::{Mapping, Rendition};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -57,8 +56,10 @@ async fn the_xdomea_package_validates_against_the_reference_xsds() {
     .unwrap();
     let input = fixtures::prepare_input(input).unwrap();
     let payload = sandbox(Duration::from_secs(10), 1024)
-        .render(&mapping, &serde_json::to_vec(&input).unwrap(), 0)
+        .render(&mapping, &serde_json::to_vec(&input).unwrap(), &[], 0)
         .await
+        .unwrap()
+        .into_payload(&Default::default())
         .unwrap();
     let files = fixtures::files_of(payload).unwrap();
     let (name, xml) = files.iter().find(|(n, _)| n.ends_with("_Geschaeftsgang.Geschaeftsgang.0201.xml")).expect("the message");
@@ -96,12 +97,12 @@ async fn hostile_mappings_are_stopped_and_the_sandbox_keeps_serving() {
     ];
     for (expression, expected) in cases {
         let started = std::time::Instant::now();
-        let err = sandbox.render(&hostile(expression), input, 0).await.unwrap_err();
+        let err = sandbox.render(&hostile(expression), input, &[], 0).await.unwrap_err();
         let EvalError::Mapping(err) = err else { panic!("{expression}: {err}") };
         assert!(err.message.contains(expected), "{expression}: {err}");
         assert!(started.elapsed() < Duration::from_secs(20), "{expression} took {:?}", started.elapsed());
         // The next evaluation gets a working process.
-        let Payload::Document { body, .. } = sandbox.render(&fine, input, 0).await.unwrap() else { panic!() };
+        let Rendition::Document { body, .. } = sandbox.render(&fine, input, &[], 0).await.unwrap() else { panic!() };
         assert_eq!(body.as_ref(), b"{\n  \"x\": 1\n}\n");
     }
     // No environment reaches a mapping.
