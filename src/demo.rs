@@ -77,6 +77,9 @@ impl SampleBackOffice {
         let state = Arc::new(BackOfficeState::default());
         let app = Router::new()
             .route("/{*path}", post(receive).put(receive))
+            // Packages of building applications are larger than axum's
+            // default limit of 2 MB.
+            .layer(axum::extract::DefaultBodyLimit::max(256 << 20))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;

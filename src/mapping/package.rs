@@ -167,7 +167,10 @@ pub(super) fn zip(files: &[PackageFile], modified: i64) -> Result<Vec<u8>, Strin
         time.second() as u8,
     )
     .unwrap_or_default();
-    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    // Room for every file and the zip's headers up front: growing by
+    // doubling would copy a large package over and over.
+    let room = files.iter().map(|f| f.content.len() + 2 * f.path.len() + 128).sum::<usize>() + 1024;
+    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::with_capacity(room)));
     for file in files {
         // Text compresses well; PDFs and images are compressed already.
         let text = [".xml", ".json", ".csv", ".txt"].iter().any(|ext| file.path.to_ascii_lowercase().ends_with(ext));

@@ -66,6 +66,8 @@ pub struct Setup<'a> {
     pub http_settings: &'a str,
     /// YAML added under `sandbox:`, indented by two spaces.
     pub sandbox_settings: &'a str,
+    /// YAML added under `blobs:`, indented by two spaces.
+    pub blob_settings: &'a str,
     /// YAML added to every target, indented by four spaces (e.g. `retry:`).
     pub target_settings: &'a str,
     /// YAML added to every route, indented by four spaces (e.g. `schema:`).
@@ -91,6 +93,7 @@ impl Default for Setup<'_> {
             max_body_bytes: None,
             http_settings: "",
             sandbox_settings: "",
+            blob_settings: "",
             target_settings: "",
             route_settings: "",
             mappings: None,
@@ -118,11 +121,13 @@ pub fn config_yaml(setup: &Setup<'_>, back_office: &SampleBackOffice, prefix: &s
         )
     });
     let mut yaml = format!(
-        "http:\n  listen: 127.0.0.1:0\n  max_body_bytes: {}\n{}broker:\n  url: {}\n  prefix: {prefix}\nstore:\n  path: {}\nmappings: {}\nshutdown_deadline: 5s\nsandbox:\n  program: {}\n  processes: 2\n{}{encryption}{access}targets:\n",
+        "http:\n  listen: 127.0.0.1:0\n  max_body_bytes: {}\n{}broker:\n  url: {}\n  prefix: {prefix}\nstore:\n  path: {}\nblobs:\n  path: {}\n  sweep_every: 1s\n{}mappings: {}\nshutdown_deadline: 5s\nsandbox:\n  program: {}\n  processes: 2\n{}{encryption}{access}targets:\n",
         setup.max_body_bytes.unwrap_or(1 << 20),
         setup.http_settings,
         setup.broker_url.clone().unwrap_or_else(broker_url),
         store.join("store.sqlite").display(),
+        store.join("blobs").display(),
+        setup.blob_settings,
         setup.mappings.map(Path::to_owned).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings")).display(),
         env!("CARGO_BIN_EXE_amtsbote"),
         setup.sandbox_settings,
@@ -371,12 +376,23 @@ impl AppProcess {
                 return;
             }
             if tokio::time::Instant::now() >= deadline {
-                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                let problems: Vec<&str> = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
-                panic!("amtsbote was not ready within {within:?}; its warnings and errors:\n{}", problems.join("\n"));
+                panic!("amtsbote was not ready within {within:?}; its warnings and errors:\n{}", self.problems());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The warnings and errors in the process's log.
+    pub fn problems(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect::<Vec<_>>().join("\n")
+    }
+
+    /// The most memory the process has held (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id().unwrap())).unwrap();
+        let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap().trim().trim_end_matches("kB").trim();
+        kib.parse::<u64>().unwrap() * 1024
     }
 
     /// SIGKILL: no shutdown code runs.

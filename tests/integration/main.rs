@@ -8,6 +8,7 @@ mod delivery;
 mod helpers;
 mod hostile;
 mod intake;
+mod large;
 mod mappings;
 mod observability;
 mod openapi;
