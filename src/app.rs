@@ -118,6 +118,7 @@ impl Application {
             body_timeout: config.http.body_timeout,
             blobs: blobs.clone(),
             keep_above_bytes: config.blobs.keep_above_kib.saturating_mul(1024),
+            max_message_bytes: config.broker.max_message_bytes,
         });
         let dashboard = Arc::new(Dashboard::new(operator.clone(), monitor.clone()));
         let observed = Arc::new(Observed { intake: intake.clone(), monitor, metrics });
@@ -298,7 +299,7 @@ fn fixed_settings(config: &Config) -> Vec<(&'static str, String)> {
     let targets: Vec<String> = config.targets.iter().map(|(name, t)| format!("{name}:{}", t.concurrency)).collect();
     vec![
         ("http", format!("{:?}", config.http)),
-        ("broker", format!("{} {} {:?}", config.broker.url.expose_secret(), config.broker.prefix, config.broker.ca_file)),
+        ("broker", format!("{} {} {:?} {}", config.broker.url.expose_secret(), config.broker.prefix, config.broker.ca_file, config.broker.max_message_bytes)),
         ("store", format!("{:?}", config.store)),
         ("blobs", format!("{:?}", config.blobs)),
         ("sandbox", format!("{:?}", config.sandbox)),

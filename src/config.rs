@@ -1,7 +1,8 @@
 //! Configuration: one YAML file, then environment overrides.
 //!
 //! Layering: built-in defaults < the config file < `AMTSBOTE_*` variables
-//! (`AMTSBOTE_BROKER_URL`, `AMTSBOTE_HTTP_LISTEN`, `AMTSBOTE_STORE_PATH`).
+//! (`AMTSBOTE_BROKER_URL`, `AMTSBOTE_HTTP_LISTEN`, `AMTSBOTE_STORE_PATH`,
+//! `AMTSBOTE_BLOBS_PATH`).
 //! Secrets (the broker URL carries a password) are held as
 //! [`SecretString`] and never printed. Relative paths in the file are
 //! relative to the file's directory, so a config works from any working
@@ -244,6 +245,13 @@ pub struct BrokerSettings {
     /// trusted as well. Relative to the config file.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// The largest message the broker takes, in bytes (default 16 MiB,
+    /// RabbitMQ 4's `max_message_size`; RabbitMQ 3 takes 128 MiB). A
+    /// submission whose message would be larger (form data of many
+    /// megabytes: large attachments travel outside it, see `blobs`) gets
+    /// `413` instead of being refused by the broker.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -384,6 +392,9 @@ fn json_depth_limit<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result
 fn default_broker_url() -> SecretString {
     "amqp://guest:guest@127.0.0.1:5672/%2f".into()
 }
+fn default_max_message_bytes() -> usize {
+    16 << 20
+}
 fn default_prefix() -> String {
     "amtsbote".into()
 }
@@ -417,7 +428,7 @@ impl Default for HttpSettings {
 }
 impl Default for BrokerSettings {
     fn default() -> Self {
-        Self { url: default_broker_url(), prefix: default_prefix(), ca_file: None }
+        Self { url: default_broker_url(), prefix: default_prefix(), ca_file: None, max_message_bytes: default_max_message_bytes() }
     }
 }
 impl Default for StoreSettings {
@@ -512,6 +523,9 @@ impl Config {
         if let Some(path) = var("AMTSBOTE_STORE_PATH") {
             self.store.path = path.into();
         }
+        if let Some(path) = var("AMTSBOTE_BLOBS_PATH") {
+            self.blobs.path = path.into();
+        }
         Ok(())
     }
 }
@@ -566,11 +580,13 @@ routes:
         c.apply_env(|n| match n {
             "AMTSBOTE_BROKER_URL" => Some("amqp://u:p@broker:5672/%2f".into()),
             "AMTSBOTE_HTTP_LISTEN" => Some("0.0.0.0:9000".into()),
+            "AMTSBOTE_BLOBS_PATH" => Some("/data/blobs".into()),
             _ => None,
         })
         .unwrap();
         assert_eq!(c.broker.display_url(), "amqp://broker:5672/%2f");
         assert_eq!(c.http.listen.port(), 9000);
+        assert_eq!(c.blobs.path, Path::new("/data/blobs"));
         assert!(c.apply_env(|n| (n == "AMTSBOTE_HTTP_LISTEN").then(|| "nonsense".into())).is_err());
     }
 

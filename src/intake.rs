@@ -74,6 +74,8 @@ pub struct Intake {
     /// travelling in the message (the claim check).
     pub blobs: BlobStore,
     pub keep_above_bytes: usize,
+    /// The largest message the broker takes (`broker.max_message_bytes`).
+    pub max_message_bytes: usize,
 }
 
 /// A submission request let in before its body is read: its sender,
@@ -291,6 +293,15 @@ async fn accept(
     headers.insert(crate::retry::header::RECEIVED_AT.into(), AMQPValue::LongLongInt(crate::retry::to_millis(received_at)));
     let message_id = id.to_string();
     let message = pipeline.sealer.seal(&message_id, submission.region.as_str(), submission.to_message(id, received_at));
+    if message.len() > intake.max_message_bytes {
+        forget(intake, id, keyed).await;
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            "Submission Too Large",
+            "the form data is larger than a broker message may be (broker.max_message_bytes); large attachments are fine",
+        ));
+    }
     match intake.publisher.publish(&route.routing_key, &message_id, headers, &message).await {
         Ok(()) => {
             if let Err(e) = intake.store.confirm_intake(id).await {

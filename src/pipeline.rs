@@ -75,6 +75,9 @@ impl Pipeline {
                 config.http.intake_memory_mib, config.http.max_body_bytes
             ));
         }
+        if config.blobs.delivery_memory_mib == 0 {
+            problems.push("blobs.delivery_memory_mib must be at least 1".into());
+        }
         let senders = Senders::new(&config.senders, config.http.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some())).map_err(|p| problems.extend(p)).unwrap_or_default();
         let tenancy = Tenancy::new(config).map_err(|p| problems.extend(p)).unwrap_or_default();
         let operators = Operators::new(&config.operators, &tenancy).map_err(|p| problems.extend(p)).unwrap_or_default();

@@ -103,7 +103,9 @@ async fn building_applications_of_25_mb_pass_in_bounded_memory_while_the_targets
         ..Setup::default()
     };
     let config = dir.path().join("amtsbote.yaml");
-    std::fs::write(&config, config_yaml(&setup, &back_office, &unique_prefix(), dir.path())).unwrap();
+    let yaml = config_yaml(&setup, &back_office, &unique_prefix(), dir.path());
+    let yaml = yaml.replacen("\nstore:\n", "\n  max_message_bytes: 1048576\nstore:\n", 1);
+    std::fs::write(&config, yaml).unwrap();
     let mut app = AppProcess::start(&config, free_port(), &dir.path().join("amtsbote.log")).await;
     app.wait_until_ready(Duration::from_secs(30)).await;
     let idle = app.peak_rss();
@@ -218,5 +220,13 @@ async fn building_applications_of_25_mb_pass_in_bounded_memory_while_the_targets
     let peak = app.peak_rss();
     eprintln!("peak RSS: {} MiB (idle {} MiB)", peak >> 20, idle >> 20);
     assert!(peak < idle + ((80 + 96 + 96) << 20), "peak RSS {} MiB, idle {} MiB", peak >> 20, idle >> 20);
+
+    // Form data too large for a message is refused, not left to the broker.
+    let huge_form = json!({
+        "service": "99050012104000", "region": "053150000000", "data": { "bemerkung": "x".repeat(1 << 20) },
+    });
+    let refused = client.post(format!("{}/v1/submissions", app.base)).json(&huge_form).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(refused.text().await.unwrap().contains("broker.max_message_bytes"));
     app.terminate(Duration::from_secs(15)).await.expect("stops on SIGTERM");
 }
