@@ -276,8 +276,8 @@ async fn accept(
     let span = tracing::Span::current();
     span.record("submission", tracing::field::display(id));
     span.record("service", submission.service.as_str());
-    for (index, content) in submission.attachments_from(intake.keep_above_bytes) {
-        match intake.blobs.put(id, body.slice_ref(content.as_bytes()), pipeline.sealer.clone()).await {
+    for (index, content) in submission.attachments_from(intake.keep_above_bytes, &body) {
+        match intake.blobs.put(id, content, pipeline.sealer.clone()).await {
             Ok(blob) => submission.keep_out(index, blob),
             Err(error) => {
                 forget(intake, id, keyed).await;

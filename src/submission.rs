@@ -8,6 +8,8 @@
 //! the form data), except that a large attachment is named by its blob
 //! (`"blob": "<sha256>"`) instead of carried (see [`crate::blobs`]).
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
@@ -64,8 +66,10 @@ struct AttachmentIn<'a> {
     name: String,
     media_type: String,
     purpose: Purpose,
+    /// Borrowed from the body unless the sender escaped characters (PHP's
+    /// `json_encode` writes `/` as `\/`, and base64 has many).
     #[serde(borrow)]
-    content: &'a str,
+    content: Cow<'a, str>,
 }
 
 /// What an attachment is for.
@@ -107,10 +111,10 @@ struct Attachment<'a> {
     /// A file name for packages: the name, made unique among the
     /// submission's attachments (`scan.pdf`, `scan (2).pdf`).
     file: String,
-    /// Base64, exactly as received; `None` once the attachment is kept
-    /// in the blob store.
+    /// Base64, as received; `None` once the attachment is kept in the
+    /// blob store.
     #[serde(skip_serializing_if = "Option::is_none")]
-    content: Option<&'a str>,
+    content: Option<Cow<'a, str>>,
     /// The attachment in the blob store.
     #[serde(skip_serializing_if = "Option::is_none")]
     blob: Option<crate::blobs::BlobId>,
@@ -253,11 +257,11 @@ impl<'a> Submission<'a> {
             if !is_media_type(&a.media_type) {
                 errors.push(FieldError::new(at("mediaType"), "must be a media type such as application/pdf"));
             }
-            if !is_base64(a.content) {
+            if !is_base64(&a.content) {
                 errors.push(FieldError::new(at("content"), "must be standard base64 (RFC 4648, with padding)"));
                 continue;
             }
-            let size = decoded_len(a.content);
+            let size = decoded_len(&a.content);
             if size > limits.attachment_bytes {
                 errors.push(FieldError::new(
                     at("content"),
@@ -302,13 +306,20 @@ impl<'a> Submission<'a> {
     }
 
     /// The attachments of at least `bytes` decoded bytes that still travel
-    /// in the message: their index and base64 content.
-    pub fn attachments_from(&self, bytes: usize) -> Vec<(usize, &'a str)> {
+    /// in the message: their index and base64 content, a slice of `body`
+    /// (the body this submission was parsed from) where it can be.
+    pub fn attachments_from(&self, bytes: usize, body: &bytes::Bytes) -> Vec<(usize, bytes::Bytes)> {
         self.attachments
             .iter()
             .enumerate()
             .filter(|(_, a)| a.size >= bytes)
-            .filter_map(|(index, a)| Some((index, a.content?)))
+            .filter_map(|(index, a)| {
+                let content = match a.content.as_ref()? {
+                    Cow::Borrowed(base64) => body.slice_ref(base64.as_bytes()),
+                    Cow::Owned(base64) => bytes::Bytes::copy_from_slice(base64.as_bytes()),
+                };
+                Some((index, content))
+            })
             .collect()
     }
 

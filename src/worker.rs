@@ -15,14 +15,14 @@
 //!   confirm) to the target's parking queue with the [`ParkReason`].
 //!
 //! If that publish fails the message is returned to the queue instead.
+//! The consumer loop reconnects with backon's exponential backoff after the
+//! broker went away; unacknowledged messages return to the queue.
 //!
 //! Attachments in the blob store are read only for the delivery that needs
 //! them, after the delivery has room in the shared delivery memory budget
 //! (`blobs.delivery_memory_mib`): a package takes them as files (they never
 //! pass through the mapping); any other mapping gets them as `content`,
 //! encoded in its sandbox process.
-//! The consumer loop reconnects with backon's exponential backoff after the
-//! broker went away; unacknowledged messages return to the queue.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -29,6 +29,28 @@ fn valid_submission_becomes_a_queue_message() {
 }
 
 #[test]
+fn escaped_base64_as_php_writes_it_is_read_and_kept_out_like_any_other() {
+    // json_encode writes `/` as `\/`; such a string cannot be borrowed.
+    let escaped = VALID.replace("JVBERi0xLjQ=", r"JVBE\/i0xLjQ=").replace(r#""name":"Anna""#, r#""name":"Anna","x":"JVBERi0xLjQ=""#);
+    let body = bytes::Bytes::from(escaped);
+    let mut s = Submission::parse(&body, &Limits::default()).unwrap();
+    let message: serde_json::Value = serde_json::from_slice(&s.to_message(Uuid::nil(), time::OffsetDateTime::UNIX_EPOCH)).unwrap();
+    assert_eq!(message["attachments"][0]["content"], "JVBE/i0xLjQ=", "unescaped");
+    assert_eq!(s.attachments_from(1, &body), [(0, bytes::Bytes::from_static(b"JVBE/i0xLjQ="))]);
+    let blob = crate::blobs::BlobId::parse(&"ab".repeat(32)).unwrap();
+    s.keep_out(0, blob);
+    assert!(s.attachments_from(1, &body).is_empty(), "kept out once");
+    let message: serde_json::Value = serde_json::from_slice(&s.to_message(Uuid::nil(), time::OffsetDateTime::UNIX_EPOCH)).unwrap();
+    assert_eq!(message["attachments"][0]["blob"], "ab".repeat(32));
+    assert!(message["attachments"][0].get("content").is_none());
+
+    let body = bytes::Bytes::from_static(VALID.as_bytes());
+    let s = Submission::parse(&body, &Limits::default()).unwrap();
+    assert_eq!(s.attachments_from(8, &body), [(0, bytes::Bytes::from_static(b"JVBERi0xLjQ="))], "a slice of the body");
+    assert!(s.attachments_from(9, &body).is_empty(), "smaller than asked for");
+}
+
+#[test]
 fn malformed_json_is_malformed() {
     assert!(matches!(Submission::parse(b"{\"service\":", &Limits::default()), Err(InvalidSubmission::Malformed(_))));
     let trailing = format!("{VALID} {{}}");
