@@ -249,7 +249,7 @@ pub async fn shutdown_signal() {
 /// connectors and retry policies, senders, and the files of `http.tls`
 /// (a renewed certificate). A configuration with any problem is
 /// refused whole and the running one stays. Settings that need new
-/// connections, listeners or workers (`http`, `broker`, `store`,
+/// connections, listeners or workers (`http`, `broker`, `store`, `blobs`,
 /// `sandbox`, `operators`, `shutdown_deadline`, the set of targets and
 /// their `concurrency`) need a restart; a file that changes them is
 /// refused too, so that what runs is always what the file says.

@@ -44,10 +44,11 @@ pub struct BlobId([u8; 32]);
 
 impl BlobId {
     pub fn parse(text: &str) -> Option<Self> {
-        // unhex32 trims; a name in a message must be exact.
-        (text.len() == 64 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-            .then(|| unhex32(text).map(Self))
-            .flatten()
+        // unhex32 trims and takes capitals; a name in a message is exact.
+        if !text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return None;
+        }
+        unhex32(text).map(Self)
     }
 }
 

@@ -14,7 +14,9 @@ pub struct MemoryBudget {
 
 /// Room taken from a [`MemoryBudget`], given back when dropped.
 #[derive(Debug)]
-pub struct Reserved(#[allow(dead_code)] OwnedSemaphorePermit);
+pub struct Reserved {
+    _permits: OwnedSemaphorePermit,
+}
 
 impl MemoryBudget {
     pub fn mib(mib: usize) -> Self {
@@ -30,13 +32,14 @@ impl MemoryBudget {
 
     /// Room for `bytes` now, or `None`.
     pub fn try_reserve(&self, bytes: u64) -> Option<Reserved> {
-        self.permits.clone().try_acquire_many_owned(self.kib_for(bytes)).ok().map(Reserved)
+        let permits = self.permits.clone().try_acquire_many_owned(self.kib_for(bytes)).ok()?;
+        Some(Reserved { _permits: permits })
     }
 
     /// Room for `bytes`, once there is.
     pub async fn reserve(&self, bytes: u64) -> Reserved {
         let permits = self.permits.clone().acquire_many_owned(self.kib_for(bytes)).await;
-        Reserved(permits.expect("a memory budget's semaphore is never closed"))
+        Reserved { _permits: permits.expect("a memory budget's semaphore is never closed") }
     }
 }
 

@@ -1268,6 +1268,18 @@ mod tests {
         AttemptResult::Delivered { detail: detail.into(), receipt: None }
     }
 
+    /// alice's `action` on the parked delivery of `id` to `target`.
+    fn by_alice(action: OperatorAction, id: Uuid, target: &str, parked_reason: &str) -> OperatorRecord {
+        OperatorRecord {
+            operator: "alice".into(),
+            action,
+            target: target.into(),
+            submission_id: id.to_string(),
+            parked_reason: parked_reason.into(),
+            comment: None,
+        }
+    }
+
     async fn accepted(store: &SqliteStore, s: NewSubmission) -> Uuid {
         let id = s.id;
         store.begin_intake(s, None).await.unwrap();
@@ -1323,17 +1335,7 @@ mod tests {
         let finished = |before: OffsetDateTime| store.finished_among(vec![done, half, unknown], before);
         let later = OffsetDateTime::now_utc() + Duration::from_secs(60);
         assert_eq!(finished(later).await.unwrap(), vec![unknown], "parked and queued deliveries still need their submission");
-        store
-            .record_operator_action(OperatorRecord {
-                operator: "alice".into(),
-                action: OperatorAction::Discard,
-                target: "b".into(),
-                submission_id: done.to_string(),
-                parked_reason: "target-rejected".into(),
-                comment: None,
-            })
-            .await
-            .unwrap();
+        store.record_operator_action(by_alice(OperatorAction::Discard, done, "b", "target-rejected")).await.unwrap();
         assert_eq!(finished(later).await.unwrap(), vec![done, unknown]);
         assert_eq!(finished(OffsetDateTime::now_utc() - Duration::from_secs(60)).await.unwrap(), vec![unknown], "not finished long enough");
     }
@@ -1346,12 +1348,8 @@ mod tests {
         store.record_attempt(attempt(id, "a", parked)).await.unwrap();
         assert_eq!(store.status(id).await.unwrap().unwrap().status, SubmissionState::Parked);
         let record = OperatorRecord {
-            operator: "alice".into(),
-            action: OperatorAction::Discard,
-            target: "a".into(),
-            submission_id: id.to_string(),
-            parked_reason: "target-rejected".into(),
             comment: Some("duplicate of R-1".into()),
+            ..by_alice(OperatorAction::Discard, id, "a", "target-rejected")
         };
         store.record_operator_action(record).await.unwrap();
         let trail = store.audit_trail(10, None).await.unwrap();
@@ -1375,17 +1373,8 @@ mod tests {
         let parked = AttemptResult::Parked { reason: "retries-exhausted", error: "HTTP 503".into() };
         store.record_attempt(attempt(id, "a", parked)).await.unwrap();
         // The replayed message was delivered before the replay was recorded.
-        let delivered = AttemptResult::Delivered { detail: "HTTP 201".into(), receipt: None };
-        store.record_attempt(attempt(id, "a", delivered)).await.unwrap();
-        let record = OperatorRecord {
-            operator: "alice".into(),
-            action: OperatorAction::Replay,
-            target: "a".into(),
-            submission_id: id.to_string(),
-            parked_reason: "retries-exhausted".into(),
-            comment: None,
-        };
-        store.record_operator_action(record).await.unwrap();
+        store.record_attempt(attempt(id, "a", delivered("HTTP 201"))).await.unwrap();
+        store.record_operator_action(by_alice(OperatorAction::Replay, id, "a", "retries-exhausted")).await.unwrap();
         let status = store.status(id).await.unwrap().unwrap();
         assert_eq!(status.targets[0].state, DeliveryState::Delivered);
         assert!(status.timeline.iter().any(|e| e.event == "replayed"), "the replay is in the timeline all the same");

@@ -308,9 +308,10 @@ impl Worker {
         let StoredAttachments { attachments } = serde_json::from_slice(&body).unwrap_or_default();
         let stored: Vec<(usize, BlobId, u64)> =
             attachments.iter().enumerate().filter_map(|(index, a)| Some((index, a.blob?, a.size))).collect();
+        let package = mapping.package_format();
         // What the delivery will hold at most: the attachments, and the zip
         // made of them, or their base64 in the document.
-        let holds = match mapping.package_format() {
+        let holds = match package {
             Some(PackageFormat::Folder) => 1,
             Some(PackageFormat::Zip) => 2,
             None => 3,
@@ -319,12 +320,11 @@ impl Worker {
             0 => None,
             bytes => Some(self.delivery_memory.reserve(bytes.saturating_mul(holds)).await),
         };
-        let read = |blobs: Vec<BlobId>| self.read_stored(id, blobs, sealed, sealer.clone());
         // A package takes stored attachments as files; any other mapping
         // reads them as `content`.
-        let attached = match mapping.package_format() {
+        let attached = match package {
             Some(_) => Vec::new(),
-            None => match read(stored.iter().map(|(_, blob, _)| *blob).collect()).await {
+            None => match self.read_stored(id, stored.iter().map(|(_, blob, _)| *blob).collect(), sealed, sealer.clone()).await {
                 Ok(read) => stored.iter().map(|(index, blob, _)| (*index, read[blob].clone())).collect(),
                 Err(failure) => return stopped(Rendering::NotReached, failure),
             },

@@ -380,7 +380,7 @@ impl Rendition {
     }
 
     /// Bytes the rendition holds itself (stored attachments not counted).
-    pub fn len(&self) -> usize {
+    pub fn inline_len(&self) -> usize {
         match self {
             Rendition::Document { body, .. } => body.len(),
             Rendition::Package { files, .. } => files
@@ -391,10 +391,6 @@ impl Rendition {
                 })
                 .sum(),
         }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// The payload for the connector: stored attachments taken from

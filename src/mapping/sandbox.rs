@@ -420,7 +420,7 @@ fn render_request(mappings: &HashMap<String, Mapping>, payload: &[u8], output_li
         }
     }
     let rendered = mapping.rendition(&submission, header.now).and_then(|rendition| {
-        if rendition.len() > output_limit {
+        if rendition.inline_len() > output_limit {
             Err(mapping_error(mapping, format!("the output is larger than the limit of {} MiB", output_limit / (1024 * 1024))))
         } else {
             Ok(rendition)

@@ -12,8 +12,8 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use crate::helpers::{
-    AppProcess, FAST_RETRY, PrivateBroker, Setup, as_sender, config_yaml, expected_keys, free_port, gewerbeanmeldung, spawn_app,
-    unique_prefix, wait_for_keys,
+    AppProcess, FAST_RETRY, PrivateBroker, Setup, as_sender, expected_keys, free_port, gewerbeanmeldung, spawn_app,
+    wait_for_keys, write_config,
 };
 
 const SERVICE: &str = "99050012104000";
@@ -30,8 +30,7 @@ async fn sigkill_in_the_middle_of_1000_submissions_loses_none() {
         target_settings: FAST_RETRY,
         ..Setup::default()
     };
-    let config = dir.path().join("amtsbote.yaml");
-    std::fs::write(&config, config_yaml(&setup, &back_office, &unique_prefix(), dir.path())).unwrap();
+    let config = write_config(&setup, &back_office, dir.path());
     let log = dir.path().join("amtsbote.log");
     let port = free_port();
     let mut app = AppProcess::start(&config, port, &log).await;

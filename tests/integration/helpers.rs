@@ -61,6 +61,8 @@ pub struct Setup<'a> {
     pub targets: &'a [(&'a str, &'a str)],
     pub routes: &'a [(&'a str, &'a str, &'a [&'a str])],
     pub broker_url: Option<String>,
+    /// YAML added under `broker:`, indented by two spaces.
+    pub broker_settings: &'a str,
     pub max_body_bytes: Option<usize>,
     /// YAML added under `http:`, indented by two spaces (e.g. limits).
     pub http_settings: &'a str,
@@ -90,6 +92,7 @@ impl Default for Setup<'_> {
             targets: &[("fv", "xgewerbeanzeige-2.2/gewerbeanmeldung.yaml")],
             routes: &[("99050012104000", "", &["fv"])],
             broker_url: None,
+            broker_settings: "",
             max_body_bytes: None,
             http_settings: "",
             sandbox_settings: "",
@@ -121,10 +124,11 @@ pub fn config_yaml(setup: &Setup<'_>, back_office: &SampleBackOffice, prefix: &s
         )
     });
     let mut yaml = format!(
-        "http:\n  listen: 127.0.0.1:0\n  max_body_bytes: {}\n{}broker:\n  url: {}\n  prefix: {prefix}\nstore:\n  path: {}\nblobs:\n  path: {}\n  sweep_every: 1s\n{}mappings: {}\nshutdown_deadline: 5s\nsandbox:\n  program: {}\n  processes: 2\n{}{encryption}{access}targets:\n",
+        "http:\n  listen: 127.0.0.1:0\n  max_body_bytes: {}\n{}broker:\n  url: {}\n  prefix: {prefix}\n{}store:\n  path: {}\nblobs:\n  path: {}\n  sweep_every: 1s\n{}mappings: {}\nshutdown_deadline: 5s\nsandbox:\n  program: {}\n  processes: 2\n{}{encryption}{access}targets:\n",
         setup.max_body_bytes.unwrap_or(1 << 20),
         setup.http_settings,
         setup.broker_url.clone().unwrap_or_else(broker_url),
+        setup.broker_settings,
         store.join("store.sqlite").display(),
         store.join("blobs").display(),
         setup.blob_settings,
@@ -147,6 +151,14 @@ pub fn config_yaml(setup: &Setup<'_>, back_office: &SampleBackOffice, prefix: &s
         yaml += &format!("  - service: \"{service}\"\n    region: \"{region}\"\n    targets: [{}]\n{}", targets.join(", "), setup.route_settings);
     }
     yaml
+}
+
+/// Writes the config for `setup`, with a queue prefix of its own, as
+/// `amtsbote.yaml` in `dir` (the store and blobs go beside it); its path.
+pub fn write_config(setup: &Setup<'_>, back_office: &SampleBackOffice, dir: &Path) -> std::path::PathBuf {
+    let config = dir.join("amtsbote.yaml");
+    std::fs::write(&config, config_yaml(setup, back_office, &unique_prefix(), dir)).unwrap();
+    config
 }
 
 pub fn unique_prefix() -> String {

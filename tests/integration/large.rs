@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{AppProcess, OPERATOR_TOKEN, PrivateBroker, Setup, as_sender, config_yaml, expected_keys, free_port, unique_prefix, wait_for_keys};
+use crate::helpers::{AppProcess, OPERATOR_TOKEN, PrivateBroker, Setup, as_sender, expected_keys, free_port, wait_for_keys, write_config};
 
 const SUBMISSIONS: usize = 4;
 const ATTACHMENTS: usize = 15;
@@ -96,16 +96,14 @@ async fn building_applications_of_25_mb_pass_in_bounded_memory_while_the_targets
         targets: &[("akte", "xdomea-3.0.0/geschaeftsgang-0201.yaml"), ("dms", "dms-json/akte.yaml")],
         routes: &[("99050012104000", "", &["akte", "dms"])],
         broker_url: Some(broker.url()),
+        broker_settings: "  max_message_bytes: 1048576\n",
         max_body_bytes: Some(40 << 20),
         // Two bodies at once; deliveries hold at most 96 MiB of attachments.
         http_settings: "  intake_memory_mib: 80\n",
         blob_settings: "  delivery_memory_mib: 96\n",
         ..Setup::default()
     };
-    let config = dir.path().join("amtsbote.yaml");
-    let yaml = config_yaml(&setup, &back_office, &unique_prefix(), dir.path());
-    let yaml = yaml.replacen("\nstore:\n", "\n  max_message_bytes: 1048576\nstore:\n", 1);
-    std::fs::write(&config, yaml).unwrap();
+    let config = write_config(&setup, &back_office, dir.path());
     let mut app = AppProcess::start(&config, free_port(), &dir.path().join("amtsbote.log")).await;
     app.wait_until_ready(Duration::from_secs(30)).await;
     let idle = app.peak_rss();

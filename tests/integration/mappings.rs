@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use amtsbote::demo::SampleBackOffice;
 
-use crate::helpers::{AppProcess, Setup, as_sender, config_yaml, free_port, gewerbeanmeldung, spawn_app, unique_prefix};
+use crate::helpers::{AppProcess, Setup, as_sender, free_port, gewerbeanmeldung, spawn_app, write_config};
 
 fn shipped() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings")
@@ -306,8 +306,7 @@ async fn sighup_reloads_the_running_binary_and_a_broken_config_is_refused() {
     let mapping = dir.path().join("m.yaml");
     std::fs::write(&mapping, "output: json\ndocument:\n  version: 1\n").unwrap();
     let setup = Setup { targets: &[("fv", "m.yaml")], mappings: Some(dir.path()), ..Setup::default() };
-    let config = dir.path().join("amtsbote.yaml");
-    std::fs::write(&config, config_yaml(&setup, &back_office, &unique_prefix(), dir.path())).unwrap();
+    let config = write_config(&setup, &back_office, dir.path());
     let log = dir.path().join("amtsbote.log");
     let app = AppProcess::start(&config, free_port(), &log).await;
     let client = as_sender(reqwest::Client::builder()).build().unwrap();

@@ -7,7 +7,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 use crate::helpers::{
-    AppProcess, FAST_RETRY, Setup, as_sender, config_yaml, free_port, gewerbeanmeldung, metric, spawn_app, unique_prefix,
+    AppProcess, FAST_RETRY, Setup, as_sender, free_port, gewerbeanmeldung, metric, spawn_app, write_config,
 };
 
 async fn accepted_id(response: reqwest::Response) -> String {
@@ -239,8 +239,7 @@ async fn one_retried_delivery_by_the_binary(env: &[(&str, &str)]) -> (Value, Str
     back_office.script(&[StatusCode::SERVICE_UNAVAILABLE]);
     let dir = tempfile::tempdir().unwrap();
     let setup = Setup { target_settings: FAST_RETRY, ..Setup::default() };
-    let config = dir.path().join("amtsbote.yaml");
-    std::fs::write(&config, config_yaml(&setup, &back_office, &unique_prefix(), dir.path())).unwrap();
+    let config = write_config(&setup, &back_office, dir.path());
     let log = dir.path().join("amtsbote.log");
     let mut app = AppProcess::start_with(&config, free_port(), &log, env).await;
     let submission = gewerbeanmeldung("053150000000");

@@ -8,7 +8,7 @@ use amtsbote::demo::SampleBackOffice;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{AppProcess, OPERATOR_TOKEN, Setup, as_sender, config_yaml, expected_keys, free_port, gewerbeanmeldung, metric, unique_prefix, wait_for_keys};
+use crate::helpers::{AppProcess, OPERATOR_TOKEN, Setup, as_sender, expected_keys, free_port, gewerbeanmeldung, metric, wait_for_keys, write_config};
 
 /// Two processes with one config (one queue prefix, one ledger file on
 /// one host), submissions handed to either: each is delivered exactly
@@ -20,8 +20,7 @@ async fn two_processes_share_the_queues_and_deliver_each_submission_once() {
     // Record every request, duplicates too, so that a second delivery shows.
     back_office.keep_duplicates("fv");
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("amtsbote.yaml");
-    std::fs::write(&config, config_yaml(&Setup::default(), &back_office, &unique_prefix(), dir.path())).unwrap();
+    let config = write_config(&Setup::default(), &back_office, dir.path());
     let mut first = AppProcess::start(&config, free_port(), &dir.path().join("first.log")).await;
     let mut second = AppProcess::start(&config, free_port(), &dir.path().join("second.log")).await;
     first.wait_until_ready(Duration::from_secs(30)).await;
