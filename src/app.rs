@@ -74,7 +74,8 @@ impl Application {
             tracing::warn!(event = "plaintext_on_broker", "{}", crate::seal::PLAINTEXT_WARNING);
         }
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store.path)?);
-        let blobs = BlobStore::open(&config.blobs.path)?;
+        let blobs = BlobStore::open(&config.blobs, &amtsbote_connector::Context::new(&config.base_dir))?;
+        blobs.check().await?;
         let delivery_memory = MemoryBudget::mib(config.blobs.delivery_memory_mib);
         let versions = Arc::new(MappingVersions::new(store.clone()));
         versions.keep(&pipeline).await?;

@@ -307,6 +307,10 @@ pub struct BlobSettings {
     /// this long after its last delivery finished.
     #[serde(default = "default_sweep_every", with = "humantime_serde")]
     pub sweep_every: Duration,
+    /// An S3-compatible bucket instead of the directory `path` (see
+    /// [`crate::blobs::s3::S3Settings`]), for processes on several hosts.
+    #[serde(default)]
+    pub s3: Option<crate::blobs::s3::S3Settings>,
 }
 
 impl Default for BlobSettings {
@@ -316,6 +320,7 @@ impl Default for BlobSettings {
             keep_above_kib: default_keep_above_kib(),
             delivery_memory_mib: default_delivery_memory_mib(),
             sweep_every: default_sweep_every(),
+            s3: None,
         }
     }
 }

@@ -233,6 +233,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(tls) = &config.http.tls {
                 problems.extend(amtsbote::tls::server_config(tls).err().map(|e| e.to_string()));
             }
+            // Only a bucket is checked: opening a directory would create it.
+            let bucket = match config.blobs.s3 {
+                Some(_) => amtsbote::blobs::BlobStore::open(&config.blobs, &amtsbote_connector::Context::new(&config.base_dir))
+                    .map_err(|e| problems.push(e.to_string()))
+                    .ok(),
+                None => None,
+            };
             let built = amtsbote::pipeline::Pipeline::build(&config).map_err(|p| problems.extend(p));
             match built {
                 Ok(pipeline) if problems.is_empty() => {
@@ -252,6 +259,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         Err(e) => {
                             healthy = false;
                             println!("broker: NOT reachable: {e}");
+                        }
+                    }
+                    if let Some(bucket) = &bucket {
+                        match bucket.check().await {
+                            Ok(()) => println!("blob store: reachable"),
+                            Err(e) => {
+                                healthy = false;
+                                println!("blob store: NOT reachable: {e}");
+                            }
                         }
                     }
                     for (name, target) in &pipeline.targets {

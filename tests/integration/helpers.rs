@@ -499,3 +499,83 @@ pub async fn wait_for_keys(back_office: &SampleBackOffice, path: &str, keys: &Ha
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A private S3-compatible server (s3s-fs, which checks every request's
+/// signature) on a loopback port, keeping an object `key` of a bucket as
+/// the file `<root>/<bucket>/<key>`. `scripts/install-test-deps` installs
+/// it into `target/test-tools/bin`.
+pub struct S3Server {
+    pub root: tempfile::TempDir,
+    pub port: u16,
+    process: std::process::Child,
+}
+
+impl S3Server {
+    pub const ACCESS_KEY: &str = "amtsbote-test";
+    pub const SECRET_KEY: &str = "amtsbote-test-secret-access-key";
+
+    /// Starts the server with one (empty) bucket, and waits until it listens.
+    pub async fn start(bucket: &str) -> Self {
+        let program = std::env::var_os("AMTSBOTE_TEST_S3S_FS")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-tools/bin/s3s-fs"));
+        assert!(program.exists(), "{} is not installed: run scripts/install-test-deps", program.display());
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join(bucket)).unwrap();
+        let port = free_port();
+        let process = std::process::Command::new(program)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", Self::ACCESS_KEY, "--secret-key", Self::SECRET_KEY])
+            .arg(root.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "s3s-fs did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Self { root, port, process }
+    }
+
+    /// YAML under `blobs:` for this server's `bucket`, with every
+    /// attachment from 1 KiB on stored, and the secret key `secret` (the
+    /// right one is [`Self::SECRET_KEY`]) in a file in `dir`.
+    pub fn blob_settings(&self, bucket: &str, prefix: &str, secret: &str, dir: &Path) -> String {
+        let (id_file, secret_file) = (dir.join("s3-access-key-id"), dir.join("s3-secret-access-key"));
+        std::fs::write(&id_file, Self::ACCESS_KEY).unwrap();
+        std::fs::write(&secret_file, secret).unwrap();
+        format!(
+            "  keep_above_kib: 1\n  s3:\n    endpoint: http://127.0.0.1:{}\n    bucket: {bucket}\n    prefix: \"{prefix}\"\n    access_key_id: {{ file: {} }}\n    secret_access_key: {{ file: {} }}\n",
+            self.port,
+            id_file.display(),
+            secret_file.display()
+        )
+    }
+
+    /// The keys of `bucket`'s objects, sorted.
+    pub fn keys(&self, bucket: &str) -> Vec<String> {
+        fn walk(dir: &Path, base: &Path, keys: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, base, keys);
+                } else {
+                    keys.push(path.strip_prefix(base).unwrap().to_string_lossy().into_owned());
+                }
+            }
+        }
+        let base = self.root.path().join(bucket);
+        let mut keys = Vec::new();
+        walk(&base, &base, &mut keys);
+        keys.sort();
+        keys
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}

@@ -13,5 +13,6 @@ mod mappings;
 mod observability;
 mod openapi;
 mod retries;
+mod s3;
 mod scaling;
 mod security;

@@ -122,7 +122,7 @@ impl Client {
                 request = request.header(AUTHORIZATION, token);
             }
         }
-        request.send().await.map_err(|e| Outcome::transient(describe(&e)))
+        request.send().await.map_err(|e| Outcome::transient(describe(e)))
     }
 
     /// Reachable, and our credentials accepted: any answer but a 5xx, 401,
@@ -215,7 +215,7 @@ impl OAuth2 {
             .form(&form)
             .send()
             .await
-            .map_err(|e| Outcome::transient(format!("OAuth2 token endpoint: {}", describe(&e))))?;
+            .map_err(|e| Outcome::transient(format!("OAuth2 token endpoint: {}", describe(e))))?;
         let status = response.status();
         let body = read_limited(response, 64 * 1024).await.unwrap_or_default();
         if !status.is_success() {
@@ -260,7 +260,13 @@ pub async fn read_limited(mut response: Response, limit: usize) -> Option<Vec<u8
 
 /// Describes a failed request: its kind and the error chain (OS details
 /// help the operator; the URL is configuration).
-fn describe(error: &reqwest::Error) -> String {
+fn describe(mut error: reqwest::Error) -> String {
+    // A query may carry a credential (`?apikey=`, a presigned request's
+    // signature); the host and path say which request it was.
+    if let Some(url) = error.url_mut() {
+        url.set_query(None);
+    }
+    let error = &error;
     let kind = if error.is_timeout() {
         "timeout"
     } else if error.is_connect() {

@@ -129,11 +129,13 @@ async fn the_receipt_comes_from_a_header_or_a_json_field() {
 }
 
 #[tokio::test]
-async fn unreachable_target_is_transient() {
+async fn unreachable_target_is_transient_and_its_query_stays_out_of_the_reason() {
     // Bind and drop to get a port nobody listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let outcome = connector(&format!("http://127.0.0.1:{port}/")).deliver(&delivery()).await;
-    assert!(matches!(outcome, Outcome::Transient { ref reason, .. } if reason.starts_with("connection failed")));
+    let outcome = connector(&format!("http://127.0.0.1:{port}/intake?apikey=s3cr3t")).deliver(&delivery()).await;
+    assert!(matches!(outcome, Outcome::Transient { ref reason, .. } if reason.starts_with("connection failed")), "{outcome:?}");
+    let reason = outcome.text();
+    assert!(reason.contains(&format!("127.0.0.1:{port}/intake")) && !reason.contains("s3cr3t"), "{reason}");
 }
 
 #[test]

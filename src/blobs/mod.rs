@@ -19,10 +19,15 @@
 //! [`sweep_periodically`] removes the blobs of submissions the ledger has
 //! finished with (every delivery delivered or discarded) or does not know
 //! (refused, or pruned).
+//!
+//! Two backends keep the blobs: a directory ([`disk`], the default), and an
+//! S3-compatible bucket ([`s3`]) for processes on several hosts.
+
+mod disk;
+pub mod s3;
 
 use std::fmt;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,9 +38,15 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use amtsbote_connector::Context;
+
+use crate::config::BlobSettings;
 use crate::domain::{hex, unhex32};
-use crate::seal::{BLOB_CHUNK, SealError, Sealer};
+use crate::seal::{BLOB_CHUNK, Sealer};
 use crate::store::Store;
+
+use disk::DiskBlobs;
+use s3::S3Blobs;
 
 /// A blob's name: the SHA-256 of its (decoded, unsealed) bytes, written
 /// as 64 lower-case hex digits.
@@ -87,70 +98,82 @@ pub enum BlobError {
     Damaged { blob: BlobId, reason: String },
     #[error("blob store: {0}")]
     Io(String),
+    #[error("{0}")]
+    Config(String),
 }
 
-/// The blob store on local disk (`blobs.path`).
+/// Where blobs are kept: `blobs.path`, or `blobs.s3`.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
-    root: Arc<Path>,
+    backend: Arc<Backend>,
+}
+
+#[derive(Debug)]
+enum Backend {
+    Disk(DiskBlobs),
+    S3(Box<S3Blobs>),
 }
 
 impl BlobStore {
-    /// Opens (and creates) the store's directory.
-    pub fn open(root: &Path) -> Result<Self, BlobError> {
-        std::fs::create_dir_all(root).map_err(|e| BlobError::Io(format!("cannot create {}: {e}", root.display())))?;
-        Ok(Self { root: root.into() })
+    /// Opens the configured store: creates the directory, or reads the
+    /// bucket's credentials (and checks nothing over the network yet; see
+    /// [`BlobStore::check`]).
+    pub fn open(settings: &BlobSettings, context: &Context) -> Result<Self, BlobError> {
+        let backend = match &settings.s3 {
+            Some(s3) => Backend::S3(Box::new(S3Blobs::new(s3, context)?)),
+            None => Backend::Disk(DiskBlobs::open(&settings.path)?),
+        };
+        Ok(Self { backend: Arc::new(backend) })
     }
 
-    fn folder(&self, submission: Uuid) -> PathBuf {
-        self.root.join(submission.to_string())
+    /// Whether the store can be used: the bucket answers and takes our
+    /// credentials. A directory was checked when it was opened.
+    pub async fn check(&self) -> Result<(), BlobError> {
+        match &*self.backend {
+            Backend::Disk(_) => Ok(()),
+            Backend::S3(s3) => s3.check().await,
+        }
     }
 
     /// Decodes `base64` (validated at intake: canonical, padded), seals
     /// it if `sealer` seals, and stores it durably under `submission`.
     pub async fn put(&self, submission: Uuid, base64: Bytes, sealer: Arc<Sealer>) -> Result<BlobId, BlobError> {
-        let store = self.clone();
-        blocking(move || store.put_blocking(submission, &base64, &sealer)).await
-    }
-
-    fn put_blocking(&self, submission: Uuid, base64: &[u8], sealer: &Sealer) -> Result<BlobId, BlobError> {
-        let io = |what: &str, e: std::io::Error| BlobError::Io(format!("cannot {what} a blob of submission {submission}: {e}"));
-        let folder = self.folder(submission);
-        match std::fs::create_dir(&folder) {
-            Ok(()) => sync_dir(&self.root).map_err(|e| io("sync the folder of", e))?,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io("create the folder of", e)),
-        }
-        let mut nonce = [0u8; 8];
-        aws_lc_rs::rand::fill(&mut nonce).expect("the system's random source works");
-        let temporary = folder.join(format!(".partial-{}", hex(&nonce)));
-        let mut file = std::fs::File::create_new(&temporary).map_err(|e| io("create", e))?;
-        let written = write_blob(&mut file, submission, base64, sealer).map_err(|e| io("write", e));
-        let id = match written.and_then(|id| file.sync_all().map(|()| id).map_err(|e| io("sync", e))) {
-            Ok(id) => id,
-            Err(e) => {
-                let _ = std::fs::remove_file(&temporary);
-                return Err(e);
+        match &*self.backend {
+            Backend::Disk(disk) => {
+                let disk = disk.clone();
+                blocking(move || disk.put(submission, &base64, &sealer)).await
             }
-        };
-        std::fs::rename(&temporary, folder.join(id.to_string())).map_err(|e| io("name", e))?;
-        sync_dir(&folder).map_err(|e| io("sync the folder of", e))?;
-        Ok(id)
+            Backend::S3(s3) => {
+                // Decoded and sealed in memory, then sent with its length:
+                // S3 takes an object whole or not at all.
+                let (id, stored) = blocking(move || {
+                    let mut stored = Vec::with_capacity(base64.len() / 4 * 3 + sealing_overhead(base64.len()));
+                    write_blob(&mut stored, submission, &base64, &sealer).map(|id| (id, stored)).map_err(|e| {
+                        BlobError::Io(format!("cannot write a blob of submission {submission}: {e}"))
+                    })
+                })
+                .await?;
+                s3.put(submission, id, Bytes::from(stored)).await?;
+                Ok(id)
+            }
+        }
     }
 
     /// The bytes of `blob` of `submission`, checked against its hash;
     /// `sealed` says whether intake sealed it (it did if it sealed the
     /// message naming it).
     pub async fn get(&self, submission: Uuid, blob: BlobId, sealed: bool, sealer: Arc<Sealer>) -> Result<Bytes, BlobError> {
-        let path = self.folder(submission).join(blob.to_string());
+        let stored = match &*self.backend {
+            Backend::Disk(disk) => {
+                let disk = disk.clone();
+                blocking(move || disk.get(submission, blob)).await?
+            }
+            Backend::S3(s3) => s3.get(submission, blob).await?,
+        };
         blocking(move || {
-            let stored = std::fs::read(&path).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => BlobError::Missing(blob),
-                _ => BlobError::Io(format!("cannot read attachment {blob}: {e}")),
-            })?;
             let damaged = |reason: String| BlobError::Damaged { blob, reason };
             let bytes = if sealed {
-                sealer.open_blob(&submission.to_string(), stored).map_err(|e: SealError| damaged(e.to_string()))?
+                sealer.open_blob(&submission.to_string(), stored).map_err(|e| damaged(e.to_string()))?
             } else {
                 stored
             };
@@ -164,36 +187,43 @@ impl BlobStore {
 
     /// Removes every blob of `submission`; none is fine.
     pub async fn remove(&self, submission: Uuid) -> Result<(), BlobError> {
-        let folder = self.folder(submission);
-        blocking(move || match std::fs::remove_dir_all(&folder) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(BlobError::Io(format!("cannot remove the blobs of submission {submission}: {e}"))),
-        })
-        .await
+        match &*self.backend {
+            Backend::Disk(disk) => {
+                let disk = disk.clone();
+                blocking(move || disk.remove(submission)).await
+            }
+            Backend::S3(s3) => s3.remove(submission).await,
+        }
     }
 
     /// The submissions that have blobs.
     pub async fn submissions(&self) -> Result<Vec<Uuid>, BlobError> {
-        let root = self.root.clone();
-        blocking(move || {
-            let entries = std::fs::read_dir(&root).map_err(|e| BlobError::Io(format!("cannot list {}: {e}", root.display())))?;
-            Ok(entries.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<Uuid>().ok()).collect())
-        })
-        .await
+        match &*self.backend {
+            Backend::Disk(disk) => {
+                let disk = disk.clone();
+                blocking(move || disk.submissions()).await
+            }
+            Backend::S3(s3) => s3.submissions().await,
+        }
     }
+}
+
+/// What sealing adds to `len` bytes at most: a header (with the key's
+/// name), and a tag per chunk.
+fn sealing_overhead(len: usize) -> usize {
+    4 + 1 + 255 + 7 + (len / BLOB_CHUNK + 1) * 16
 }
 
 /// Writes the decoded (and maybe sealed) bytes, hashing them on the way,
 /// a chunk at a time: memory stays at a chunk whatever the size.
-fn write_blob(file: &mut std::fs::File, submission: Uuid, base64: &[u8], sealer: &Sealer) -> std::io::Result<BlobId> {
+fn write_blob<W: Write>(file: &mut W, submission: Uuid, base64: &[u8], sealer: &Sealer) -> std::io::Result<BlobId> {
     let mut hash = Sha256::new();
     let mut sealing = sealer.seal_blob(&submission.to_string());
     if let Some((header, _)) = &sealing {
         file.write_all(header)?;
     }
     let mut pending: Vec<u8> = Vec::with_capacity(2 * BLOB_CHUNK);
-    let mut emit = |chunk: &[u8], last: bool, file: &mut std::fs::File| -> std::io::Result<()> {
+    let mut emit = |chunk: &[u8], last: bool, file: &mut W| -> std::io::Result<()> {
         hash.update(chunk);
         match &mut sealing {
             Some((_, sealer)) => {
@@ -223,10 +253,6 @@ fn write_blob(file: &mut std::fs::File, submission: Uuid, base64: &[u8], sealer:
     }
     emit(&pending, true, file)?;
     Ok(BlobId(hash.finalize().into()))
-}
-
-fn sync_dir(path: &Path) -> std::io::Result<()> {
-    std::fs::File::open(path)?.sync_all()
 }
 
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, BlobError> + Send + 'static) -> Result<T, BlobError> {
@@ -268,6 +294,8 @@ pub async fn sweep(blobs: &BlobStore, store: &dyn Store, grace: Duration) -> Res
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn base64(bytes: &[u8]) -> Bytes {
@@ -286,7 +314,8 @@ mod tests {
     #[tokio::test]
     async fn blobs_round_trip_plain_and_sealed_and_are_checked() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(&dir.path().join("blobs")).unwrap();
+        let settings = BlobSettings { path: dir.path().join("blobs"), ..BlobSettings::default() };
+        let store = BlobStore::open(&settings, &Context::new(dir.path())).unwrap();
         let submission = Uuid::now_v7();
         let plain = Arc::new(Sealer::default());
         let sealing = sealer(dir.path());

@@ -1,0 +1,80 @@
+//! Blobs in a directory (`blobs.path`): `<submission>/<sha256>`, written
+//! to a temporary file, synced, renamed into place and the folder synced,
+//! so a blob a message names survives a crash. Blocking: the
+//! [`super::BlobStore`] calls it off the async threads.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::{BlobError, BlobId, write_blob};
+use crate::domain::hex;
+use crate::seal::Sealer;
+
+#[derive(Debug, Clone)]
+pub(super) struct DiskBlobs {
+    root: Arc<Path>,
+}
+
+impl DiskBlobs {
+    /// Opens (and creates) the store's directory.
+    pub(super) fn open(root: &Path) -> Result<Self, BlobError> {
+        std::fs::create_dir_all(root).map_err(|e| BlobError::Io(format!("cannot create {}: {e}", root.display())))?;
+        Ok(Self { root: root.into() })
+    }
+
+    fn folder(&self, submission: Uuid) -> PathBuf {
+        self.root.join(submission.to_string())
+    }
+
+    pub(super) fn put(&self, submission: Uuid, base64: &[u8], sealer: &Sealer) -> Result<BlobId, BlobError> {
+        let io = |what: &str, e: std::io::Error| BlobError::Io(format!("cannot {what} a blob of submission {submission}: {e}"));
+        let folder = self.folder(submission);
+        match std::fs::create_dir(&folder) {
+            Ok(()) => sync_dir(&self.root).map_err(|e| io("sync the folder of", e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io("create the folder of", e)),
+        }
+        let mut nonce = [0u8; 8];
+        aws_lc_rs::rand::fill(&mut nonce).expect("the system's random source works");
+        let temporary = folder.join(format!(".partial-{}", hex(&nonce)));
+        let mut file = std::fs::File::create_new(&temporary).map_err(|e| io("create", e))?;
+        let written = write_blob(&mut file, submission, base64, sealer).map_err(|e| io("write", e));
+        let id = match written.and_then(|id| file.sync_all().map(|()| id).map_err(|e| io("sync", e))) {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = std::fs::remove_file(&temporary);
+                return Err(e);
+            }
+        };
+        std::fs::rename(&temporary, folder.join(id.to_string())).map_err(|e| io("name", e))?;
+        sync_dir(&folder).map_err(|e| io("sync the folder of", e))?;
+        Ok(id)
+    }
+
+    /// The blob as stored (sealed or not).
+    pub(super) fn get(&self, submission: Uuid, blob: BlobId) -> Result<Vec<u8>, BlobError> {
+        std::fs::read(self.folder(submission).join(blob.to_string())).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => BlobError::Missing(blob),
+            _ => BlobError::Io(format!("cannot read attachment {blob}: {e}")),
+        })
+    }
+
+    pub(super) fn remove(&self, submission: Uuid) -> Result<(), BlobError> {
+        match std::fs::remove_dir_all(self.folder(submission)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(BlobError::Io(format!("cannot remove the blobs of submission {submission}: {e}"))),
+        }
+    }
+
+    pub(super) fn submissions(&self) -> Result<Vec<Uuid>, BlobError> {
+        let entries = std::fs::read_dir(&self.root).map_err(|e| BlobError::Io(format!("cannot list {}: {e}", self.root.display())))?;
+        Ok(entries.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<Uuid>().ok()).collect())
+    }
+}
+
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(path)?.sync_all()
+}
