@@ -76,6 +76,7 @@ impl Application {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store.path)?);
         let blobs = BlobStore::open(&config.blobs, &amtsbote_connector::Context::new(&config.base_dir))?;
         blobs.check().await?;
+        blobs.claim(&store.ledger_id().await?).await?;
         let delivery_memory = MemoryBudget::mib(config.blobs.delivery_memory_mib);
         let versions = Arc::new(MappingVersions::new(store.clone()));
         versions.keep(&pipeline).await?;

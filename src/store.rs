@@ -464,6 +464,9 @@ pub trait Store: Send + Sync + 'static {
     /// or unknown to the ledger (refused, or pruned). Their attachments
     /// may go (see [`crate::blobs`]).
     async fn finished_among(&self, ids: Vec<Uuid>, before: OffsetDateTime) -> Result<Vec<Uuid>, StoreError>;
+    /// This ledger's name, made once when it was created: the blob store
+    /// remembers whose blobs it keeps (see [`crate::blobs::BlobStore::claim`]).
+    async fn ledger_id(&self) -> Result<String, StoreError>;
 }
 
 /// Submissions [`prune_periodically`] removes per write, so that pruning
@@ -544,7 +547,7 @@ macro_rules! submission_state {
 }
 
 /// Schema versions in order; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: [&str; 5] = [
+const MIGRATIONS: [&str; 6] = [
     "
 CREATE TABLE IF NOT EXISTS submissions (
     id          TEXT PRIMARY KEY,
@@ -627,6 +630,12 @@ UPDATE submissions SET state = ", submission_state!(), ";
     // Who handed the submission in (a configured sender's name).
     "
 ALTER TABLE submissions ADD COLUMN sender TEXT;
+",
+    // The ledger's own name, which a blob store remembers (see
+    // `Store::ledger_id`).
+    "
+CREATE TABLE ledger (id INTEGER PRIMARY KEY CHECK (id = 1), ledger_id TEXT NOT NULL);
+INSERT INTO ledger (id, ledger_id) VALUES (1, lower(hex(randomblob(16))));
 ",
 ];
 
@@ -933,6 +942,10 @@ impl Store for SqliteStore {
             Ok(())
         })
         .await
+    }
+
+    async fn ledger_id(&self) -> Result<String, StoreError> {
+        self.read(|conn| conn.query_row("SELECT ledger_id FROM ledger WHERE id = 1", [], |r| r.get(0))).await
     }
 
     async fn mapping_version(&self, version: &str) -> Result<Option<String>, StoreError> {
@@ -1405,6 +1418,17 @@ mod tests {
         let (state, at): (String, String) = conn.query_row("SELECT state, received_at FROM submissions", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
         assert_eq!((state.as_str(), at.as_str()), ("delivered", "2026-01-02T03:04:05.500Z"));
         SqliteStore::open(&path).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_ledger_keeps_its_name_and_another_has_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        let name = SqliteStore::open(&path).unwrap().ledger_id().await.unwrap();
+        assert_eq!(name.len(), 32);
+        assert_eq!(SqliteStore::open(&path).unwrap().ledger_id().await.unwrap(), name);
+        let (_other_dir, other) = temp_store();
+        assert_ne!(other.ledger_id().await.unwrap(), name);
     }
 
     #[tokio::test]

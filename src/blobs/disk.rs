@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::{BlobError, BlobId, write_blob};
+use super::{BlobError, BlobId, LEDGER_MARKER, write_blob};
 use crate::domain::hex;
 use crate::seal::Sealer;
 
@@ -22,6 +22,34 @@ impl DiskBlobs {
     pub(super) fn open(root: &Path) -> Result<Self, BlobError> {
         std::fs::create_dir_all(root).map_err(|e| BlobError::Io(format!("cannot create {}: {e}", root.display())))?;
         Ok(Self { root: root.into() })
+    }
+
+    pub(super) fn describe(&self) -> String {
+        format!("the blob directory {}", self.root.display())
+    }
+
+    /// The ledger the directory keeps blobs for; `ledger` if none did yet.
+    pub(super) fn claim(&self, ledger: &str) -> Result<String, BlobError> {
+        let io = |e: std::io::Error| BlobError::Io(format!("cannot claim {}: {e}", self.describe()));
+        let marker = self.root.join(LEDGER_MARKER);
+        match std::fs::read_to_string(&marker) {
+            Ok(theirs) => return Ok(theirs.trim().to_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        // Written whole under another name and linked into place, which
+        // fails if another process got there first: nobody reads half a
+        // marker, and the first claim stands.
+        let temporary = self.root.join(format!("{LEDGER_MARKER}.{}", Uuid::new_v4().simple()));
+        std::fs::write(&temporary, format!("{ledger}\n")).and_then(|()| std::fs::File::open(&temporary)?.sync_all()).map_err(io)?;
+        let linked = std::fs::hard_link(&temporary, &marker);
+        let _ = std::fs::remove_file(&temporary);
+        match linked {
+            Ok(()) => sync_dir(&self.root).map_err(io)?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io(e)),
+        }
+        Ok(std::fs::read_to_string(&marker).map_err(io)?.trim().to_owned())
     }
 
     fn folder(&self, submission: Uuid) -> PathBuf {

@@ -135,6 +135,28 @@ impl BlobStore {
         }
     }
 
+    /// Makes sure this store keeps the blobs of `ledger` only, and claims
+    /// it if nobody has. The ledger decides when blobs go, and a sweep
+    /// removes the blobs of submissions its ledger does not know: processes
+    /// with two ledgers on one store would remove each other's blobs.
+    pub async fn claim(&self, ledger: &str) -> Result<(), BlobError> {
+        let (place, theirs) = match &*self.backend {
+            Backend::Disk(disk) => {
+                let (disk, ours) = (disk.clone(), ledger.to_owned());
+                (disk.describe(), blocking(move || disk.claim(&ours)).await?)
+            }
+            Backend::S3(s3) => (s3.describe(), s3.claim(ledger).await?),
+        };
+        if theirs == ledger {
+            return Ok(());
+        }
+        Err(BlobError::Config(format!(
+            "{place} keeps the blobs of another ledger ({theirs}; this one is {ledger}). Processes that share a blob store must \
+             share the ledger: its records decide when blobs go, and each would remove the other's. Give this installation a blob \
+             store of its own; or, if that ledger is gone for good and its blobs may go, remove the store's `{LEDGER_MARKER}`"
+        )))
+    }
+
     /// Decodes `base64` (validated at intake: canonical, padded), seals
     /// it if `sealer` seals, and stores it durably under `submission`.
     pub async fn put(&self, submission: Uuid, base64: Bytes, sealer: Arc<Sealer>) -> Result<BlobId, BlobError> {
@@ -207,6 +229,9 @@ impl BlobStore {
         }
     }
 }
+
+/// The file or object in a store that names the ledger it keeps blobs for.
+const LEDGER_MARKER: &str = ".ledger";
 
 /// What sealing adds to `len` bytes at most: a header (with the key's
 /// name), and a tag per chunk.
@@ -344,6 +369,20 @@ mod tests {
         store.remove(submission).await.unwrap();
         store.remove(submission).await.unwrap();
         assert!(store.submissions().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_store_keeps_the_blobs_of_the_first_ledger_that_claims_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = BlobSettings { path: dir.path().join("blobs"), ..BlobSettings::default() };
+        let store = BlobStore::open(&settings, &Context::new(dir.path())).unwrap();
+        store.claim("ledger-a").await.unwrap();
+        store.claim("ledger-a").await.unwrap();
+        let refused = store.claim("ledger-b").await.unwrap_err().to_string();
+        assert!(refused.contains("another ledger (ledger-a; this one is ledger-b)") && refused.contains(".ledger"), "{refused}");
+        assert!(store.submissions().await.unwrap().is_empty(), "the marker is no submission");
+        let files: Vec<_> = std::fs::read_dir(&settings.path).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(files, [".ledger"], "no temporary file is left");
     }
 
     #[test]

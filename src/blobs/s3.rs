@@ -20,7 +20,7 @@ use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{BlobError, BlobId};
+use super::{BlobError, BlobId, LEDGER_MARKER};
 
 /// `blobs.s3`: keep blobs in an S3-compatible bucket instead of the
 /// directory `blobs.path`, so that amtsbote processes on several hosts
@@ -133,6 +133,45 @@ impl S3Blobs {
         let credentials = Credentials::new(secret(&settings.access_key_id)?.expose(), secret(&settings.secret_access_key)?.expose());
         let client = Client::new(settings.timeout, &settings.tls, None, context).map_err(|e| bad(e.to_string()))?;
         Ok(Self { bucket, credentials, prefix: settings.prefix.clone(), client })
+    }
+
+    pub(super) fn describe(&self) -> String {
+        match self.prefix.as_str() {
+            "" => format!("the bucket {}", self.bucket.name()),
+            prefix => format!("the bucket {} (prefix {prefix})", self.bucket.name()),
+        }
+    }
+
+    /// The ledger the bucket (under the prefix) keeps blobs for; `ledger`
+    /// if none did yet.
+    pub(super) async fn claim(&self, ledger: &str) -> Result<String, BlobError> {
+        let key = format!("{}{LEDGER_MARKER}", self.prefix);
+        let what = format!("claim {}", self.describe());
+        if let Some(theirs) = self.read_marker(&key, &what).await? {
+            return Ok(theirs);
+        }
+        // `If-None-Match: *`: the first claim stands where S3 writes
+        // conditionally (AWS, MinIO); reading back tells the loser anyway.
+        let url = self.bucket.put_object(Some(&self.credentials), &key).sign(SIGNED_FOR);
+        let marker = Bytes::from(format!("{ledger}\n"));
+        let response = self.send(|http| http.put(url.clone()).header("if-none-match", "*").body(marker.clone()), &what).await?;
+        if !(response.status().is_success() || response.status() == StatusCode::PRECONDITION_FAILED) {
+            return Err(self.failed(&what, response).await);
+        }
+        self.read_marker(&key, &what).await?.ok_or_else(|| BlobError::Io(format!("cannot {what}: the claim is not there after writing it")))
+    }
+
+    async fn read_marker(&self, key: &str, what: &str) -> Result<Option<String>, BlobError> {
+        let url = self.bucket.get_object(Some(&self.credentials), key).sign(SIGNED_FOR);
+        let response = self.send(|http| http.get(url.clone()), what).await?;
+        match response.status() {
+            StatusCode::NOT_FOUND => Ok(None),
+            status if status.is_success() => {
+                let marker = read_limited(response, 1024).await.ok_or_else(|| BlobError::Io(format!("cannot {what}: the marker does not read")))?;
+                Ok(Some(String::from_utf8_lossy(&marker).trim().to_owned()))
+            }
+            _ => Err(self.failed(what, response).await),
+        }
     }
 
     fn key(&self, submission: Uuid, blob: BlobId) -> String {

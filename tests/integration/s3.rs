@@ -46,7 +46,7 @@ async fn attachments_wait_in_an_s3_bucket_and_go_once_delivered() {
     assert_eq!(response.status(), StatusCode::ACCEPTED, "{}", response.text().await.unwrap());
     let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
 
-    let keys = s3.keys("amtsbote");
+    let keys: Vec<String> = s3.keys("amtsbote").into_iter().filter(|k| k != "test/.ledger").collect();
     assert_eq!(keys.len(), 3, "the three large attachments are in the bucket: {keys:?}");
     for key in &keys {
         assert!(key.starts_with(&format!("test/{id}/")), "under the prefix and the submission: {key}");
@@ -69,10 +69,23 @@ async fn attachments_wait_in_an_s3_bucket_and_go_once_delivered() {
     assert!(contents.contains(&b"small: travels in the message".to_vec()));
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !s3.keys("amtsbote").is_empty() {
+    while s3.keys("amtsbote") != ["test/.ledger"] {
         assert!(tokio::time::Instant::now() < deadline, "the delivered submission's blobs stay: {:?}", s3.keys("amtsbote"));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // An installation with a ledger of its own may not use the prefix: its
+    // sweep would remove the blobs of submissions it does not know.
+    let other = tempfile::tempdir().unwrap();
+    let start_other = |prefix: &str| {
+        let blob_settings = s3.blob_settings("amtsbote", prefix, S3Server::SECRET_KEY, other.path());
+        let setup = Setup { blob_settings: &blob_settings, ..Setup::default() };
+        let config: Config = parse_yaml(&config_yaml(&setup, &app.back_office, &unique_prefix(), other.path())).unwrap();
+        async move { Application::build(&config).await.err().map(|e| e.to_string()) }
+    };
+    let refused = start_other("test/").await.expect("a second ledger on the prefix is refused");
+    assert!(refused.contains("keeps the blobs of another ledger"), "{refused}");
+    assert_eq!(start_other("other/").await, None, "a prefix of its own is fine");
 }
 
 /// A bucket that refuses the credentials stops the start with a message
