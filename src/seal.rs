@@ -248,35 +248,35 @@ impl Sealer {
         Some((header, BlobSealer { key, aad: blob_aad(id, submission), prefix, counter: 0 }))
     }
 
-    /// The plaintext of a sealed blob of `submission`, opened chunk by
-    /// chunk where it lies.
-    pub fn open_blob(&self, submission: &str, mut stored: Vec<u8>) -> Result<Vec<u8>, SealError> {
-        let rest = stored.strip_prefix(BLOB_MAGIC.as_slice()).ok_or(SealError::NotSealed)?;
-        let (&id_len, rest) = rest.split_first().ok_or(SealError::Damaged)?;
-        let id_len = usize::from(id_len);
-        if rest.len() < id_len + BLOB_NONCE_PREFIX {
-            return Err(SealError::Damaged);
+    /// Reads a sealed blob's header from `stored` (which is left at the
+    /// first chunk) and returns the opener of its chunks.
+    pub fn blob_opener(&self, submission: &str, stored: &mut impl std::io::Read) -> Result<BlobOpener<'_>, SealError> {
+        let mut start = [0u8; 5];
+        stored.read_exact(&mut start).map_err(|_| SealError::NotSealed)?;
+        if start[..4] != BLOB_MAGIC[..] {
+            return Err(SealError::NotSealed);
         }
-        let id = std::str::from_utf8(&rest[..id_len]).map_err(|_| SealError::Damaged)?.to_owned();
-        let prefix: [u8; BLOB_NONCE_PREFIX] = rest[id_len..id_len + BLOB_NONCE_PREFIX].try_into().expect("7 bytes");
+        let mut rest = vec![0u8; usize::from(start[4]) + BLOB_NONCE_PREFIX];
+        stored.read_exact(&mut rest).map_err(|_| SealError::Damaged)?;
+        let (id, prefix) = rest.split_at(rest.len() - BLOB_NONCE_PREFIX);
+        let id = std::str::from_utf8(id).map_err(|_| SealError::Damaged)?.to_owned();
         let key = match &self.sealing {
             Some((current, key)) if *current == id => key,
             _ => self.keys.get(&id).ok_or_else(|| SealError::UnknownKey(id.clone()))?,
         };
-        let aad = blob_aad(&id, submission);
-        let tag_len = AES_256_GCM.tag_len();
-        let (mut read, mut written, mut counter) = (BLOB_MAGIC.len() + 1 + id_len + BLOB_NONCE_PREFIX, 0, 0u32);
+        Ok(BlobOpener { key, aad: blob_aad(&id, submission), prefix: prefix.try_into().expect("7 bytes"), counter: 0 })
+    }
+
+    /// The plaintext of a sealed blob of `submission`, opened chunk by
+    /// chunk where it lies.
+    pub fn open_blob(&self, submission: &str, mut stored: Vec<u8>) -> Result<Vec<u8>, SealError> {
+        let mut rest = stored.as_slice();
+        let mut opener = self.blob_opener(submission, &mut rest)?;
+        let (mut read, mut written) = (stored.len() - rest.len(), 0);
         loop {
-            let sealed_len = (stored.len() - read).min(BLOB_CHUNK + tag_len);
-            if sealed_len < tag_len {
-                return Err(SealError::Damaged);
-            }
+            let sealed_len = (stored.len() - read).min(BLOB_SEALED_CHUNK);
             let last = read + sealed_len == stored.len();
-            let nonce = blob_nonce(&prefix, counter, last);
-            let plain = key
-                .open_in_place(nonce, Aad::from(aad.as_slice()), &mut stored[read..read + sealed_len])
-                .map_err(|_| SealError::Damaged)?
-                .len();
+            let plain = opener.open_chunk(&mut stored[read..read + sealed_len], last)?;
             stored.copy_within(read..read + plain, written);
             read += sealed_len;
             written += plain;
@@ -284,8 +284,32 @@ impl Sealer {
                 stored.truncate(written);
                 return Ok(stored);
             }
-            counter = counter.checked_add(1).ok_or(SealError::Damaged)?;
         }
+    }
+}
+
+/// A sealed chunk as stored: up to [`BLOB_CHUNK`] bytes and the tag.
+pub const BLOB_SEALED_CHUNK: usize = BLOB_CHUNK + 16;
+
+/// Opens one blob's chunks in order; made by [`Sealer::blob_opener`].
+pub struct BlobOpener<'k> {
+    key: &'k LessSafeKey,
+    aad: Vec<u8>,
+    prefix: [u8; BLOB_NONCE_PREFIX],
+    counter: u32,
+}
+
+impl BlobOpener<'_> {
+    /// Opens the next chunk (at most [`BLOB_SEALED_CHUNK`] bytes; only the
+    /// `last` may be shorter) where it lies; the plaintext's length.
+    pub fn open_chunk(&mut self, sealed: &mut [u8], last: bool) -> Result<usize, SealError> {
+        if sealed.len() < AES_256_GCM.tag_len() {
+            return Err(SealError::Damaged);
+        }
+        let nonce = blob_nonce(&self.prefix, self.counter, last);
+        let plain = self.key.open_in_place(nonce, Aad::from(self.aad.as_slice()), sealed).map_err(|_| SealError::Damaged)?.len();
+        self.counter = self.counter.checked_add(1).ok_or(SealError::Damaged)?;
+        Ok(plain)
     }
 }
 

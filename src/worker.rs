@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use amtsbote_connector::{Delivery, Outcome, Payload};
+use amtsbote_connector::{Delivery, FileContent, Outcome, Payload};
 use bytes::Bytes;
 use futures_lite::StreamExt;
 use lapin::message::Delivery as AmqpDelivery;
@@ -309,16 +309,17 @@ impl Worker {
         let stored: Vec<(usize, BlobId, u64)> =
             attachments.iter().enumerate().filter_map(|(index, a)| Some((index, a.blob?, a.size))).collect();
         let package = mapping.package_format();
-        // What the delivery will hold at most: the attachments, and the zip
-        // made of them, or their base64 in the document.
+        // What the delivery will hold at most: nothing of a folder's files
+        // (streamed to the target), the attachments and the zip made of
+        // them, or their base64 in the document.
         let holds = match package {
-            Some(PackageFormat::Folder) => 1,
+            Some(PackageFormat::Folder) => 0,
             Some(PackageFormat::Zip) => 2,
             None => 3,
         };
-        let _room = match stored.iter().map(|(_, _, size)| size).sum::<u64>() {
+        let _room = match stored.iter().map(|(_, _, size)| size).sum::<u64>().saturating_mul(holds) {
             0 => None,
-            bytes => Some(self.delivery_memory.reserve(bytes.saturating_mul(holds)).await),
+            bytes => Some(self.delivery_memory.reserve(bytes).await),
         };
         // A package takes stored attachments as files; any other mapping
         // reads them as `content`.
@@ -346,7 +347,8 @@ impl Worker {
                 });
             }
         };
-        let payload = match self.finish(id, rendition, sealed, sealer).await {
+        let sizes: HashMap<BlobId, u64> = stored.iter().map(|(_, blob, size)| (*blob, *size)).collect();
+        let payload = match self.finish(id, rendition, &sizes, sealed, sealer).await {
             Ok(payload) => payload,
             Err(failure) => return stopped(Rendering::Failed, failure),
         };
@@ -393,17 +395,19 @@ impl Worker {
         Ok(read)
     }
 
-    /// The connector's payload: a package's stored attachments read in, a
-    /// zip zipped (off the async threads: it copies every byte).
-    async fn finish(&self, submission: Uuid, rendition: Rendition, sealed: bool, sealer: Arc<Sealer>) -> Result<Payload, Failure> {
-        let stored = self.read_stored(submission, rendition.stored().collect(), sealed, sealer).await?;
-        let zips = matches!(rendition, Rendition::Package { format: PackageFormat::Zip, .. });
-        let finished = if zips {
-            tokio::task::spawn_blocking(move || rendition.into_payload(&stored))
-                .await
-                .unwrap_or_else(|e| Err(format!("packing failed: {e}")))
-        } else {
-            rendition.into_payload(&stored)
+    /// The connector's payload: a zip's stored attachments read in and
+    /// zipped (off the async threads: it copies every byte), a folder's
+    /// streamed from the blob store as the connector writes them. `sizes`:
+    /// of the submission's stored attachments, as its message says.
+    async fn finish(&self, submission: Uuid, rendition: Rendition, sizes: &HashMap<BlobId, u64>, sealed: bool, sealer: Arc<Sealer>) -> Result<Payload, Failure> {
+        let finished = match rendition {
+            Rendition::Package { format: PackageFormat::Zip, .. } => {
+                let stored = self.read_stored(submission, rendition.stored().collect(), sealed, sealer).await?;
+                tokio::task::spawn_blocking(move || rendition.into_payload(|blob| stored.get(&blob).cloned().map(FileContent::Bytes)))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("packing failed: {e}")))
+            }
+            rendition => rendition.into_payload(|blob| Some(self.blobs.streamed(submission, blob, *sizes.get(&blob)?, sealed, sealer.clone()))),
         };
         finished.map_err(|message| Failure::Park(ParkReason::Mapping(message)))
     }
@@ -468,7 +472,8 @@ struct Delivered {
 }
 
 /// Size and SHA-256 of a rendered payload, for the ledger. A package is
-/// hashed as its files' paths, sizes and contents in order.
+/// hashed as its files' paths, sizes and SHA-256s in order: a streamed
+/// file's hash is its name in the blob store, so it need not be read.
 fn fingerprint(payload: &Payload) -> Fingerprint {
     match payload {
         Payload::Document { body, .. } => Fingerprint { size: body.len(), sha256: sha256_hex(body) },
@@ -477,10 +482,10 @@ fn fingerprint(payload: &Payload) -> Fingerprint {
             let mut hash = sha2::Sha256::new();
             for file in files {
                 hash.update(file.path.as_bytes());
-                hash.update((file.content.len() as u64).to_be_bytes());
-                hash.update(&file.content);
+                hash.update(file.content.len().to_be_bytes());
+                hash.update(file.content.sha256());
             }
-            Fingerprint { size: files.iter().map(|f| f.content.len()).sum(), sha256: hex(&hash.finalize()) }
+            Fingerprint { size: payload.len(), sha256: hex(&hash.finalize()) }
         }
     }
 }

@@ -27,7 +27,7 @@ mod disk;
 pub mod s3;
 
 use std::fmt;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,11 +38,11 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use amtsbote_connector::Context;
+use amtsbote_connector::{Context, FileContent, FileReader, FileSource};
 
 use crate::config::BlobSettings;
 use crate::domain::{hex, unhex32};
-use crate::seal::{BLOB_CHUNK, Sealer};
+use crate::seal::{BLOB_CHUNK, BLOB_SEALED_CHUNK, Sealer};
 use crate::store::Store;
 
 use disk::DiskBlobs;
@@ -207,6 +207,14 @@ impl BlobStore {
         .await
     }
 
+    /// `blob` of `submission` as a package file that is read from the
+    /// store while the connector writes it, a chunk at a time, and checked
+    /// against its hash at the end (see [`FileSource::open`]). `len` is
+    /// the attachment's size, as the message says.
+    pub fn streamed(&self, submission: Uuid, blob: BlobId, len: u64, sealed: bool, sealer: Arc<Sealer>) -> FileContent {
+        FileContent::Stream(Arc::new(StoredFile { store: self.clone(), submission, blob, len, sealed, sealer }))
+    }
+
     /// Removes every blob of `submission`; none is fine.
     pub async fn remove(&self, submission: Uuid) -> Result<(), BlobError> {
         match &*self.backend {
@@ -228,6 +236,109 @@ impl BlobStore {
             Backend::S3(s3) => s3.submissions().await,
         }
     }
+}
+
+/// A blob as a package file (see [`BlobStore::streamed`]).
+struct StoredFile {
+    store: BlobStore,
+    submission: Uuid,
+    blob: BlobId,
+    len: u64,
+    sealed: bool,
+    sealer: Arc<Sealer>,
+}
+
+#[async_trait::async_trait]
+impl FileSource for StoredFile {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn sha256(&self) -> [u8; 32] {
+        self.blob.0
+    }
+
+    async fn open(&self) -> std::io::Result<FileReader> {
+        let (submission, blob) = (self.submission, self.blob);
+        let as_io = |e: BlobError| {
+            let kind = match e {
+                BlobError::Missing(_) => std::io::ErrorKind::NotFound,
+                _ => std::io::ErrorKind::Other,
+            };
+            std::io::Error::new(kind, e.to_string())
+        };
+        let source: Box<dyn std::io::Read + Send> = match &*self.store.backend {
+            Backend::Disk(disk) => {
+                let disk = disk.clone();
+                Box::new(blocking(move || disk.reader(submission, blob)).await.map_err(as_io)?)
+            }
+            Backend::S3(s3) => Box::new(s3.reader(submission, blob).await.map_err(as_io)?),
+        };
+        // Two chunks in flight: the copy to the target sets the pace.
+        let (chunks, received) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(2);
+        let (sealed, sealer) = (self.sealed, self.sealer.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = pump(source, submission, blob, sealed, &sealer, &chunks) {
+                let _ = chunks.blocking_send(Err(e));
+            }
+        });
+        let stream = futures_lite::stream::unfold(received, |mut received| async move { received.recv().await.map(|chunk| (chunk, received)) });
+        Ok(Box::new(tokio_util::io::StreamReader::new(Box::pin(stream))))
+    }
+}
+
+/// Reads a stored blob from `source`, opens it chunk by chunk if it is
+/// sealed, and sends the plaintext on; fails at the end if it does not
+/// match its hash. Stops when the reader is gone.
+fn pump(
+    mut source: Box<dyn std::io::Read + Send>,
+    submission: Uuid,
+    blob: BlobId,
+    sealed: bool,
+    sealer: &Sealer,
+    chunks: &tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+) -> std::io::Result<()> {
+    let damaged = |reason: String| std::io::Error::new(std::io::ErrorKind::InvalidData, BlobError::Damaged { blob, reason }.to_string());
+    let mut hash = Sha256::new();
+    let mut send = |chunk: Vec<u8>| {
+        hash.update(&chunk);
+        chunks.blocking_send(Ok(chunk.into())).map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the reader is gone"))
+    };
+    if sealed {
+        let mut opener = sealer.blob_opener(&submission.to_string(), &mut source).map_err(|e| damaged(e.to_string()))?;
+        let mut current = read_up_to(&mut source, BLOB_SEALED_CHUNK)?;
+        loop {
+            // A full chunk is the last only if nothing follows it.
+            let next = if current.len() == BLOB_SEALED_CHUNK { read_up_to(&mut source, BLOB_SEALED_CHUNK)? } else { Vec::new() };
+            let last = next.is_empty();
+            let plain = opener.open_chunk(&mut current, last).map_err(|e| damaged(e.to_string()))?;
+            current.truncate(plain);
+            send(current)?;
+            if last {
+                break;
+            }
+            current = next;
+        }
+    } else {
+        loop {
+            let chunk = read_up_to(&mut source, BLOB_CHUNK)?;
+            if chunk.is_empty() {
+                break;
+            }
+            send(chunk)?;
+        }
+    }
+    if hash.finalize().as_slice() != blob.0 {
+        return Err(damaged("its bytes do not match its hash".into()));
+    }
+    Ok(())
+}
+
+/// Up to `len` bytes; fewer only at the end.
+fn read_up_to(source: &mut impl std::io::Read, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut buffer = Vec::with_capacity(len);
+    source.take(len as u64).read_to_end(&mut buffer)?;
+    Ok(buffer)
 }
 
 /// The file or object in a store that names the ledger it keeps blobs for.
@@ -369,6 +480,45 @@ mod tests {
         store.remove(submission).await.unwrap();
         store.remove(submission).await.unwrap();
         assert!(store.submissions().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn streamed_blobs_read_back_chunk_by_chunk_and_fail_when_damaged() {
+        use tokio::io::AsyncReadExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let settings = BlobSettings { path: dir.path().join("blobs"), ..BlobSettings::default() };
+        let store = BlobStore::open(&settings, &Context::new(dir.path())).unwrap();
+        let submission = Uuid::now_v7();
+        let (plain, sealing) = (Arc::new(Sealer::default()), sealer(dir.path()));
+        for len in [0, 5, BLOB_CHUNK, 2 * BLOB_CHUNK, 3 * BLOB_CHUNK + 1] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 13 % 256) as u8).collect();
+            for (sealer, sealed) in [(&plain, false), (&sealing, true)] {
+                let id = store.put(submission, base64(&bytes), sealer.clone()).await.unwrap();
+                let file = store.streamed(submission, id, len as u64, sealed, sealer.clone());
+                assert_eq!(file.read_all().await.unwrap(), bytes, "{len} bytes, sealed: {sealed}");
+                assert!(file.is(&bytes));
+            }
+        }
+        // A blob whose bytes changed fails at the end, with its hash only.
+        let id = store.put(submission, base64(&vec![b'E'; 3 * BLOB_CHUNK]), plain.clone()).await.unwrap();
+        let path = dir.path().join("blobs").join(submission.to_string()).join(id.to_string());
+        let mut stored = std::fs::read(&path).unwrap();
+        stored[2 * BLOB_CHUNK] = b'F';
+        std::fs::write(&path, stored).unwrap();
+        let mut reader = store.streamed(submission, id, 3 * BLOB_CHUNK as u64, false, plain.clone()).open().await.unwrap();
+        let error = reader.read_to_end(&mut Vec::new()).await.unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+        assert!(error.to_string().contains(&id.to_string()) && error.to_string().contains("hash"), "{error}");
+        // A sealed blob cut short does not open.
+        let id = store.put(submission, base64(&vec![7; 2 * BLOB_CHUNK + 9]), sealing.clone()).await.unwrap();
+        let path = dir.path().join("blobs").join(submission.to_string()).join(id.to_string());
+        let stored = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &stored[..stored.len() - 30]).unwrap();
+        let file = store.streamed(submission, id, 2 * BLOB_CHUNK as u64 + 9, true, sealing.clone());
+        assert_eq!(file.read_all().await.unwrap_err().kind(), std::io::ErrorKind::InvalidData);
+        // A missing one says so when it is opened.
+        let missing = store.streamed(Uuid::now_v7(), id, 1, false, plain.clone()).open().await.err().unwrap();
+        assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
     }
 
     #[tokio::test]

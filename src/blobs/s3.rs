@@ -203,6 +203,17 @@ impl S3Blobs {
     }
 
     pub(super) async fn get(&self, submission: Uuid, blob: BlobId) -> Result<Vec<u8>, BlobError> {
+        let mut stored = self.reader(submission, blob).await?;
+        super::blocking(move || {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut stored, &mut bytes).map_err(|e| BlobError::Io(format!("cannot read attachment {blob}: {e}")))?;
+            Ok(bytes)
+        })
+        .await
+    }
+
+    /// The blob as stored, to be read off the async threads as it arrives.
+    pub(super) async fn reader(&self, submission: Uuid, blob: BlobId) -> Result<impl std::io::Read + Send + 'static, BlobError> {
         let key = self.key(submission, blob);
         let url = self.bucket.get_object(Some(&self.credentials), &key).sign(SIGNED_FOR);
         let what = format!("read attachment {blob}");
@@ -211,7 +222,8 @@ impl S3Blobs {
             StatusCode::NOT_FOUND => Err(BlobError::Missing(blob)),
             status if status.is_success() => {
                 // Without the URL: its query is the request's signature.
-                Ok(response.bytes().await.map_err(|e| BlobError::Io(format!("cannot {what}: {}", e.without_url())))?.into())
+                let body = futures_lite::StreamExt::map(response.bytes_stream(), |chunk| chunk.map_err(|e| std::io::Error::other(e.without_url())));
+                Ok(tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(body)))
             }
             _ => Err(self.failed(&what, response).await),
         }

@@ -216,7 +216,7 @@ async fn check(mapping: &Mapping, fixture: &Fixture, evaluator: &Evaluator<'_>, 
             mapping.render(&value, now).map_err(|e| e.to_string())
         }
         Evaluator::Sandbox(sandbox) => match sandbox.render(mapping, &bytes, &[], now).await {
-            Ok(rendition) => rendition.into_payload(&Default::default()),
+            Ok(rendition) => rendition.into_payload(|_| None),
             Err(EvalError::Mapping(e)) => Err(e.to_string()),
             Err(other) => Err(format!("sandbox: {other}")),
         },
@@ -267,7 +267,10 @@ fn bless_into(path: &Path, mapping: &Mapping, payload: &Payload) -> Result<PathB
 /// The files of a package payload (a zip is unpacked), sorted by path.
 pub fn files_of(payload: Payload) -> Result<Vec<(String, Vec<u8>)>, String> {
     let mut files: Vec<(String, Vec<u8>)> = match payload {
-        Payload::Files(files) => files.into_iter().map(|f| (f.path, f.content.to_vec())).collect(),
+        Payload::Files(files) => files
+            .into_iter()
+            .map(|f| Ok((f.path.clone(), f.content.in_memory().ok_or_else(|| format!("{} is streamed, not rendered", f.path))?.to_vec())))
+            .collect::<Result<_, String>>()?,
         Payload::Document { content_type, body } if content_type == "application/zip" => {
             let mut archive = zip::ZipArchive::new(std::io::Cursor::new(body)).map_err(|e| format!("the zip does not read back: {e}"))?;
             let mut files = Vec::new();

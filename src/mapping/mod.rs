@@ -35,9 +35,8 @@ mod xml;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use std::collections::HashMap;
 
-use amtsbote_connector::{PackageFile, Payload};
+use amtsbote_connector::{FileContent, PackageFile, Payload};
 use bytes::Bytes;
 use jaq_json::Val;
 use serde::{Deserialize, Serialize};
@@ -300,7 +299,7 @@ impl Mapping {
     /// fixtures and tests): [`rendition`](Self::rendition), finished.
     pub fn render(&self, submission: &Val, now: i64) -> Result<Payload, RenderError> {
         let rendition = self.rendition(submission, now)?;
-        rendition.into_payload(&std::collections::HashMap::new()).map_err(|message| mapping_error(self, message))
+        rendition.into_payload(|_| None).map_err(|message| mapping_error(self, message))
     }
 
     /// Renders the document for one submission (the JSON the worker
@@ -393,9 +392,10 @@ impl Rendition {
         }
     }
 
-    /// The payload for the connector: stored attachments taken from
-    /// `stored`, a zip package zipped.
-    pub fn into_payload(self, stored: &HashMap<BlobId, Bytes>) -> Result<Payload, String> {
+    /// The payload for the connector: stored attachments as `stored`
+    /// gives them (read in for a zip, streamed into a folder), a zip
+    /// package zipped.
+    pub fn into_payload(self, stored: impl Fn(BlobId) -> Option<FileContent>) -> Result<Payload, String> {
         let (format, modified, files) = match self {
             Rendition::Document { content_type, body } => return Ok(Payload::Document { content_type, body }),
             Rendition::Package { format, modified, files } => (format, modified, files),
@@ -404,9 +404,9 @@ impl Rendition {
             .into_iter()
             .map(|file| {
                 let content = match file.content {
-                    PackedContent::Bytes(bytes) => bytes,
+                    PackedContent::Bytes(bytes) => FileContent::Bytes(bytes),
                     PackedContent::Stored(blob) => {
-                        stored.get(&blob).cloned().ok_or_else(|| format!("attachment {blob} is kept in the blob store, which was not read"))?
+                        stored(blob).ok_or_else(|| format!("attachment {blob} is kept in the blob store, which was not read"))?
                     }
                 };
                 Ok(PackageFile { path: file.path, content })

@@ -169,7 +169,7 @@ pub(super) fn zip(files: &[PackageFile], modified: i64) -> Result<Vec<u8>, Strin
     .unwrap_or_default();
     // Room for every file and the zip's headers up front: growing by
     // doubling would copy a large package over and over.
-    let room = files.iter().map(|f| f.content.len() + 2 * f.path.len() + 128).sum::<usize>() + 1024;
+    let room = files.iter().map(|f| f.content.len() as usize + 2 * f.path.len() + 128).sum::<usize>() + 1024;
     let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::with_capacity(room)));
     for file in files {
         // Text compresses well; PDFs and images are compressed already.
@@ -179,9 +179,10 @@ pub(super) fn zip(files: &[PackageFile], modified: i64) -> Result<Vec<u8>, Strin
             .compression_method(method)
             .last_modified_time(stamp)
             .unix_permissions(0o644)
-            .large_file(file.content.len() as u64 >= u32::MAX as u64);
+            .large_file(file.content.len() >= u32::MAX as u64);
+        let bytes = file.content.in_memory().ok_or_else(|| format!("{} was not read in for the zip", file.path))?;
         writer.start_file(file.path.as_str(), options).map_err(|e| format!("writing the zip failed: {e}"))?;
-        writer.write_all(&file.content).map_err(|e| format!("writing the zip failed: {e}"))?;
+        writer.write_all(bytes).map_err(|e| format!("writing the zip failed: {e}"))?;
     }
     let cursor = writer.finish().map_err(|e| format!("writing the zip failed: {e}"))?;
     Ok(cursor.into_inner())

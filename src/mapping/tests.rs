@@ -237,7 +237,7 @@ fn folder_package_holds_document_form_and_attachments_as_bytes() {
         attachment("foto.jpg", "attachment", &[0, 159, 255])
     );
     let Payload::Files(files) = m.render(&submission(&input), 0).unwrap() else { panic!("not a folder") };
-    let listing: Vec<(&str, &[u8])> = files.iter().map(|f| (f.path.as_str(), &f.content[..])).collect();
+    let listing: Vec<(&str, &[u8])> = files.iter().map(|f| (f.path.as_str(), &f.content.in_memory().unwrap()[..])).collect();
     assert_eq!(listing[1..], [("antrag.pdf", &b"%PDF form"[..]), ("anlagen/foto.jpg", &[0, 159, 255][..])]);
     assert_eq!(listing[0].0, "x1_nachricht.xml");
     assert!(String::from_utf8_lossy(listing[0].1).contains("<name>foto.jpg</name>"));
@@ -272,9 +272,9 @@ fn stored_attachments_stay_out_of_the_mapping_and_join_the_package_at_the_end() 
         let m = Mapping::parse(&PACKAGE.replace("FORMAT", format), "p.yaml").unwrap();
         let rendition = m.rendition(&submission(&input), 0).unwrap();
         assert_eq!(rendition.stored().collect::<Vec<_>>(), [blob]);
-        let missing = rendition.clone().into_payload(&HashMap::new()).unwrap_err();
+        let missing = rendition.clone().into_payload(|_| None).unwrap_err();
         assert!(missing.contains(&blob.to_string()), "{missing}");
-        let payload = rendition.into_payload(&[(blob, Bytes::from_static(b"%PDF scan"))].into()).unwrap();
+        let payload = rendition.into_payload(|stored| (stored == blob).then(|| b"%PDF scan".to_vec().into())).unwrap();
         let files = fixtures::files_of(payload).unwrap();
         let scan = files.iter().find(|(n, _)| n == "anlagen/scan.pdf").expect("the stored attachment");
         assert_eq!(scan.1, b"%PDF scan", "{format}");

@@ -64,8 +64,10 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The submissions with blobs (not the store's `.ledger`).
 fn blob_folders(blobs: &Path) -> Vec<String> {
-    std::fs::read_dir(blobs).map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default()
+    let names = std::fs::read_dir(blobs).map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect::<Vec<_>>());
+    names.unwrap_or_default().into_iter().filter(|name| !name.starts_with('.')).collect()
 }
 
 async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {

@@ -59,7 +59,7 @@ async fn the_xdomea_package_validates_against_the_reference_xsds() {
         .render(&mapping, &serde_json::to_vec(&input).unwrap(), &[], 0)
         .await
         .unwrap()
-        .into_payload(&Default::default())
+        .into_payload(|_| None)
         .unwrap();
     let files = fixtures::files_of(payload).unwrap();
     let (name, xml) = files.iter().find(|(n, _)| n.ends_with("_Geschaeftsgang.Geschaeftsgang.0201.xml")).expect("the message");

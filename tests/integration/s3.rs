@@ -108,3 +108,68 @@ async fn a_bucket_that_refuses_the_credentials_stops_the_start() {
         eprintln!("{error}");
     }
 }
+
+/// A folder package (`package.format: folder`) for a transfer directory.
+const FOLDER_MAPPING: &str = r#"
+output: xml
+root: akte
+document:
+  id: .id
+  datei:
+    - $each: attachments
+      name: .file
+package:
+  format: folder
+  document: '"nachricht.xml"'
+  files:
+    - each: attachments("attachment")
+      path: '"anlagen/" + .file'
+"#;
+
+/// A folder package takes its large attachments from the bucket into the
+/// transfer directory as it writes them, a chunk at a time: with 1 MiB of
+/// delivery memory, plans of 2 MB each arrive intact.
+#[tokio::test]
+async fn a_folder_package_streams_its_attachments_from_the_bucket_into_a_transfer_directory() {
+    let s3 = S3Server::start("amtsbote").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mappings, inbox) = (dir.path().join("mappings"), dir.path().join("inbox"));
+    std::fs::create_dir_all(&mappings).unwrap();
+    std::fs::create_dir_all(&inbox).unwrap();
+    std::fs::write(mappings.join("akte-ordner.yaml"), FOLDER_MAPPING).unwrap();
+    let connector = format!("      directory:\n        path: {}\n        layout: {{ name: \"akte-{{delivery_id}}\" }}\n", inbox.display());
+    let blob_settings = s3.blob_settings("amtsbote", "", S3Server::SECRET_KEY, dir.path()) + "  delivery_memory_mib: 1\n";
+    let app = spawn_app(Setup {
+        targets: &[("ordner", "akte-ordner.yaml")],
+        routes: &[("99050012104000", "", &["ordner"])],
+        mappings: Some(&mappings),
+        connector: Some(&connector),
+        blob_settings: &blob_settings,
+        max_body_bytes: Some(8 << 20),
+        ..Setup::default()
+    })
+    .await;
+    let plans: Vec<Vec<u8>> = (0..2u8).map(|i| (0..2_000_000u32).map(|n| (n % 253) as u8 ^ i).collect()).collect();
+    let attachments: Vec<Value> = plans
+        .iter()
+        .enumerate()
+        .map(|(i, bytes)| json!({ "name": format!("plan-{i}.pdf"), "mediaType": "application/pdf", "purpose": "attachment",
+            "content": base64::engine::general_purpose::STANDARD.encode(bytes) }))
+        .collect();
+    let submission = json!({
+        "service": "99050012104000", "region": "053150000000", "data": { "vorhaben": "Anbau" }, "attachments": attachments,
+    });
+    let response = app.client.post(format!("{}/v1/submissions", app.base)).json(&submission).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED, "{}", response.text().await.unwrap());
+    let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let status = app.status_when(&id, |s| s["status"] == "delivered" || s["status"] == "parked").await;
+    assert_eq!(status["status"], "delivered", "{status}");
+
+    let case: Vec<_> = std::fs::read_dir(&inbox).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(case.len(), 1, "one case folder: {case:?}");
+    for (i, plan) in plans.iter().enumerate() {
+        let arrived = std::fs::read(case[0].join("anlagen").join(format!("plan-{i}.pdf"))).unwrap();
+        assert!(arrived == *plan, "plan {i} arrived changed ({} bytes)", arrived.len());
+    }
+    assert!(std::fs::read_to_string(case[0].join("nachricht.xml")).unwrap().contains(&id));
+}

@@ -32,7 +32,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use amtsbote_connector::{Connector, Delivery, Outcome, PackageFile, Payload};
+use amtsbote_connector::{Connector, Delivery, FileContent, FileReader, FileSource, Outcome, PackageFile, Payload};
 use bytes::Bytes;
 use uuid::Uuid;
 
@@ -143,14 +143,40 @@ pub fn document(size: usize) -> Delivery {
     delivery(Payload::Document { content_type: "application/xml".into(), body: Bytes::from(body) })
 }
 
-/// A delivery of a folder: a document, a PDF-like binary and a nested file.
+/// A delivery of a folder: a document, a PDF-like binary streamed as
+/// amtsbote streams large attachments from its blob store, and a nested
+/// file.
 pub fn package() -> Delivery {
-    let binary: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+    let binary: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
     delivery(Payload::Files(vec![
-        PackageFile { path: "antrag.xml".into(), content: Bytes::from(format!("<antrag><name>{CONTENT_MARKER}</name></antrag>")) },
-        PackageFile { path: "anlagen/scan.pdf".into(), content: Bytes::from(binary) },
-        PackageFile { path: "anlagen/notiz.txt".into(), content: Bytes::from_static("Grüße\r\n".as_bytes()) },
+        PackageFile { path: "antrag.xml".into(), content: format!("<antrag><name>{CONTENT_MARKER}</name></antrag>").into_bytes().into() },
+        PackageFile { path: "anlagen/scan.pdf".into(), content: FileContent::Stream(Arc::new(Streamed(Bytes::from(binary)))) },
+        PackageFile { path: "anlagen/notiz.txt".into(), content: "Grüße\r\n".into() },
     ]))
+}
+
+/// A file read a few KiB at a time, as from the blob store.
+struct Streamed(Bytes);
+
+#[async_trait::async_trait]
+impl FileSource for Streamed {
+    fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+
+    fn sha256(&self) -> [u8; 32] {
+        FileContent::Bytes(self.0.clone()).sha256()
+    }
+
+    async fn open(&self) -> std::io::Result<FileReader> {
+        let (reader, mut writer) = tokio::io::duplex(8 * 1024);
+        let bytes = self.0.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt as _;
+            let _ = writer.write_all(&bytes).await;
+        });
+        Ok(Box::new(reader))
+    }
 }
 
 fn delivery(payload: Payload) -> Delivery {
@@ -167,7 +193,7 @@ fn delivery(payload: Payload) -> Delivery {
 /// Asserts that the back office holds exactly one case, and that it is the
 /// payload: a document as its one file (under any name), a package as its
 /// files under their names. Sizes, not contents, go into the message.
-fn assert_holds<H: Harness>(harness: &H, cases: &[Case], payload: &Payload, what: &str) {
+async fn assert_holds<H: Harness>(harness: &H, cases: &[Case], payload: &Payload, what: &str) {
     assert_eq!(cases.len(), 1, "{what}: the back office should hold one case: {:?}", cases.iter().map(|c| &c.key).collect::<Vec<_>>());
     let sizes = |files: &BTreeMap<String, Bytes>| files.iter().map(|(name, content)| (name.clone(), content.len())).collect::<Vec<_>>();
     let held = &cases[0].files;
@@ -177,7 +203,10 @@ fn assert_holds<H: Harness>(harness: &H, cases: &[Case], payload: &Payload, what
                 "{what} arrived changed: {:?} arrived, {} bytes sent", sizes(held), body.len());
         }
         Payload::Files(files) => {
-            let sent: BTreeMap<String, Bytes> = files.iter().map(|f| (harness.package_file_name(&f.path), f.content.clone())).collect();
+            let mut sent = BTreeMap::new();
+            for file in files {
+                sent.insert(harness.package_file_name(&file.path), file.content.read_all().await.unwrap());
+            }
             assert!(held == &sent, "{what} arrived changed: {:?} arrived, {:?} sent", sizes(held), sizes(&sent));
         }
     }
@@ -209,7 +238,7 @@ pub async fn delivers_a_document<H: Harness>() {
     let connector = harness.connector(Duration::from_secs(30)).await;
     let delivery = document(4096);
     assert_delivered(&deliver(&*connector, &delivery).await, "a document");
-    assert_holds(&harness, &harness.cases().await, &delivery.payload, "a document");
+    assert_holds(&harness, &harness.cases().await, &delivery.payload, "a document").await;
 }
 
 pub async fn delivers_a_package<H: Harness>() {
@@ -221,7 +250,7 @@ pub async fn delivers_a_package<H: Harness>() {
     let connector = harness.connector(Duration::from_secs(30)).await;
     let delivery = package();
     assert_delivered(&deliver(&*connector, &delivery).await, "a package");
-    assert_holds(&harness, &harness.cases().await, &delivery.payload, "a package");
+    assert_holds(&harness, &harness.cases().await, &delivery.payload, "a package").await;
 }
 
 pub async fn unavailable_target_is_transient<H: Harness>() {
@@ -287,7 +316,7 @@ pub async fn large_payload_arrives_whole<H: Harness>() {
     let connector = harness.connector(Duration::from_secs(60)).await;
     let delivery = document(20 * 1024 * 1024);
     assert_delivered(&deliver(&*connector, &delivery).await, "a 20 MB document");
-    assert_holds(&harness, &harness.cases().await, &delivery.payload, "a 20 MB document");
+    assert_holds(&harness, &harness.cases().await, &delivery.payload, "a 20 MB document").await;
 }
 
 pub async fn secrets_and_contents_stay_out_of_logs<H: Harness>() {

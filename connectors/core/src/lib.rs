@@ -17,6 +17,7 @@
 //!
 //! See `connectors/README.md` for the vendor guide.
 
+mod file;
 mod secret;
 
 use std::time::Duration;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use uuid::Uuid;
 
+pub use file::{FileContent, FileReader, FileSource};
 pub use secret::{Context, Secret, SecretError, SecretRef};
 
 /// One rendered document on its way to one target.
@@ -60,7 +62,9 @@ pub enum Payload {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackageFile {
     pub path: String,
-    pub content: Bytes,
+    /// In memory, or (a large attachment) read from the blob store while
+    /// the connector writes it: see [`FileContent`].
+    pub content: FileContent,
 }
 
 impl Payload {
@@ -68,7 +72,7 @@ impl Payload {
     pub fn len(&self) -> usize {
         match self {
             Payload::Document { body, .. } => body.len(),
-            Payload::Files(files) => files.iter().map(|f| f.content.len()).sum(),
+            Payload::Files(files) => files.iter().map(|f| f.content.len() as usize).sum(),
         }
     }
 

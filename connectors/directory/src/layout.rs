@@ -16,7 +16,7 @@
 
 use std::io;
 
-use amtsbote_connector::{Delivery, Outcome, PackageFile, Payload, extension_for};
+use amtsbote_connector::{Delivery, FileReader, Outcome, PackageFile, Payload, extension_for};
 use bytes::Bytes;
 use serde::Deserialize;
 
@@ -137,6 +137,9 @@ pub trait CaseDirectory: Send + Sync {
     async fn read(&self, path: &str) -> io::Result<Bytes>;
     /// Creates or truncates, writes, and syncs the file to disk.
     async fn write(&self, path: &str, content: &Bytes) -> io::Result<()>;
+    /// As [`write`](Self::write), copying from `reader` through a small
+    /// buffer; fails if the reader fails.
+    async fn write_from(&self, path: &str, reader: FileReader) -> io::Result<()>;
     async fn create_folder(&self, path: &str) -> io::Result<()>;
     /// Renames; `to` does not exist.
     async fn rename(&self, from: &str, to: &str) -> io::Result<()>;
@@ -219,7 +222,10 @@ async fn write_folder(directory: &dyn CaseDirectory, part: &str, files: &[Packag
             }
         }
         let path = format!("{part}/{}", file.path);
-        directory.write(&path, &file.content).await.map_err(io("cannot write", &path))?;
+        // Large attachments come from the blob store as they are written:
+        // the package is never in memory whole.
+        let reader = file.content.open().await.map_err(io("cannot read the attachment for", &path))?;
+        directory.write_from(&path, reader).await.map_err(io("cannot write", &path))?;
     }
     for folder in folders.iter().rev() {
         let path = format!("{part}/{folder}");
@@ -239,7 +245,7 @@ async fn same_case(directory: &dyn CaseDirectory, case: &str, found: Entry, payl
             for file in files {
                 let path = format!("{case}/{}", file.path);
                 match directory.entry(&path).await.map_err(io("cannot look up", &path))? {
-                    Some(Entry::File) if directory.read(&path).await.map_err(io("cannot read", &path))? == file.content => {}
+                    Some(Entry::File) if file.content.is(&directory.read(&path).await.map_err(io("cannot read", &path))?) => {}
                     _ => return Err(Failure::Conflict(format!("folder {case}"))),
                 }
             }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use amtsbote_connector::{Connector, ConnectorConfig, Context, Delivery, Outcome, Unhealthy};
+use amtsbote_connector::{Connector, ConnectorConfig, Context, Delivery, FileReader, Outcome, Unhealthy};
 use bytes::Bytes;
 use serde::Deserialize;
 
@@ -152,6 +152,12 @@ impl CaseDirectory for LocalDirectory {
             file.sync_all()
         })
         .await
+    }
+
+    async fn write_from(&self, path: &str, mut reader: FileReader) -> io::Result<()> {
+        let mut file = tokio::fs::File::create(self.root.join(path)).await?;
+        tokio::io::copy(&mut reader, &mut file).await?;
+        file.sync_all().await
     }
 
     async fn create_folder(&self, path: &str) -> io::Result<()> {

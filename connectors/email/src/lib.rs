@@ -13,6 +13,7 @@
 use std::time::Duration;
 
 use amtsbote_connector::{Connector, ConnectorConfig, Context, Delivery, Outcome, Payload, Secret, SecretRef, Unhealthy, extension_for, short_text};
+use bytes::Bytes;
 use lettre::message::header::ContentType;
 use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
@@ -197,7 +198,8 @@ impl EmailConnector {
         builder.build()
     }
 
-    fn message(&self, delivery: &Delivery) -> Result<Message, String> {
+    /// `contents`: those of the package's files, in their order.
+    fn message(&self, delivery: &Delivery, contents: &[Bytes]) -> Result<Message, String> {
         let fill = |text: &str| {
             text.replace("{submission_id}", &delivery.submission_id.to_string())
                 .replace("{delivery_id}", &delivery.delivery_id.to_string())
@@ -223,10 +225,10 @@ impl EmailConnector {
                 parts = parts.singlepart(Attachment::new(name).body(body.to_vec(), content_type));
             }
             Payload::Files(files) => {
-                for file in files {
+                for (file, content) in files.iter().zip(contents) {
                     let name = file.path.replace('/', "_");
                     let content_type = ContentType::parse("application/octet-stream").expect("valid");
-                    parts = parts.singlepart(Attachment::new(name).body(file.content.to_vec(), content_type));
+                    parts = parts.singlepart(Attachment::new(name).body(content.to_vec(), content_type));
                 }
             }
         }
@@ -237,7 +239,17 @@ impl EmailConnector {
 #[async_trait::async_trait]
 impl Connector for EmailConnector {
     async fn deliver(&self, delivery: &Delivery) -> Outcome {
-        let message = match self.message(delivery) {
+        // A mail carries its attachments whole.
+        let mut contents = Vec::new();
+        if let Payload::Files(files) = &delivery.payload {
+            for file in files {
+                match file.content.read_all().await {
+                    Ok(content) => contents.push(content),
+                    Err(e) => return Outcome::transient(format!("cannot read {} of the package: {e}", file.path)),
+                }
+            }
+        }
+        let message = match self.message(delivery, &contents) {
             Ok(message) => message,
             Err(reason) => return Outcome::permanent(reason),
         };

@@ -10,7 +10,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use amtsbote_connector::{Connector, ConnectorConfig, Context, Delivery, Outcome, Secret, SecretRef, Unhealthy};
+use amtsbote_connector::{Connector, ConnectorConfig, Context, Delivery, FileReader, Outcome, Secret, SecretRef, Unhealthy};
 use amtsbote_connector_directory::layout::{self, CaseDirectory, Entry, Layout, LayoutConfig, LayoutError};
 use bytes::Bytes;
 use russh::keys::{PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
@@ -283,6 +283,16 @@ impl CaseDirectory for RemoteDirectory {
         file.write_all(content).await?;
         file.flush().await?;
         // fsync@openssh.com; servers without the extension get none.
+        if let Err(e) = file.sync_all().await {
+            tracing::debug!(event = "sftp_fsync_unsupported", error = %e, "the SFTP server does not sync files");
+        }
+        file.shutdown().await
+    }
+
+    async fn write_from(&self, path: &str, mut reader: FileReader) -> io::Result<()> {
+        let mut file = self.sftp.create(self.path(path)).await.map_err(io_error)?;
+        tokio::io::copy(&mut reader, &mut file).await?;
+        file.flush().await?;
         if let Err(e) = file.sync_all().await {
             tracing::debug!(event = "sftp_fsync_unsupported", error = %e, "the SFTP server does not sync files");
         }
