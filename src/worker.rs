@@ -20,9 +20,10 @@
 //!
 //! Attachments in the blob store are read only for the delivery that needs
 //! them, after the delivery has room in the shared delivery memory budget
-//! (`blobs.delivery_memory_mib`): a package takes them as files (they never
-//! pass through the mapping); any other mapping gets them as `content`,
-//! encoded in its sandbox process.
+//! (`blobs.delivery_memory_mib`): a zip package takes them as files (they
+//! never pass through the mapping), a folder package as streams its
+//! connector reads while it writes (no room needed); any other mapping
+//! gets them as `content`, encoded in its sandbox process.
 
 use std::collections::HashMap;
 use std::sync::Arc;

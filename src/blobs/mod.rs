@@ -447,11 +447,15 @@ mod tests {
         Arc::new(Sealer::new(Some(&config), &amtsbote_connector::Context::new(dir)).unwrap())
     }
 
+    /// A store in `dir/blobs`.
+    fn disk_store(dir: &Path) -> BlobStore {
+        BlobStore::open(&BlobSettings { path: dir.join("blobs"), ..BlobSettings::default() }, &Context::new(dir)).unwrap()
+    }
+
     #[tokio::test]
     async fn blobs_round_trip_plain_and_sealed_and_are_checked() {
         let dir = tempfile::tempdir().unwrap();
-        let settings = BlobSettings { path: dir.path().join("blobs"), ..BlobSettings::default() };
-        let store = BlobStore::open(&settings, &Context::new(dir.path())).unwrap();
+        let store = disk_store(dir.path());
         let submission = Uuid::now_v7();
         let plain = Arc::new(Sealer::default());
         let sealing = sealer(dir.path());
@@ -486,8 +490,7 @@ mod tests {
     async fn streamed_blobs_read_back_chunk_by_chunk_and_fail_when_damaged() {
         use tokio::io::AsyncReadExt as _;
         let dir = tempfile::tempdir().unwrap();
-        let settings = BlobSettings { path: dir.path().join("blobs"), ..BlobSettings::default() };
-        let store = BlobStore::open(&settings, &Context::new(dir.path())).unwrap();
+        let store = disk_store(dir.path());
         let submission = Uuid::now_v7();
         let (plain, sealing) = (Arc::new(Sealer::default()), sealer(dir.path()));
         for len in [0, 5, BLOB_CHUNK, 2 * BLOB_CHUNK, 3 * BLOB_CHUNK + 1] {
@@ -524,14 +527,13 @@ mod tests {
     #[tokio::test]
     async fn a_store_keeps_the_blobs_of_the_first_ledger_that_claims_it() {
         let dir = tempfile::tempdir().unwrap();
-        let settings = BlobSettings { path: dir.path().join("blobs"), ..BlobSettings::default() };
-        let store = BlobStore::open(&settings, &Context::new(dir.path())).unwrap();
+        let store = disk_store(dir.path());
         store.claim("ledger-a").await.unwrap();
         store.claim("ledger-a").await.unwrap();
         let refused = store.claim("ledger-b").await.unwrap_err().to_string();
         assert!(refused.contains("another ledger (ledger-a; this one is ledger-b)") && refused.contains(".ledger"), "{refused}");
         assert!(store.submissions().await.unwrap().is_empty(), "the marker is no submission");
-        let files: Vec<_> = std::fs::read_dir(&settings.path).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let files: Vec<_> = std::fs::read_dir(dir.path().join("blobs")).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(files, [".ledger"], "no temporary file is left");
     }
 

@@ -24,6 +24,9 @@ pub type FileReader = Box<dyn AsyncRead + Send + Unpin>;
 pub trait FileSource: Send + Sync {
     /// The file's length in bytes.
     fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// The SHA-256 of the bytes, known without reading them.
     fn sha256(&self) -> [u8; 32];
     /// Reads the bytes from the start, each call anew. The reader checks
