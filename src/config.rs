@@ -308,7 +308,7 @@ pub struct BlobSettings {
     #[serde(default = "default_sweep_every", with = "humantime_serde")]
     pub sweep_every: Duration,
     /// An S3-compatible bucket instead of the directory `path` (see
-    /// [`crate::blobs::s3::S3Settings`]), for processes on several hosts.
+    /// [`crate::blobs::s3::S3Settings`]), for processes that share no disk.
     #[serde(default)]
     pub s3: Option<crate::blobs::s3::S3Settings>,
 }

@@ -21,7 +21,10 @@
 //! (refused, or pruned).
 //!
 //! Two backends keep the blobs: a directory ([`disk`], the default), and an
-//! S3-compatible bucket ([`s3`]) for processes on several hosts.
+//! S3-compatible bucket ([`s3`]) for processes that share no disk. Either
+//! serves one ledger ([`BlobStore::claim`]), as the ledger decides when
+//! blobs go. A folder package streams its blobs to the connector
+//! ([`BlobStore::streamed`]); other deliveries read them whole.
 
 mod disk;
 pub mod s3;

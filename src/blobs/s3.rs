@@ -1,5 +1,6 @@
 //! Blobs in an S3-compatible bucket (`blobs.s3`): AWS S3, MinIO, Ceph RGW
-//! and the like, for amtsbote processes on several hosts. An object is
+//! and the like, for amtsbote processes that share no disk (and, once the
+//! ledger can be shared, run on several hosts). An object is
 //! `<prefix><submission>/<sha256>`, as a file is on disk.
 //!
 //! Requests are signed with AWS Signature Version 4 by rusty-s3 (which
@@ -23,9 +24,11 @@ use uuid::Uuid;
 use super::{BlobError, BlobId, LEDGER_MARKER};
 
 /// `blobs.s3`: keep blobs in an S3-compatible bucket instead of the
-/// directory `blobs.path`, so that amtsbote processes on several hosts
-/// share them. The bucket must exist; amtsbote checks at startup that it
-/// answers and takes the credentials.
+/// directory `blobs.path`: for processes that share no disk, or a host
+/// without room for attachments. Like the directory, a bucket prefix
+/// serves the processes of one ledger; a process with another ledger
+/// refuses to start on it. The bucket must exist; amtsbote checks at
+/// startup that it answers and takes the credentials.
 ///
 /// ```yaml
 /// blobs:
