@@ -127,8 +127,10 @@ package:
 "#;
 
 /// A folder package takes its large attachments from the bucket into the
-/// transfer directory as it writes them, a chunk at a time: with 1 MiB of
-/// delivery memory, plans of 2 MB each arrive intact.
+/// transfer directory as it writes them, a chunk at a time: plans of 2 MB
+/// each arrive intact. (That a folder reserves no delivery memory is the
+/// worker's rule, not observed here: a budget lets a larger delivery take
+/// all of it, so 1 MiB would not stop one that did.)
 #[tokio::test]
 async fn a_folder_package_streams_its_attachments_from_the_bucket_into_a_transfer_directory() {
     let s3 = S3Server::start("amtsbote").await;

@@ -136,7 +136,9 @@ pub trait CaseDirectory: Send + Sync {
     async fn entry(&self, path: &str) -> io::Result<Option<Entry>>;
     async fn read(&self, path: &str) -> io::Result<Bytes>;
     /// Creates or truncates, writes, and syncs the file to disk.
-    async fn write(&self, path: &str, content: &Bytes) -> io::Result<()>;
+    async fn write(&self, path: &str, content: &Bytes) -> io::Result<()> {
+        self.write_from(path, Box::new(io::Cursor::new(content.clone()))).await
+    }
     /// As [`write`](Self::write), copying from `reader` through a small
     /// buffer; fails if the reader fails.
     async fn write_from(&self, path: &str, reader: FileReader) -> io::Result<()>;

@@ -143,17 +143,6 @@ impl CaseDirectory for LocalDirectory {
         self.run(path, |path| std::fs::read(path).map(Bytes::from)).await
     }
 
-    async fn write(&self, path: &str, content: &Bytes) -> io::Result<()> {
-        let content = content.clone();
-        self.run(path, move |path| {
-            use std::io::Write;
-            let mut file = std::fs::File::create(path)?;
-            file.write_all(&content)?;
-            file.sync_all()
-        })
-        .await
-    }
-
     async fn write_from(&self, path: &str, mut reader: FileReader) -> io::Result<()> {
         let mut file = tokio::fs::File::create(self.root.join(path)).await?;
         tokio::io::copy(&mut reader, &mut file).await?;

@@ -278,21 +278,11 @@ impl CaseDirectory for RemoteDirectory {
         self.sftp.read(self.path(path)).await.map(Bytes::from).map_err(io_error)
     }
 
-    async fn write(&self, path: &str, content: &Bytes) -> io::Result<()> {
-        let mut file = self.sftp.create(self.path(path)).await.map_err(io_error)?;
-        file.write_all(content).await?;
-        file.flush().await?;
-        // fsync@openssh.com; servers without the extension get none.
-        if let Err(e) = file.sync_all().await {
-            tracing::debug!(event = "sftp_fsync_unsupported", error = %e, "the SFTP server does not sync files");
-        }
-        file.shutdown().await
-    }
-
     async fn write_from(&self, path: &str, mut reader: FileReader) -> io::Result<()> {
         let mut file = self.sftp.create(self.path(path)).await.map_err(io_error)?;
         tokio::io::copy(&mut reader, &mut file).await?;
         file.flush().await?;
+        // fsync@openssh.com; servers without the extension get none.
         if let Err(e) = file.sync_all().await {
             tracing::debug!(event = "sftp_fsync_unsupported", error = %e, "the SFTP server does not sync files");
         }
