@@ -21,6 +21,10 @@
 //!    scheduled send to the back office's receipt.
 //! 4. **Memory**: peak resident memory (VmHWM) of the amtsbote process and
 //!    of its mapping sandbox processes, over the whole run.
+//! 5. **CPU per submission** in the saturated run, from /proc: amtsbote's
+//!    own, its sandbox processes', this process's (the load generator and
+//!    the back office), the rest (mostly the broker) and the whole
+//!    machine's.
 //!
 //! Settings, from the environment: `BENCH_MESSAGES` (default 20000, per
 //! measurement), `BENCH_CLIENTS` (64), `BENCH_HALF_LOAD_SECONDS` (10),
@@ -90,11 +94,14 @@ async fn run(settings: Settings) {
 
     // Warm-up: connections, the ledger's pages, the sandbox processes.
     saturate(&client, &amtsbote.base, &submission, &back_office, settings.messages / 10, settings.clients).await;
+    let before = amtsbote.cpu();
     let saturated = saturate(&client, &amtsbote.base, &submission, &back_office, settings.messages, settings.clients).await;
+    let cpu = amtsbote.cpu().since(&before, settings.messages);
     println!(
         "amtsbote saturated: {:.0}/s end to end ({:.0}/s accepted at intake), {} submissions from {} connections",
         saturated.delivered_rate, saturated.accepted_rate, settings.messages, settings.clients
     );
+    println!("CPU per submission, saturated: amtsbote / its sandboxes / load generator and back office / broker and the rest / whole machine: {cpu}");
     let rate = saturated.delivered_rate / 2.0;
     let paced = paced(&client, &amtsbote.base, &submission, &back_office, rate, settings.half_load).await;
     let rss = amtsbote.peak_rss_kib();
@@ -109,6 +116,7 @@ async fn run(settings: Settings) {
     println!("| amtsbote end to end, saturated | {:.0} submissions/s |", saturated.delivered_rate);
     println!("| ratio to the broker limit | {:.2} |", saturated.delivered_rate / limit);
     println!("| latency at half load, p50 / p99 / max | {} |", paced.percentiles());
+    println!("| CPU per submission: amtsbote / its sandboxes / load and back office / broker and rest / machine | {cpu} |");
     println!("| peak RSS, amtsbote / each sandbox process | {} MiB / {} MiB |", rss.main / 1024, rss.sandboxes / 1024 / rss.sandbox_count.max(1) as u64);
 }
 
@@ -269,6 +277,19 @@ impl Amtsbote {
         Self { child, base }
     }
 
+    /// CPU time used so far by amtsbote, by its sandbox processes and by
+    /// the whole machine (the broker, this load generator and the back
+    /// office included).
+    fn cpu(&self) -> Cpu {
+        let pid = self.child.id().unwrap();
+        Cpu {
+            main: cpu_seconds(pid),
+            sandboxes: children_of(pid).into_iter().map(cpu_seconds).sum(),
+            load: cpu_seconds(std::process::id()),
+            machine: machine_busy_seconds(),
+        }
+    }
+
     fn peak_rss_kib(&self) -> Rss {
         let pid = self.child.id().unwrap();
         let sandboxes: Vec<u32> = children_of(pid);
@@ -290,6 +311,65 @@ struct Rss {
     main: u64,
     sandboxes: u64,
     sandbox_count: usize,
+}
+
+struct Cpu {
+    main: f64,
+    sandboxes: f64,
+    /// This process: the load generator and the back office.
+    load: f64,
+    machine: f64,
+}
+
+impl Cpu {
+    /// Per submission, the CPU used since `before` (a sandbox process
+    /// started in between counts whole, as it should).
+    fn since(&self, before: &Cpu, submissions: usize) -> CpuPerSubmission {
+        let per = |now: f64, then: f64| (now - then).max(0.0) / submissions as f64;
+        CpuPerSubmission {
+            main: per(self.main, before.main),
+            sandboxes: per(self.sandboxes, before.sandboxes),
+            load: per(self.load, before.load),
+            machine: per(self.machine, before.machine),
+        }
+    }
+}
+
+struct CpuPerSubmission {
+    main: f64,
+    sandboxes: f64,
+    load: f64,
+    machine: f64,
+}
+
+impl std::fmt::Display for CpuPerSubmission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let us = |seconds: f64| format!("{:.0} µs", seconds * 1e6);
+        let rest = self.machine - self.main - self.sandboxes - self.load;
+        write!(f, "{} / {} / {} / {} / {}", us(self.main), us(self.sandboxes), us(self.load), us(rest), us(self.machine))
+    }
+}
+
+/// Clock ticks per second of /proc's CPU times (USER_HZ, 100 on Linux).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// User and system time of a process, all its threads, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces; fields after it count from its ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |index: usize| fields.get(index).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / TICKS_PER_SECOND
+}
+
+/// Busy time of all CPUs (everything but idle and iowait), in seconds.
+fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> =
+        stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let all: f64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0);
+    (all - idle) / TICKS_PER_SECOND
 }
 
 fn vm_hwm_kib(pid: u32) -> u64 {

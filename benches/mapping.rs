@@ -15,6 +15,10 @@ use amtsbote::mapping::{Mapping, fixtures};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use jaq_json::Val;
 
+// As in the binary: the allocator belongs to the cost.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn gewerbeanmeldung() -> (Mapping, Vec<u8>) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");
     let mapping = Mapping::load(&root, Path::new("xgewerbeanzeige-2.2/gewerbeanmeldung.yaml")).unwrap();

@@ -9,6 +9,12 @@ use amtsbote::store::{SqliteStore, Store};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+// mimalloc: the mapping evaluation allocates and frees many small values
+// (jaq's), and with the system allocator a third of a sandbox process's
+// time went to malloc and free (`scripts/bench`, perf).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// amtsbote: from online application services to municipal back offices.
 #[derive(Parser)]
 #[command(version, about)]

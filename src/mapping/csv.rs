@@ -9,7 +9,9 @@
 use serde::Deserialize;
 
 use super::template::{Template, TemplateError};
-use super::{RenderError, Scope};
+use super::{Place, RenderError, Scope};
+
+const DOCUMENT: Place = Place::At("document");
 
 /// How the CSV is written. The defaults suit German spreadsheet and tax
 /// software: `;` between fields, CRLF line ends, UTF-8.
@@ -97,13 +99,13 @@ pub fn render(settings: &CsvSettings, document: &Template, scope: &Scope) -> Res
         writer.write_record(map.entries.iter().map(|(h, _)| h.as_str())).map_err(io)?;
     }
     let rows = match &map.each {
-        Some(each) => scope.each(each, "document")?,
+        Some(each) => scope.each(each, &DOCUMENT)?,
         None => vec![scope.clone()],
     };
     for row in &rows {
         let mut record = Vec::with_capacity(map.entries.len());
         for (header, cell) in &map.entries {
-            let path = format!("document/{header}");
+            let path = Place::Key(&DOCUMENT, header);
             let mut text = match cell {
                 Template::Constant(v) => super::xml::constant_text(v),
                 Template::Expr(expr) => {

@@ -9,7 +9,14 @@
 //! Output count per evaluation is capped here; time, memory and stack are
 //! bounded by running evaluations in the sandbox process
 //! ([`super::sandbox`]).
+//!
+//! Most leaves of a mapping are a string constant (`'"0500"'`) or a plain
+//! path (`.data.betrieb.name`). Those are answered without running jaq
+//! ([`Shortcut`]): the same value, a fraction of the cost. Whatever the
+//! shortcut cannot answer exactly as jaq would (indexing a string, say,
+//! which is jaq's error to word) goes to jaq.
 
+use bytes::Bytes;
 use jaq_core::load::{Arena, File, Loader, lex};
 use jaq_core::{Ctx, Vars, data, unwrap_valr};
 use jaq_json::Val;
@@ -38,6 +45,69 @@ pub struct Expr {
     /// Code lists the expression looks up, by name.
     codelists: Vec<String>,
     filter: Filter,
+    shortcut: Option<Shortcut>,
+}
+
+/// An expression whose value needs no jaq: see the module documentation.
+#[derive(Debug, PartialEq)]
+enum Shortcut {
+    /// A string literal without interpolation: its text.
+    Text(Bytes),
+    /// `.`, or `.name` repeated: the keys in order.
+    Path(Vec<Bytes>),
+}
+
+impl Shortcut {
+    /// Recognises the two forms; anything else (or in doubt) is `None`.
+    fn of(code: &str) -> Option<Self> {
+        let code = code.trim();
+        if code.starts_with('"') {
+            // jq's string escapes are JSON's plus `\(`, which JSON refuses.
+            return serde_json::from_str::<String>(code).ok().map(|text| Shortcut::Text(text.into()));
+        }
+        if code == "." {
+            return Some(Shortcut::Path(Vec::new()));
+        }
+        let names: Vec<&str> = code.strip_prefix('.')?.split('.').collect();
+        names
+            .iter()
+            .all(|name| is_plain_name(name))
+            .then(|| Shortcut::Path(names.into_iter().map(|name| Bytes::copy_from_slice(name.as_bytes())).collect()))
+    }
+
+    /// The one value jaq would give, or `None` where jaq must answer.
+    fn value(&self, input: &Val) -> Option<Val> {
+        match self {
+            Shortcut::Text(text) => Some(Val::TStr(Box::new(text.clone()))),
+            Shortcut::Path(keys) => {
+                let mut current = input;
+                for key in keys {
+                    match current {
+                        // `.a` of null is null, and so is all that follows.
+                        Val::Null => return Some(Val::Null),
+                        Val::Obj(object) => match object.get(&Val::TStr(Box::new(key.clone()))) {
+                            Some(value) => current = value,
+                            None => return Some(Val::Null),
+                        },
+                        _ => return None,
+                    }
+                }
+                Some(current.clone())
+            }
+        }
+    }
+}
+
+/// A name `.name` can follow without quotes, and not one of jq's keywords.
+fn is_plain_name(name: &str) -> bool {
+    const KEYWORDS: &[&str] = &[
+        "def", "if", "then", "elif", "else", "end", "as", "reduce", "foreach", "try", "catch", "label", "import", "include",
+        "and", "or", "__loc__",
+    ];
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !KEYWORDS.contains(&name)
 }
 
 impl std::fmt::Debug for Expr {
@@ -111,7 +181,7 @@ impl Expr {
                     .join("; ");
                 ExprError(text)
             })?;
-        Ok(Self { code: code.to_owned(), line, codelists, filter })
+        Ok(Self { code: code.to_owned(), line, codelists, filter, shortcut: Shortcut::of(code) })
     }
 
     pub fn code(&self) -> &str {
@@ -129,6 +199,14 @@ impl Expr {
 
     /// Runs the expression on `input` and collects its values.
     pub fn eval(&self, input: &Val, globals: &Globals) -> Result<Vec<Val>, ExprError> {
+        if let Some(value) = self.shortcut.as_ref().and_then(|shortcut| shortcut.value(input)) {
+            return Ok(vec![value]);
+        }
+        self.run(input, globals)
+    }
+
+    /// Runs the expression in jaq.
+    fn run(&self, input: &Val, globals: &Globals) -> Result<Vec<Val>, ExprError> {
         let vars = Vars::new([globals.submission.clone(), globals.codelists.clone(), globals.now.clone()]);
         let ctx = Ctx::<Data>::new(&self.filter.lut, vars);
         let mut out = Vec::new();
@@ -266,6 +344,38 @@ mod tests {
         assert_eq!(eval(".xs[] | ascii_upcase", r#"{"xs":["a","b"]}"#).unwrap(), [r#""A""#, r#""B""#]);
         assert_eq!(eval("$submission.id", r#"{"id":7}"#).unwrap(), ["7"]);
         assert_eq!(eval("empty", "{}").unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn shortcuts_give_what_jaq_gives() {
+        let inputs = [
+            r#"{"a":{"b":"x","n":1.5,"o":{"k":[1,2]},"z":null},"_x1":true,"s":"text"}"#,
+            r#"{"a":null}"#,
+            r#"{"a":"a string"}"#,
+            r#"{"a":[1]}"#,
+            "null",
+            "7",
+            "[1,2]",
+            r#""top""#,
+        ];
+        let codes = [
+            ".", ".a", ".a.b", ".a.n", ".a.o", ".a.o.k", ".a.z", ".a.z.deeper", ".missing", ".missing.more", "._x1", " .s ",
+            ".s.t", r#""plain""#, r#""esc \" \\ \/ \n \u00e4 \u20ac""#, r#""""#,
+        ];
+        let globals = Globals { submission: Val::Null, codelists: Val::Null, now: Val::from(0isize) };
+        for code in codes {
+            let expr = Expr::compile(code, 1).unwrap();
+            assert!(expr.shortcut.is_some(), "{code} should take the shortcut");
+            for input in inputs {
+                let input = val(input);
+                let by_jaq = expr.run(&input, &globals).map(|vs| vs.iter().map(ToString::to_string).collect::<Vec<_>>());
+                let shortcut = expr.eval(&input, &globals).map(|vs| vs.iter().map(ToString::to_string).collect::<Vec<_>>());
+                assert_eq!(shortcut, by_jaq, "{code} on {input}");
+            }
+        }
+        for code in [".a[]", ".a?", r#"."a""#, ".a | .b", r#""\(.a)""#, ".if", ".a.and", "..", ".a.1", "$submission", "1", "\"tab\tin\""] {
+            assert!(Shortcut::of(code).is_none(), "{code} must go to jaq");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use jaq_json::Val;
 use serde_json::{Map, Value};
 
 use super::template::{MapTemplate, Template, TemplateError};
-use super::{RenderError, Scope};
+use super::{Place, RenderError, Scope};
 
 pub fn check(document: &Template) -> Result<(), TemplateError> {
     fn no_each_outside_lists(t: &Template, path: &str, in_list: bool) -> Result<(), TemplateError> {
@@ -39,14 +39,14 @@ pub fn check(document: &Template) -> Result<(), TemplateError> {
 }
 
 pub fn render(document: &Template, scope: &Scope) -> Result<Vec<u8>, RenderError> {
-    let value = value_of(document, scope, "document")?.unwrap_or(Value::Null);
+    let value = value_of(document, scope, &Place::At("document"))?.unwrap_or(Value::Null);
     let mut out = serde_json::to_vec_pretty(&value).expect("a JSON value serializes");
     out.push(b'\n');
     Ok(out)
 }
 
 /// `None` means "no value": the key is left out.
-fn value_of(t: &Template, scope: &Scope, path: &str) -> Result<Option<Value>, RenderError> {
+fn value_of(t: &Template, scope: &Scope, path: &Place) -> Result<Option<Value>, RenderError> {
     match t {
         Template::Constant(v) => Ok(Some(v.clone())),
         Template::Expr(expr) => {
@@ -61,7 +61,7 @@ fn value_of(t: &Template, scope: &Scope, path: &str) -> Result<Option<Value>, Re
         Template::List(items) => {
             let mut array = Vec::new();
             for (i, item) in items.iter().enumerate() {
-                let item_path = format!("{path}[{i}]");
+                let item_path = Place::Item(path, i);
                 match item {
                     Template::Map(m) if m.each.is_some() => {
                         for inner in scope.each(m.each.as_ref().unwrap(), &item_path)? {
@@ -81,10 +81,10 @@ fn value_of(t: &Template, scope: &Scope, path: &str) -> Result<Option<Value>, Re
     }
 }
 
-fn object_of(map: &MapTemplate, scope: &Scope, path: &str) -> Result<Value, RenderError> {
+fn object_of(map: &MapTemplate, scope: &Scope, path: &Place) -> Result<Value, RenderError> {
     let mut object = Map::new();
     for (key, child) in &map.entries {
-        if let Some(v) = value_of(child, scope, &format!("{path}/{key}"))? {
+        if let Some(v) = value_of(child, scope, &Place::Key(path, key))? {
             object.insert(key.clone(), v);
         }
     }

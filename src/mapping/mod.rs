@@ -426,6 +426,26 @@ fn received_at(submission: &Val) -> Option<i64> {
     std::str::from_utf8(at).ok()?.parse::<jiff::Timestamp>().ok().map(|t| t.as_second())
 }
 
+/// A place in the mapping's document, such as `document/xga:satz/xga:person[0]`,
+/// for error messages. Rendering makes one per node it visits; the text is
+/// put together only when an error names it.
+#[derive(Clone, Copy)]
+pub(crate) enum Place<'a> {
+    At(&'a str),
+    Key(&'a Place<'a>, &'a str),
+    Item(&'a Place<'a>, usize),
+}
+
+impl std::fmt::Display for Place<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::At(at) => f.write_str(at),
+            Place::Key(parent, key) => write!(f, "{parent}/{key}"),
+            Place::Item(parent, index) => write!(f, "{parent}[{index}]"),
+        }
+    }
+}
+
 /// Where an expression is evaluated: the current value and the globals.
 #[derive(Clone)]
 pub(crate) struct Scope<'a> {
@@ -435,20 +455,20 @@ pub(crate) struct Scope<'a> {
 }
 
 impl<'a> Scope<'a> {
-    fn eval(&self, expr: &Expr, path: &str) -> Result<Vec<Val>, RenderError> {
+    fn eval(&self, expr: &Expr, path: &Place) -> Result<Vec<Val>, RenderError> {
         expr.eval(&self.current, self.globals).map_err(|e| self.error(path, expr, e.0))
     }
 
-    fn each(&self, expr: &Expr, path: &str) -> Result<Vec<Scope<'a>>, RenderError> {
+    fn each(&self, expr: &Expr, path: &Place) -> Result<Vec<Scope<'a>>, RenderError> {
         Ok(self
-            .eval(expr, &format!("{path}/$each"))?
+            .eval(expr, &Place::Key(path, "$each"))?
             .into_iter()
             .map(|current| Scope { current, globals: self.globals, file: self.file })
             .collect())
     }
 
-    fn error(&self, path: &str, expr: &Expr, message: String) -> RenderError {
-        RenderError { file: self.file.into(), line: expr.line(), path: path.into(), expression: Some(expr.code().into()), message }
+    fn error(&self, path: &Place, expr: &Expr, message: String) -> RenderError {
+        RenderError { file: self.file.into(), line: expr.line(), path: path.to_string(), expression: Some(expr.code().into()), message }
     }
 
     fn plain_error(&self, path: &str, message: &str) -> RenderError {

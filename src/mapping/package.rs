@@ -32,7 +32,7 @@ use serde_saphyr::Spanned;
 
 use super::expr::Expr;
 use super::template::{TemplateError, compile_expr};
-use super::{PackedContent, PackedFile, RenderError, Rendition, Scope};
+use super::{PackedContent, PackedFile, Place, RenderError, Rendition, Scope};
 use crate::blobs::BlobId;
 
 /// The `package` section of a mapping file.
@@ -93,23 +93,24 @@ impl Package {
     /// the time stamp of every zip entry, so the same submission always
     /// packs to the same bytes.
     pub fn pack(&self, document: Vec<u8>, scope: &Scope, modified: i64) -> Result<Rendition, RenderError> {
-        let path = self.path_of(&self.document, scope, "package/document")?;
+        let path = self.path_of(&self.document, scope, &Place::At("package/document"))?;
         let mut files = vec![PackedFile { path, content: PackedContent::Bytes(document.into()) }];
         for (i, (each, path)) in self.files.iter().enumerate() {
-            let at = format!("package/files[{i}]");
-            for item in scope.each(each, &at)? {
+            let files_at = Place::Item(&Place::At("package/files"), i);
+            let (each_at, path_at) = (Place::Key(&files_at, "each"), Place::Key(&files_at, "path"));
+            for item in scope.each(each, &files_at)? {
                 let field = |name: &str| match &item.current {
                     Val::Obj(o) => o.get(&Val::from(name.to_owned())).cloned(),
                     _ => None,
                 };
                 let not_an_attachment = || {
-                    scope.error(&format!("{at}/each"), each, "yields something that is not an attachment (an object with base64 content)".into())
+                    scope.error(&each_at, each, "yields something that is not an attachment (an object with base64 content)".into())
                 };
                 let content = match (field("content"), field("blob")) {
                     (Some(Val::TStr(base64)), _) => PackedContent::Bytes(
                         base64::engine::general_purpose::STANDARD
                             .decode(&**base64)
-                            .map_err(|_| scope.error(&format!("{at}/each"), each, "an attachment's content is not base64".into()))?
+                            .map_err(|_| scope.error(&each_at, each, "an attachment's content is not base64".into()))?
                             .into(),
                     ),
                     (None, Some(Val::TStr(blob))) => {
@@ -117,7 +118,7 @@ impl Package {
                     }
                     _ => return Err(not_an_attachment()),
                 };
-                files.push(PackedFile { path: self.path_of(path, &item, &format!("{at}/path"))?, content });
+                files.push(PackedFile { path: self.path_of(path, &item, &path_at)?, content });
             }
         }
         let mut seen = std::collections::HashSet::new();
@@ -129,7 +130,7 @@ impl Package {
         Ok(Rendition::Package { format: self.format, modified, files })
     }
 
-    fn path_of(&self, expr: &Expr, scope: &Scope, at: &str) -> Result<String, RenderError> {
+    fn path_of(&self, expr: &Expr, scope: &Scope, at: &Place) -> Result<String, RenderError> {
         let values = scope.eval(expr, at)?;
         let path = match values.as_slice() {
             [Val::TStr(s)] => String::from_utf8_lossy(s).into_owned(),

@@ -224,6 +224,11 @@ impl Sandbox {
             // Secrets live in the environment; a mapping has no business
             // with them.
             .env_clear()
+            // The binary's allocator (mimalloc) reserves address space 1 GiB
+            // at a time, before `serve` sets the address-space limit: with
+            // that reserve, a mapping could allocate a gigabyte under any
+            // limit. Smaller reserves keep every allocation under it.
+            .env("MIMALLOC_ARENA_RESERVE", "16MiB")
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
@@ -316,13 +321,26 @@ fn decode_answer(t: u8, payload: Vec<u8>) -> Result<Rendition, EvalError> {
 /// Frames larger than this are refused by both sides.
 const MAX_FRAME: usize = 1 << 30;
 
+/// Frames up to this size are written in one piece: each write to the
+/// pipe wakes the sandbox, and a request in five writes would wake it up
+/// to five times.
+const ONE_WRITE: usize = 64 * 1024;
+
 async fn write_frame(w: &mut ChildStdin, tag: u8, parts: &[&[u8]]) -> std::io::Result<()> {
     let len: usize = parts.iter().map(|p| p.len()).sum();
-    let len = u32::try_from(len).map_err(|_| std::io::Error::other("frame too large"))?;
-    w.write_all(&[tag]).await?;
-    w.write_all(&len.to_le_bytes()).await?;
-    for part in parts {
-        w.write_all(part).await?;
+    let len32 = u32::try_from(len).map_err(|_| std::io::Error::other("frame too large"))?;
+    let small = len <= ONE_WRITE;
+    let mut frame = Vec::with_capacity(5 + if small { len } else { 0 });
+    frame.push(tag);
+    frame.extend_from_slice(&len32.to_le_bytes());
+    if small {
+        parts.iter().for_each(|part| frame.extend_from_slice(part));
+        w.write_all(&frame).await?;
+    } else {
+        w.write_all(&frame).await?;
+        for part in parts {
+            w.write_all(part).await?;
+        }
     }
     w.flush().await
 }

@@ -17,7 +17,7 @@ use quick_xml::escape::partial_escape;
 use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event};
 
 use super::template::{MapTemplate, Template, TemplateError};
-use super::{RenderError, Scope};
+use super::{Place, RenderError, Scope};
 
 struct Element {
     name: String,
@@ -92,7 +92,7 @@ fn is_ncname(s: &str) -> bool {
 pub fn render(root: &str, namespaces: &[(String, String)], document: &Template, scope: &Scope) -> Result<Vec<u8>, RenderError> {
     let Template::Map(map) = document else { unreachable!("checked at load") };
     let mut elements = Vec::new();
-    build_map(root, map, scope, "document", &mut elements)?;
+    build_map(root, map, scope, &Place::At("document"), &mut elements)?;
     let mut root_element = match elements.pop() {
         Some(e) if elements.is_empty() => e,
         Some(_) => return Err(scope.plain_error("document", "the root element must not repeat ($each on the document)")),
@@ -133,7 +133,7 @@ fn write_element(w: &mut Writer<Vec<u8>>, e: &Element) -> std::io::Result<()> {
 }
 
 /// Appends the elements that `name: template` yields in `scope`.
-fn build(name: &str, template: &Template, scope: &Scope, path: &str, out: &mut Vec<Element>) -> Result<(), RenderError> {
+fn build(name: &str, template: &Template, scope: &Scope, path: &Place, out: &mut Vec<Element>) -> Result<(), RenderError> {
     match template {
         Template::Constant(v) => out.push(leaf(name, constant_text(v))),
         Template::Expr(expr) => {
@@ -145,7 +145,7 @@ fn build(name: &str, template: &Template, scope: &Scope, path: &str, out: &mut V
         }
         Template::List(items) => {
             for (i, item) in items.iter().enumerate() {
-                build(name, item, scope, &format!("{path}[{i}]"), out)?;
+                build(name, item, scope, &Place::Item(path, i), out)?;
             }
         }
         Template::Map(map) => build_map(name, map, scope, path, out)?,
@@ -153,7 +153,7 @@ fn build(name: &str, template: &Template, scope: &Scope, path: &str, out: &mut V
     Ok(())
 }
 
-fn build_map(name: &str, map: &MapTemplate, scope: &Scope, path: &str, out: &mut Vec<Element>) -> Result<(), RenderError> {
+fn build_map(name: &str, map: &MapTemplate, scope: &Scope, path: &Place, out: &mut Vec<Element>) -> Result<(), RenderError> {
     let scopes = match &map.each {
         Some(each) => scope.each(each, path)?,
         None => vec![scope.clone()],
@@ -161,10 +161,10 @@ fn build_map(name: &str, map: &MapTemplate, scope: &Scope, path: &str, out: &mut
     for scope in &scopes {
         let mut element = Element { name: name.to_owned(), attributes: Vec::new(), text: None, children: Vec::new() };
         if let Some(text) = &map.text {
-            element.text = single_text(text, scope, &format!("{path}/$text"))?;
+            element.text = single_text(text, scope, &Place::Key(path, "$text"))?;
         }
         for (key, child) in &map.entries {
-            let child_path = format!("{path}/{key}");
+            let child_path = Place::Key(path, key);
             match key.strip_prefix('@') {
                 Some(attr) => {
                     if let Some(value) = single_text(child, scope, &child_path)? {
@@ -182,7 +182,7 @@ fn build_map(name: &str, map: &MapTemplate, scope: &Scope, path: &str, out: &mut
 }
 
 /// Text of an attribute or `$text`: at most one value.
-fn single_text(template: &Template, scope: &Scope, path: &str) -> Result<Option<String>, RenderError> {
+fn single_text(template: &Template, scope: &Scope, path: &Place) -> Result<Option<String>, RenderError> {
     match template {
         Template::Constant(v) => Ok(Some(constant_text(v))),
         Template::Expr(expr) => {
