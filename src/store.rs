@@ -550,9 +550,16 @@ PRAGMA temp_store = MEMORY;
 /// broker confirmed. (A macro, so that `concat!` can build statements.)
 macro_rules! submission_state {
     () => {
-        "CASE
+        concat!("CASE
     WHEN state = 'received' THEN 'received'
-    WHEN EXISTS (SELECT 1 FROM deliveries d WHERE d.submission_id = submissions.id AND d.state = 'parked') THEN 'parked'
+    ", state_once_accepted!())
+    };
+}
+
+/// The cases of [`submission_state`] once the broker has confirmed.
+macro_rules! state_once_accepted {
+    () => {
+        "WHEN EXISTS (SELECT 1 FROM deliveries d WHERE d.submission_id = submissions.id AND d.state = 'parked') THEN 'parked'
     WHEN NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.submission_id = submissions.id AND d.state <> 'delivered') THEN 'delivered'
     WHEN NOT EXISTS (SELECT 1 FROM deliveries d
                      WHERE d.submission_id = submissions.id AND d.state NOT IN ('delivered', 'discarded')) THEN 'discarded'
@@ -657,6 +664,11 @@ INSERT INTO ledger (id, ledger_id) VALUES (1, lower(hex(randomblob(16))));
 /// of its deliveries.
 const UPDATE_SUBMISSION_STATE: &str = concat!("UPDATE submissions SET state = ", submission_state!(), " WHERE id = ?1");
 
+/// Marks the submission `?1` confirmed by the broker: its state across
+/// its targets, which a fast worker may have moved on already.
+const CONFIRM_SUBMISSION: &str =
+    concat!("UPDATE submissions SET state = CASE ", state_once_accepted!(), " WHERE id = ?1 AND state = 'received'");
+
 fn now() -> String {
     timestamp(OffsetDateTime::now_utc())
 }
@@ -676,15 +688,23 @@ struct NewEvent<'a> {
     duration_ms: Option<i64>,
 }
 
+/// Adds an event of a submission the ledger knows (see [`known`]).
 fn add_event(conn: &Connection, submission: &str, at: &str, e: NewEvent<'_>) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT INTO events (submission_id, at, kind, target, attempt, mapping_version, detail, receipt, size, sha256, operator, duration_ms)
-         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12 WHERE EXISTS (SELECT 1 FROM submissions WHERE id = ?1)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?
     .execute(params![
         submission, at, e.kind, e.target, e.attempt, e.mapping_version, e.detail, e.receipt, e.size, e.sha256, e.operator, e.duration_ms
     ])?;
     Ok(())
+}
+
+/// Whether the ledger knows the submission: what happens to one that
+/// retention removed (a late attempt, an operator's action on an old
+/// parked message) is not recorded against it.
+fn known(conn: &Connection, submission: &str) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM submissions WHERE id = ?1)")?.query_row([submission], |r| r.get(0))
 }
 
 impl SqliteStore {
@@ -859,8 +879,7 @@ impl Store for SqliteStore {
     async fn confirm_intake(&self, id: Uuid) -> Result<(), StoreError> {
         self.write(move |conn| {
             let id = id.to_string();
-            if conn.prepare_cached("UPDATE submissions SET state = 'accepted' WHERE id = ?1 AND state = 'received'")?.execute([&id])? > 0 {
-                conn.prepare_cached(UPDATE_SUBMISSION_STATE)?.execute([&id])?;
+            if conn.prepare_cached(CONFIRM_SUBMISSION)?.execute([&id])? > 0 {
                 add_event(conn, &id, &now(), NewEvent { kind: "accepted", ..NewEvent::default() })?;
             }
             Ok(())
@@ -884,6 +903,9 @@ impl Store for SqliteStore {
     async fn record_attempt(&self, a: AttemptRecord) -> Result<(), StoreError> {
         self.write(move |conn| {
             let (id, target, at) = (a.submission.to_string(), a.target.as_str(), now());
+            if !known(conn, &id)? {
+                return Ok(());
+            }
             let version = Some(a.mapping_version.as_str());
             let attempt = Some(a.attempt);
             let duration_ms = a.duration.map(|d| d.as_millis() as i64);
@@ -937,7 +959,7 @@ impl Store for SqliteStore {
             };
             conn.prepare_cached(
                 "INSERT INTO deliveries (submission_id, target, state, attempts, last_outcome, updated_at, mapping_version, receipt)
-                 SELECT ?1, ?2, ?3, 1, ?4, ?5, ?6, ?7 WHERE EXISTS (SELECT 1 FROM submissions WHERE id = ?1)
+                 VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7)
                  ON CONFLICT (submission_id, target) DO UPDATE SET
                    state = excluded.state, attempts = attempts + 1, last_outcome = excluded.last_outcome,
                    updated_at = excluded.updated_at, mapping_version = excluded.mapping_version,
@@ -997,6 +1019,9 @@ impl Store for SqliteStore {
                 params![r.submission_id, r.target, state.as_str(), outcome, at],
             )?;
             conn.execute(UPDATE_SUBMISSION_STATE, [&r.submission_id])?;
+            if !known(conn, &r.submission_id)? {
+                return Ok(());
+            }
             add_event(conn, &r.submission_id, &at, NewEvent {
                 kind,
                 target: Some(&r.target),
