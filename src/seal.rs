@@ -250,7 +250,7 @@ impl Sealer {
 
     /// Reads a sealed blob's header from `stored` (which is left at the
     /// first chunk) and returns the opener of its chunks.
-    pub fn blob_opener(&self, submission: &str, stored: &mut impl std::io::Read) -> Result<BlobOpener<'_>, SealError> {
+    fn blob_opener(&self, submission: &str, stored: &mut impl std::io::Read) -> Result<BlobOpener<'_>, SealError> {
         let mut start = [0u8; 5];
         stored.read_exact(&mut start).map_err(|_| SealError::NotSealed)?;
         if start[..4] != BLOB_MAGIC[..] {
@@ -267,32 +267,55 @@ impl Sealer {
         Ok(BlobOpener { key, aad: blob_aad(&id, submission), prefix: prefix.try_into().expect("7 bytes"), counter: 0 })
     }
 
-    /// The plaintext of a sealed blob of `submission`, opened chunk by
-    /// chunk where it lies.
-    pub fn open_blob(&self, submission: &str, mut stored: Vec<u8>) -> Result<Vec<u8>, SealError> {
-        let mut rest = stored.as_slice();
-        let mut opener = self.blob_opener(submission, &mut rest)?;
-        let (mut read, mut written) = (stored.len() - rest.len(), 0);
+    /// Opens a sealed blob of `submission` as it is read from `stored`, a
+    /// chunk at a time, and hands each chunk's plaintext to `each` in
+    /// order. Memory stays at two chunks whatever the size.
+    pub fn open_blob(
+        &self,
+        submission: &str,
+        stored: &mut impl std::io::Read,
+        mut each: impl FnMut(Vec<u8>) -> std::io::Result<()>,
+    ) -> Result<(), OpenBlobError> {
+        let mut opener = self.blob_opener(submission, stored)?;
+        let mut current = read_up_to(stored, BLOB_SEALED_CHUNK)?;
         loop {
-            let sealed_len = (stored.len() - read).min(BLOB_SEALED_CHUNK);
-            let last = read + sealed_len == stored.len();
-            let plain = opener.open_chunk(&mut stored[read..read + sealed_len], last)?;
-            stored.copy_within(read..read + plain, written);
-            read += sealed_len;
-            written += plain;
+            // A full chunk is the last only if nothing follows it.
+            let next = if current.len() == BLOB_SEALED_CHUNK { read_up_to(stored, BLOB_SEALED_CHUNK)? } else { Vec::new() };
+            let last = next.is_empty();
+            let plain = opener.open_chunk(&mut current, last)?;
+            current.truncate(plain);
+            each(current)?;
             if last {
-                stored.truncate(written);
-                return Ok(stored);
+                return Ok(());
             }
+            current = next;
         }
     }
 }
 
+/// Why a stored blob did not open: it could not be read (or taken), or
+/// it is not what was sealed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenBlobError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Seal(#[from] SealError),
+}
+
+/// Up to `len` bytes of `source`; fewer only at its end.
+pub fn read_up_to(source: &mut impl std::io::Read, len: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut buffer = Vec::with_capacity(len);
+    source.take(len as u64).read_to_end(&mut buffer)?;
+    Ok(buffer)
+}
+
 /// A sealed chunk as stored: up to [`BLOB_CHUNK`] bytes and the tag.
-pub const BLOB_SEALED_CHUNK: usize = BLOB_CHUNK + 16;
+const BLOB_SEALED_CHUNK: usize = BLOB_CHUNK + 16;
 
 /// Opens one blob's chunks in order; made by [`Sealer::blob_opener`].
-pub struct BlobOpener<'k> {
+struct BlobOpener<'k> {
     key: &'k LessSafeKey,
     aad: Vec<u8>,
     prefix: [u8; BLOB_NONCE_PREFIX],
@@ -302,7 +325,7 @@ pub struct BlobOpener<'k> {
 impl BlobOpener<'_> {
     /// Opens the next chunk (at most [`BLOB_SEALED_CHUNK`] bytes; only the
     /// `last` may be shorter) where it lies; the plaintext's length.
-    pub fn open_chunk(&mut self, sealed: &mut [u8], last: bool) -> Result<usize, SealError> {
+    fn open_chunk(&mut self, sealed: &mut [u8], last: bool) -> Result<usize, SealError> {
         if sealed.len() < AES_256_GCM.tag_len() {
             return Err(SealError::Damaged);
         }
@@ -385,6 +408,19 @@ mod tests {
         assert!(problems.iter().all(|p| !p.contains("abcdef")), "{problems:?}");
     }
 
+    /// The plaintext of a sealed blob held in memory.
+    fn open(sealer: &Sealer, submission: &str, stored: Vec<u8>) -> Result<Vec<u8>, SealError> {
+        let mut plain = Vec::new();
+        match sealer.open_blob(submission, &mut stored.as_slice(), |chunk| {
+            plain.extend_from_slice(&chunk);
+            Ok(())
+        }) {
+            Ok(()) => Ok(plain),
+            Err(OpenBlobError::Seal(e)) => Err(e),
+            Err(OpenBlobError::Io(e)) => panic!("a slice reads: {e}"),
+        }
+    }
+
     #[test]
     fn a_sealed_blob_opens_only_whole_and_for_its_submission() {
         let dir = tempfile::tempdir().unwrap();
@@ -399,19 +435,19 @@ mod tests {
                 stored.extend_from_slice(&chunk);
             }
             assert!(stored.starts_with(b"ASB2\x01a"));
-            assert_eq!(sealer.open_blob("s1", stored.clone()).unwrap(), plaintext, "{len} bytes");
-            assert_eq!(sealer.open_blob("s2", stored.clone()), Err(SealError::Damaged), "another submission's");
+            assert_eq!(open(&sealer, "s1", stored.clone()).unwrap(), plaintext, "{len} bytes");
+            assert_eq!(open(&sealer, "s2", stored.clone()), Err(SealError::Damaged), "another submission's");
             if len > BLOB_CHUNK {
                 let header = 4 + 1 + 1 + 7;
                 let cut = stored.len() - (stored.len() - header) % (BLOB_CHUNK + 16);
-                assert_eq!(sealer.open_blob("s1", stored[..cut].to_vec()), Err(SealError::Damaged), "the last chunk cut off");
+                assert_eq!(open(&sealer, "s1", stored[..cut].to_vec()), Err(SealError::Damaged), "the last chunk cut off");
             }
             let mut flipped = stored.clone();
             *flipped.last_mut().unwrap() ^= 1;
-            assert_eq!(sealer.open_blob("s1", flipped), Err(SealError::Damaged));
+            assert_eq!(open(&sealer, "s1", flipped), Err(SealError::Damaged));
         }
         assert!(Sealer::default().seal_blob("s1").is_none(), "sealing off");
-        assert_eq!(sealer.open_blob("s1", b"%PDF-1.7".to_vec()), Err(SealError::NotSealed));
+        assert_eq!(open(&sealer, "s1", b"%PDF-1.7".to_vec()), Err(SealError::NotSealed));
     }
 
     #[test]

@@ -81,14 +81,6 @@ impl DiskBlobs {
         Ok(id)
     }
 
-    /// The blob as stored (sealed or not).
-    pub(super) fn get(&self, submission: Uuid, blob: BlobId) -> Result<Vec<u8>, BlobError> {
-        let mut stored = Vec::new();
-        std::io::Read::read_to_end(&mut self.reader(submission, blob)?, &mut stored)
-            .map_err(|e| BlobError::Io(format!("cannot read attachment {blob}: {e}")))?;
-        Ok(stored)
-    }
-
     /// The blob as stored, to be read.
     pub(super) fn reader(&self, submission: Uuid, blob: BlobId) -> Result<std::fs::File, BlobError> {
         std::fs::File::open(self.folder(submission).join(blob.to_string())).map_err(|e| match e.kind() {

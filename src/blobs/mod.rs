@@ -45,7 +45,7 @@ use amtsbote_connector::{Context, FileContent, FileReader, FileSource};
 
 use crate::config::BlobSettings;
 use crate::domain::{hex, unhex32};
-use crate::seal::{BLOB_CHUNK, BLOB_SEALED_CHUNK, Sealer};
+use crate::seal::{BLOB_CHUNK, OpenBlobError, Sealer, read_up_to};
 use crate::store::Store;
 
 use disk::DiskBlobs;
@@ -188,26 +188,27 @@ impl BlobStore {
     /// `sealed` says whether intake sealed it (it did if it sealed the
     /// message naming it).
     pub async fn get(&self, submission: Uuid, blob: BlobId, sealed: bool, sealer: Arc<Sealer>) -> Result<Bytes, BlobError> {
-        let stored = match &*self.backend {
-            Backend::Disk(disk) => {
-                let disk = disk.clone();
-                blocking(move || disk.get(submission, blob)).await?
-            }
-            Backend::S3(s3) => s3.get(submission, blob).await?,
-        };
+        let source = self.reader(submission, blob).await?;
         blocking(move || {
-            let damaged = |reason: String| BlobError::Damaged { blob, reason };
-            let bytes = if sealed {
-                sealer.open_blob(&submission.to_string(), stored).map_err(|e| damaged(e.to_string()))?
-            } else {
-                stored
-            };
-            if Sha256::digest(&bytes).as_slice() != blob.0 {
-                return Err(damaged("its bytes do not match its hash".into()));
-            }
+            let mut bytes = Vec::new();
+            pump(source, submission, blob, sealed, &sealer, |chunk| {
+                bytes.extend_from_slice(&chunk);
+                Ok(())
+            })?;
             Ok(Bytes::from(bytes))
         })
         .await
+    }
+
+    /// The blob as stored (sealed or not), to be read off the async threads.
+    async fn reader(&self, submission: Uuid, blob: BlobId) -> Result<Box<dyn Read + Send>, BlobError> {
+        Ok(match &*self.backend {
+            Backend::Disk(disk) => {
+                let disk = disk.clone();
+                Box::new(blocking(move || disk.reader(submission, blob)).await?)
+            }
+            Backend::S3(s3) => Box::new(s3.reader(submission, blob).await?),
+        })
     }
 
     /// `blob` of `submission` as a package file that is read from the
@@ -263,26 +264,25 @@ impl FileSource for StoredFile {
 
     async fn open(&self) -> std::io::Result<FileReader> {
         let (submission, blob) = (self.submission, self.blob);
+        // Missing and damaged blobs keep their meaning through the reader.
         let as_io = |e: BlobError| {
             let kind = match e {
                 BlobError::Missing(_) => std::io::ErrorKind::NotFound,
+                BlobError::Damaged { .. } => std::io::ErrorKind::InvalidData,
                 _ => std::io::ErrorKind::Other,
             };
             std::io::Error::new(kind, e.to_string())
         };
-        let source: Box<dyn std::io::Read + Send> = match &*self.store.backend {
-            Backend::Disk(disk) => {
-                let disk = disk.clone();
-                Box::new(blocking(move || disk.reader(submission, blob)).await.map_err(as_io)?)
-            }
-            Backend::S3(s3) => Box::new(s3.reader(submission, blob).await.map_err(as_io)?),
-        };
+        let source = self.store.reader(submission, blob).await.map_err(as_io)?;
         // Two chunks in flight: the copy to the target sets the pace.
         let (chunks, received) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(2);
         let (sealed, sealer) = (self.sealed, self.sealer.clone());
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = pump(source, submission, blob, sealed, &sealer, &chunks) {
-                let _ = chunks.blocking_send(Err(e));
+            let send = |chunk: Vec<u8>| {
+                chunks.blocking_send(Ok(chunk.into())).map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the reader is gone"))
+            };
+            if let Err(e) = pump(source, submission, blob, sealed, &sealer, send) {
+                let _ = chunks.blocking_send(Err(as_io(e)));
             }
         });
         let stream = futures_lite::stream::unfold(received, |mut received| async move { received.recv().await.map(|chunk| (chunk, received)) });
@@ -290,58 +290,44 @@ impl FileSource for StoredFile {
     }
 }
 
-/// Reads a stored blob from `source`, opens it chunk by chunk if it is
-/// sealed, and sends the plaintext on; fails at the end if it does not
-/// match its hash. Stops when the reader is gone.
+/// The one way a stored blob is read: from `source`, opened chunk by
+/// chunk if it is sealed, each chunk's plaintext handed to `each`; fails
+/// at the end if the bytes do not match the blob's hash. A blob that does
+/// not open or match is damaged; one that cannot be read (or whose chunks
+/// `each` cannot take) is an I/O error.
 fn pump(
-    mut source: Box<dyn std::io::Read + Send>,
+    mut source: Box<dyn Read + Send>,
     submission: Uuid,
     blob: BlobId,
     sealed: bool,
     sealer: &Sealer,
-    chunks: &tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
-) -> std::io::Result<()> {
-    let damaged = |reason: String| std::io::Error::new(std::io::ErrorKind::InvalidData, BlobError::Damaged { blob, reason }.to_string());
+    mut each: impl FnMut(Vec<u8>) -> std::io::Result<()>,
+) -> Result<(), BlobError> {
+    let damaged = |reason: String| BlobError::Damaged { blob, reason };
+    let io = |e: std::io::Error| BlobError::Io(format!("cannot read attachment {blob}: {e}"));
     let mut hash = Sha256::new();
-    let mut send = |chunk: Vec<u8>| {
+    let mut hashed = |chunk: Vec<u8>| {
         hash.update(&chunk);
-        chunks.blocking_send(Ok(chunk.into())).map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the reader is gone"))
+        each(chunk)
     };
     if sealed {
-        let mut opener = sealer.blob_opener(&submission.to_string(), &mut source).map_err(|e| damaged(e.to_string()))?;
-        let mut current = read_up_to(&mut source, BLOB_SEALED_CHUNK)?;
-        loop {
-            // A full chunk is the last only if nothing follows it.
-            let next = if current.len() == BLOB_SEALED_CHUNK { read_up_to(&mut source, BLOB_SEALED_CHUNK)? } else { Vec::new() };
-            let last = next.is_empty();
-            let plain = opener.open_chunk(&mut current, last).map_err(|e| damaged(e.to_string()))?;
-            current.truncate(plain);
-            send(current)?;
-            if last {
-                break;
-            }
-            current = next;
-        }
+        sealer.open_blob(&submission.to_string(), &mut source, &mut hashed).map_err(|e| match e {
+            OpenBlobError::Io(e) => io(e),
+            OpenBlobError::Seal(e) => damaged(e.to_string()),
+        })?;
     } else {
         loop {
-            let chunk = read_up_to(&mut source, BLOB_CHUNK)?;
+            let chunk = read_up_to(&mut source, BLOB_CHUNK).map_err(io)?;
             if chunk.is_empty() {
                 break;
             }
-            send(chunk)?;
+            hashed(chunk).map_err(io)?;
         }
     }
     if hash.finalize().as_slice() != blob.0 {
         return Err(damaged("its bytes do not match its hash".into()));
     }
     Ok(())
-}
-
-/// Up to `len` bytes; fewer only at the end.
-fn read_up_to(source: &mut impl std::io::Read, len: usize) -> std::io::Result<Vec<u8>> {
-    let mut buffer = Vec::with_capacity(len);
-    source.take(len as u64).read_to_end(&mut buffer)?;
-    Ok(buffer)
 }
 
 /// The file or object in a store that names the ledger it keeps blobs for.

@@ -205,16 +205,6 @@ impl S3Blobs {
         Ok(())
     }
 
-    pub(super) async fn get(&self, submission: Uuid, blob: BlobId) -> Result<Vec<u8>, BlobError> {
-        let mut stored = self.reader(submission, blob).await?;
-        super::blocking(move || {
-            let mut bytes = Vec::new();
-            std::io::Read::read_to_end(&mut stored, &mut bytes).map_err(|e| BlobError::Io(format!("cannot read attachment {blob}: {e}")))?;
-            Ok(bytes)
-        })
-        .await
-    }
-
     /// The blob as stored, to be read off the async threads as it arrives.
     pub(super) async fn reader(&self, submission: Uuid, blob: BlobId) -> Result<impl std::io::Read + Send + 'static, BlobError> {
         let key = self.key(submission, blob);

@@ -43,7 +43,10 @@ async fn one_submission_fans_out_to_two_targets_each_with_its_own_delivery_id() 
     // 053150000001 takes the Kreis route (both targets); 053150000000 has
     // its own, longer route (DMS only).
     let response = app.submit(gewerbeanmeldung("053150000001").to_string()).await;
-    let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    // Once seen failing under the full suite's load: say what came back.
+    let status = response.status();
+    let answer = response.json::<Value>().await.unwrap();
+    let id = answer["id"].as_str().unwrap_or_else(|| panic!("{status}: {answer}")).to_owned();
     let received = app.back_office.wait_for(2, Duration::from_secs(20)).await;
     let mut paths: Vec<_> = received.iter().map(|r| r.path.as_str()).collect();
     paths.sort();
