@@ -8,10 +8,22 @@
 //! broker would return every unacknowledged message; nothing is lost.
 //!
 //! * replay: republish (with confirm) to the target's work queue with a
-//!   fresh attempt history, record the action, then acknowledge the parked
-//!   copy. A crash in between leaves both copies; the stable delivery id
-//!   lets a deduplicating target ignore the second.
+//!   fresh attempt history and a [`ReplayTicket`], record the action, then
+//!   acknowledge the parked copy.
 //! * discard: record the action, then acknowledge.
+//!
+//! One command acts on each delivery at most once: a replayed delivery
+//! that fails again is parked anew while the sweep still runs, and that
+//! copy waits for the next command. Each parked copy takes at most one
+//! action, whoever asks: the ledger holds one action per parked copy (the
+//! delivery's replay count when parked, see
+//! [`crate::store::ActionClaim`]). A replay interrupted between its
+//! publish and the acknowledgement leaves its message in the work queue
+//! and the parked copy back in the parking queue; whichever is acted on
+//! first (the worker recording the replay from the ticket, or another
+//! replay or discard) takes the parked copy, the other is dropped, and a
+//! sweep that meets a parked copy already taken removes it. So each
+//! delivery ends up parked once or replayed once, never both.
 //!
 //! Every replay and discard is written to the store's audit trail with
 //! the operator and the time. Nothing here reads the message body beyond
@@ -31,8 +43,8 @@ use uuid::Uuid;
 use crate::broker::{self, BrokerError, Outgoing, Topology};
 use crate::config::Config;
 use crate::domain::{TargetName, delivery_id};
-use crate::retry::{self, History, header};
-use crate::store::{OperatorAction, OperatorRecord, Store, StoreError};
+use crate::retry::{self, History, ReplayTicket, header};
+use crate::store::{ActionClaim, OperatorAction, OperatorRecord, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ParkingError {
@@ -187,6 +199,9 @@ impl ParkingLot {
         // Returned to the queue only at the end (what was not selected, and
         // all of a listing): returned earlier, they would be taken again.
         let mut to_return = Vec::new();
+        // A delivery replayed by this sweep may fail again and be parked
+        // anew before the sweep ends: that copy waits for the next command.
+        let mut acted_on = std::collections::HashSet::new();
         while let Some(taken) = channel
             .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
             .await
@@ -194,24 +209,49 @@ impl ParkingLot {
         {
             let message = taken.delivery;
             let (parked, parked_at) = describe(target, &message.properties, message.data.len());
+            if acted_on.contains(&parked.submission_id) {
+                to_return.push(message.delivery_tag);
+                continue;
+            }
+            if let Some(taken_by) = self.store.parked_action(&parked.submission_id, target.as_str(), parked.replays).await? {
+                channel.basic_ack(message.delivery_tag, BasicAckOptions::default()).await.map_err(BrokerError::from)?;
+                tracing::warn!(event = "parked_copy_removed", submission = %parked.submission_id, target = %target,
+                    action = taken_by.as_str(), "removed a parked copy whose delivery was replayed or discarded already (an interrupted operator action)");
+                continue;
+            }
             if !selection.matches(&parked, parked_at, now) {
                 to_return.push(message.delivery_tag);
                 continue;
             }
-            match action {
-                None => to_return.push(message.delivery_tag),
+            let (claim, event, operator) = match action {
+                None => {
+                    to_return.push(message.delivery_tag);
+                    selected.push(parked);
+                    continue;
+                }
                 Some(Action::Replay { operator }) => {
-                    self.replay(channel, target, &parked, message.properties.headers().as_ref(), &message.data).await?;
-                    self.record(&parked, operator, None, OperatorAction::Replay).await?;
-                    channel.basic_ack(message.delivery_tag, BasicAckOptions::default()).await.map_err(BrokerError::from)?;
-                    tracing::info!(event = "parked_replayed", submission = %parked.submission_id, target = %target, operator = %operator, "parked delivery replayed");
+                    let ticket = ReplayTicket { id: Uuid::now_v7(), operator: operator.clone(), parked_reason: parked.reason.clone() };
+                    self.replay(channel, target, &parked, &ticket, message.properties.headers().as_ref(), &message.data).await?;
+                    (self.record(&parked, operator, None, OperatorAction::Replay, Some(ticket.id)).await?, "parked_replayed", operator)
                 }
                 Some(Action::Discard { operator, comment }) => {
-                    self.record(&parked, operator, comment.clone(), OperatorAction::Discard).await?;
-                    channel.basic_ack(message.delivery_tag, BasicAckOptions::default()).await.map_err(BrokerError::from)?;
-                    tracing::info!(event = "parked_discarded", submission = %parked.submission_id, target = %target, operator = %operator, "parked delivery discarded");
+                    let claim = self.record(&parked, operator, comment.clone(), OperatorAction::Discard, None).await?;
+                    (claim, "parked_discarded", operator)
                 }
+            };
+            channel.basic_ack(message.delivery_tag, BasicAckOptions::default()).await.map_err(BrokerError::from)?;
+            acted_on.insert(parked.submission_id.clone());
+            if claim == ActionClaim::Superseded {
+                // Another replay or discard took this parked copy while we
+                // worked (a worker that took an interrupted replay's
+                // message): that one stands, and our replayed message is
+                // dropped by its worker.
+                tracing::warn!(event = "parked_action_superseded", submission = %parked.submission_id, target = %target,
+                    "another operator action took this parked delivery first; it stands");
+                continue;
             }
+            tracing::info!(event, submission = %parked.submission_id, target = %target, operator = %operator,
+                "operator action on a parked delivery");
             selected.push(parked);
         }
         for tag in to_return {
@@ -230,11 +270,13 @@ impl ParkingLot {
         channel: &Channel,
         target: &TargetName,
         parked: &ParkedDelivery,
+        ticket: &ReplayTicket,
         headers: Option<&FieldTable>,
         body: &[u8],
     ) -> Result<(), ParkingError> {
         let mut fresh = retry::carry_headers(headers);
         History { replays: parked.replays + 1, ..History::default() }.write(&mut fresh);
+        ticket.write(&mut fresh);
         let queue = self.topology.work_queue(target);
         broker::publish_confirmed(
             channel,
@@ -244,7 +286,14 @@ impl ParkingLot {
         Ok(())
     }
 
-    async fn record(&self, parked: &ParkedDelivery, operator: &str, comment: Option<String>, action: OperatorAction) -> Result<(), ParkingError> {
+    async fn record(
+        &self,
+        parked: &ParkedDelivery,
+        operator: &str,
+        comment: Option<String>,
+        action: OperatorAction,
+        replay: Option<Uuid>,
+    ) -> Result<ActionClaim, ParkingError> {
         let record = OperatorRecord {
             operator: operator.to_owned(),
             action,
@@ -252,6 +301,8 @@ impl ParkingLot {
             submission_id: parked.submission_id.clone(),
             parked_reason: parked.reason.clone(),
             comment,
+            generation: Some(parked.replays),
+            replay,
         };
         Ok(self.store.record_operator_action(record).await?)
     }

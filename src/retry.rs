@@ -186,6 +186,13 @@ pub mod header {
     pub const LAST_ERROR: &str = "x-amtsbote-last-error";
     /// How often an operator replayed the message from the parking queue.
     pub const REPLAYS: &str = "x-amtsbote-replays";
+    /// On a replayed message, until its first attempt: the replay's id
+    /// (see [`super::ReplayTicket`]).
+    pub const REPLAY: &str = "x-amtsbote-replay";
+    /// On a replayed message: the operator who replayed it.
+    pub const REPLAYED_BY: &str = "x-amtsbote-replayed-by";
+    /// On a replayed message: why it had been parked.
+    pub const PARKED_REASON: &str = "x-amtsbote-parked-reason";
     /// Why the message was parked (a [`crate::worker::ParkReason`] kind).
     pub const REASON: &str = "x-amtsbote-reason";
     /// The target the message was parked for.
@@ -259,6 +266,36 @@ impl History {
     }
 }
 
+/// What a replayed message carries to its first attempt: which replay it
+/// is, so that the worker can record the replay in the ledger before it
+/// delivers. Of two copies of one parked delivery (a replay interrupted
+/// after its publish, then replayed again) only the one whose replay the
+/// ledger holds is delivered; the other is dropped (see
+/// [`crate::store::ActionClaim`]). A retry does not carry it on: the
+/// first attempt recorded it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplayTicket {
+    pub id: uuid::Uuid,
+    pub operator: String,
+    pub parked_reason: String,
+}
+
+impl ReplayTicket {
+    pub fn from_headers(headers: &FieldTable) -> Option<Self> {
+        Some(Self {
+            id: text(headers, header::REPLAY)?.parse().ok()?,
+            operator: text(headers, header::REPLAYED_BY).unwrap_or_default(),
+            parked_reason: text(headers, header::PARKED_REASON).unwrap_or_default(),
+        })
+    }
+
+    pub fn write(&self, headers: &mut FieldTable) {
+        headers.insert(header::REPLAY.into(), long_string(&self.id.to_string()));
+        headers.insert(header::REPLAYED_BY.into(), long_string(&self.operator));
+        headers.insert(header::PARKED_REASON.into(), long_string(&self.parked_reason));
+    }
+}
+
 pub fn integer(headers: &FieldTable, name: &str) -> Option<i64> {
     match headers.inner().get(name)? {
         AMQPValue::LongLongInt(n) => Some(*n),
@@ -316,6 +353,15 @@ mod tests {
         assert_eq!(p.delay_after(1, Some(Duration::from_secs(100))), Duration::from_secs(120));
         assert_eq!(p.delay_after(1, Some(Duration::from_secs(10))), Duration::from_secs(30));
         assert_eq!(p.delay_after(1, Some(Duration::from_secs(86_400))), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn a_replay_ticket_round_trips_and_is_not_carried_on() {
+        let ticket = ReplayTicket { id: uuid::Uuid::now_v7(), operator: "carol".into(), parked_reason: "target-rejected".into() };
+        let mut headers = FieldTable::default();
+        ticket.write(&mut headers);
+        assert_eq!(ReplayTicket::from_headers(&headers), Some(ticket));
+        assert_eq!(ReplayTicket::from_headers(&carry_headers(Some(&headers))), None);
     }
 
     #[test]

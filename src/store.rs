@@ -209,6 +209,31 @@ pub struct OperatorRecord {
     pub parked_reason: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
+    /// Which parked copy the action took: the delivery's replay count when
+    /// it was parked ([`crate::retry::History::replays`]). One action per
+    /// parked copy: the ledger refuses a second (see [`ActionClaim`]).
+    /// `None` in records from before this was kept.
+    #[serde(skip)]
+    pub generation: Option<u32>,
+    /// The replay's own id, which its message carries
+    /// ([`crate::retry::ReplayTicket`]): the replayer and the worker that
+    /// takes the message both record it, and only the first one writes.
+    #[serde(skip)]
+    pub replay: Option<Uuid>,
+}
+
+/// Whether an operator's action took hold of the parked copy it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionClaim {
+    /// Recorded now: the action stands.
+    Recorded,
+    /// This very action (the same replay id) was recorded before: it
+    /// stands, nothing was written again.
+    Repeated,
+    /// Another action took this parked copy first (an interrupted replay
+    /// whose message a worker took, a concurrent replay or discard): this
+    /// one must not happen.
+    Superseded,
 }
 
 /// One entry of the audit trail: the record and when the store took it.
@@ -445,8 +470,15 @@ pub trait Store: Send + Sync + 'static {
     /// Submissions matching `query`, newest first, one page.
     async fn search(&self, query: SearchQuery) -> Result<SearchPage, StoreError>;
     /// Records who replayed or discarded a parked delivery, and sets the
-    /// delivery's state accordingly.
-    async fn record_operator_action(&self, record: OperatorRecord) -> Result<(), StoreError>;
+    /// delivery's state accordingly, unless another action took the same
+    /// parked copy (`generation`) first: a unique constraint decides, so
+    /// each parked copy is replayed or discarded at most once, whichever
+    /// process asks.
+    async fn record_operator_action(&self, record: OperatorRecord) -> Result<ActionClaim, StoreError>;
+    /// The action that took the parked copy `generation` of a delivery, if
+    /// one did: a copy still in the parking queue after that is left over
+    /// from an interrupted replay or discard.
+    async fn parked_action(&self, submission: &str, target: &str, generation: u32) -> Result<Option<OperatorAction>, StoreError>;
     /// The audit trail, newest first; only of the `within` targets if
     /// given.
     async fn audit_trail(&self, limit: u32, within: Option<Vec<String>>) -> Result<Vec<AuditEntry>, StoreError>;
@@ -568,7 +600,7 @@ macro_rules! state_once_accepted {
 }
 
 /// Schema versions in order; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: [&str; 6] = [
+const MIGRATIONS: [&str; 7] = [
     "
 CREATE TABLE IF NOT EXISTS submissions (
     id          TEXT PRIMARY KEY,
@@ -657,6 +689,14 @@ ALTER TABLE submissions ADD COLUMN sender TEXT;
     "
 CREATE TABLE ledger (id INTEGER PRIMARY KEY CHECK (id = 1), ledger_id TEXT NOT NULL);
 INSERT INTO ledger (id, ledger_id) VALUES (1, lower(hex(randomblob(16))));
+",
+    // One operator action per parked copy of a delivery (its replay
+    // count when parked): an interrupted replay cannot happen twice.
+    "
+ALTER TABLE operator_actions ADD COLUMN generation INTEGER;
+ALTER TABLE operator_actions ADD COLUMN replay_id TEXT;
+CREATE UNIQUE INDEX operator_actions_once ON operator_actions (submission_id, target, generation)
+    WHERE generation IS NOT NULL;
 ",
 ];
 
@@ -998,14 +1038,24 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn record_operator_action(&self, r: OperatorRecord) -> Result<(), StoreError> {
+    async fn record_operator_action(&self, r: OperatorRecord) -> Result<ActionClaim, StoreError> {
         self.write(move |conn| {
             let at = now();
-            conn.execute(
-                "INSERT INTO operator_actions (at, operator, action, target, submission_id, parked_reason, comment)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![at, r.operator, r.action.as_str(), r.target, r.submission_id, r.parked_reason, r.comment],
+            let replay = r.replay.map(|id| id.to_string());
+            let inserted = conn.execute(
+                "INSERT INTO operator_actions (at, operator, action, target, submission_id, parked_reason, comment, generation, replay_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT DO NOTHING",
+                params![at, r.operator, r.action.as_str(), r.target, r.submission_id, r.parked_reason, r.comment, r.generation, replay],
             )?;
+            if inserted == 0 {
+                let (action, replay_id): (String, Option<String>) = conn.query_row(
+                    "SELECT action, replay_id FROM operator_actions WHERE submission_id = ?1 AND target = ?2 AND generation = ?3",
+                    params![r.submission_id, r.target, r.generation],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )?;
+                let same = OperatorAction::parse(&action) == r.action && replay_id == replay;
+                return Ok(if same { ActionClaim::Repeated } else { ActionClaim::Superseded });
+            }
             let (state, kind, outcome) = match r.action {
                 OperatorAction::Replay => (DeliveryState::Queued, "replayed", format!("replayed by {}", r.operator)),
                 OperatorAction::Discard => (DeliveryState::Discarded, "discarded", format!("discarded by {}", r.operator)),
@@ -1019,16 +1069,30 @@ impl Store for SqliteStore {
                 params![r.submission_id, r.target, state.as_str(), outcome, at],
             )?;
             conn.execute(UPDATE_SUBMISSION_STATE, [&r.submission_id])?;
-            if !known(conn, &r.submission_id)? {
-                return Ok(());
+            if known(conn, &r.submission_id)? {
+                add_event(conn, &r.submission_id, &at, NewEvent {
+                    kind,
+                    target: Some(&r.target),
+                    operator: Some(&r.operator),
+                    detail: Some(&r.parked_reason),
+                    ..NewEvent::default()
+                })?;
             }
-            add_event(conn, &r.submission_id, &at, NewEvent {
-                kind,
-                target: Some(&r.target),
-                operator: Some(&r.operator),
-                detail: Some(&r.parked_reason),
-                ..NewEvent::default()
-            })
+            Ok(ActionClaim::Recorded)
+        })
+        .await
+    }
+
+    async fn parked_action(&self, submission: &str, target: &str, generation: u32) -> Result<Option<OperatorAction>, StoreError> {
+        let (submission, target) = (submission.to_owned(), target.to_owned());
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT action FROM operator_actions WHERE submission_id = ?1 AND target = ?2 AND generation = ?3",
+                params![submission, target, generation],
+                |row| row.get::<_, String>(0),
+            )
+            .optional()
+            .map(|action| action.as_deref().map(OperatorAction::parse))
         })
         .await
     }
@@ -1052,6 +1116,8 @@ impl Store for SqliteStore {
                             submission_id: r.get(4)?,
                             parked_reason: r.get(5)?,
                             comment: r.get(6)?,
+                            generation: None,
+                            replay: None,
                         },
                     })
                 })?
@@ -1334,6 +1400,8 @@ mod tests {
             submission_id: id.to_string(),
             parked_reason: parked_reason.into(),
             comment: None,
+            generation: Some(0),
+            replay: None,
         }
     }
 
@@ -1435,6 +1503,29 @@ mod tests {
         let status = store.status(id).await.unwrap().unwrap();
         assert_eq!(status.targets[0].state, DeliveryState::Delivered);
         assert!(status.timeline.iter().any(|e| e.event == "replayed"), "the replay is in the timeline all the same");
+    }
+
+    #[tokio::test]
+    async fn each_parked_copy_takes_one_action_whoever_records_it() {
+        let (_dir, store) = temp_store();
+        let id = accepted(&store, submission(Uuid::new_v4())).await;
+        let parked = AttemptResult::Parked { reason: "target-rejected", error: "HTTP 400".into() };
+        store.record_attempt(attempt(id, "a", parked)).await.unwrap();
+        let replay = |replay: Uuid| OperatorRecord { replay: Some(replay), ..by_alice(OperatorAction::Replay, id, "a", "target-rejected") };
+        let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
+        assert_eq!(store.parked_action(&id.to_string(), "a", 0).await.unwrap(), None);
+        assert_eq!(store.record_operator_action(replay(first)).await.unwrap(), ActionClaim::Recorded);
+        // The worker that takes the replayed message records the same replay.
+        assert_eq!(store.record_operator_action(replay(first)).await.unwrap(), ActionClaim::Repeated);
+        // A second replay (or a discard) of the same parked copy loses.
+        assert_eq!(store.record_operator_action(replay(second)).await.unwrap(), ActionClaim::Superseded);
+        let discard = by_alice(OperatorAction::Discard, id, "a", "target-rejected");
+        assert_eq!(store.record_operator_action(discard.clone()).await.unwrap(), ActionClaim::Superseded);
+        assert_eq!(store.parked_action(&id.to_string(), "a", 0).await.unwrap(), Some(OperatorAction::Replay));
+        assert_eq!(store.audit_trail(10, None).await.unwrap().len(), 1, "one audit row");
+        // The next parked copy (after one replay) is free again.
+        let next = OperatorRecord { generation: Some(1), ..discard };
+        assert_eq!(store.record_operator_action(next).await.unwrap(), ActionClaim::Recorded);
     }
 
     #[test]

@@ -50,9 +50,9 @@ use crate::metrics::{AttemptOutcome, Metrics, ParkLabels};
 use crate::mapping::{Mapping, PackageFormat, Rendition};
 use crate::mapping::sandbox::{EvalError, Sandbox};
 use crate::pipeline::{MappingVersions, SharedPipeline, Target};
-use crate::retry::{self, History};
+use crate::retry::{self, History, ReplayTicket};
 use crate::seal::Sealer;
-use crate::store::{AttemptRecord, AttemptResult, Fingerprint, Rendering, Store};
+use crate::store::{ActionClaim, AttemptRecord, AttemptResult, Fingerprint, OperatorAction, OperatorRecord, Rendering, Store};
 
 pub struct Worker {
     /// The target as the worker started; its name and concurrency hold
@@ -173,6 +173,14 @@ impl Worker {
         let no_headers = FieldTable::default();
         let headers = message.properties.headers().as_ref().unwrap_or(&no_headers);
         let mut history = History::from_headers(headers);
+        if let Some(ticket) = ReplayTicket::from_headers(headers)
+            && !self.take_replay(id, &history, ticket).await
+        {
+            if let Err(e) = message.ack(BasicAckOptions::default()).await {
+                tracing::warn!(event = "ack_failed", error = %e, "acknowledgement failed");
+            }
+            return;
+        }
         let first_attempt = history.first_attempt.unwrap_or_else(OffsetDateTime::now_utc);
         history.attempts += 1;
         history.first_attempt = Some(first_attempt);
@@ -262,6 +270,36 @@ impl Worker {
             // The broker redelivers; the stable delivery id lets the target
             // recognise the repeat.
             tracing::warn!(event = "ack_failed", error = %e, "acknowledgement failed");
+        }
+    }
+
+    /// Records in the ledger the replay a replayed message's first attempt
+    /// carries; false if another action took that parked copy first (the
+    /// message is a leftover of an interrupted replay and must not be
+    /// delivered). A ledger that cannot be written does not stop the
+    /// delivery: nothing may be lost for want of an audit row.
+    async fn take_replay(&self, id: &str, history: &History, ticket: ReplayTicket) -> bool {
+        let record = OperatorRecord {
+            operator: ticket.operator,
+            action: OperatorAction::Replay,
+            target: self.target.name.to_string(),
+            submission_id: id.to_owned(),
+            parked_reason: ticket.parked_reason,
+            comment: None,
+            generation: Some(history.replays.saturating_sub(1)),
+            replay: Some(ticket.id),
+        };
+        match self.store.record_operator_action(record).await {
+            Ok(ActionClaim::Recorded | ActionClaim::Repeated) => true,
+            Ok(ActionClaim::Superseded) => {
+                tracing::warn!(event = "replay_superseded", replay = %ticket.id,
+                    "dropped a replayed message: another operator action took its parked delivery first");
+                false
+            }
+            Err(e) => {
+                tracing::error!(event = "store_failed", error = %e, "could not record the replay; delivering all the same");
+                true
+            }
         }
     }
 

@@ -12,6 +12,7 @@ mod large;
 mod mappings;
 mod observability;
 mod openapi;
+mod replay;
 mod retries;
 mod s3;
 mod scaling;
