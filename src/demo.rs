@@ -184,14 +184,39 @@ async fn receive(State(state): State<Arc<BackOfficeState>>, UrlPath(path): UrlPa
     status
 }
 
+/// Each demo run starts from nothing: a fresh ledger, so that its
+/// idempotency keys do not replay the previous run's answers, and no
+/// blobs, whose store remembers the ledger it served and would refuse the
+/// new one.
+fn reset_state(config: &Config) -> anyhow::Result<()> {
+    let ledger = config.store.path.as_os_str();
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut file = ledger.to_owned();
+        file.push(suffix);
+        match std::fs::remove_file(&file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing the previous demo's ledger {}", Path::new(&file).display()));
+            }
+            _ => {}
+        }
+    }
+    if config.blobs.s3.is_none() {
+        match std::fs::remove_dir_all(&config.blobs.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing the previous demo's blobs {}", config.blobs.path.display()));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Runs the demo end to end and prints a report.
 /// With `stay`, amtsbote keeps serving after the report until Ctrl-C, so
 /// that the dashboard and metrics can be looked at.
 pub async fn run(config_path: &Path, submissions: &Path, stay: bool) -> anyhow::Result<()> {
     let config = Config::load(config_path).with_context(|| format!("loading {}", config_path.display()))?;
-    // Each demo run starts from a fresh store, so its idempotency keys do
-    // not replay the previous run's answers.
-    let _ = std::fs::remove_file(&config.store.path);
+    reset_state(&config)?;
     let back_office = SampleBackOffice::start(([127, 0, 0, 1], 18090).into())
         .await
         .context("starting the sample back office on 127.0.0.1:18090")?;

@@ -69,7 +69,7 @@ enum Command {
     /// Run the demo: sample back offices, amtsbote, sample submissions.
     Demo {
         /// The demo config (its targets point at the sample back offices).
-        #[arg(long, default_value = "examples/demo/amtsbote.yaml")]
+        #[arg(short, long, default_value = "examples/demo/amtsbote.yaml")]
         config: PathBuf,
         /// Folder of sample submissions to send.
         #[arg(long, default_value = "examples/demo/submissions")]

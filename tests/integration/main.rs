@@ -5,6 +5,7 @@
 mod crashes;
 mod dashboard;
 mod delivery;
+mod demo;
 mod helpers;
 mod hostile;
 mod intake;

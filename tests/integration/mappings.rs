@@ -1,5 +1,5 @@
 //! Mappings as integrators use them: the sandbox's limits, the shipped
-//! xdomea package against the official XSDs, `amtsbote mappings test` and
+//! xdomea package against the shipped official XSDs, `amtsbote mappings test` and
 //! `check`, form-data schemas and XML form data at intake, invalid output
 //! parked, and reloads that leave deliveries in flight alone.
 
@@ -32,23 +32,8 @@ fn sandbox(time_limit: Duration, memory_limit_mib: u64) -> std::sync::Arc<Sandbo
     .unwrap()
 }
 
-/// The public reference files beside the project (`../shared/reference`,
-/// or `AMTSBOTE_REFERENCE_DIR`). Under CI they must be there.
-fn reference_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("AMTSBOTE_REFERENCE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference"));
-    if dir.join("xdomea-3.0.0/xdomea.xsd").is_file() {
-        return Some(dir);
-    }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "the xdomea XSDs are missing at {}", dir.display());
-    eprintln!("SKIPPED: no xdomea XSDs at {} (set AMTSBOTE_REFERENCE_DIR)", dir.display());
-    None
-}
-
 #[tokio::test]
-async fn the_xdomea_package_validates_against_the_reference_xsds() {
-    let Some(reference) = reference_dir() else { return };
+async fn the_xdomea_package_validates_against_the_shipped_xsds() {
     let mapping = Mapping::load(&shipped(), Path::new("xdomea-3.0.0/geschaeftsgang-0201.yaml")).unwrap();
     let input: Value = serde_json::from_slice(
         &std::fs::read(shipped().join("xdomea-3.0.0/fixtures/geschaeftsgang-0201.input.json")).unwrap(),
@@ -63,7 +48,11 @@ async fn the_xdomea_package_validates_against_the_reference_xsds() {
         .unwrap();
     let files = fixtures::files_of(payload).unwrap();
     let (name, xml) = files.iter().find(|(n, _)| n.ends_with("_Geschaeftsgang.Geschaeftsgang.0201.xml")).expect("the message");
-    let schema = OutputSchema::compile(&SchemaSource::load(&reference.join("xdomea-3.0.0/xdomea.xsd")).unwrap()).unwrap();
+    // The mapping validated it already; once more here, so that a mapping
+    // that lost its `schema` line cannot pass unnoticed.
+    assert!(mapping.source().schema.is_some(), "the shipped xdomea mapping names its schema");
+    let xsd = shipped().join("xdomea-3.0.0/schema/xdomea/xdomea.xsd");
+    let schema = OutputSchema::compile(&SchemaSource::load(&xsd).unwrap()).unwrap();
     schema.validate(xml).unwrap_or_else(|e| panic!("{name}: {e}"));
     // Every primary document the message names is in the zip.
     let text = String::from_utf8_lossy(xml);
