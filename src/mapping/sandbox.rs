@@ -366,6 +366,25 @@ pub fn serve(memory_limit_mib: u64, output_limit_mib: u64) -> std::io::Result<()
         eprintln!("mapping sandbox: internal error at {at}");
     }));
     let output_limit = usize::try_from(output_limit_mib.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
+    // Evaluations run on a stack of a fixed size, whatever `ulimit -s`
+    // says: a mapping that nests values without end overflows it (and the
+    // process ends) after a few thousand levels, in milliseconds, so its
+    // outcome is a crash on every machine, never a race with the time
+    // limit.
+    std::thread::Builder::new()
+        .name("evaluation".into())
+        .stack_size(EVALUATION_STACK_BYTES)
+        .spawn(move || answer_requests(output_limit))?
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the evaluation thread panicked")))
+}
+
+/// The stack of a sandbox's evaluations: ample for any mapping over form
+/// data (JSON depth ≤ 100), small enough that unbounded nesting exhausts
+/// it quickly.
+pub const EVALUATION_STACK_BYTES: usize = 2 * 1024 * 1024;
+
+fn answer_requests(output_limit: usize) -> std::io::Result<()> {
     let mut stdin = std::io::BufReader::new(std::io::stdin().lock());
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
     let mut mappings: HashMap<String, Mapping> = HashMap::new();
