@@ -70,7 +70,7 @@ pub fn check(settings: &CsvSettings, document: &Template) -> Result<(), Template
         return Err(TemplateError::new(map.line, "document", "$text is only for XML output"));
     }
     for (header, cell) in &map.entries {
-        if !matches!(cell, Template::Expr(_) | Template::Constant(_)) {
+        if !matches!(cell, Template::Expr(_) | Template::Constant(..)) {
             return Err(TemplateError::new(
                 map.line,
                 format!("document/{header}"),
@@ -107,7 +107,7 @@ pub fn render(settings: &CsvSettings, document: &Template, scope: &Scope) -> Res
         for (header, cell) in &map.entries {
             let path = Place::Key(&DOCUMENT, header);
             let mut text = match cell {
-                Template::Constant(v) => super::xml::constant_text(v),
+                Template::Constant(v, _) => super::xml::constant_text(v),
                 Template::Expr(expr) => {
                     let values = row.eval(expr, &path)?;
                     match values.as_slice() {

@@ -48,7 +48,7 @@ pub fn render(document: &Template, scope: &Scope) -> Result<Vec<u8>, RenderError
 /// `None` means "no value": the key is left out.
 fn value_of(t: &Template, scope: &Scope, path: &Place) -> Result<Option<Value>, RenderError> {
     match t {
-        Template::Constant(v) => Ok(Some(v.clone())),
+        Template::Constant(v, _) => Ok(Some(v.clone())),
         Template::Expr(expr) => {
             let mut values = scope.eval(expr, path)?;
             match values.len() {

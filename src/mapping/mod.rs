@@ -76,11 +76,11 @@ struct MappingFile {
     content_type: Option<String>,
     /// XML only: name of the root element.
     #[serde(default)]
-    root: Option<String>,
+    root: Option<Spanned<String>>,
     /// XML only: prefix → namespace URI, declared on the root element.
     /// The prefix `""` declares the default namespace.
     #[serde(default)]
-    namespaces: serde_json::Map<String, serde_json::Value>,
+    namespaces: indexmap::IndexMap<String, Spanned<serde_json::Value>>,
     /// CSV only: separator, header, line ends; see [`csv::CsvSettings`].
     #[serde(default)]
     csv: Option<csv::CsvSettings>,
@@ -174,17 +174,18 @@ fn compile_file(file: &MappingFile, name: &str) -> Result<Compiled, MappingError
     let only_xml = file.root.is_some() || !file.namespaces.is_empty();
     let format = match file.output {
         OutputFormat::Xml => {
-            let root = file.root.clone().ok_or_else(|| invalid("XML output needs `root`, the root element's name".into()))?;
+            let root = file.root.as_ref().ok_or_else(|| invalid("XML output needs `root`, the root element's name".into()))?;
             let namespaces = file
                 .namespaces
                 .iter()
-                .map(|(prefix, uri)| match uri {
-                    serde_json::Value::String(uri) => Ok((prefix.clone(), uri.clone())),
-                    _ => Err(invalid(format!("namespace {prefix:?} must be a URI string"))),
+                .map(|(prefix, uri)| match &uri.value {
+                    serde_json::Value::String(text) => Ok((prefix.clone(), text.clone(), uri.referenced.line())),
+                    _ => Err(invalid(format!("line {}: namespace {prefix:?} must be a URI string", uri.referenced.line()))),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            xml::check(&root, &namespaces, &document).map_err(|e| invalid(e.to_string()))?;
-            Format::Xml { root, namespaces }
+            xml::check(&root.value, root.referenced.line(), &namespaces, &document).map_err(|e| invalid(e.to_string()))?;
+            let namespaces = namespaces.into_iter().map(|(prefix, uri, _)| (prefix, uri)).collect();
+            Format::Xml { root: root.value.clone(), namespaces }
         }
         OutputFormat::Json => {
             if only_xml {

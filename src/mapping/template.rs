@@ -93,8 +93,8 @@ impl<'de> Deserialize<'de> for Node {
 #[derive(Debug)]
 pub enum Template {
     Expr(Expr),
-    /// A YAML number or boolean, rendered as written.
-    Constant(Value),
+    /// A YAML number or boolean, rendered as written; and its line.
+    Constant(Value, u64),
     Map(MapTemplate),
     List(Vec<Template>),
 }
@@ -127,7 +127,18 @@ impl TemplateError {
 /// Compiles the expression written at `line`; an error names the line,
 /// the place in the document and the expression.
 pub fn compile_expr(code: &str, line: u64, path: &str) -> Result<Expr, TemplateError> {
-    Expr::compile(code, line).map_err(|ExprError(m)| TemplateError::new(line, path, format!("{m} in expression {code:?}")))
+    Expr::compile(code, line).map_err(|ExprError(m)| {
+        // `Land: DE` reads as the jq filter `DE`: most likely a constant
+        // meant as text.
+        let bare_word = !code.is_empty() && code.chars().all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | ' ' | '.'))
+            && m.starts_with("undefined filter");
+        let hint = if bare_word {
+            format!("; a string constant needs quotes inside the YAML string: '\"{code}\"'")
+        } else {
+            String::new()
+        };
+        TemplateError::new(line, path, format!("{m} in expression {code:?}{hint}"))
+    })
 }
 
 impl Template {
@@ -136,7 +147,7 @@ impl Template {
         let err = |message: String| TemplateError::new(line, path, message);
         match &node.value {
             Node::Str(code) => Ok(Template::Expr(compile_expr(code, line, path)?)),
-            Node::Constant(v) => Ok(Template::Constant(v.clone())),
+            Node::Constant(v) => Ok(Template::Constant(v.clone(), line)),
             Node::Null => Err(err("empty value; write an expression such as `null` or `\"\"` in quotes".into())),
             Node::Seq(items) => items
                 .iter()
@@ -171,7 +182,7 @@ impl Template {
             Template::Expr(e) => e.line(),
             Template::Map(m) => m.line,
             Template::List(items) => items.first().map_or(0, Template::line),
-            Template::Constant(_) => 0,
+            Template::Constant(_, line) => *line,
         }
     }
 
@@ -181,7 +192,7 @@ impl Template {
         fn collect<'a>(t: &'a Template, out: &mut Vec<&'a Expr>) {
             match t {
                 Template::Expr(e) => out.push(e),
-                Template::Constant(_) => {}
+                Template::Constant(..) => {}
                 Template::List(items) => items.iter().for_each(|i| collect(i, out)),
                 Template::Map(m) => {
                     out.extend(m.each.iter());
@@ -213,7 +224,7 @@ impl Template {
                     child.walk(&format!("{path}/{key}"), visit)?;
                 }
             }
-            Template::Expr(_) | Template::Constant(_) => {}
+            Template::Expr(_) | Template::Constant(..) => {}
         }
         Ok(())
     }

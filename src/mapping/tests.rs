@@ -335,3 +335,19 @@ fn render_payload(m: &Mapping, input: &str) -> String {
         Payload::Files(_) => panic!("a folder"),
     }
 }
+
+#[test]
+fn a_bare_word_is_reported_as_a_constant_that_needs_quotes() {
+    let err = Mapping::parse("output: json\ndocument:\n  Land: DE\n", "m.yaml").unwrap_err().to_string();
+    assert!(err.contains("line 3") && err.contains("needs quotes") && err.contains(r#"'"DE"'"#), "{err}");
+}
+
+#[test]
+fn an_undeclared_namespace_prefix_is_reported_at_its_line() {
+    let in_root = "output: xml\nnamespaces:\n  a: urn:a\nroot: x:r\ndocument:\n  a:b: 1\n";
+    let err = Mapping::parse(in_root, "m.yaml").unwrap_err().to_string();
+    assert!(err.contains("line 4") && err.contains("\"x\""), "{err}");
+    let in_a_constant = "output: xml\nroot: a:r\nnamespaces:\n  a: urn:a\ndocument:\n  a:b:\n    a:c: '.x'\n    y:d: 7\n";
+    let err = Mapping::parse(in_a_constant, "m.yaml").unwrap_err().to_string();
+    assert!(err.contains("line 8") && err.contains("\"y\""), "{err}");
+}

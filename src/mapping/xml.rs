@@ -34,8 +34,8 @@ impl Element {
 
 /// Load-time checks: names are XML names, prefixes are declared, `$text`
 /// and attributes are leaves.
-pub fn check(root: &str, namespaces: &[(String, String)], document: &Template) -> Result<(), TemplateError> {
-    let declared: HashSet<&str> = namespaces.iter().map(|(p, _)| p.as_str()).collect();
+pub fn check(root: &str, root_line: u64, namespaces: &[(String, String, u64)], document: &Template) -> Result<(), TemplateError> {
+    let declared: HashSet<&str> = namespaces.iter().map(|(p, _, _)| p.as_str()).collect();
     let check_name = |name: &str, path: &str, line: u64| -> Result<(), TemplateError> {
         let err = |message: String| Err(TemplateError::new(line, path, message));
         let (prefix, local) = match name.split_once(':') {
@@ -51,19 +51,19 @@ pub fn check(root: &str, namespaces: &[(String, String)], document: &Template) -
             }
         Ok(())
     };
-    for (prefix, uri) in namespaces {
+    for (prefix, uri, line) in namespaces {
         if !(prefix.is_empty() || is_ncname(prefix)) || uri.is_empty() {
-            return Err(TemplateError::new(0, format!("namespaces/{prefix}"), "a namespace needs a valid prefix (or \"\" for the default) and a URI"));
+            return Err(TemplateError::new(*line, format!("namespaces/{prefix}"), "a namespace needs a valid prefix (or \"\" for the default) and a URI"));
         }
     }
-    check_name(root, "root", 0)?;
+    check_name(root, "root", root_line)?;
     let Template::Map(_) = document else {
         return Err(TemplateError::new(document.line(), "document", "the XML document must be a mapping of the root element's content"));
     };
     document.walk("document", &mut |path, node| {
         if let Template::Map(map) = node {
             if let Some(text) = &map.text
-                && !matches!(**text, Template::Expr(_) | Template::Constant(_)) {
+                && !matches!(**text, Template::Expr(_) | Template::Constant(..)) {
                     return Err(TemplateError::new(map.line, format!("{path}/$text"), "$text must be an expression or constant"));
                 }
             for (key, child) in &map.entries {
@@ -71,7 +71,7 @@ pub fn check(root: &str, namespaces: &[(String, String)], document: &Template) -
                 match key.strip_prefix('@') {
                     Some(attr) => {
                         check_name(attr, &child_path, child.line().max(map.line))?;
-                        if !matches!(child, Template::Expr(_) | Template::Constant(_)) {
+                        if !matches!(child, Template::Expr(_) | Template::Constant(..)) {
                             return Err(TemplateError::new(map.line, child_path, "an attribute must be an expression or constant"));
                         }
                     }
@@ -135,7 +135,7 @@ fn write_element(w: &mut Writer<Vec<u8>>, e: &Element) -> std::io::Result<()> {
 /// Appends the elements that `name: template` yields in `scope`.
 fn build(name: &str, template: &Template, scope: &Scope, path: &Place, out: &mut Vec<Element>) -> Result<(), RenderError> {
     match template {
-        Template::Constant(v) => out.push(leaf(name, constant_text(v))),
+        Template::Constant(v, _) => out.push(leaf(name, constant_text(v))),
         Template::Expr(expr) => {
             for value in scope.eval(expr, path)? {
                 if let Some(text) = text_of(&value).map_err(|m| scope.error(path, expr, m))? {
@@ -184,7 +184,7 @@ fn build_map(name: &str, map: &MapTemplate, scope: &Scope, path: &Place, out: &m
 /// Text of an attribute or `$text`: at most one value.
 fn single_text(template: &Template, scope: &Scope, path: &Place) -> Result<Option<String>, RenderError> {
     match template {
-        Template::Constant(v) => Ok(Some(constant_text(v))),
+        Template::Constant(v, _) => Ok(Some(constant_text(v))),
         Template::Expr(expr) => {
             let values = scope.eval(expr, path)?;
             match values.as_slice() {

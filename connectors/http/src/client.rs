@@ -126,11 +126,13 @@ impl Client {
     }
 
     /// Reachable, and our credentials accepted: any answer but a 5xx, 401,
-    /// 403 or 407 to a `HEAD` request (404 or 405 still prove both).
+    /// 403 or 407 to a `HEAD` request (404, 405 and 501 still prove both:
+    /// many back offices implement no `HEAD`, and 501 says just that).
     pub async fn probe(&self, url: &reqwest::Url) -> Result<(), Unhealthy> {
         let response = self.send(|http| http.head(url.clone())).await.map_err(|outcome| Unhealthy(outcome.text().to_owned()))?;
         let status = response.status();
-        if status.is_server_error() || matches!(status.as_u16(), 401 | 403 | 407) {
+        let head_not_implemented = status == reqwest::StatusCode::NOT_IMPLEMENTED;
+        if (status.is_server_error() && !head_not_implemented) || matches!(status.as_u16(), 401 | 403 | 407) {
             return Err(Unhealthy(format!("HTTP {}", status.as_u16())));
         }
         Ok(())

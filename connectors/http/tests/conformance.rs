@@ -112,3 +112,26 @@ impl Harness for HttpHarness {
 }
 
 conformance_suite!(HttpHarness);
+
+/// `check --probe` sends `HEAD`: a back office that implements none (501)
+/// or allows none (405) is reachable all the same; one that is down (503)
+/// is not.
+#[tokio::test]
+async fn a_probe_counts_501_to_head_as_reachable_and_503_as_not() {
+    let app = Router::new()
+        .route("/no-head", axum::routing::any(|| async { StatusCode::NOT_IMPLEMENTED }))
+        .route("/post-only", post(|| async { StatusCode::CREATED }))
+        .route("/down", axum::routing::any(|| async { StatusCode::SERVICE_UNAVAILABLE }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let dir = tempfile::tempdir().unwrap();
+    let probe = |path: &str| {
+        let connector = HttpConfig::new(format!("{base}{path}")).build(&Context::new(dir.path())).unwrap();
+        async move { connector.probe().await }
+    };
+    probe("/no-head").await.expect("501 to HEAD is reachable");
+    probe("/post-only").await.expect("405 to HEAD is reachable");
+    let down = probe("/down").await.expect_err("503 is not reachable");
+    assert!(down.to_string().contains("503"), "{down}");
+}
