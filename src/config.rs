@@ -446,8 +446,10 @@ impl Default for StoreSettings {
 /// message names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
-    #[error("{file}: cannot read: {source}")]
-    Read { file: String, source: std::io::Error },
+    /// The error is part of the message, not a source: printed as a chain,
+    /// it would be said twice.
+    #[error("{file}: cannot read: {error}")]
+    Read { file: String, error: std::io::Error },
     #[error("{file}: {message}")]
     Invalid { file: String, message: String },
 }
@@ -473,7 +475,7 @@ pub fn read_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<(String,
 
 fn read_yaml_with<T>(path: &Path, parse: impl Fn(&str) -> Result<T, String>) -> Result<(String, T), FileError> {
     let file = || path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| FileError::Read { file: file(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|error| FileError::Read { file: file(), error })?;
     let value = parse(&text).map_err(|message| FileError::Invalid { file: file(), message })?;
     Ok((text, value))
 }

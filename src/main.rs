@@ -27,11 +27,13 @@ struct Cli {
 enum Command {
     /// Run the intake API and the delivery workers.
     Serve {
+        /// The config file (YAML); examples/demo/amtsbote.yaml is a complete example.
         #[arg(long, short, env = "AMTSBOTE_CONFIG", default_value = "amtsbote.yaml")]
         config: PathBuf,
     },
     /// Load the config and compile every mapping; report all problems.
     Check {
+        /// The config file (YAML); examples/demo/amtsbote.yaml is a complete example.
         #[arg(long, short, env = "AMTSBOTE_CONFIG", default_value = "amtsbote.yaml")]
         config: PathBuf,
         /// Also probe the broker and every target: connect and log in,
@@ -42,6 +44,7 @@ enum Command {
     /// Look at and act on parked deliveries (talks to the broker and the
     /// store directly; the running server need not be reachable).
     Parked {
+        /// The config file (YAML) of the amtsbote whose parked deliveries these are.
         #[arg(long, short, global = true, env = "AMTSBOTE_CONFIG", default_value = "amtsbote.yaml")]
         config: PathBuf,
         #[command(subcommand)]
@@ -108,6 +111,11 @@ enum MappingsCommand {
         /// their expected file (review it before committing).
         #[arg(long)]
         bless: bool,
+        /// Also overwrite the expected file of every fixture whose output
+        /// differs (for values nobody writes by hand, such as `uuid(...)`
+        /// ids); prints what changed. Review it with `git diff`.
+        #[arg(long)]
+        update: bool,
     },
 }
 
@@ -138,6 +146,7 @@ enum ParkedCommand {
     },
     /// Who replayed or discarded what, newest first.
     Audit {
+        /// How many entries, newest first.
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
@@ -146,6 +155,7 @@ enum ParkedCommand {
 /// Which parked deliveries: every given filter must match.
 #[derive(clap::Args)]
 struct Select {
+    /// Only the deliveries to this target (its name in the config).
     #[arg(long)]
     target: Option<String>,
     /// e.g. target-rejected, retries-exhausted, mapping-error, undecodable.
@@ -224,7 +234,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => {
             let path = config;
-            let config = amtsbote::config::Config::load(&path)?;
+            let config = load_config(&path)?;
             let app = amtsbote::app::Application::build(&config).await?;
             tokio::spawn(amtsbote::app::reload_on_hangup(path, app.reloader()));
             tracing::info!(event = "listening", address = %app.local_addr(), scheme = app.scheme(), broker = %config.broker.display_url(), "intake listening");
@@ -233,7 +243,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check { config, probe } => {
             let path = config.display().to_string();
-            let config = amtsbote::config::Config::load(&config)?;
+            let config = load_config(&config)?;
             let mut problems = amtsbote::pipeline::check_unused_mappings(&config);
             problems.extend(config.broker.endpoint().ca_file_problem());
             if let Some(tls) = &config.http.tls {
@@ -296,7 +306,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Parked { config, command } => {
-            let config = amtsbote::config::Config::load(&config)?;
+            let config = load_config(&config)?;
             let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store.path)?);
             let parking = ParkingLot::new(&config, store.clone());
             parked(&parking, command).await
@@ -312,10 +322,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Mappings { command: MappingsCommand::Test { path, bless } } => {
+        Command::Mappings { command: MappingsCommand::Test { path, bless, update } } => {
             use amtsbote::mapping::{fixtures, sandbox};
+            anyhow::ensure!(
+                path.exists(),
+                "no mappings at {} (in {}); name the mappings folder, a mapping's folder or one mapping file: \
+                 amtsbote mappings test PATH",
+                path.display(),
+                std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_else(|_| "?".into())
+            );
+            let write = match (update, bless) {
+                (true, _) => fixtures::WriteExpected::Differing,
+                (false, true) => fixtures::WriteExpected::Missing,
+                (false, false) => fixtures::WriteExpected::Never,
+            };
             let sandbox = sandbox::Sandbox::new(sandbox::SandboxSettings::default())?;
-            let report = fixtures::run(&path, fixtures::Evaluator::Sandbox(&sandbox), bless)
+            let report = fixtures::run(&path, fixtures::Evaluator::Sandbox(&sandbox), write)
                 .await
                 .with_context(|| format!("reading {}", path.display()))?;
             print!("{}", report.log);
@@ -325,6 +347,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo { config, submissions, stay } => {
             amtsbote::demo::run(&config, &submissions, stay).await.map(|()| ExitCode::SUCCESS)
         }
+    }
+}
+
+/// The config at `path`; a missing file is answered with where to find
+/// one, not just the OS error.
+fn load_config(path: &std::path::Path) -> anyhow::Result<amtsbote::config::Config> {
+    use amtsbote::config::{Config, ConfigError, FileError};
+    match Config::load(path) {
+        Err(ConfigError::File(FileError::Read { error, .. })) if error.kind() == std::io::ErrorKind::NotFound => {
+            let here = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_else(|_| "?".into());
+            anyhow::bail!(
+                "no config file at {} (in {here}): name one with --config FILE (or AMTSBOTE_CONFIG); \
+                 examples/demo/amtsbote.yaml is a complete example to start from",
+                path.display()
+            )
+        }
+        loaded => Ok(loaded?),
     }
 }
 

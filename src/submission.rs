@@ -251,7 +251,7 @@ impl<'a> Submission<'a> {
             if !is_safe_file_name(&a.name) {
                 errors.push(FieldError::new(
                     at("name"),
-                    format!("must be a file name of 1 to {MAX_ATTACHMENT_NAME_LEN} bytes without path separators or control characters"),
+                    attachment_name_rule(),
                 ));
             }
             if !is_media_type(&a.media_type) {
@@ -399,7 +399,14 @@ fn escape_pointer(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
 }
 
-fn is_safe_file_name(name: &str) -> bool {
+/// What an attachment's name must be, as intake says it.
+pub fn attachment_name_rule() -> String {
+    format!("must be a file name of 1 to {MAX_ATTACHMENT_NAME_LEN} bytes without path separators or control characters")
+}
+
+/// Whether intake takes `name` as an attachment's name (and so a mapping
+/// may meet it, also in a fixture).
+pub fn is_safe_file_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_ATTACHMENT_NAME_LEN
         && name != "."

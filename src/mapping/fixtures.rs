@@ -52,6 +52,19 @@ pub struct Report {
     pub log: String,
 }
 
+/// Which expected files a run writes from the actual output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteExpected {
+    /// None: the run only compares.
+    Never,
+    /// Those of fixtures that have none yet (`--bless`).
+    Missing,
+    /// Those missing and those that differ (`--update`), as snapshot tools
+    /// do: for outputs nobody writes by hand, such as ids made by
+    /// `uuid(...)`. Review the change (`git diff`) before committing it.
+    Differing,
+}
+
 /// How mappings are evaluated: in this process (tests) or in the sandbox.
 pub enum Evaluator<'a> {
     InProcess,
@@ -137,6 +150,16 @@ pub fn prepare_input(mut input: Value) -> Result<Value, String> {
     if let Some(Value::Array(attachments)) = object.get_mut("attachments") {
         let names: Vec<String> =
             attachments.iter().map(|a| a.get("name").and_then(Value::as_str).unwrap_or("attachment").to_owned()).collect();
+        // A fixture holds what intake would let through, nothing else.
+        for (i, attachment) in attachments.iter().enumerate() {
+            for field in ["name", "file"] {
+                if let Some(name) = attachment.get(field).and_then(Value::as_str)
+                    && !crate::submission::is_safe_file_name(name)
+                {
+                    return Err(format!("attachments[{i}].{field} {}", crate::submission::attachment_name_rule()));
+                }
+            }
+        }
         let files = crate::submission::unique_file_names(names.iter().map(String::as_str));
         for (attachment, file) in attachments.iter_mut().zip(files) {
             if let Some(a) = attachment.as_object_mut() {
@@ -148,7 +171,7 @@ pub fn prepare_input(mut input: Value) -> Result<Value, String> {
 }
 
 /// Runs every fixture of every mapping under `path`.
-pub async fn run(path: &Path, evaluator: Evaluator<'_>, bless: bool) -> std::io::Result<Report> {
+pub async fn run(path: &Path, evaluator: Evaluator<'_>, write: WriteExpected) -> std::io::Result<Report> {
     let root = mappings_root(path);
     let mut report = Report::default();
     for mapping_path in mapping_files(path)? {
@@ -168,13 +191,17 @@ pub async fn run(path: &Path, evaluator: Evaluator<'_>, bless: bool) -> std::io:
         }
         for fixture in fixtures {
             let label = format!("{} ← {}", mapping_path.display(), fixture.input.file_name().unwrap_or_default().to_string_lossy());
-            match check(&mapping, &fixture, &evaluator, bless).await {
+            match check(&mapping, &fixture, &evaluator, write).await {
                 Ok(Outcome::Passed) => {
                     report.passed += 1;
                     let _ = writeln!(report.log, "ok    {label}");
                 }
                 Ok(Outcome::Blessed(path)) => {
                     let _ = writeln!(report.log, "new   {label}: wrote {}", path.display());
+                    report.blessed.push(path);
+                }
+                Ok(Outcome::Updated(path, diff)) => {
+                    let _ = writeln!(report.log, "upd   {label}: wrote {}\n{}", path.display(), indent(&diff));
                     report.blessed.push(path);
                 }
                 Err(problem) => {
@@ -198,9 +225,11 @@ pub async fn run(path: &Path, evaluator: Evaluator<'_>, bless: bool) -> std::io:
 enum Outcome {
     Passed,
     Blessed(PathBuf),
+    /// The expected file was rewritten; what changed.
+    Updated(PathBuf, String),
 }
 
-async fn check(mapping: &Mapping, fixture: &Fixture, evaluator: &Evaluator<'_>, bless: bool) -> Result<Outcome, String> {
+async fn check(mapping: &Mapping, fixture: &Fixture, evaluator: &Evaluator<'_>, write: WriteExpected) -> Result<Outcome, String> {
     let input: Value = serde_json::from_slice(&std::fs::read(&fixture.input).map_err(|e| e.to_string())?)
         .map_err(|e| format!("{}: not JSON: {e}", fixture.input.display()))?;
     let input = prepare_input(input)?;
@@ -228,20 +257,37 @@ async fn check(mapping: &Mapping, fixture: &Fixture, evaluator: &Evaluator<'_>, 
         }
         (Expected::Error(_), Ok(_)) => Err("the mapping succeeded, but the fixture expects an error".into()),
         (_, Err(actual)) => Err(format!("the mapping failed: {actual}")),
-        (Expected::Missing(path), Ok(payload)) if bless => bless_into(path, mapping, &payload).map(Outcome::Blessed),
+        (Expected::Missing(path), Ok(payload)) if write != WriteExpected::Never => {
+            bless_into(path, mapping, &payload).map(Outcome::Blessed)
+        }
         (Expected::Missing(path), Ok(_)) => Err(format!("no expected output; run with --bless to write {}.*", path.display())),
         (Expected::Bytes(path), Ok(payload)) => {
             let expected = std::fs::read(path).map_err(|e| e.to_string())?;
-            let actual = match payload {
+            let actual = match &payload {
                 Payload::Document { body, .. } => body.to_vec(),
                 Payload::Files(_) => return Err("the mapping makes a folder package; expect it with a folder `*.expected/`".into()),
             };
-            compare(&expected, &actual).map(|()| Outcome::Passed)
+            match compare(&expected, &actual) {
+                Ok(()) => Ok(Outcome::Passed),
+                Err(diff) if write == WriteExpected::Differing => {
+                    std::fs::write(path, &actual).map_err(|e| e.to_string())?;
+                    Ok(Outcome::Updated(path.clone(), diff))
+                }
+                Err(diff) => Err(format!("{diff}\n(if the actual output is right, `amtsbote mappings test --update` writes it)")),
+            }
         }
         (Expected::Folder(path), Ok(payload)) => {
             let expected = read_folder(path).map_err(|e| e.to_string())?;
-            let actual = files_of(payload)?;
-            compare_files(&expected, &actual).map(|()| Outcome::Passed)
+            let actual = files_of(payload.clone())?;
+            match compare_files(&expected, &actual) {
+                Ok(()) => Ok(Outcome::Passed),
+                Err(diff) if write == WriteExpected::Differing => {
+                    std::fs::remove_dir_all(path).map_err(|e| e.to_string())?;
+                    bless_into(path, mapping, &payload)?;
+                    Ok(Outcome::Updated(path.clone(), diff))
+                }
+                Err(diff) => Err(format!("{diff}\n(if the actual output is right, `amtsbote mappings test --update` writes it)")),
+            }
         }
     }
 }

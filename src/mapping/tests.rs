@@ -157,7 +157,7 @@ fn hostile_input_cannot_break_rendering() {
 fn shipped_mappings_match_their_fixtures() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    let report = runtime.block_on(fixtures::run(&dir, fixtures::Evaluator::InProcess, false)).unwrap();
+    let report = runtime.block_on(fixtures::run(&dir, fixtures::Evaluator::InProcess, fixtures::WriteExpected::Never)).unwrap();
     assert!(report.failed.is_empty() && report.passed >= 6, "{}", report.log);
 }
 
@@ -350,4 +350,13 @@ fn an_undeclared_namespace_prefix_is_reported_at_its_line() {
     let in_a_constant = "output: xml\nroot: a:r\nnamespaces:\n  a: urn:a\ndocument:\n  a:b:\n    a:c: '.x'\n    y:d: 7\n";
     let err = Mapping::parse(in_a_constant, "m.yaml").unwrap_err().to_string();
     assert!(err.contains("line 8") && err.contains("\"y\""), "{err}");
+}
+
+#[test]
+fn fixtures_hold_only_attachment_names_that_intake_takes() {
+    let input = serde_json::json!({"attachments": [{"name": "../../etc/passwd", "purpose": "attachment"}]});
+    let err = fixtures::prepare_input(input).unwrap_err();
+    assert!(err.contains("attachments[0].name") && err.contains("path separators"), "{err}");
+    let input = serde_json::json!({"attachments": [{"name": "antrag.pdf", "file": "a/b.pdf"}]});
+    assert!(fixtures::prepare_input(input).unwrap_err().contains("attachments[0].file"));
 }
