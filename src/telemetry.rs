@@ -41,11 +41,22 @@ impl Drop for Telemetry {
     }
 }
 
+/// `RUST_LOG` (default `info`), with the AMQP client silenced unless it is
+/// named: lapin logs a broker's planned restart (`CONNECTION_FORCED`) as an
+/// ERROR, while amtsbote logs the loss and the recovery itself, as warnings
+/// and events of its own (`worker_disconnected`, `worker_reconnected`,
+/// `broker_unreachable`, `broker_connected`).
+fn log_filter(rust_log: Option<&str>) -> EnvFilter {
+    let directives = rust_log.filter(|d| !d.trim().is_empty()).unwrap_or("info");
+    let directives = if directives.contains("lapin") { directives.to_owned() } else { format!("{directives},lapin=off") };
+    EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info,lapin=off"))
+}
+
 /// Sets up logging, and trace export if it is configured. Call once, before
 /// the runtime starts (the exporter's HTTP client runs on its own thread);
 /// a second call (tests) keeps the first subscriber.
 pub fn init() -> Telemetry {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,lapin=warn"));
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     let json = std::env::var("AMTSBOTE_LOG_FORMAT").as_deref() == Ok("json");
     let fmt = tracing_subscriber::fmt::layer().with_target(false).with_writer(std::io::stderr);
     let fmt = if json { fmt.json().with_filter(filter).boxed() } else { fmt.with_filter(filter).boxed() };
@@ -225,5 +236,18 @@ mod otel {
             // the span a trace of its own.
             let _ = span.set_parent(TraceContextPropagator::new().extract(&carrier));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn the_amqp_client_is_silent_unless_named() {
+        assert_eq!(log_filter(None).to_string(), "lapin=off,info");
+        assert!(log_filter(Some("warn")).to_string().contains("lapin=off"));
+        assert!(log_filter(Some("warn,lapin=debug")).to_string().contains("lapin=debug"));
+        assert!(!log_filter(Some("warn,lapin=debug")).to_string().contains("lapin=off"));
     }
 }

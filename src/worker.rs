@@ -81,9 +81,10 @@ impl Worker {
     /// what is still unfinished to the broker by closing the connection.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>, deadline: Duration) {
         let mut backoff = broker::reconnect_backoff();
+        let mut after_loss = false;
         while !*shutdown.borrow() {
             let started = tokio::time::Instant::now();
-            let error = match self.consume(&mut shutdown, deadline).await {
+            let error = match self.consume(&mut shutdown, deadline, after_loss).await {
                 Ok(()) => break,
                 Err(e) => e,
             };
@@ -93,6 +94,7 @@ impl Worker {
             let delay = backoff.next().unwrap_or(broker::MAX_RECONNECT_DELAY);
             tracing::warn!(event = "worker_disconnected", target = %self.target.name, error = %error,
                 retry_in_ms = delay.as_millis() as u64, "worker lost the broker; reconnecting");
+            after_loss = true;
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.changed() => break,
@@ -100,7 +102,7 @@ impl Worker {
         }
     }
 
-    async fn consume(self: &Arc<Self>, shutdown: &mut watch::Receiver<bool>, deadline: Duration) -> Result<(), BrokerError> {
+    async fn consume(self: &Arc<Self>, shutdown: &mut watch::Receiver<bool>, deadline: Duration, after_loss: bool) -> Result<(), BrokerError> {
         let name = format!("amtsbote-worker-{}", self.target.name);
         let connection = broker::connect(&self.broker, &name).await?;
         let channel = connection.create_channel().await?;
@@ -118,7 +120,11 @@ impl Worker {
                 FieldTable::default(),
             )
             .await?;
-        tracing::info!(event = "worker_started", target = %self.target.name, concurrency = self.target.concurrency, "worker consuming");
+        if after_loss {
+            tracing::info!(event = "worker_reconnected", target = %self.target.name, "worker reached the broker again; consuming");
+        } else {
+            tracing::info!(event = "worker_started", target = %self.target.name, concurrency = self.target.concurrency, "worker consuming");
+        }
 
         let mut in_flight = JoinSet::new();
         let result = loop {
