@@ -37,7 +37,7 @@ use crate::domain::SenderName;
 use crate::metrics::{Metrics, ProblemLabel, ServiceLabel};
 use crate::problem::Problem;
 use crate::pipeline::SharedPipeline;
-use crate::store::{Claim, IdempotencyKey, NewSubmission, Store};
+use crate::store::{Claim, IdempotencyKey, NewSubmission, Refusal, Store};
 use crate::submission::{FieldError, InvalidSubmission, Submission};
 use crate::access::Sender;
 use crate::pipeline::Pipeline;
@@ -280,7 +280,7 @@ async fn accept(
         match intake.blobs.put(id, content, pipeline.sealer.clone()).await {
             Ok(blob) => submission.keep_out(index, blob),
             Err(error) => {
-                forget(intake, id, keyed).await;
+                refuse(intake, id, keyed, "an attachment could not be stored").await;
                 tracing::error!(event = "blob_store_failed", submission = %id, error = %error, "could not store an attachment");
                 return Err(unavailable("the attachments could not be stored; nothing was accepted"));
             }
@@ -294,7 +294,7 @@ async fn accept(
     let message_id = id.to_string();
     let message = pipeline.sealer.seal(&message_id, submission.region.as_str(), submission.to_message(id, received_at));
     if message.len() > intake.max_message_bytes {
-        forget(intake, id, keyed).await;
+        refuse(intake, id, keyed, "the form data is larger than a broker message may be").await;
         return Err(Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too-large",
@@ -314,7 +314,27 @@ async fn accept(
             Ok(accepted(id))
         }
         Err(error) => {
-            forget(intake, id, keyed).await;
+            match refuse(intake, id, keyed, "the broker did not confirm the submission").await {
+                Some(Refusal::Refused) => {}
+                Some(Refusal::AcceptedMeanwhile) => {
+                    // A worker took it as left undecided (this answer came
+                    // later than UNDECIDED_AFTER): it is being delivered.
+                    tracing::warn!(event = "submission_accepted_late", submission = %id, error = %error,
+                        "the broker's confirm failed, but a worker had accepted the submission already");
+                    return Ok(accepted(id));
+                }
+                // The broker may have the message and the ledger could not
+                // record the refusal: a 503 would promise what nobody can.
+                None => {
+                    return Err(Problem::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "outcome-unknown",
+                        "Outcome Unknown",
+                        "the broker did not confirm the submission and the refusal could not be recorded; \
+                         it may still be delivered: retry with the same Idempotency-Key",
+                    ));
+                }
+            }
             tracing::warn!(event = "submission_refused", submission = %id, error = %error, "broker did not take the submission");
             Err(match error {
                 BrokerError::Unroutable(_) => unavailable("the broker has no queue for this route; an operator must check the topology"),
@@ -324,18 +344,28 @@ async fn accept(
     }
 }
 
-/// Undoes what intake recorded and stored for a submission the broker did
-/// not confirm. With an idempotency key the record and the attachments
-/// stay: the broker may have the message after all, and the client's retry
-/// resumes under the same id (see [`Store::abandon_intake`]).
-async fn forget(intake: &Intake, id: Uuid, keyed: bool) {
-    if let Err(e) = intake.store.abandon_intake(id).await {
-        tracing::error!(event = "store_failed", submission = %id, error = %e, "could not forget unpublished submission");
-    }
-    if !keyed && let Err(e) = intake.blobs.remove(id).await {
-        // The sweep removes them later: the ledger no longer knows the id.
+/// Records that intake answers the submission with an error: the ledger
+/// holds it `refused` (with `reason`), so that no worker delivers it even
+/// if the broker has its message after all (a confirm lost with the
+/// connection). Without an idempotency key its attachments go now; with
+/// one they stay for the client's retry, which resumes under the same id.
+/// `None` if the ledger could not record it: the submission stays
+/// `received`, and a worker that meets its message holds it back and
+/// accepts it after [`crate::store::UNDECIDED_AFTER`], so the client must
+/// not hear "not accepted".
+async fn refuse(intake: &Intake, id: Uuid, keyed: bool, reason: &str) -> Option<Refusal> {
+    let refusal = match intake.store.refuse_intake(id, reason).await {
+        Ok(refusal) => refusal,
+        Err(e) => {
+            tracing::error!(event = "store_failed", submission = %id, error = %e, "could not record the refusal");
+            return None;
+        }
+    };
+    if refusal == Refusal::Refused && !keyed && let Err(e) = intake.blobs.remove(id).await {
+        // The sweep removes them later: the submission is finished.
         tracing::warn!(event = "blob_store_failed", submission = %id, error = %e, "could not remove the attachments of a refused submission");
     }
+    Some(refusal)
 }
 
 /// Reads a request body of at most `limit` bytes into one buffer, sized

@@ -51,6 +51,29 @@ pub struct ParkLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    pub target: String,
+    pub reason: DropReason,
+}
+
+/// Why a worker dropped a message without delivering it.
+/// The variants are spelled as the label values.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum DropReason {
+    /// Its submission was refused at intake (answered with an error).
+    refused,
+    /// The target has the submission already (a second copy).
+    duplicate,
+    /// Another operator action took its parked delivery first.
+    superseded_replay,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 3] = [DropReason::refused, DropReason::duplicate, DropReason::superseded_replay];
+}
+
 /// How one delivery attempt ended.
 /// The variants are spelled as the label values.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelValue)]
@@ -84,6 +107,8 @@ pub struct Metrics {
     pub parked_total: Family<ParkLabels, Counter>,
     /// Mapping failures, by target.
     pub mapping_errors: Family<TargetLabel, Counter>,
+    /// Messages dropped without delivery, by target and reason.
+    pub dropped: Family<DropLabels, Counter>,
     /// How long the connector took for one attempt.
     pub attempt_duration: Family<TargetLabel, Histogram>,
     /// From receipt at intake to confirmed delivery, retries included.
@@ -116,6 +141,12 @@ impl Metrics {
         registry.register("parked", "Deliveries parked, by target and reason", parked_total.clone());
         let mapping_errors = Family::<TargetLabel, Counter>::default();
         registry.register("mapping_errors", "Mapping failures, by target", mapping_errors.clone());
+        let dropped = Family::<DropLabels, Counter>::default();
+        registry.register(
+            "messages_dropped",
+            "Messages a worker dropped without delivering them: of a refused submission, a second copy, a superseded replay",
+            dropped.clone(),
+        );
         let attempt_duration =
             Family::<TargetLabel, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.005, 2.0, 14)));
         registry.register_with_unit(
@@ -160,6 +191,9 @@ impl Metrics {
             for reason in crate::worker::ParkReason::KINDS {
                 let _ = parked_total.get_or_create(&ParkLabels { target: label.target.clone(), reason: reason.into() });
             }
+            for reason in DropReason::ALL {
+                let _ = dropped.get_or_create(&DropLabels { target: label.target.clone(), reason });
+            }
             let _ = retries.get_or_create(&label);
             let _ = mapping_errors.get_or_create(&label);
             let _ = attempt_duration.get_or_create(&label);
@@ -176,6 +210,7 @@ impl Metrics {
             retries,
             parked_total,
             mapping_errors,
+            dropped,
             attempt_duration,
             delivery_latency,
             queue_depth,
@@ -194,6 +229,10 @@ impl Metrics {
 
     pub fn attempt(&self, target: &TargetName, outcome: AttemptOutcome) {
         self.delivery_attempts.get_or_create(&AttemptLabels { target: target.to_string(), outcome }).inc();
+    }
+
+    pub fn dropped(&self, target: &TargetName, reason: DropReason) {
+        self.dropped.get_or_create(&DropLabels { target: target.to_string(), reason }).inc();
     }
 
     pub fn for_target(target: &TargetName) -> TargetLabel {

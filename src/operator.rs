@@ -210,7 +210,7 @@ pub struct SearchParams {
     /// ARS prefix: `05315` finds all of Köln.
     pub region: Option<String>,
     pub target: Option<String>,
-    /// `received`, `accepted`, `delivered`, `parked` or `discarded`.
+    /// `received`, `accepted`, `delivered`, `parked`, `discarded` or `refused`.
     pub state: Option<String>,
     /// Received at or after: RFC 3339, or a date (`2026-11-24`, UTC).
     pub from: Option<String>,
@@ -245,7 +245,7 @@ impl SearchParams {
         let state = given(&self.state)
             .map(|s| {
                 SubmissionState::parse(&s).ok_or_else(|| {
-                    invalid("state", "must be received, accepted, delivered, parked or discarded".into())
+                    invalid("state", "must be received, accepted, delivered, parked, discarded or refused".into())
                 })
             })
             .transpose()?;

@@ -112,6 +112,10 @@ pub enum DeliveryState {
     Parked,
     /// An operator discarded the parked delivery.
     Discarded,
+    /// Intake refused the submission (answered with an error): this
+    /// delivery never happens, unless a retry with the same idempotency
+    /// key resumes it.
+    Refused,
 }
 
 impl DeliveryState {
@@ -122,6 +126,7 @@ impl DeliveryState {
             DeliveryState::Delivered => "delivered",
             DeliveryState::Parked => "parked",
             DeliveryState::Discarded => "discarded",
+            DeliveryState::Refused => "refused",
         }
     }
 
@@ -131,6 +136,7 @@ impl DeliveryState {
             "delivered" => DeliveryState::Delivered,
             "parked" => DeliveryState::Parked,
             "discarded" => DeliveryState::Discarded,
+            "refused" => DeliveryState::Refused,
             _ => DeliveryState::Queued,
         }
     }
@@ -150,15 +156,20 @@ pub enum SubmissionState {
     Parked,
     /// An operator gave up a delivery; the other targets have it.
     Discarded,
+    /// Intake answered with an error (the broker did not confirm, an
+    /// attachment could not be stored, ...): nothing is delivered, unless
+    /// a retry with the same idempotency key is accepted under this id.
+    Refused,
 }
 
 impl SubmissionState {
-    pub const ALL: [SubmissionState; 5] = [
+    pub const ALL: [SubmissionState; 6] = [
         SubmissionState::Received,
         SubmissionState::Accepted,
         SubmissionState::Delivered,
         SubmissionState::Parked,
         SubmissionState::Discarded,
+        SubmissionState::Refused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -168,6 +179,7 @@ impl SubmissionState {
             SubmissionState::Delivered => "delivered",
             SubmissionState::Parked => "parked",
             SubmissionState::Discarded => "discarded",
+            SubmissionState::Refused => "refused",
         }
     }
 
@@ -221,6 +233,38 @@ pub struct OperatorRecord {
     #[serde(skip)]
     pub replay: Option<Uuid>,
 }
+
+/// How intake's refusal went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Refused: the client hears an error, nothing will be delivered.
+    Refused,
+    /// A worker had accepted it already (intake was slower than
+    /// [`UNDECIDED_AFTER`]): the client must hear that it was accepted.
+    AcceptedMeanwhile,
+}
+
+/// What the ledger says of a submission whose message a worker took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Intake accepted it; `done` if this target's delivery is finished
+    /// (delivered or discarded) already, so that this is a second copy of
+    /// the message (a resumed intake, a redelivery after a crash).
+    Accepted { done: bool },
+    /// Intake has not decided yet: it waits for the broker's confirm.
+    Undecided { received_at: OffsetDateTime },
+    /// Intake answered with an error: never deliver it.
+    Refused,
+    /// The ledger does not know it (a message from elsewhere, or a ledger
+    /// that lost it).
+    Unknown,
+}
+
+/// How long after its receipt a submission intake neither accepted nor
+/// refused counts as left by an intake that died between the publish and
+/// its answer. Intake waits at most [`crate::broker::CONFIRM_TIMEOUT`]
+/// (10 s) for the broker, so a live intake has always decided by then.
+pub const UNDECIDED_AFTER: Duration = Duration::from_secs(30);
 
 /// Whether an operator's action took hold of the parked copy it names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -451,11 +495,26 @@ pub trait Store: Send + Sync + 'static {
     async fn begin_intake(&self, submission: NewSubmission, key: Option<IdempotencyKey>) -> Result<Claim, StoreError>;
     /// The broker confirmed the submission.
     async fn confirm_intake(&self, id: Uuid) -> Result<(), StoreError>;
-    /// The broker did not confirm the submission. Without an idempotency
-    /// key it is forgotten. With one, the claim is released but the id
-    /// kept: the broker may have the message after all (a confirm lost with
-    /// the connection), so the client's retry resumes under the same id.
-    async fn abandon_intake(&self, id: Uuid) -> Result<(), StoreError>;
+    /// Intake answers the submission with an error (the broker did not
+    /// confirm it, an attachment could not be stored, ...): it becomes
+    /// `refused`, with `reason` in its timeline, and no worker delivers it,
+    /// even if the broker has its message after all (a confirm lost with
+    /// the connection). With an idempotency key the claim is released, so
+    /// that the client's retry resumes under the same id. Unless a worker
+    /// accepted the submission first (see [`Store::accept_undecided`]):
+    /// then intake must answer that it was accepted.
+    async fn refuse_intake(&self, id: Uuid, reason: &str) -> Result<Refusal, StoreError>;
+    /// What a worker may do with the first copy of a submission's message
+    /// it takes for `target`: the ledger, not the broker, says whether
+    /// intake accepted it.
+    async fn admission(&self, id: Uuid, target: &str) -> Result<Admission, StoreError>;
+    /// Accepts a submission intake neither accepted nor refused, if it was
+    /// received before `received_before`: its intake died between the
+    /// publish and the answer, so nobody was told "no". True if the
+    /// submission is accepted now (by this call or before).
+    async fn accept_undecided(&self, id: Uuid, received_before: OffsetDateTime) -> Result<bool, StoreError>;
+    /// A worker dropped the message of a refused submission for `target`.
+    async fn record_refused_message(&self, id: Uuid, target: &str) -> Result<(), StoreError>;
     /// A delivery attempt ended; updates the target's state and adds the
     /// attempt's events to the timeline.
     async fn record_attempt(&self, attempt: AttemptRecord) -> Result<(), StoreError>;
@@ -583,7 +642,7 @@ PRAGMA temp_store = MEMORY;
 macro_rules! submission_state {
     () => {
         concat!("CASE
-    WHEN state = 'received' THEN 'received'
+    WHEN state IN ('received', 'refused') THEN state
     ", state_once_accepted!())
     };
 }
@@ -875,6 +934,21 @@ impl Store for SqliteStore {
                     if fingerprint != k.fingerprint {
                         return Ok(Claim::Mismatch);
                     }
+                    if state == "refused" {
+                        // Refused before: this retry is accepted or refused
+                        // afresh, under the same id.
+                        let at = now();
+                        let sid = id.to_string();
+                        tx.execute("UPDATE submissions SET state = 'received' WHERE id = ?1", [&sid])?;
+                        tx.execute(
+                            "UPDATE deliveries SET state = 'queued', last_outcome = NULL, updated_at = ?2 WHERE submission_id = ?1",
+                            params![sid, at],
+                        )?;
+                        tx.execute("UPDATE idempotency_keys SET claimed_at = ?2 WHERE key = ?1", params![k.key, at])?;
+                        add_event(tx, &sid, &at, NewEvent { kind: "resumed", ..NewEvent::default() })?;
+                        let received_at = OffsetDateTime::parse(&received_at, &Rfc3339).expect("stored times are RFC 3339");
+                        return Ok(Claim::Resume { id, received_at });
+                    }
                     if state != "received" {
                         return Ok(Claim::Replay { id });
                     }
@@ -927,13 +1001,86 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn abandon_intake(&self, id: Uuid) -> Result<(), StoreError> {
+    async fn refuse_intake(&self, id: Uuid, reason: &str) -> Result<Refusal, StoreError> {
+        let reason = reason.to_owned();
+        self.write(move |conn| {
+            let (id, at) = (id.to_string(), now());
+            let refused = conn.execute("UPDATE submissions SET state = 'refused' WHERE id = ?1 AND state = 'received'", [&id])?;
+            if refused == 0 {
+                let state: Option<String> =
+                    conn.query_row("SELECT state FROM submissions WHERE id = ?1", [&id], |r| r.get(0)).optional()?;
+                // Unknown or refused already: nothing changes. Anything else
+                // was accepted by a worker meanwhile.
+                return Ok(match state.as_deref() {
+                    None | Some("refused") => Refusal::Refused,
+                    Some(_) => Refusal::AcceptedMeanwhile,
+                });
+            }
+            conn.execute(
+                "UPDATE deliveries SET state = 'refused', last_outcome = ?2, updated_at = ?3 WHERE submission_id = ?1",
+                params![id, reason, at],
+            )?;
+            // The claim is released: a retry with the key resumes at once.
+            conn.execute("UPDATE idempotency_keys SET claimed_at = '1970-01-01T00:00:00Z' WHERE submission_id = ?1", [&id])?;
+            add_event(conn, &id, &at, NewEvent { kind: "refused", detail: Some(&reason), ..NewEvent::default() })?;
+            Ok(Refusal::Refused)
+        })
+        .await
+    }
+
+    async fn admission(&self, id: Uuid, target: &str) -> Result<Admission, StoreError> {
+        let target = target.to_owned();
+        self.read(move |conn| {
+            let row: Option<(String, String, Option<String>)> = conn
+                .prepare_cached(
+                    "SELECT s.state, s.received_at, d.state FROM submissions s
+                     LEFT JOIN deliveries d ON d.submission_id = s.id AND d.target = ?2 WHERE s.id = ?1",
+                )?
+                .query_row(params![id.to_string(), target], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            Ok(match row {
+                None => Admission::Unknown,
+                Some((state, _, _)) if state == "refused" => Admission::Refused,
+                Some((state, received_at, _)) if state == "received" => Admission::Undecided {
+                    received_at: OffsetDateTime::parse(&received_at, &Rfc3339).unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                },
+                Some((_, _, delivery)) => Admission::Accepted { done: matches!(delivery.as_deref(), Some("delivered" | "discarded")) },
+            })
+        })
+        .await
+    }
+
+    async fn accept_undecided(&self, id: Uuid, received_before: OffsetDateTime) -> Result<bool, StoreError> {
         self.write(move |conn| {
             let id = id.to_string();
-            let released =
-                conn.execute("UPDATE idempotency_keys SET claimed_at = '1970-01-01T00:00:00Z' WHERE submission_id = ?1", [&id])?;
-            if released == 0 {
-                conn.execute("DELETE FROM submissions WHERE id = ?1", [&id])?;
+            let accepted = conn.execute(
+                concat!("UPDATE submissions SET state = CASE ", state_once_accepted!(), " WHERE id = ?1 AND state = 'received' AND received_at < ?2"),
+                params![id, timestamp(received_before)],
+            )?;
+            if accepted > 0 {
+                add_event(conn, &id, &now(), NewEvent {
+                    kind: "accepted",
+                    detail: Some("by a worker: intake did not answer (it stopped between publish and answer)"),
+                    ..NewEvent::default()
+                })?;
+            }
+            let state: Option<String> = conn.query_row("SELECT state FROM submissions WHERE id = ?1", [&id], |r| r.get(0)).optional()?;
+            Ok(state.is_some_and(|state| state != "received" && state != "refused"))
+        })
+        .await
+    }
+
+    async fn record_refused_message(&self, id: Uuid, target: &str) -> Result<(), StoreError> {
+        let target = target.to_owned();
+        self.write(move |conn| {
+            let id = id.to_string();
+            if known(conn, &id)? {
+                add_event(conn, &id, &now(), NewEvent {
+                    kind: "dropped",
+                    target: Some(&target),
+                    detail: Some("the broker had a message of this refused submission; it was dropped, not delivered"),
+                    ..NewEvent::default()
+                })?;
             }
             Ok(())
         })
@@ -1295,7 +1442,7 @@ impl Store for SqliteStore {
             }
             let mut oldest = conn.prepare(
                 "SELECT d.target, min(s.received_at) FROM deliveries d JOIN submissions s ON s.id = d.submission_id
-                 WHERE d.state IN ('queued', 'retrying', 'parked') AND s.state <> 'received' GROUP BY d.target",
+                 WHERE d.state IN ('queued', 'retrying', 'parked') AND s.state NOT IN ('received', 'refused') GROUP BY d.target",
             )?;
             for row in oldest.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
                 let (target, at) = row?;
@@ -1311,7 +1458,7 @@ impl Store for SqliteStore {
             let before = timestamp(before);
             let removed = conn.execute(
                 "DELETE FROM submissions WHERE id IN (
-                   SELECT id FROM submissions WHERE received_at < ?1 AND state IN ('delivered', 'discarded') LIMIT ?2)",
+                   SELECT id FROM submissions WHERE received_at < ?1 AND state IN ('delivered', 'discarded', 'refused') LIMIT ?2)",
                 params![before, limit],
             )?;
             conn.execute("DELETE FROM operator_actions WHERE at < ?1", [&before])?;
@@ -1325,7 +1472,7 @@ impl Store for SqliteStore {
             let before = timestamp(before);
             let mut open = conn.prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM deliveries WHERE submission_id = ?1
-                                AND (state NOT IN ('delivered', 'discarded') OR updated_at >= ?2))",
+                                AND (state NOT IN ('delivered', 'discarded', 'refused') OR updated_at >= ?2))",
             )?;
             let mut finished = Vec::new();
             for id in ids {
@@ -1424,11 +1571,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_abandoned_key_resumes_under_the_same_id() {
+    async fn a_refused_key_resumes_under_the_same_id() {
         let (_dir, store) = temp_store();
         let first = submission(Uuid::new_v4());
         store.begin_intake(first.clone(), key("k", 1)).await.unwrap();
-        store.abandon_intake(first.id).await.unwrap();
+        assert_eq!(store.refuse_intake(first.id, "broker unavailable").await.unwrap(), Refusal::Refused);
+        assert_eq!(store.admission(first.id, "a").await.unwrap(), Admission::Refused);
         match store.begin_intake(submission(Uuid::new_v4()), key("k", 1)).await.unwrap() {
             Claim::Resume { id, received_at } => {
                 assert_eq!(id, first.id);
@@ -1438,15 +1586,59 @@ mod tests {
         }
         // The resumed claim is fresh again for a concurrent request.
         assert_eq!(store.begin_intake(submission(Uuid::new_v4()), key("k", 1)).await.unwrap(), Claim::InProgress);
+        assert!(matches!(store.admission(first.id, "a").await.unwrap(), Admission::Undecided { .. }));
+        store.confirm_intake(first.id).await.unwrap();
+        assert_eq!(store.admission(first.id, "a").await.unwrap(), Admission::Accepted { done: false });
+        let status = store.status(first.id).await.unwrap().unwrap();
+        assert_eq!(status.status, SubmissionState::Accepted);
+        let events: Vec<&str> = status.timeline.iter().map(|e| e.event.as_str()).collect();
+        assert_eq!(events, ["received", "routed", "refused", "resumed", "accepted"]);
     }
 
     #[tokio::test]
-    async fn an_abandoned_submission_without_key_is_forgotten() {
+    async fn a_refused_submission_is_kept_as_refused_never_admitted_and_pruned_like_a_finished_one() {
         let (_dir, store) = temp_store();
         let id = Uuid::new_v4();
         store.begin_intake(submission(id), None).await.unwrap();
-        store.abandon_intake(id).await.unwrap();
+        assert_eq!(store.refuse_intake(id, "the broker did not confirm").await.unwrap(), Refusal::Refused);
+        let status = store.status(id).await.unwrap().unwrap();
+        assert_eq!(status.status, SubmissionState::Refused);
+        assert!(status.targets.iter().all(|t| t.state == DeliveryState::Refused), "{:?}", status.targets);
+        let refused = status.timeline.iter().find(|e| e.event == "refused").unwrap();
+        assert_eq!(refused.detail.as_deref(), Some("the broker did not confirm"));
+        assert_eq!(store.admission(id, "a").await.unwrap(), Admission::Refused);
+        // A worker that meets its message drops it, and says so.
+        store.record_refused_message(id, "a").await.unwrap();
+        assert!(store.status(id).await.unwrap().unwrap().timeline.iter().any(|e| e.event == "dropped"));
+        assert_eq!(store.status(id).await.unwrap().unwrap().status, SubmissionState::Refused);
+        // Refused is final: a worker cannot accept it as undecided.
+        assert!(!store.accept_undecided(id, OffsetDateTime::now_utc() + time::Duration::hours(1)).await.unwrap());
+        let activity = store.activity(OffsetDateTime::now_utc() - time::Duration::hours(1)).await.unwrap();
+        assert!(activity.values().all(|a| a.oldest_undelivered.is_none()), "a refused submission waits for nobody");
+        let later = OffsetDateTime::now_utc() + time::Duration::hours(1);
+        assert_eq!(store.finished_among(vec![id], later).await.unwrap(), vec![id], "its blobs may go");
+        assert_eq!(store.prune(later, 10).await.unwrap(), 1);
         assert!(store.status(id).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_worker_admits_what_intake_accepted_and_accepts_what_a_dead_intake_left_undecided() {
+        let (_dir, store) = temp_store();
+        assert_eq!(store.admission(Uuid::new_v4(), "a").await.unwrap(), Admission::Unknown);
+        let mut undecided = submission(Uuid::new_v4());
+        undecided.received_at = OffsetDateTime::now_utc() - time::Duration::minutes(1);
+        let id = undecided.id;
+        store.begin_intake(undecided, None).await.unwrap();
+        assert!(matches!(store.admission(id, "a").await.unwrap(), Admission::Undecided { .. }));
+        // Too young: intake may still decide.
+        assert!(!store.accept_undecided(id, OffsetDateTime::now_utc() - time::Duration::hours(1)).await.unwrap());
+        assert!(store.accept_undecided(id, OffsetDateTime::now_utc()).await.unwrap());
+        assert_eq!(store.admission(id, "a").await.unwrap(), Admission::Accepted { done: false });
+        // An intake that answers this late must say "accepted".
+        assert_eq!(store.refuse_intake(id, "too late").await.unwrap(), Refusal::AcceptedMeanwhile);
+        store.record_attempt(attempt(id, "a", delivered("HTTP 201"))).await.unwrap();
+        assert_eq!(store.admission(id, "a").await.unwrap(), Admission::Accepted { done: true });
+        assert_eq!(store.admission(id, "b").await.unwrap(), Admission::Accepted { done: false });
     }
 
     #[tokio::test]

@@ -46,13 +46,13 @@ use crate::blobs::{BlobError, BlobId, BlobStore};
 use crate::broker::{self, BrokerError, Outgoing, Topology, long_string};
 use crate::budget::MemoryBudget;
 use crate::domain::{delivery_id, hex, sha256_hex};
-use crate::metrics::{AttemptOutcome, Metrics, ParkLabels};
+use crate::metrics::{AttemptOutcome, DropReason, Metrics, ParkLabels};
 use crate::mapping::{Mapping, PackageFormat, Rendition};
 use crate::mapping::sandbox::{EvalError, Sandbox};
 use crate::pipeline::{MappingVersions, SharedPipeline, Target};
 use crate::retry::{self, History, ReplayTicket};
 use crate::seal::Sealer;
-use crate::store::{ActionClaim, AttemptRecord, AttemptResult, Fingerprint, OperatorAction, OperatorRecord, Rendering, Store};
+use crate::store::{ActionClaim, Admission, UNDECIDED_AFTER, AttemptRecord, AttemptResult, Fingerprint, OperatorAction, OperatorRecord, Rendering, Store};
 
 pub struct Worker {
     /// The target as the worker started; its name and concurrency hold
@@ -179,14 +179,11 @@ impl Worker {
         let no_headers = FieldTable::default();
         let headers = message.properties.headers().as_ref().unwrap_or(&no_headers);
         let mut history = History::from_headers(headers);
-        if let Some(ticket) = ReplayTicket::from_headers(headers)
-            && !self.take_replay(id, &history, ticket).await
-        {
-            if let Err(e) = message.ack(BasicAckOptions::default()).await {
-                tracing::warn!(event = "ack_failed", error = %e, "acknowledgement failed");
-            }
-            return;
-        }
+        let stopped = match self.gate(id, headers, &history, &message, side).await {
+            Gate::Deliver => None,
+            Gate::Park(reason) => Some(reason),
+            Gate::Settled => return,
+        };
         let first_attempt = history.first_attempt.unwrap_or_else(OffsetDateTime::now_utc);
         history.attempts += 1;
         history.first_attempt = Some(first_attempt);
@@ -195,12 +192,17 @@ impl Worker {
         history.mapping_version = Some(mapping.version().to_owned());
         let policy = &target.retry;
         let region = retry::text(headers, retry::header::REGION).unwrap_or_default();
-        let attempt = self.deliver(&target, id, &region, &message.data, &mapping, history.attempts).await;
+        let attempt = match stopped {
+            Some(reason) => Attempt { rendering: Rendering::NotReached, duration: None, result: Err(Failure::Park(reason)) },
+            None => self.deliver(&target, id, &region, &message.data, &mapping, history.attempts).await,
+        };
         let name = &self.target.name;
         let outcome = match &attempt.result {
             Ok(_) => AttemptOutcome::delivered,
             Err(Failure::Transient { .. }) => AttemptOutcome::transient,
-            Err(Failure::Park(ParkReason::Rejected(_) | ParkReason::OutsideTenant(_))) => AttemptOutcome::permanent,
+            Err(Failure::Park(ParkReason::Rejected(_) | ParkReason::OutsideTenant(_) | ParkReason::UnknownSubmission(_))) => {
+                AttemptOutcome::permanent
+            }
             Err(Failure::Park(_)) => AttemptOutcome::mapping_error,
         };
         self.metrics.attempt(name, outcome);
@@ -277,6 +279,107 @@ impl Worker {
             // recognise the repeat.
             tracing::warn!(event = "ack_failed", error = %e, "acknowledgement failed");
         }
+    }
+
+    /// Whether this message may be delivered. A replayed message's first
+    /// attempt records its replay (see [`Self::take_replay`]); the first
+    /// copy of a submission from intake asks the ledger whether intake
+    /// accepted it, since a 503 must mean "not accepted" even when the
+    /// broker has the message (a confirm lost with the connection). Later
+    /// attempts were admitted by the first.
+    async fn gate(&self, id: &str, headers: &FieldTable, history: &History, message: &AmqpDelivery, side: &Channel) -> Gate {
+        if let Some(ticket) = ReplayTicket::from_headers(headers) {
+            if self.take_replay(id, history, ticket).await {
+                return Gate::Deliver;
+            }
+            self.metrics.dropped(&self.target.name, DropReason::superseded_replay);
+            return self.ack(message).await;
+        }
+        let first_copy = history.attempts == 0 && history.replays == 0;
+        let Ok(submission) = id.parse::<Uuid>() else { return Gate::Deliver };
+        if !first_copy {
+            return Gate::Deliver;
+        }
+        // The broker often hands the message over before intake has
+        // recorded the broker's confirm: a young undecided submission is
+        // asked about again after short pauses before it is held back.
+        let mut pauses = DECISION_PAUSES.into_iter();
+        let admission = loop {
+            match self.store.admission(submission, self.target.name.as_str()).await {
+                Ok(Admission::Undecided { received_at })
+                    if OffsetDateTime::now_utc() - received_at < UNDECIDED_AFTER
+                        && let Some(pause) = pauses.next() =>
+                {
+                    tokio::time::sleep(pause).await;
+                }
+                Ok(admission) => break admission,
+                Err(e) => {
+                    tracing::error!(event = "store_failed", error = %e, "could not ask the ledger whether intake accepted the submission; holding it back");
+                    return self.hold(message, side, history, HOLD_LONG).await;
+                }
+            }
+        };
+        match admission {
+            Admission::Accepted { done: false } => Gate::Deliver,
+            Admission::Accepted { done: true } => {
+                tracing::info!(event = "duplicate_dropped", "dropped a second copy: the target has this submission already");
+                self.metrics.dropped(&self.target.name, DropReason::duplicate);
+                self.ack(message).await
+            }
+            Admission::Refused => {
+                tracing::warn!(event = "refused_dropped", "dropped the message of a submission intake refused (answered with an error)");
+                self.metrics.dropped(&self.target.name, DropReason::refused);
+                if let Err(e) = self.store.record_refused_message(submission, self.target.name.as_str()).await {
+                    tracing::error!(event = "store_failed", error = %e, "could not record the dropped message");
+                }
+                self.ack(message).await
+            }
+            Admission::Undecided { received_at } => {
+                let age = OffsetDateTime::now_utc() - received_at;
+                if age < UNDECIDED_AFTER {
+                    let delay = if age < HOLD_LONG_AFTER { HOLD_SHORT } else { HOLD_LONG };
+                    tracing::info!(event = "held_back", "intake has not decided on the submission yet; holding it back");
+                    return self.hold(message, side, history, delay).await;
+                }
+                let received_before = OffsetDateTime::now_utc() - UNDECIDED_AFTER;
+                match self.store.accept_undecided(submission, received_before).await {
+                    Ok(true) => {
+                        tracing::warn!(event = "undecided_accepted", after_s = UNDECIDED_AFTER.as_secs(),
+                            "intake never answered for this submission (it stopped before the broker's confirm); accepted and delivered");
+                        Gate::Deliver
+                    }
+                    // Refused or resumed meanwhile: ask again after a pause.
+                    Ok(false) => self.hold(message, side, history, HOLD_SHORT).await,
+                    Err(e) => {
+                        tracing::error!(event = "store_failed", error = %e, "could not accept an undecided submission; holding it back");
+                        self.hold(message, side, history, HOLD_LONG).await
+                    }
+                }
+            }
+            Admission::Unknown => Gate::Park(ParkReason::UnknownSubmission(
+                "the ledger does not know this submission, so it cannot say that intake accepted it".into(),
+            )),
+        }
+    }
+
+    /// Puts a message aside for `delay` (through the delay ladder, its
+    /// attempt history unchanged), then acknowledges it.
+    async fn hold(&self, message: &AmqpDelivery, side: &Channel, history: &History, delay: Duration) -> Gate {
+        match self.hand_on(side, message, history, HandOff::Retry(delay)).await {
+            Ok(()) => self.ack(message).await,
+            Err(e) => {
+                tracing::error!(event = "requeued", error = %e, "could not hold the message back; it returns to the queue");
+                let _ = message.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                Gate::Settled
+            }
+        }
+    }
+
+    async fn ack(&self, message: &AmqpDelivery) -> Gate {
+        if let Err(e) = message.ack(BasicAckOptions::default()).await {
+            tracing::warn!(event = "ack_failed", error = %e, "acknowledgement failed");
+        }
+        Gate::Settled
     }
 
     /// Records in the ledger the replay a replayed message's first attempt
@@ -487,6 +590,34 @@ impl Worker {
     }
 }
 
+/// What [`Worker::gate`] lets happen to a message.
+enum Gate {
+    Deliver,
+    /// Park it without an attempt.
+    Park(ParkReason),
+    /// Dropped or held back: acknowledged already.
+    Settled,
+}
+
+/// How long a message of a submission intake has not decided on yet is
+/// held back: briefly at first (intake usually decides within
+/// milliseconds), longer once it waits for a slow broker confirm.
+const HOLD_SHORT: Duration = Duration::from_secs(1);
+const HOLD_LONG: Duration = Duration::from_secs(5);
+const HOLD_LONG_AFTER: time::Duration = time::Duration::seconds(12);
+
+/// Pauses between asking the ledger again about a submission intake has
+/// not decided on yet, before the message is held back (about 0.2 s in
+/// all): intake records the broker's confirm within milliseconds of it.
+const DECISION_PAUSES: [Duration; 6] = [
+    Duration::from_millis(2),
+    Duration::from_millis(5),
+    Duration::from_millis(10),
+    Duration::from_millis(25),
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+];
+
 /// What the worker reads of a message before mapping it: which attachments
 /// are in the blob store.
 #[derive(Default, serde::Deserialize)]
@@ -571,11 +702,16 @@ pub enum ParkReason {
     /// route should have sent it here, so it is held, not delivered.
     #[error("{0}")]
     OutsideTenant(String),
+    /// The ledger does not know the submission, so nothing says that
+    /// intake accepted it: held for an operator, whose replay delivers it.
+    #[error("{0}")]
+    UnknownSubmission(String),
 }
 
 impl ParkReason {
     /// Every [`kind`](Self::kind).
-    pub const KINDS: [&'static str; 5] = ["undecodable", "mapping-error", "target-rejected", "retries-exhausted", "outside-tenant"];
+    pub const KINDS: [&'static str; 6] =
+        ["undecodable", "mapping-error", "target-rejected", "retries-exhausted", "outside-tenant", "unknown-submission"];
 
     pub fn kind(&self) -> &'static str {
         match self {
@@ -584,6 +720,7 @@ impl ParkReason {
             ParkReason::Rejected(_) => "target-rejected",
             ParkReason::RetriesExhausted(_) => "retries-exhausted",
             ParkReason::OutsideTenant(_) => "outside-tenant",
+            ParkReason::UnknownSubmission(_) => "unknown-submission",
         }
     }
 }
@@ -605,6 +742,7 @@ mod tests {
             ParkReason::Rejected(String::new()),
             ParkReason::RetriesExhausted(String::new()),
             ParkReason::OutsideTenant(String::new()),
+            ParkReason::UnknownSubmission(String::new()),
         ];
         assert_eq!(reasons.map(|r| r.kind()), ParkReason::KINDS);
     }

@@ -280,11 +280,15 @@ pub fn gewerbeanmeldung(region: &str) -> serde_json::Value {
 }
 
 /// A TCP proxy in front of the broker that a test can cut and restore, to
-/// make the broker unreachable without stopping the shared node.
+/// make the broker unreachable without stopping the shared node; and whose
+/// replies from the broker it can hold back (the broker has what was sent,
+/// the client hears nothing, e.g. no publisher confirm).
 pub struct BrokerProxy {
     pub port: u16,
     upstream: String,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    holding: Arc<std::sync::atomic::AtomicBool>,
+    to_broker: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl BrokerProxy {
@@ -292,7 +296,7 @@ impl BrokerProxy {
         let upstream = broker_url();
         let upstream = upstream.split('@').nth(1).unwrap().split('/').next().unwrap().to_owned();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let proxy = Self { port, upstream, tasks: Arc::default() };
+        let proxy = Self { port, upstream, tasks: Arc::default(), holding: Arc::default(), to_broker: Arc::default() };
         proxy.restore().await;
         proxy
     }
@@ -308,18 +312,74 @@ impl BrokerProxy {
         }
     }
 
+    /// From now on, what the broker sends waits in the proxy (until `cut`
+    /// or `release`); what clients send goes on.
+    pub fn hold_replies(&self) {
+        self.holding.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn release(&self) {
+        self.holding.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Bytes forwarded from clients to the broker so far.
+    pub fn sent_to_broker(&self) -> u64 {
+        self.to_broker.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Listens again (and stops holding replies); earlier connections stay cut.
     pub async fn restore(&self) {
-        let listener = TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
+        self.release();
+        // A `cut` listener goes away with its task, which may take a moment.
+        let mut tries = 0;
+        let listener = loop {
+            match TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(listener) => break listener,
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("the proxy cannot listen on {} again: {e}", self.port),
+            }
+        };
         let upstream = self.upstream.clone();
         let tasks = self.tasks.clone();
+        let (holding, to_broker) = (self.holding.clone(), self.to_broker.clone());
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((mut client, _)) = listener.accept().await else { return };
+                let Ok((client, _)) = listener.accept().await else { return };
                 let upstream = upstream.clone();
+                let (holding, to_broker) = (holding.clone(), to_broker.clone());
                 let connection = tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(&upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
+                    let Ok(server) = TcpStream::connect(&upstream).await else { return };
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    let upstream = async {
+                        let mut buffer = vec![0u8; 64 * 1024];
+                        while let Ok(n @ 1..) = tokio::io::AsyncReadExt::read(&mut client_read, &mut buffer).await {
+                            if tokio::io::AsyncWriteExt::write_all(&mut server_write, &buffer[..n]).await.is_err() {
+                                return;
+                            }
+                            to_broker.fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    };
+                    let downstream = async {
+                        let mut buffer = vec![0u8; 64 * 1024];
+                        loop {
+                            let Ok(n @ 1..) = tokio::io::AsyncReadExt::read(&mut server_read, &mut buffer).await else { return };
+                            // Held once read, too: a reply that arrives
+                            // while holding waits here.
+                            while holding.load(std::sync::atomic::Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                            }
+                            if tokio::io::AsyncWriteExt::write_all(&mut client_write, &buffer[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    // Either side closing ends both, as a real connection.
+                    tokio::select! { _ = upstream => {}, _ = downstream => {} }
                 });
                 tasks.lock().unwrap().push(connection);
             }

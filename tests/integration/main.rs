@@ -13,6 +13,7 @@ mod large;
 mod mappings;
 mod observability;
 mod openapi;
+mod refusal;
 mod replay;
 mod retries;
 mod s3;

@@ -135,6 +135,8 @@ async fn a_poison_message_is_parked_and_the_messages_behind_it_are_delivered() {
     let channel = connection.create_channel().await.unwrap();
     let queue = format!("{}.target.fv", app.prefix);
     // Sealed as intake seals, so that it is the content that poisons.
+    let mut attempted = lapin::types::FieldTable::default();
+    attempted.insert(amtsbote::retry::header::ATTEMPTS.into(), lapin::types::AMQPValue::LongLongInt(1));
     let config = amtsbote::config::Config::load(&app.config_path).unwrap();
     let sealer = amtsbote::pipeline::Pipeline::build(&config).unwrap().sealer;
     for (id, body) in [("5b0d5d4e-0000-4000-8000-000000000001", &b"not json at all"[..]), ("no-uuid", &b"{}"[..])] {
@@ -145,7 +147,10 @@ async fn a_poison_message_is_parked_and_the_messages_behind_it_are_delivered() {
                 queue.as_str().into(),
                 BasicPublishOptions::default(),
                 &body,
-                BasicProperties::default().with_message_id(id.into()).with_delivery_mode(2),
+                // Mid-retry (one attempt made): past the ledger's admission,
+                // which a first copy meets, so that it is the content that
+                // poisons.
+                BasicProperties::default().with_message_id(id.into()).with_delivery_mode(2).with_headers(attempted.clone()),
             )
             .await
             .unwrap()
