@@ -169,4 +169,11 @@ async fn a_broker_restart_mid_load_loses_nothing_and_intake_never_says_202_while
         lost
     );
     assert_eq!(lost, 0, "every accepted submission was delivered");
+    // And nothing else: what intake answered with an error (a 503, also
+    // one whose confirm was lost while the broker went away) never arrives.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let arrived: std::collections::HashSet<String> =
+        app.back_office.received().into_iter().filter(|r| r.path == "/dms").filter_map(|r| r.idempotency_key).collect();
+    let unexpected: Vec<_> = arrived.difference(&keys).collect();
+    assert!(unexpected.is_empty(), "submissions answered with an error reached the back office: {unexpected:?}");
 }
