@@ -122,7 +122,7 @@ impl Application {
             keep_above_bytes: config.blobs.keep_above_kib.saturating_mul(1024),
             max_message_bytes: config.broker.max_message_bytes,
         });
-        let dashboard = Arc::new(Dashboard::new(operator.clone(), monitor.clone()));
+        let dashboard = Arc::new(Dashboard::new(operator.clone(), monitor.clone(), config.http.tls.is_some()));
         let observed = Arc::new(Observed { intake: intake.clone(), monitor, metrics });
         let tls = match &config.http.tls {
             Some(settings) => Some(Arc::new(ArcSwap::new(crate::tls::server_config(settings)?))),

@@ -45,6 +45,9 @@ pub struct Dashboard {
     pub api: Arc<OperatorApi>,
     pub monitor: Arc<Monitor>,
     sessions: Mutex<HashMap<String, Session>>,
+    /// Served over HTTPS itself (`http.tls`): the session cookie is
+    /// `Secure`, so a browser never sends it over plain HTTP.
+    https: bool,
 }
 
 #[derive(Clone)]
@@ -56,8 +59,15 @@ struct Session {
 }
 
 impl Dashboard {
-    pub fn new(api: Arc<OperatorApi>, monitor: Arc<Monitor>) -> Self {
-        Self { api, monitor, sessions: Mutex::new(HashMap::new()) }
+    pub fn new(api: Arc<OperatorApi>, monitor: Arc<Monitor>, https: bool) -> Self {
+        Self { api, monitor, sessions: Mutex::new(HashMap::new()), https }
+    }
+
+    /// `; Secure` when the browser reached us over HTTPS: served so, or
+    /// behind a TLS proxy that says so.
+    fn secure(&self, headers: &HeaderMap) -> &'static str {
+        let proxied_https = headers.get("x-forwarded-proto").is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
+        if self.https || proxied_https { "; Secure" } else { "" }
     }
 
     /// The signed-in operator's session, or the way to the sign-in page.
@@ -188,12 +198,10 @@ async fn login(State(dashboard): State<Arc<Dashboard>>, headers: HeaderMap, Form
     };
     tracing::info!(event = "dashboard_signed_in", operator = %operator.name, "operator signed in to the dashboard");
     let id = dashboard.sign_in(operator);
-    // Behind a TLS proxy the cookie is only ever sent over TLS.
-    let secure = headers.get("x-forwarded-proto").is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
     let cookie = format!(
         "{COOKIE}={id}; Path=/dashboard; HttpOnly; SameSite=Strict; Max-Age={}{}",
         SESSION_LIFETIME.as_secs(),
-        if secure { "; Secure" } else { "" }
+        dashboard.secure(&headers)
     );
     let mut response = Redirect::to("/dashboard").into_response();
     response.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).expect("the cookie is ASCII"));
@@ -214,7 +222,7 @@ async fn logout(State(dashboard): State<Arc<Dashboard>>, headers: HeaderMap, For
         dashboard.sign_out(&session);
     }
     let mut response = Redirect::to("/dashboard/login").into_response();
-    let expired = format!("{COOKIE}=; Path=/dashboard; HttpOnly; SameSite=Strict; Max-Age=0");
+    let expired = format!("{COOKIE}=; Path=/dashboard; HttpOnly; SameSite=Strict; Max-Age=0{}", dashboard.secure(&headers));
     response.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&expired).expect("the cookie is ASCII"));
     response
 }

@@ -87,6 +87,9 @@ impl RetryPolicy {
 
     /// The delay level after attempt number `attempt` (1 = the first) failed,
     /// at least as long as the target's `Retry-After` (up to `max_delay`).
+    /// Never a level above `max_delay`: the wish is rounded to the nearest
+    /// level, then down to the longest level within `max_delay` (the
+    /// shortest level if `max_delay` is shorter still).
     pub fn delay_after(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
         let mut builder = ExponentialBuilder::default()
             .with_min_delay(self.first_delay)
@@ -98,10 +101,12 @@ impl RetryPolicy {
         }
         let wanted = builder.build().nth(attempt.saturating_sub(1) as usize).unwrap_or(self.max_delay);
         let level = nearest_level(wanted);
-        match retry_after.map(|r| r.min(self.max_delay)) {
+        let level = match retry_after.map(|r| r.min(self.max_delay)) {
             Some(floor) if floor > level => level_at_least(floor),
             _ => level,
-        }
+        };
+        let ceiling = DELAY_LEVELS.iter().copied().rfind(|l| *l <= self.max_delay).unwrap_or(DELAY_LEVELS[0]);
+        level.min(ceiling)
     }
 
     /// Whether a delivery first tried at `first_attempt` has run out of time.
@@ -345,6 +350,21 @@ mod tests {
             let d = p.delay_after(2, None);
             assert!((Duration::from_secs(60)..=Duration::from_secs(120)).contains(&d), "{d:?}");
         }
+    }
+
+    #[test]
+    fn no_delay_exceeds_the_maximum_delay() {
+        for (max_delay, longest) in [(60, 60), (45, 30), (90, 60), (3600, 3600)] {
+            let policy = RetryPolicy { max_delay: Duration::from_secs(max_delay), ..policy(true) };
+            for attempt in 1..30 {
+                for retry_after in [None, Some(Duration::from_secs(max_delay)), Some(Duration::from_secs(86400))] {
+                    let delay = policy.delay_after(attempt, retry_after);
+                    assert!(delay <= Duration::from_secs(longest), "max_delay {max_delay}s, attempt {attempt}: {delay:?}");
+                }
+            }
+        }
+        let tiny = RetryPolicy { max_delay: Duration::from_millis(10), ..policy(false) };
+        assert_eq!(tiny.delay_after(5, None), DELAY_LEVELS[0], "the shortest level when max_delay is shorter still");
     }
 
     #[test]

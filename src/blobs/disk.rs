@@ -2,7 +2,12 @@
 //! to a temporary file, synced, renamed into place and the folder synced,
 //! so a blob a message names survives a crash. Blocking: the
 //! [`super::BlobStore`] calls it off the async threads.
+//!
+//! Folders are made `0700` and files `0600`: the contents are sealed when
+//! encryption is on, but names (submission ids) and sizes are not, and no
+//! other local user has reason to see them.
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,7 +25,11 @@ pub(super) struct DiskBlobs {
 impl DiskBlobs {
     /// Opens (and creates) the store's directory.
     pub(super) fn open(root: &Path) -> Result<Self, BlobError> {
-        std::fs::create_dir_all(root).map_err(|e| BlobError::Io(format!("cannot create {}: {e}", root.display())))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(PRIVATE_DIR)
+            .create(root)
+            .map_err(|e| BlobError::Io(format!("cannot create {}: {e}", root.display())))?;
         Ok(Self { root: root.into() })
     }
 
@@ -41,7 +50,9 @@ impl DiskBlobs {
         // fails if another process got there first: nobody reads half a
         // marker, and the first claim stands.
         let temporary = self.root.join(format!("{LEDGER_MARKER}.{}", Uuid::new_v4().simple()));
-        std::fs::write(&temporary, format!("{ledger}\n")).and_then(|()| std::fs::File::open(&temporary)?.sync_all()).map_err(io)?;
+        private_file(&temporary)
+            .and_then(|mut file| std::io::Write::write_all(&mut file, format!("{ledger}\n").as_bytes()).and_then(|()| file.sync_all()))
+            .map_err(io)?;
         let linked = std::fs::hard_link(&temporary, &marker);
         let _ = std::fs::remove_file(&temporary);
         match linked {
@@ -59,7 +70,7 @@ impl DiskBlobs {
     pub(super) fn put(&self, submission: Uuid, base64: &[u8], sealer: &Sealer) -> Result<BlobId, BlobError> {
         let io = |what: &str, e: std::io::Error| BlobError::Io(format!("cannot {what} a blob of submission {submission}: {e}"));
         let folder = self.folder(submission);
-        match std::fs::create_dir(&folder) {
+        match std::fs::DirBuilder::new().mode(PRIVATE_DIR).create(&folder) {
             Ok(()) => sync_dir(&self.root).map_err(|e| io("sync the folder of", e))?,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(io("create the folder of", e)),
@@ -67,7 +78,7 @@ impl DiskBlobs {
         let mut nonce = [0u8; 8];
         aws_lc_rs::rand::fill(&mut nonce).expect("the system's random source works");
         let temporary = folder.join(format!(".partial-{}", hex(&nonce)));
-        let mut file = std::fs::File::create_new(&temporary).map_err(|e| io("create", e))?;
+        let mut file = private_file(&temporary).map_err(|e| io("create", e))?;
         let written = write_blob(&mut file, submission, base64, sealer).map_err(|e| io("write", e));
         let id = match written.and_then(|id| file.sync_all().map(|()| id).map_err(|e| io("sync", e))) {
             Ok(id) => id,
@@ -103,6 +114,35 @@ impl DiskBlobs {
     }
 }
 
+const PRIVATE_DIR: u32 = 0o700;
+
+/// A new file only its owner may read and write.
+fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)
+}
+
 fn sync_dir(path: &Path) -> std::io::Result<()> {
     std::fs::File::open(path)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn folders_and_files_are_private_to_their_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("blobs");
+        let blobs = DiskBlobs::open(&root).unwrap();
+        blobs.claim("ledger-a").unwrap();
+        let submission = Uuid::now_v7();
+        let id = blobs.put(submission, b"JVBERi0xLjc=", &Sealer::default()).unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&root.join(submission.to_string())), 0o700);
+        assert_eq!(mode(&root.join(submission.to_string()).join(id.to_string())), 0o600);
+        assert_eq!(mode(&root.join(LEDGER_MARKER)), 0o600);
+    }
 }

@@ -432,6 +432,15 @@ async fn a_sender_with_a_registered_client_certificate_needs_no_key_and_keeps_to
 
     let accepted = post(&anonymous, Some(SENDER_KEY), KOELN).await.unwrap();
     assert_eq!(accepted.status(), StatusCode::ACCEPTED, "API keys still work over TLS");
+    // Served over HTTPS, the dashboard's session cookie is never sent over plain HTTP.
+    let no_redirects = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&pki.ca).unwrap()).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let signed_in = no_redirects.post(format!("{}/dashboard/login", app.base)).form(&[("token", OPERATOR_TOKEN)]).send().await.unwrap();
+    let cookie = signed_in.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.contains("HttpOnly") && cookie.ends_with("; Secure"), "{cookie}");
     let delivered = app.back_office.wait_for(2, Duration::from_secs(20)).await;
     assert_eq!(delivered.len(), 2);
     tokio::time::sleep(Duration::from_millis(500)).await;
