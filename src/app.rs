@@ -7,8 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use axum::extract::connect_info::Connected;
-use axum::serve::IncomingStream;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -27,7 +25,8 @@ use crate::dashboard::{self, Dashboard};
 use crate::metrics::Metrics;
 use crate::monitor::{self, Monitor, Observed};
 use crate::store::{self, SqliteStore, Store};
-use crate::tls::{Peer, TlsListener};
+use crate::connections::{self, ConnectionLimits, ListenerHealth};
+use crate::tls::TlsListener;
 use crate::worker::Worker;
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +58,7 @@ pub struct Application {
     operator: Arc<OperatorApi>,
     observed: Arc<Observed>,
     dashboard: Arc<Dashboard>,
+    limits: ConnectionLimits,
     workers: Vec<Arc<Worker>>,
     store: Arc<dyn Store>,
     blobs: BlobStore,
@@ -123,7 +123,9 @@ impl Application {
             max_message_bytes: config.broker.max_message_bytes,
         });
         let dashboard = Arc::new(Dashboard::new(operator.clone(), monitor.clone(), config.http.tls.is_some()));
-        let observed = Arc::new(Observed { intake: intake.clone(), monitor, metrics });
+        let listener_health = Arc::new(ListenerHealth::default());
+        let observed = Arc::new(Observed { intake: intake.clone(), monitor, metrics, listener: listener_health });
+        let limits = ConnectionLimits::within_open_files(config.http.max_connections, config.http.header_timeout);
         let tls = match &config.http.tls {
             Some(settings) => Some(Arc::new(ArcSwap::new(crate::tls::server_config(settings)?))),
             None => None,
@@ -139,6 +141,7 @@ impl Application {
             operator,
             observed,
             dashboard,
+            limits,
             workers,
             store,
             blobs,
@@ -181,13 +184,17 @@ impl Application {
         // clients and load balancers hear "shutting down" rather than
         // "connection refused".
         let (server_stop_tx, server_stop) = tokio::sync::oneshot::channel::<()>();
+        let (health, metrics) = (self.observed.listener.clone(), self.observed.metrics.clone());
         let app = intake::router(self.intake.clone())
             .merge(operator::router(self.operator))
             .merge(monitor::router(self.observed))
             .merge(dashboard::router(self.dashboard));
         let server = match self.tls {
-            None => tokio::spawn(serve(self.listener, app, server_stop)),
-            Some(tls) => tokio::spawn(serve(TlsListener::new(self.listener, tls)?, app, server_stop)),
+            None => tokio::spawn(connections::serve(self.listener, app, self.limits, health, metrics, server_stop)),
+            Some(tls) => {
+                let listener = TlsListener::new(self.listener, tls)?;
+                tokio::spawn(connections::serve(listener, app, self.limits, health, metrics, server_stop))
+            }
         };
         tracing::info!(event = "started", "amtsbote is running");
 
@@ -213,21 +220,6 @@ impl Application {
             Err(e) => Err(std::io::Error::other(e)),
         }
     }
-}
-
-/// Serves `app` on `listener` until `stop`, then finishes the requests in
-/// progress. Handlers see the [`Peer`] of their connection.
-async fn serve<L>(listener: L, app: axum::Router, stop: tokio::sync::oneshot::Receiver<()>) -> std::io::Result<()>
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-    Peer: for<'a> Connected<IncomingStream<'a, L>>,
-{
-    axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
-        .with_graceful_shutdown(async move {
-            let _ = stop.await;
-        })
-        .await
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -181,6 +181,21 @@ pub struct HttpSettings {
     /// gives its room back.
     #[serde(default = "default_body_timeout", with = "humantime_serde")]
     pub body_timeout: Duration,
+    /// Longest a client may take to send a request's headers (default
+    /// `10s`), counted from the connection's start or the end of its
+    /// previous response: so it is also how long an idle keep-alive
+    /// connection stays open. A slower client's connection is closed.
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Most connections the listener keeps open at once (default 1000,
+    /// at least 16). One more is taken by closing the longest-open
+    /// connection that has no request in progress (idle, or still sending
+    /// its headers); with every connection busy, a new one is closed at
+    /// once. amtsbote raises its open-file limit at start and lowers this
+    /// if the limit leaves too little room for the broker, the ledger, the
+    /// blob store and the connectors (see [`crate::connections`]).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// HTTPS instead of plain HTTP, optionally with client certificates
     /// for senders; see [`TlsSettings`]. Without it, put amtsbote behind a
     /// proxy that terminates TLS.
@@ -373,6 +388,12 @@ fn default_intake_memory_mib() -> usize {
 fn default_body_timeout() -> Duration {
     Duration::from_secs(300)
 }
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_connections() -> usize {
+    1000
+}
 fn default_max_body_bytes() -> usize {
     40 * 1024 * 1024
 }
@@ -427,6 +448,8 @@ impl Default for HttpSettings {
             max_json_depth: limits.json_depth,
             intake_memory_mib: default_intake_memory_mib(),
             body_timeout: default_body_timeout(),
+            header_timeout: default_header_timeout(),
+            max_connections: default_max_connections(),
             tls: None,
         }
     }

@@ -27,7 +27,8 @@
 //!   test` and the sandbox behind `amtsbote mapping-sandbox`.
 //! * [`access`] decides who may hand in, read and act on what (senders,
 //!   tenants, operators); [`tls`] serves HTTPS and hands intake the
-//!   client certificate a sender presented.
+//!   client certificate a sender presented; [`connections`] bounds every
+//!   HTTP connection (header timeout, a cap that closes idle ones first).
 //! * [`budget`] bounds the memory of bodies at intake and of attachments
 //!   in deliveries.
 //! * [`app`] starts and stops everything; [`telemetry`] sets up logging
@@ -40,6 +41,7 @@ pub mod blobs;
 pub mod broker;
 pub mod budget;
 pub mod config;
+pub mod connections;
 pub mod connectors;
 pub mod dashboard;
 pub mod demo;

@@ -122,6 +122,14 @@ pub struct Metrics {
     pub oldest_undelivered_age: Family<TargetLabel, Gauge<f64, AtomicU64>>,
     /// 1 while the broker is reachable.
     pub broker_connected: Gauge,
+    /// HTTP connections open now.
+    pub http_connections: Gauge,
+    /// Connections closed at once: the cap was full of busy connections.
+    pub http_connections_refused: Counter,
+    /// Connections without a request in progress closed to make room.
+    pub http_connections_evicted: Counter,
+    /// Connections closed because a request's headers came too slowly.
+    pub http_header_timeouts: Counter,
 }
 
 impl Metrics {
@@ -177,6 +185,26 @@ impl Metrics {
         );
         let broker_connected = Gauge::default();
         registry.register("broker_connected", "1 while the message broker is reachable", broker_connected.clone());
+        let http_connections = Gauge::default();
+        registry.register("http_connections", "HTTP connections open now", http_connections.clone());
+        let http_connections_refused = Counter::default();
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections closed at once because http.max_connections were all busy",
+            http_connections_refused.clone(),
+        );
+        let http_connections_evicted = Counter::default();
+        registry.register(
+            "http_connections_evicted",
+            "Idle or slow HTTP connections closed to make room for a new one",
+            http_connections_evicted.clone(),
+        );
+        let http_header_timeouts = Counter::default();
+        registry.register(
+            "http_header_timeouts",
+            "HTTP connections closed because headers did not arrive within http.header_timeout",
+            http_header_timeouts.clone(),
+        );
         registry.register(
             "build",
             "The running amtsbote version",
@@ -217,6 +245,10 @@ impl Metrics {
             parked_deliveries,
             oldest_undelivered_age,
             broker_connected,
+            http_connections,
+            http_connections_refused,
+            http_connections_evicted,
+            http_header_timeouts,
         }
     }
 

@@ -190,6 +190,8 @@ pub struct Observed {
     pub intake: Arc<Intake>,
     pub monitor: Arc<Monitor>,
     pub metrics: Arc<Metrics>,
+    /// Whether the HTTP listener takes connections.
+    pub listener: Arc<crate::connections::ListenerHealth>,
 }
 
 pub fn router(observed: Arc<Observed>) -> Router {
@@ -200,7 +202,9 @@ pub fn router(observed: Arc<Observed>) -> Router {
         .with_state(observed)
 }
 
-/// Ready: not draining, the broker takes connections, the store writes.
+/// Ready: not draining, the broker takes connections, the store writes,
+/// and the listener takes connections (no failing accept, a cap not full
+/// of busy connections).
 async fn ready(State(observed): State<Arc<Observed>>) -> Response {
     let intake = &observed.intake;
     if intake.draining.load(Ordering::Relaxed) {
@@ -209,12 +213,14 @@ async fn ready(State(observed): State<Arc<Observed>>) -> Response {
     }
     let broker = tokio::time::timeout(SAMPLE_TIMEOUT, intake.publisher.ensure_connected()).await.is_ok_and(|r| r.is_ok());
     let store = tokio::time::timeout(SAMPLE_TIMEOUT, intake.store.check_writable()).await.is_ok_and(|r| r.is_ok());
+    let accepting = observed.listener.accepting();
     let word = |ok: bool| if ok { "ok" } else { "failing" };
+    let ready = broker && store && accepting;
     let body = json!({
-        "status": if broker && store { "ready" } else { "not ready" },
-        "checks": { "broker": word(broker), "store": word(store) },
+        "status": if ready { "ready" } else { "not ready" },
+        "checks": { "broker": word(broker), "store": word(store), "intake": word(accepting) },
     });
-    let status = if broker && store { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()
 }
 

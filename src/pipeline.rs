@@ -69,6 +69,12 @@ impl Pipeline {
                 }
             }
         }
+        if config.http.max_connections < crate::connections::MIN_CONNECTIONS {
+            problems.push(format!("http.max_connections must be at least {}", crate::connections::MIN_CONNECTIONS));
+        }
+        if config.http.header_timeout.is_zero() {
+            problems.push("http.header_timeout must be longer than 0s".into());
+        }
         if config.http.intake_memory_mib.saturating_mul(1 << 20) < config.http.max_body_bytes {
             problems.push(format!(
                 "http.intake_memory_mib: {} MiB cannot hold one body of http.max_body_bytes ({} bytes)",

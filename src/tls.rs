@@ -3,9 +3,9 @@
 //!
 //! [`TlsListener`] accepts TCP connections and runs each TLS handshake in
 //! a task of its own, bounded in number and in time, so that a slow or
-//! hostile client holds up nobody. axum gets finished connections; the
-//! [`Peer`] of each carries the fingerprint of the client certificate, if
-//! one was presented. The certificate has been verified against
+//! hostile client holds up nobody. [`crate::connections`] gets finished
+//! connections; the [`Peer`] of each carries the fingerprint of the client
+//! certificate, if one was presented. The certificate has been verified against
 //! `http.tls.client_ca` during the handshake; which sender it belongs to is
 //! decided by [`crate::access::Senders`], by fingerprint.
 
@@ -17,9 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use axum::extract::{ConnectInfo, FromRequestParts, connect_info::Connected};
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
-use axum::serve::{IncomingStream, Listener};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -147,7 +146,7 @@ pub(crate) fn read_certificates(field: &'static str, path: &Path) -> Result<Vec<
 /// A TCP listener that hands axum finished TLS connections.
 pub struct TlsListener {
     local_addr: SocketAddr,
-    accepted: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    accepted: mpsc::Receiver<std::io::Result<(TlsStream<TcpStream>, SocketAddr)>>,
     accepting: tokio::task::AbortHandle,
 }
 
@@ -171,22 +170,33 @@ impl Drop for TlsListener {
 }
 
 async fn accept_and_handshake(
-    mut tcp: TcpListener,
+    tcp: TcpListener,
     config: Arc<ArcSwap<rustls::ServerConfig>>,
-    ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Sender<std::io::Result<(TlsStream<TcpStream>, SocketAddr)>>,
 ) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
         let Ok(permit) = handshakes.clone().acquire_owned().await else { return };
-        // axum's accept retries on errors such as too many open files.
-        let (stream, addr) = Listener::accept(&mut tcp).await;
+        let (stream, addr) = match tcp.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Too many open files, say: reported to the accept loop
+                // (which logs it and says not ready), then a pause.
+                if ready.send(Err(e)).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
         let acceptor = TlsAcceptor::from(config.load_full());
         let ready = ready.clone();
         tokio::spawn(async move {
             let _permit = permit;
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
-                    let _ = ready.send((tls, addr)).await;
+                    let _ = ready.send(Ok((tls, addr))).await;
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(event = "tls_handshake_failed", peer = %addr, error = %e, "TLS handshake failed");
@@ -199,20 +209,22 @@ async fn accept_and_handshake(
     }
 }
 
-impl Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+impl TlsListener {
+    /// The next connection whose handshake finished, or the error of a
+    /// failed accept.
+    pub async fn next(&mut self) -> std::io::Result<(TlsStream<TcpStream>, Peer)> {
         match self.accepted.recv().await {
-            Some(connection) => connection,
+            Some(accepted) => accepted.map(|(stream, addr)| {
+                let peer = Peer::of_tls(&stream, addr);
+                (stream, peer)
+            }),
             // The accepting task ends only when this listener is dropped.
             None => std::future::pending().await,
         }
     }
 
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.local_addr)
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
     }
 }
 
@@ -225,17 +237,12 @@ pub struct Peer {
     pub client_certificate: Option<CertificateFingerprint>,
 }
 
-impl Connected<IncomingStream<'_, TcpListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
-        Self { addr: *stream.remote_addr(), client_certificate: None }
-    }
-}
-
-impl Connected<IncomingStream<'_, TlsListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        let (_, session) = stream.io().get_ref();
+impl Peer {
+    /// A peer over TLS, with the certificate it proved to hold the key of.
+    pub fn of_tls(stream: &TlsStream<TcpStream>, addr: SocketAddr) -> Self {
+        let (_, session) = stream.get_ref();
         let client_certificate = session.peer_certificates().and_then(|chain| chain.first()).map(|leaf| CertificateFingerprint::of(leaf));
-        Self { addr: *stream.remote_addr(), client_certificate }
+        Self { addr, client_certificate }
     }
 }
 

@@ -129,14 +129,14 @@ async fn metrics_count_deliveries_and_parked_per_target_without_ids() {
 }
 
 #[tokio::test]
-async fn healthz_is_alive_and_readyz_checks_broker_and_store() {
+async fn healthz_is_alive_and_readyz_checks_broker_store_and_intake() {
     let mut app = spawn_app(Setup::default()).await;
     let alive = app.client.get(format!("{}/healthz", app.base)).send().await.unwrap();
     assert_eq!(alive.status(), StatusCode::OK);
     let ready = app.client.get(format!("{}/readyz", app.base)).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
     let body: Value = ready.json().await.unwrap();
-    assert_eq!(body["checks"], serde_json::json!({ "broker": "ok", "store": "ok" }), "{body}");
+    assert_eq!(body["checks"], serde_json::json!({ "broker": "ok", "store": "ok", "intake": "ok" }), "{body}");
 
     // A delivery in flight keeps the server up while it drains.
     app.back_office.slow_down("fv", Duration::from_secs(2));
