@@ -328,3 +328,43 @@ async fn serve_connection<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_leaves_room_for_the_rest_of_the_process() {
+        let limits = ConnectionLimits::within_open_files(usize::MAX, Duration::from_secs(10));
+        let files = raise_open_file_limit();
+        assert!(limits.max_connections as u64 + RESERVED_FILES <= files.max(MIN_CONNECTIONS as u64 + RESERVED_FILES), "{limits:?}");
+        assert_eq!(ConnectionLimits::within_open_files(MIN_CONNECTIONS, Duration::from_secs(10)).max_connections, MIN_CONNECTIONS);
+    }
+
+    #[test]
+    fn readiness_follows_failing_accepts_and_a_full_cap() {
+        let health = ListenerHealth::default();
+        assert!(health.accepting());
+        health.accept_failed(&std::io::Error::from_raw_os_error(24));
+        assert!(!health.accepting(), "too many open files: not ready");
+        health.accepted();
+        assert!(health.accepting());
+        health.saturated.store(true, Ordering::Relaxed);
+        assert!(!health.accepting(), "every connection busy: not ready");
+    }
+
+    #[test]
+    fn room_is_made_by_the_longest_open_connection_without_a_request() {
+        let mut registry = Registry::default();
+        for id in 0..3 {
+            registry.open.insert(id, Arc::new(Connection::default()));
+        }
+        let _busy = Busy::new(&registry.open[&0]);
+        assert!(registry.make_room());
+        assert!(registry.open[&1].evicting.load(Ordering::SeqCst), "the oldest idle one");
+        assert!(!registry.open[&0].evicting.load(Ordering::SeqCst), "never one with a request in a handler");
+        assert!(registry.make_room());
+        assert!(registry.open[&2].evicting.load(Ordering::SeqCst));
+        assert!(!registry.make_room(), "all busy or asked already");
+    }
+}

@@ -261,3 +261,86 @@ async fn uploads_past_the_memory_budget_get_503_busy_until_room_is_free() {
     let metrics = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
     assert_eq!(crate::helpers::metric(&metrics, "amtsbote_submissions_refused_total{problem=\"busy\"}"), Some(2.0), "{metrics}");
 }
+
+/// A network client without a key: idle connections past the cap and
+/// requests whose headers come one byte at a time. Valid submissions still
+/// get 202 within a second, a delivery that reads a stored attachment
+/// succeeds, and the slow connections are closed by the header timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_connections_cannot_keep_submissions_or_deliveries_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const CAP: usize = 16;
+    const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+    let app = spawn_app(Setup {
+        targets: &[("dms", "dms-json/akte.yaml")],
+        routes: &[(GEWERBE, "", &["dms"])],
+        http_settings: "  max_connections: 16\n  header_timeout: 2s\n",
+        // Every attachment waits in the blob store: delivering reads it.
+        blob_settings: "  keep_above_kib: 1\n",
+        ..Setup::default()
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+
+    // Each hostile connection reports how long it stayed open.
+    let mut hostile = JoinSet::new();
+    for _ in 0..3 * CAP {
+        let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        hostile.spawn(async move {
+            let opened = std::time::Instant::now();
+            let _ = idle.read(&mut [0u8; 1]).await;
+            ("idle", opened.elapsed())
+        });
+    }
+    for _ in 0..CAP / 2 {
+        let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        hostile.spawn(async move {
+            let opened = std::time::Instant::now();
+            for byte in b"POST /v1/submissions HTTP/1.1\r\nHost: amtsbote\r\nX-Padding: ".iter().cycle() {
+                if slow.write_all(&[*byte]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if opened.elapsed() > Duration::from_secs(30) {
+                    break;
+                }
+            }
+            ("slow", opened.elapsed())
+        });
+    }
+
+    // Meanwhile, valid submissions on fresh connections.
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let client = as_sender(reqwest::Client::builder().pool_max_idle_per_host(0)).build().unwrap();
+        let started = std::time::Instant::now();
+        let response = client
+            .post(format!("{}/v1/submissions", app.base))
+            .header("content-type", "application/json")
+            .body(gewerbeanmeldung(KOELN).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        assert!(started.elapsed() < Duration::from_secs(1), "202 took {:?}", started.elapsed());
+        ids.push(response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned());
+    }
+    let keys = expected_keys(ids, "dms");
+    let delivered = wait_for_keys(&app.back_office, "/dms", &keys, Duration::from_secs(30)).await;
+    assert!(keys.is_subset(&delivered), "every submission delivered, its stored attachments read");
+
+    let all_closed = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(closed) = hostile.join_next().await {
+            let (kind, open_for) = closed.unwrap();
+            assert!(open_for <= HEADER_TIMEOUT + Duration::from_secs(3), "a {kind} connection stayed open for {open_for:?}");
+        }
+    })
+    .await;
+    assert!(all_closed.is_ok(), "{} hostile connections were still open after 20 s", hostile.len());
+    let metrics = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+    let counted = |name: &str| crate::helpers::metric(&metrics, name).unwrap_or_default();
+    assert!(counted("amtsbote_http_connections_evicted_total") >= (2 * CAP) as f64, "{metrics}");
+    assert!(counted("amtsbote_http_header_timeouts_total") >= 1.0, "{metrics}");
+    assert!(counted("amtsbote_http_connections") <= 2.0, "only the scrape's own connection is open: {metrics}");
+}
