@@ -265,7 +265,9 @@ pub async fn serve<L: Accept>(
             metrics.http_connections.dec();
         });
     }
-    // Requests in progress finish, idle connections close.
+    // New connections are refused from now on; requests in progress
+    // finish, idle connections close.
+    drop(listener);
     let _ = draining_tx.send(true);
     if tokio::time::timeout(DRAIN_TIMEOUT, async { while connections.join_next().await.is_some() {} }).await.is_err() {
         tracing::warn!(event = "connections_closed", open = connections.len(), "connections still open at the drain timeout are closed");
