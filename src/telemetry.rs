@@ -42,13 +42,16 @@ impl Drop for Telemetry {
 }
 
 /// `RUST_LOG` (default `info`), with the AMQP client silenced unless it is
-/// named: lapin logs a broker's planned restart (`CONNECTION_FORCED`) as an
-/// ERROR, while amtsbote logs the loss and the recovery itself, as warnings
-/// and events of its own (`worker_disconnected`, `worker_reconnected`,
+/// named or everything is asked for (`debug`, `trace`): lapin logs a
+/// broker's planned restart (`CONNECTION_FORCED`) as an ERROR, while
+/// amtsbote logs the loss and the recovery itself, as warnings and events
+/// of its own (`worker_disconnected`, `worker_reconnected`,
 /// `broker_unreachable`, `broker_connected`).
 fn log_filter(rust_log: Option<&str>) -> EnvFilter {
     let directives = rust_log.filter(|d| !d.trim().is_empty()).unwrap_or("info");
-    let directives = if directives.contains("lapin") { directives.to_owned() } else { format!("{directives},lapin=off") };
+    let everything =
+        directives.split(',').any(|d| !d.contains('=') && matches!(d.trim().to_ascii_lowercase().as_str(), "debug" | "trace"));
+    let directives = if directives.contains("lapin") || everything { directives.to_owned() } else { format!("{directives},lapin=off") };
     EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info,lapin=off"))
 }
 
@@ -249,5 +252,6 @@ mod tests {
         assert!(log_filter(Some("warn")).to_string().contains("lapin=off"));
         assert!(log_filter(Some("warn,lapin=debug")).to_string().contains("lapin=debug"));
         assert!(!log_filter(Some("warn,lapin=debug")).to_string().contains("lapin=off"));
+        assert!(!log_filter(Some("trace")).to_string().contains("lapin=off"), "trace means every crate");
     }
 }
