@@ -89,6 +89,7 @@ impl Application {
         let monitor = Arc::new(Monitor::new(config.broker.endpoint(), topology.clone(), targets.clone(), store.clone(), metrics.clone()));
         let parking = ParkingLot::new(config, store.clone());
         let operator = Arc::new(OperatorApi { parking, pipeline: pipeline.clone() });
+        let recently_accepted = Arc::new(crate::store::RecentlyAccepted::default());
         let workers = pipeline
             .load()
             .targets
@@ -105,6 +106,7 @@ impl Application {
                     metrics: metrics.clone(),
                     blobs: blobs.clone(),
                     delivery_memory: delivery_memory.clone(),
+                    recently_accepted: recently_accepted.clone(),
                 })
             })
             .collect();
@@ -121,6 +123,7 @@ impl Application {
             blobs: blobs.clone(),
             keep_above_bytes: config.blobs.keep_above_kib.saturating_mul(1024),
             max_message_bytes: config.broker.max_message_bytes,
+            recently_accepted,
         });
         let dashboard = Arc::new(Dashboard::new(operator.clone(), monitor.clone(), config.http.tls.is_some()));
         let listener_health = Arc::new(ListenerHealth::default());

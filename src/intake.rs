@@ -37,7 +37,7 @@ use crate::domain::SenderName;
 use crate::metrics::{Metrics, ProblemLabel, ServiceLabel};
 use crate::problem::Problem;
 use crate::pipeline::SharedPipeline;
-use crate::store::{Claim, IdempotencyKey, NewSubmission, Refusal, Store};
+use crate::store::{Claim, IdempotencyKey, NewSubmission, RecentlyAccepted, Refusal, Store};
 use crate::submission::{FieldError, InvalidSubmission, Submission};
 use crate::access::Sender;
 use crate::pipeline::Pipeline;
@@ -76,6 +76,8 @@ pub struct Intake {
     pub keep_above_bytes: usize,
     /// The largest message the broker takes (`broker.max_message_bytes`).
     pub max_message_bytes: usize,
+    /// What this intake accepted moments ago, for this process's workers.
+    pub recently_accepted: Arc<RecentlyAccepted>,
 }
 
 /// A submission request let in before its body is read: its sender,
@@ -304,6 +306,7 @@ async fn accept(
     }
     match intake.publisher.publish(&route.routing_key, &message_id, headers, &message).await {
         Ok(()) => {
+            intake.recently_accepted.insert(id);
             if let Err(e) = intake.store.confirm_intake(id).await {
                 // The broker has the submission; only the status view lags.
                 tracing::error!(event = "store_failed", submission = %id, error = %e, "could not mark submission accepted");

@@ -260,6 +260,74 @@ pub enum Admission {
     Unknown,
 }
 
+/// Submissions this process's intake saw the broker confirm, for a few
+/// seconds: the worker of the same process takes their first copies as
+/// accepted without asking the ledger, whose record of the confirm is
+/// often a commit behind the broker's delivery. Other processes, and
+/// copies that come later, ask the ledger ([`Store::admission`]).
+#[derive(Debug, Default)]
+pub struct RecentlyAccepted {
+    generations: Mutex<Generations>,
+    /// Wakes workers waiting for intake to hear the broker's confirm.
+    inserted: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct Generations {
+    current: std::collections::HashSet<Uuid>,
+    previous: std::collections::HashSet<Uuid>,
+    started: Option<std::time::Instant>,
+}
+
+/// How long an id stays in [`RecentlyAccepted`]: one to two of these.
+const RECENT: Duration = Duration::from_secs(5);
+
+impl RecentlyAccepted {
+    pub fn insert(&self, id: Uuid) {
+        let mut generations = self.generations.lock().expect("not poisoned");
+        generations.rotate();
+        generations.current.insert(id);
+        drop(generations);
+        self.inserted.notify_waiters();
+    }
+
+    /// Whether `id` is accepted by this process's intake within `at_most`:
+    /// the broker hands a message to its consumer about when it confirms it
+    /// to the publisher, so a worker is often a moment ahead of intake.
+    pub async fn wait_for(&self, id: Uuid, at_most: Duration) -> bool {
+        tokio::time::timeout(at_most, async {
+            loop {
+                let inserted = self.inserted.notified();
+                if self.contains(id) {
+                    return;
+                }
+                inserted.await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    pub fn contains(&self, id: Uuid) -> bool {
+        let mut generations = self.generations.lock().expect("not poisoned");
+        generations.rotate();
+        generations.current.contains(&id) || generations.previous.contains(&id)
+    }
+}
+
+impl Generations {
+    fn rotate(&mut self) {
+        let now = std::time::Instant::now();
+        match self.started {
+            Some(started) if now - started < RECENT => {}
+            _ => {
+                self.previous = std::mem::take(&mut self.current);
+                self.started = Some(now);
+            }
+        }
+    }
+}
+
 /// How long after its receipt a submission intake neither accepted nor
 /// refused counts as left by an intake that died between the publish and
 /// its answer. Intake waits at most [`crate::broker::CONFIRM_TIMEOUT`]
@@ -1568,6 +1636,23 @@ mod tests {
         store.confirm_intake(first).await.unwrap();
         assert_eq!(store.begin_intake(submission(second), key("k", 1)).await.unwrap(), Claim::Replay { id: first });
         assert_eq!(store.begin_intake(submission(second), key("k", 2)).await.unwrap(), Claim::Mismatch);
+    }
+
+    #[tokio::test]
+    async fn a_worker_waiting_for_intake_hears_of_the_acceptance_at_once() {
+        let recent = Arc::new(RecentlyAccepted::default());
+        let (id, other) = (Uuid::now_v7(), Uuid::now_v7());
+        assert!(!recent.contains(id));
+        let waiting = tokio::spawn({
+            let recent = recent.clone();
+            async move { recent.wait_for(id, Duration::from_secs(10)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        recent.insert(other);
+        recent.insert(id);
+        assert!(tokio::time::timeout(Duration::from_secs(1), waiting).await.unwrap().unwrap(), "woken by the insert, long before 10 s");
+        assert!(recent.contains(id));
+        assert!(!recent.wait_for(Uuid::now_v7(), Duration::from_millis(10)).await);
     }
 
     #[tokio::test]

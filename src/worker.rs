@@ -52,7 +52,7 @@ use crate::mapping::sandbox::{EvalError, Sandbox};
 use crate::pipeline::{MappingVersions, SharedPipeline, Target};
 use crate::retry::{self, History, ReplayTicket};
 use crate::seal::Sealer;
-use crate::store::{ActionClaim, Admission, UNDECIDED_AFTER, AttemptRecord, AttemptResult, Fingerprint, OperatorAction, OperatorRecord, Rendering, Store};
+use crate::store::{ActionClaim, Admission, RecentlyAccepted, UNDECIDED_AFTER, AttemptRecord, AttemptResult, Fingerprint, OperatorAction, OperatorRecord, Rendering, Store};
 
 pub struct Worker {
     /// The target as the worker started; its name and concurrency hold
@@ -69,6 +69,8 @@ pub struct Worker {
     pub blobs: BlobStore,
     /// Shared by all workers: bounds the attachments they hold at once.
     pub delivery_memory: MemoryBudget,
+    /// What this process's intake accepted moments ago.
+    pub recently_accepted: Arc<RecentlyAccepted>,
 }
 
 /// A connection that stayed up this long was healthy: the next loss starts
@@ -297,7 +299,7 @@ impl Worker {
         }
         let first_copy = history.attempts == 0 && history.replays == 0;
         let Ok(submission) = id.parse::<Uuid>() else { return Gate::Deliver };
-        if !first_copy {
+        if !first_copy || self.recently_accepted.contains(submission) {
             return Gate::Deliver;
         }
         // The broker often hands the message over before intake has
@@ -310,7 +312,10 @@ impl Worker {
                     if OffsetDateTime::now_utc() - received_at < UNDECIDED_AFTER
                         && let Some(pause) = pauses.next() =>
                 {
-                    tokio::time::sleep(pause).await;
+                    // Woken at once if this process's intake hears the confirm.
+                    if self.recently_accepted.wait_for(submission, pause).await {
+                        return Gate::Deliver;
+                    }
                 }
                 Ok(admission) => break admission,
                 Err(e) => {
