@@ -16,6 +16,7 @@
 //! random 256-bit values (`amtsbote keys new` makes one), for which a plain
 //! hash is as good as a slow one: there is nothing to guess.
 
+use crate::routing::RouteConfig;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
@@ -24,7 +25,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use serde::{Deserialize, Deserializer};
 use sha2::{Digest, Sha256};
 
-use crate::config::{Config, OperatorConfig, SenderConfig};
 use crate::domain::{ArsPrefix, Region, SenderName, ServiceKey, TargetName, TenantName};
 use crate::problem::Problem;
 use crate::submission::FieldError;
@@ -249,20 +249,25 @@ pub struct Tenancy {
 }
 
 impl Tenancy {
-    /// Checks the configuration's tenants against its targets and routes;
-    /// returns every problem.
-    pub fn new(config: &Config) -> Result<Self, Vec<String>> {
+    /// Checks the tenants against the targets (each with the tenant it
+    /// names), the routes and the operators; returns every problem.
+    pub fn new<'a>(
+        tenants: &BTreeMap<TenantName, TenantConfig>,
+        targets: impl IntoIterator<Item = (&'a TargetName, Option<&'a TenantName>)>,
+        routes: &[RouteConfig],
+        operators: &[OperatorConfig],
+    ) -> Result<Self, Vec<String>> {
         let mut problems = Vec::new();
         let regions: BTreeMap<TenantName, Vec<ArsPrefix>> =
-            config.tenants.iter().map(|(name, tenant)| (name.clone(), tenant.regions.clone())).collect();
-        for (name, tenant) in &config.tenants {
+            tenants.iter().map(|(name, tenant)| (name.clone(), tenant.regions.clone())).collect();
+        for (name, tenant) in tenants {
             if tenant.regions.is_empty() {
                 problems.push(format!("tenants: {name} has no regions"));
             }
         }
         let mut owner = BTreeMap::new();
-        for (target, settings) in &config.targets {
-            match &settings.tenant {
+        for (target, tenant) in targets {
+            match tenant {
                 Some(tenant) if !regions.contains_key(tenant) => {
                     problems.push(format!("targets: {target}: tenant {tenant} is not defined under tenants"));
                 }
@@ -276,7 +281,7 @@ impl Tenancy {
             }
         }
         let tenancy = Self { regions, owner };
-        for (index, route) in config.routes.iter().enumerate() {
+        for (index, route) in routes.iter().enumerate() {
             for target in &route.targets {
                 if let Some(tenant) = tenancy.owner.get(target)
                     && !tenancy.regions[tenant].iter().any(|outer| route.region.within(outer))
@@ -291,7 +296,7 @@ impl Tenancy {
                 }
             }
         }
-        for operator in &config.operators {
+        for operator in operators {
             for tenant in operator.tenants.iter().flatten() {
                 if !tenancy.regions.contains_key(tenant) {
                     problems.push(format!("operators: {}: tenant {tenant} is not defined under tenants", operator.name));
@@ -427,6 +432,72 @@ impl Operators {
         let token = bearer(headers).ok_or_else(|| unauthorized("send Authorization: Bearer <operator token>"))?;
         self.find(token).cloned().ok_or_else(|| unauthorized("unknown operator token"))
     }
+}
+
+/// An operator of the HTTP API and the dashboard, identified by a bearer
+/// token of which only the SHA-256 is configured: `amtsbote keys new`
+/// makes a token and prints its hash.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorConfig {
+    /// The name recorded with every replay and discard.
+    pub name: String,
+    /// Hex SHA-256 of the operator's token.
+    pub token_sha256: KeyHash,
+    /// `viewer` looks; `operator` may also replay and discard.
+    pub role: Role,
+    /// The tenants whose targets and submissions the operator sees.
+    /// Omitted: every tenant (the platform's own operators).
+    #[serde(default)]
+    pub tenants: Option<Vec<TenantName>>,
+}
+
+/// An online service that hands in submissions.
+///
+/// ```yaml
+/// senders:
+///   - name: oaa-gewerbe-nrw
+///     api_keys_sha256: ["9f86d0…"]   # several while a key is rotated
+///     regions: ["05"]                # ARS prefixes; "" allows every region
+///     services: ["99050012104000"]   # LeiKa keys; omitted: every service
+/// ```
+///
+/// A sender authenticates with an API key (`Authorization: Bearer <key>`)
+/// or, over `http.tls` with a `client_ca`, with a client certificate; it
+/// needs at least one of the two. A request carrying both must name the
+/// same sender with each.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SenderConfig {
+    /// Recorded with each submission; a sender reads back only its own.
+    pub name: SenderName,
+    /// Hex SHA-256 of each API key the sender may use (`amtsbote keys
+    /// new` makes one). To rotate, add the new key's hash, reload
+    /// (SIGHUP), switch the sender over, then remove the old one.
+    #[serde(default)]
+    pub api_keys_sha256: Vec<KeyHash>,
+    /// SHA-256 fingerprints of the client certificates the sender may
+    /// present instead of an API key (`amtsbote keys fingerprint
+    /// client.pem`, or `openssl x509 -noout -fingerprint -sha256`). Needs
+    /// `http.tls.client_ca`, to which the certificates must chain. Rotate
+    /// as keys: add the new one, reload, switch, remove the old one.
+    #[serde(default)]
+    pub client_certificates_sha256: Vec<crate::tls::CertificateFingerprint>,
+    /// ARS prefixes of the regions the sender may submit for.
+    pub regions: Vec<ArsPrefix>,
+    /// LeiKa keys of the services the sender may submit; omitted: every
+    /// service.
+    #[serde(default)]
+    pub services: Option<Vec<ServiceKey>>,
+}
+
+/// A tenant: the regions it owns.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// ARS prefixes (`05315` is Köln). Routes may send a tenant's targets
+    /// only regions within these.
+    pub regions: Vec<ArsPrefix>,
 }
 
 #[cfg(test)]

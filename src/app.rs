@@ -87,7 +87,7 @@ impl Application {
         let publisher = Arc::new(Publisher::new(config.broker.endpoint(), topology.clone(), targets.clone()));
         let metrics = Arc::new(Metrics::new(&targets));
         let monitor = Arc::new(Monitor::new(config.broker.endpoint(), topology.clone(), targets.clone(), store.clone(), metrics.clone()));
-        let parking = ParkingLot::new(config, store.clone());
+        let parking = ParkingLot::new(&config.broker, config.targets.keys().cloned().collect(), store.clone());
         let operator = Arc::new(OperatorApi { parking, pipeline: pipeline.clone() });
         let recently_accepted = Arc::new(crate::store::RecentlyAccepted::default());
         let workers = pipeline

@@ -19,6 +19,7 @@
 //! Every declaration is idempotent and repeated on every (re)connect, so a
 //! broker that lost its definitions gets them back.
 
+use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -31,7 +32,6 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::RwLock;
 
-use crate::config::redact_url;
 use crate::domain::TargetName;
 
 /// Redeliveries after which a message is parked instead of tried again.
@@ -381,5 +381,66 @@ impl Publisher {
         if let Some((connection, _)) = self.state.write().await.link.take() {
             let _ = connection.close(200, "shutdown".into()).await;
         }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerSettings {
+    /// AMQP URL with credentials; prefer `AMTSBOTE_BROKER_URL` over the file.
+    #[serde(default = "default_broker_url")]
+    pub url: SecretString,
+    /// Prefix of every exchange and queue amtsbote declares (default
+    /// `amtsbote`), so several installations can share a vhost.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// PEM file of the CA that signed the broker's certificate, for
+    /// `amqps://` to a broker with a private CA; the system's roots are
+    /// trusted as well. Relative to the config file.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The largest message the broker takes, in bytes (default 16 MiB,
+    /// RabbitMQ 4's `max_message_size`; RabbitMQ 3 takes 128 MiB). A
+    /// submission whose message would be larger (form data of many
+    /// megabytes: large attachments travel outside it, see `blobs`) gets
+    /// `413` instead of being refused by the broker.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self { url: default_broker_url(), prefix: default_prefix(), ca_file: None, max_message_bytes: default_max_message_bytes() }
+    }
+}
+
+fn default_broker_url() -> SecretString {
+    "amqp://guest:guest@127.0.0.1:5672/%2f".into()
+}
+
+fn default_max_message_bytes() -> usize {
+    16 << 20
+}
+
+fn default_prefix() -> String {
+    "amtsbote".into()
+}
+
+impl BrokerSettings {
+    /// The URL without credentials, for logs and messages.
+    pub fn display_url(&self) -> String {
+        redact_url(self.url.expose_secret())
+    }
+
+    pub fn endpoint(&self) -> crate::broker::Endpoint {
+        crate::broker::Endpoint { url: self.url.clone(), ca_file: self.ca_file.clone() }
+    }
+}
+
+/// `amqp://user:pass@host:5672/vhost` → `amqp://host:5672/vhost`.
+pub fn redact_url(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://{}", &url[at + 1..]),
+        _ => url.to_owned(),
     }
 }

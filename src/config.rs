@@ -13,15 +13,19 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 pub use crate::connectors::ConnectorConfig;
-use crate::access::{KeyHash, Role};
-use crate::domain::{ArsPrefix, SenderName, ServiceKey, TargetName, TenantName};
+use crate::access::{OperatorConfig, SenderConfig, TenantConfig};
+use crate::blobs::BlobSettings;
+use crate::broker::BrokerSettings;
+use crate::domain::{TargetName, TenantName};
 use crate::mapping::sandbox::SandboxSettings;
 use crate::retry::RetryPolicy;
 use crate::routing::RouteConfig;
+use crate::store::StoreSettings;
+use crate::tls::TlsSettings;
+use crate::yaml::{FileError, read_yaml_with};
 
 /// The whole configuration file.
 #[derive(Debug, Deserialize)]
@@ -83,72 +87,6 @@ pub struct Config {
     pub base_dir: PathBuf,
 }
 
-/// An operator of the HTTP API and the dashboard, identified by a bearer
-/// token of which only the SHA-256 is configured: `amtsbote keys new`
-/// makes a token and prints its hash.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OperatorConfig {
-    /// The name recorded with every replay and discard.
-    pub name: String,
-    /// Hex SHA-256 of the operator's token.
-    pub token_sha256: KeyHash,
-    /// `viewer` looks; `operator` may also replay and discard.
-    pub role: Role,
-    /// The tenants whose targets and submissions the operator sees.
-    /// Omitted: every tenant (the platform's own operators).
-    #[serde(default)]
-    pub tenants: Option<Vec<TenantName>>,
-}
-
-/// An online service that hands in submissions.
-///
-/// ```yaml
-/// senders:
-///   - name: oaa-gewerbe-nrw
-///     api_keys_sha256: ["9f86d0…"]   # several while a key is rotated
-///     regions: ["05"]                # ARS prefixes; "" allows every region
-///     services: ["99050012104000"]   # LeiKa keys; omitted: every service
-/// ```
-///
-/// A sender authenticates with an API key (`Authorization: Bearer <key>`)
-/// or, over `http.tls` with a `client_ca`, with a client certificate; it
-/// needs at least one of the two. A request carrying both must name the
-/// same sender with each.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SenderConfig {
-    /// Recorded with each submission; a sender reads back only its own.
-    pub name: SenderName,
-    /// Hex SHA-256 of each API key the sender may use (`amtsbote keys
-    /// new` makes one). To rotate, add the new key's hash, reload
-    /// (SIGHUP), switch the sender over, then remove the old one.
-    #[serde(default)]
-    pub api_keys_sha256: Vec<KeyHash>,
-    /// SHA-256 fingerprints of the client certificates the sender may
-    /// present instead of an API key (`amtsbote keys fingerprint
-    /// client.pem`, or `openssl x509 -noout -fingerprint -sha256`). Needs
-    /// `http.tls.client_ca`, to which the certificates must chain. Rotate
-    /// as keys: add the new one, reload, switch, remove the old one.
-    #[serde(default)]
-    pub client_certificates_sha256: Vec<crate::tls::CertificateFingerprint>,
-    /// ARS prefixes of the regions the sender may submit for.
-    pub regions: Vec<ArsPrefix>,
-    /// LeiKa keys of the services the sender may submit; omitted: every
-    /// service.
-    #[serde(default)]
-    pub services: Option<Vec<ServiceKey>>,
-}
-
-/// A tenant: the regions it owns.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TenantConfig {
-    /// ARS prefixes (`05315` is Köln). Routes may send a tenant's targets
-    /// only regions within these.
-    pub regions: Vec<ArsPrefix>,
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
@@ -203,37 +141,6 @@ pub struct HttpSettings {
     pub tls: Option<TlsSettings>,
 }
 
-/// HTTPS for every endpoint (`http.tls`).
-///
-/// ```yaml
-/// http:
-///   listen: 0.0.0.0:8443
-///   tls:
-///     certificate: tls/amtsbote.pem   # the chain, server certificate first
-///     key: tls/amtsbote.key
-///     client_ca: tls/senders-ca.pem   # optional: senders may present certificates
-/// ```
-///
-/// The files are relative to the config file, read at start and on every
-/// reload (SIGHUP): a renewed certificate needs no restart. Connections
-/// already open keep the certificate they began with.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsSettings {
-    /// PEM file with the server's certificate chain, the server's own
-    /// certificate first.
-    pub certificate: PathBuf,
-    /// PEM file with the server's private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
-    /// PEM file with the CA certificates that issue senders' client
-    /// certificates. With it, a client may present a certificate, which
-    /// must chain to one of these CAs and whose fingerprint must be listed
-    /// under a sender's `client_certificates_sha256`. Clients without a
-    /// certificate still use API keys (senders) and tokens (operators).
-    #[serde(default)]
-    pub client_ca: Option<PathBuf>,
-}
-
 impl HttpSettings {
     /// The limits intake holds each submission to.
     pub fn submission_limits(&self) -> crate::submission::Limits {
@@ -243,114 +150,6 @@ impl HttpSettings {
             json_depth: self.max_json_depth,
         }
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BrokerSettings {
-    /// AMQP URL with credentials; prefer `AMTSBOTE_BROKER_URL` over the file.
-    #[serde(default = "default_broker_url")]
-    pub url: SecretString,
-    /// Prefix of every exchange and queue amtsbote declares (default
-    /// `amtsbote`), so several installations can share a vhost.
-    #[serde(default = "default_prefix")]
-    pub prefix: String,
-    /// PEM file of the CA that signed the broker's certificate, for
-    /// `amqps://` to a broker with a private CA; the system's roots are
-    /// trusted as well. Relative to the config file.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// The largest message the broker takes, in bytes (default 16 MiB,
-    /// RabbitMQ 4's `max_message_size`; RabbitMQ 3 takes 128 MiB). A
-    /// submission whose message would be larger (form data of many
-    /// megabytes: large attachments travel outside it, see `blobs`) gets
-    /// `413` instead of being refused by the broker.
-    #[serde(default = "default_max_message_bytes")]
-    pub max_message_bytes: usize,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoreSettings {
-    /// SQLite file (default `var/amtsbote.sqlite`); created if missing.
-    #[serde(default = "default_store_path")]
-    pub path: PathBuf,
-    /// How long the ledger keeps a finished (delivered or discarded)
-    /// submission's timeline, and operator records (default `90d`).
-    /// Submissions still on their way are kept whatever their age.
-    #[serde(default = "default_retention", with = "humantime_serde")]
-    pub retention: Duration,
-}
-
-/// The claim check (`blobs:`): attachments from `keep_above_kib` on are
-/// written, decoded, to a blob store when the submission is accepted, and
-/// the message on the broker names them by their SHA-256 instead of
-/// carrying them. Messages stay small (RabbitMQ 4 refuses messages over
-/// 16 MiB by default), and workers read an attachment only when a delivery
-/// needs it.
-///
-/// ```yaml
-/// blobs:
-///   path: /var/lib/amtsbote/blobs
-///   keep_above_kib: 64
-///   delivery_memory_mib: 256
-/// ```
-///
-/// With `encryption:` configured, blobs are sealed as messages are. A
-/// submission's blobs are removed once each of its deliveries is
-/// delivered or discarded; a parked delivery keeps them for its replay.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BlobSettings {
-    /// The directory (default `var/blobs`, relative to the config file).
-    /// Every amtsbote process of an installation must see the same one,
-    /// as they share the ledger.
-    #[serde(default = "default_blobs_path")]
-    pub path: PathBuf,
-    /// Attachments of at least this many KiB, decoded, go to the blob
-    /// store; smaller ones travel in the message (default 64).
-    #[serde(default = "default_keep_above_kib")]
-    pub keep_above_kib: usize,
-    /// Memory for attachments read back from the blob store for
-    /// deliveries in flight, across all targets, in MiB (default 256). A
-    /// delivery waits for room before it reads its attachments, so slow
-    /// targets and large submissions cannot add up beyond it.
-    #[serde(default = "default_delivery_memory_mib")]
-    pub delivery_memory_mib: usize,
-    /// How often blobs of finished submissions are looked for and removed
-    /// (default `1m`). A submission's blobs go at the first look at least
-    /// this long after its last delivery finished.
-    #[serde(default = "default_sweep_every", with = "humantime_serde")]
-    pub sweep_every: Duration,
-    /// An S3-compatible bucket instead of the directory `path` (see
-    /// [`crate::blobs::s3::S3Settings`]), for processes that share no disk.
-    #[serde(default)]
-    pub s3: Option<crate::blobs::s3::S3Settings>,
-}
-
-impl Default for BlobSettings {
-    fn default() -> Self {
-        Self {
-            path: default_blobs_path(),
-            keep_above_kib: default_keep_above_kib(),
-            delivery_memory_mib: default_delivery_memory_mib(),
-            sweep_every: default_sweep_every(),
-            s3: None,
-        }
-    }
-}
-
-fn default_blobs_path() -> PathBuf {
-    "var/blobs".into()
-}
-fn default_keep_above_kib() -> usize {
-    64
-}
-fn default_delivery_memory_mib() -> usize {
-    256
-}
-fn default_sweep_every() -> Duration {
-    Duration::from_secs(60)
 }
 
 /// One back office that receives documents.
@@ -415,21 +214,6 @@ fn json_depth_limit<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result
     }
     Ok(depth)
 }
-fn default_broker_url() -> SecretString {
-    "amqp://guest:guest@127.0.0.1:5672/%2f".into()
-}
-fn default_max_message_bytes() -> usize {
-    16 << 20
-}
-fn default_prefix() -> String {
-    "amtsbote".into()
-}
-fn default_store_path() -> PathBuf {
-    "var/amtsbote.sqlite".into()
-}
-fn default_retention() -> Duration {
-    Duration::from_secs(90 * 24 * 3600)
-}
 fn default_concurrency() -> u16 {
     8
 }
@@ -454,28 +238,6 @@ impl Default for HttpSettings {
         }
     }
 }
-impl Default for BrokerSettings {
-    fn default() -> Self {
-        Self { url: default_broker_url(), prefix: default_prefix(), ca_file: None, max_message_bytes: default_max_message_bytes() }
-    }
-}
-impl Default for StoreSettings {
-    fn default() -> Self {
-        Self { path: default_store_path(), retention: default_retention() }
-    }
-}
-
-/// A file (config, mapping, code list) that cannot be read or used; the
-/// message names the file.
-#[derive(Debug, thiserror::Error)]
-pub enum FileError {
-    /// The error is part of the message, not a source: printed as a chain,
-    /// it would be said twice.
-    #[error("{file}: cannot read: {error}")]
-    Read { file: String, error: std::io::Error },
-    #[error("{file}: {message}")]
-    Invalid { file: String, message: String },
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -483,24 +245,6 @@ pub enum ConfigError {
     File(#[from] FileError),
     #[error("environment variable {name}: {message}")]
     Env { name: &'static str, message: String },
-}
-
-/// Parses YAML with the limits of serde-saphyr's defaults (aliases and
-/// nesting are bounded, so a hostile file cannot exhaust memory).
-pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
-    serde_saphyr::from_str(text).map_err(|e| e.to_string())
-}
-
-/// Reads and parses the YAML file `path`; gives its text, too.
-pub fn read_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<(String, T), FileError> {
-    read_yaml_with(path, parse_yaml)
-}
-
-fn read_yaml_with<T>(path: &Path, parse: impl Fn(&str) -> Result<T, String>) -> Result<(String, T), FileError> {
-    let file = || path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|error| FileError::Read { file: file(), error })?;
-    let value = parse(&text).map_err(|message| FileError::Invalid { file: file(), message })?;
-    Ok((text, value))
 }
 
 /// Parses the config file. Its errors give line and column but no excerpt
@@ -560,28 +304,10 @@ impl Config {
     }
 }
 
-impl BrokerSettings {
-    /// The URL without credentials, for logs and messages.
-    pub fn display_url(&self) -> String {
-        redact_url(self.url.expose_secret())
-    }
-
-    pub fn endpoint(&self) -> crate::broker::Endpoint {
-        crate::broker::Endpoint { url: self.url.clone(), ca_file: self.ca_file.clone() }
-    }
-}
-
-/// `amqp://user:pass@host:5672/vhost` → `amqp://host:5672/vhost`.
-pub fn redact_url(url: &str) -> String {
-    match (url.split_once("://"), url.rfind('@')) {
-        (Some((scheme, _)), Some(at)) => format!("{scheme}://{}", &url[at + 1..]),
-        _ => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::yaml::parse_yaml;
 
     const MINIMAL: &str = r#"
 targets:

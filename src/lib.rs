@@ -62,3 +62,4 @@ pub mod submission;
 pub mod telemetry;
 pub mod tls;
 pub mod worker;
+pub mod yaml;

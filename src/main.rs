@@ -308,7 +308,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Parked { config, command } => {
             let config = load_config(&config)?;
             let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store.path)?);
-            let parking = ParkingLot::new(&config, store.clone());
+            let parking = ParkingLot::new(&config.broker, config.targets.keys().cloned().collect(), store.clone());
             parked(&parking, command).await
         }
         Command::Keys { command: KeysCommand::New } => {
@@ -353,7 +353,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// The config at `path`; a missing file is answered with where to find
 /// one, not just the OS error.
 fn load_config(path: &std::path::Path) -> anyhow::Result<amtsbote::config::Config> {
-    use amtsbote::config::{Config, ConfigError, FileError};
+    use amtsbote::config::{Config, ConfigError};
+    use amtsbote::yaml::FileError;
     match Config::load(path) {
         Err(ConfigError::File(FileError::Read { error, .. })) if error.kind() == std::io::ErrorKind::NotFound => {
             let here = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_else(|_| "?".into());

@@ -12,7 +12,7 @@
 //!   [`SearchParams`]).
 //!
 //! Every request needs `Authorization: Bearer <token>` of a configured
-//! operator ([`crate::config::OperatorConfig`]); the operator's name is
+//! operator ([`crate::access::OperatorConfig`]); the operator's name is
 //! what the audit trail records.
 
 use std::sync::Arc;

@@ -29,6 +29,7 @@
 //! the operator and the time. Nothing here reads the message body beyond
 //! its size: bodies carry personal data.
 
+use crate::broker::BrokerSettings;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,7 +42,6 @@ use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
 use crate::broker::{self, BrokerError, Outgoing, Topology};
-use crate::config::Config;
 use crate::domain::{TargetName, delivery_id};
 use crate::retry::{self, History, ReplayTicket, header};
 use crate::store::{ActionClaim, OperatorAction, OperatorRecord, Store, StoreError};
@@ -131,11 +131,11 @@ pub struct ParkingLot {
 }
 
 impl ParkingLot {
-    pub fn new(config: &Config, store: Arc<dyn Store>) -> Self {
+    pub fn new(broker: &BrokerSettings, targets: Vec<TargetName>, store: Arc<dyn Store>) -> Self {
         Self {
-            broker: config.broker.endpoint(),
-            topology: Topology::new(&config.broker.prefix),
-            targets: config.targets.keys().cloned().collect(),
+            broker: broker.endpoint(),
+            topology: Topology::new(&broker.prefix),
+            targets,
             store,
             sweeping: tokio::sync::Mutex::new(()),
         }

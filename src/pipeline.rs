@@ -85,7 +85,12 @@ impl Pipeline {
             problems.push("blobs.delivery_memory_mib must be at least 1".into());
         }
         let senders = Senders::new(&config.senders, config.http.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some())).map_err(|p| problems.extend(p)).unwrap_or_default();
-        let tenancy = Tenancy::new(config).map_err(|p| problems.extend(p)).unwrap_or_default();
+        let tenancy = Tenancy::new(
+            &config.tenants,
+            config.targets.iter().map(|(name, target)| (name, target.tenant.as_ref())),
+            &config.routes,
+            &config.operators,
+        ).map_err(|p| problems.extend(p)).unwrap_or_default();
         let operators = Operators::new(&config.operators, &tenancy).map_err(|p| problems.extend(p)).unwrap_or_default();
         let sealer = Sealer::new(config.encryption.as_ref(), &Context::new(&config.base_dir))
             .map(Arc::new)

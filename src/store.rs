@@ -23,8 +23,10 @@
 //!   [`COMMIT_WINDOW`] so that more writes share a commit.
 //! * Reads use their own connection and never wait for the writer.
 //! * [`Store::prune`] removes finished submissions past the retention
-//!   (see [`crate::config::StoreSettings::retention`]).
+//!   (see [`StoreSettings::retention`]).
 
+use std::path::PathBuf;
+use serde::Deserialize;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -1560,6 +1562,33 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    /// SQLite file (default `var/amtsbote.sqlite`); created if missing.
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+    /// How long the ledger keeps a finished (delivered or discarded)
+    /// submission's timeline, and operator records (default `90d`).
+    /// Submissions still on their way are kept whatever their age.
+    #[serde(default = "default_retention", with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self { path: default_store_path(), retention: default_retention() }
+    }
+}
+
+fn default_store_path() -> PathBuf {
+    "var/amtsbote.sqlite".into()
+}
+
+fn default_retention() -> Duration {
+    Duration::from_secs(90 * 24 * 3600)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! `http.tls.client_ca` during the handshake; which sender it belongs to is
 //! decided by [`crate::access::Senders`], by fingerprint.
 
+use std::path::PathBuf;
 use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
@@ -29,7 +30,6 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use crate::config::TlsSettings;
 
 /// Handshakes in progress at once; further connections wait in the
 /// kernel's accept queue.
@@ -256,6 +256,37 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientCertificate {
         let peer = parts.extensions.get::<ConnectInfo<Peer>>();
         Ok(Self(peer.and_then(|ConnectInfo(peer)| peer.client_certificate.clone())))
     }
+}
+
+/// HTTPS for every endpoint (`http.tls`).
+///
+/// ```yaml
+/// http:
+///   listen: 0.0.0.0:8443
+///   tls:
+///     certificate: tls/amtsbote.pem   # the chain, server certificate first
+///     key: tls/amtsbote.key
+///     client_ca: tls/senders-ca.pem   # optional: senders may present certificates
+/// ```
+///
+/// The files are relative to the config file, read at start and on every
+/// reload (SIGHUP): a renewed certificate needs no restart. Connections
+/// already open keep the certificate they began with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM file with the server's certificate chain, the server's own
+    /// certificate first.
+    pub certificate: PathBuf,
+    /// PEM file with the server's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// PEM file with the CA certificates that issue senders' client
+    /// certificates. With it, a client may present a certificate, which
+    /// must chain to one of these CAs and whose fingerprint must be listed
+    /// under a sender's `client_certificates_sha256`. Clients without a
+    /// certificate still use API keys (senders) and tokens (operators).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 #[cfg(test)]

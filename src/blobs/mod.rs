@@ -29,6 +29,7 @@
 mod disk;
 pub mod s3;
 
+use std::path::PathBuf;
 use std::fmt;
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -43,7 +44,6 @@ use uuid::Uuid;
 
 use amtsbote_connector::{Context, FileContent, FileReader, FileSource};
 
-use crate::config::BlobSettings;
 use crate::domain::{hex, unhex32};
 use crate::seal::{BLOB_CHUNK, OpenBlobError, Sealer, read_up_to};
 use crate::store::Store;
@@ -415,6 +415,80 @@ pub async fn sweep(blobs: &BlobStore, store: &dyn Store, grace: Duration) -> Res
         }
     }
     Ok(removed)
+}
+
+/// The claim check (`blobs:`): attachments from `keep_above_kib` on are
+/// written, decoded, to a blob store when the submission is accepted, and
+/// the message on the broker names them by their SHA-256 instead of
+/// carrying them. Messages stay small (RabbitMQ 4 refuses messages over
+/// 16 MiB by default), and workers read an attachment only when a delivery
+/// needs it.
+///
+/// ```yaml
+/// blobs:
+///   path: /var/lib/amtsbote/blobs
+///   keep_above_kib: 64
+///   delivery_memory_mib: 256
+/// ```
+///
+/// With `encryption:` configured, blobs are sealed as messages are. A
+/// submission's blobs are removed once each of its deliveries is
+/// delivered or discarded; a parked delivery keeps them for its replay.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobSettings {
+    /// The directory (default `var/blobs`, relative to the config file).
+    /// Every amtsbote process of an installation must see the same one,
+    /// as they share the ledger.
+    #[serde(default = "default_blobs_path")]
+    pub path: PathBuf,
+    /// Attachments of at least this many KiB, decoded, go to the blob
+    /// store; smaller ones travel in the message (default 64).
+    #[serde(default = "default_keep_above_kib")]
+    pub keep_above_kib: usize,
+    /// Memory for attachments read back from the blob store for
+    /// deliveries in flight, across all targets, in MiB (default 256). A
+    /// delivery waits for room before it reads its attachments, so slow
+    /// targets and large submissions cannot add up beyond it.
+    #[serde(default = "default_delivery_memory_mib")]
+    pub delivery_memory_mib: usize,
+    /// How often blobs of finished submissions are looked for and removed
+    /// (default `1m`). A submission's blobs go at the first look at least
+    /// this long after its last delivery finished.
+    #[serde(default = "default_sweep_every", with = "humantime_serde")]
+    pub sweep_every: Duration,
+    /// An S3-compatible bucket instead of the directory `path` (see
+    /// [`crate::blobs::s3::S3Settings`]), for processes that share no disk.
+    #[serde(default)]
+    pub s3: Option<crate::blobs::s3::S3Settings>,
+}
+
+impl Default for BlobSettings {
+    fn default() -> Self {
+        Self {
+            path: default_blobs_path(),
+            keep_above_kib: default_keep_above_kib(),
+            delivery_memory_mib: default_delivery_memory_mib(),
+            sweep_every: default_sweep_every(),
+            s3: None,
+        }
+    }
+}
+
+fn default_blobs_path() -> PathBuf {
+    "var/blobs".into()
+}
+
+fn default_keep_above_kib() -> usize {
+    64
+}
+
+fn default_delivery_memory_mib() -> usize {
+    256
+}
+
+fn default_sweep_every() -> Duration {
+    Duration::from_secs(60)
 }
 
 #[cfg(test)]

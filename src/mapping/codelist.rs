@@ -70,6 +70,6 @@ pub fn path_of(mappings_root: &Path, name: &str) -> Result<PathBuf, String> {
 pub fn load(mappings_root: &Path, name: &str) -> Result<CodeList, String> {
     let path = path_of(mappings_root, name)?;
     let (_, file): (String, CodeListFile) =
-        crate::config::read_yaml(&path).map_err(|e| format!("code list {name:?}: {e}"))?;
+        crate::yaml::read_yaml(&path).map_err(|e| format!("code list {name:?}: {e}"))?;
     Ok(CodeList { codes: file.codes.into_iter().map(|(k, v)| (k, v.into_text())).collect() })
 }

@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
 use crate::blobs::BlobId;
-use crate::config::FileError;
+use crate::yaml::FileError;
 use codelist::CodeList;
 use expr::{Expr, Globals};
 pub use package::PackageFormat;
@@ -224,7 +224,7 @@ impl Mapping {
     pub fn load(root: &Path, relative: &Path) -> Result<Self, MappingError> {
         let path = root.join(relative);
         let name = path.display().to_string();
-        let (text, file): (String, MappingFile) = crate::config::read_yaml(&path)?;
+        let (text, file): (String, MappingFile) = crate::yaml::read_yaml(&path)?;
         let invalid = |message: String| MappingError::Invalid { file: name.clone(), message };
         let compiled = compile_file(&file, &name)?;
         let codelists = compiled
@@ -243,7 +243,7 @@ impl Mapping {
     /// Compiles a source as loaded (here or in another process).
     pub fn compile(source: MappingSource) -> Result<Self, MappingError> {
         let invalid = |message: String| MappingError::Invalid { file: source.name.clone(), message };
-        let file: MappingFile = crate::config::parse_yaml(&source.text).map_err(invalid)?;
+        let file: MappingFile = crate::yaml::parse_yaml(&source.text).map_err(invalid)?;
         let compiled = compile_file(&file, &source.name)?;
         if let Some(missing) = compiled.codelists_used().into_iter().find(|l| !source.codelists.contains_key(l)) {
             return Err(invalid(format!("code list {missing:?} is not loaded")));

@@ -4,7 +4,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use amtsbote::app::Application;
-use amtsbote::config::{Config, parse_yaml};
+use amtsbote::config::Config;
+use amtsbote::yaml::parse_yaml;
 use amtsbote::demo::SampleBackOffice;
 use amtsbote::domain::{TargetName, delivery_id};
 use tokio::net::{TcpListener, TcpStream};

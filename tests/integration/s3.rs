@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use amtsbote::app::Application;
-use amtsbote::config::{Config, parse_yaml};
+use amtsbote::config::Config;
+use amtsbote::yaml::parse_yaml;
 use amtsbote::demo::SampleBackOffice;
 use base64::Engine as _;
 use reqwest::StatusCode;

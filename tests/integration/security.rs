@@ -105,7 +105,7 @@ async fn a_rotated_key_works_alongside_the_old_one_until_the_old_one_is_removed(
             let start = text.find("senders:").unwrap();
             let end = text.find("targets:").unwrap();
             let config = format!("{}{yaml}{}", &text[..start], &text[end..]);
-            app.reloader.reload(&amtsbote::config::parse_yaml(&config).unwrap()).await.unwrap();
+            app.reloader.reload(&amtsbote::yaml::parse_yaml(&config).unwrap()).await.unwrap();
         }
     };
     reload(access(&["old-key", "new-key"])).await;
@@ -201,7 +201,7 @@ async fn a_route_sending_a_region_to_another_tenants_target_is_refused_at_load()
         ..Setup::default()
     };
     let yaml = crate::helpers::config_yaml(&setup, &back_office, "unused", dir.path());
-    let problems = amtsbote::pipeline::Pipeline::build(&amtsbote::config::parse_yaml(&yaml).unwrap()).err().expect("refused");
+    let problems = amtsbote::pipeline::Pipeline::build(&amtsbote::yaml::parse_yaml(&yaml).unwrap()).err().expect("refused");
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0].contains("bonn-fv of tenant bonn") && problems[0].contains("\"05315\""), "{problems:?}");
 
@@ -209,7 +209,7 @@ async fn a_route_sending_a_region_to_another_tenants_target_is_refused_at_load()
     setup.routes = &[(GEWERBE, "05315", &["koeln-fv"])];
     setup.tenants_of = &[("koeln-fv", "koeln")];
     let yaml = crate::helpers::config_yaml(&setup, &back_office, "unused", dir.path());
-    let problems = amtsbote::pipeline::Pipeline::build(&amtsbote::config::parse_yaml(&yaml).unwrap()).err().expect("refused");
+    let problems = amtsbote::pipeline::Pipeline::build(&amtsbote::yaml::parse_yaml(&yaml).unwrap()).err().expect("refused");
     assert!(problems.iter().any(|p| p.contains("bonn-fv: name its tenant")), "{problems:?}");
 }
 
