@@ -114,7 +114,7 @@ impl Topology {
     }
 
     pub fn delay_queue(&self, level: Duration) -> String {
-        format!("{}.delay.{}", self.prefix, crate::retry::level_name(level))
+        format!("{}.delay.{}", self.prefix, crate::message::delay_name(level))
     }
 
     /// Declares the exchange and, for each target, its queues and binding.
@@ -143,22 +143,21 @@ impl Topology {
         Ok(())
     }
 
-    /// Declares the delay exchange and queues; the workers, which publish
-    /// retries, do this on every connect.
-    pub async fn declare_delay_ladder(&self, channel: &Channel) -> Result<(), BrokerError> {
+    /// Declares the delay exchange and a queue for each of `levels` (the
+    /// retry ladder); the workers, which publish retries, do this on every
+    /// connect.
+    pub async fn declare_delay_ladder(&self, channel: &Channel, levels: &[Duration]) -> Result<(), BrokerError> {
         let exchange = self.delay_exchange();
         let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
         channel.exchange_declare(exchange.as_str().into(), ExchangeKind::Headers, durable, FieldTable::default()).await?;
-        for level in crate::retry::DELAY_LEVELS {
+        for &level in levels {
             let queue = self.delay_queue(level);
             // No dead-letter routing key: the message keeps the one it was
             // published with, its target's work queue.
             let mut args = dead_letter_to("");
             args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(level.as_millis() as i64));
             channel.queue_declare(queue.as_str().into(), durable_queue(), quorum(args)).await?;
-            let mut binding = FieldTable::default();
-            binding.insert("x-match".into(), long_string("all"));
-            binding.insert(crate::retry::header::DELAY.into(), long_string(&crate::retry::level_name(level)));
+            let binding = crate::message::delay_binding(level);
             channel
                 .queue_bind(queue.as_str().into(), exchange.as_str().into(), "".into(), QueueBindOptions::default(), binding)
                 .await?;
@@ -190,7 +189,8 @@ fn quorum(mut args: FieldTable) -> FieldTable {
     args
 }
 
-pub fn long_string(s: &str) -> AMQPValue {
+/// A text value of a queue argument.
+fn long_string(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
 }
 

@@ -22,7 +22,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use lapin::types::{AMQPValue, FieldTable};
 use serde_json::json;
 use tracing::Instrument;
 use tracing::field::Empty;
@@ -32,7 +31,7 @@ use uuid::Uuid;
 use crate::access;
 use crate::blobs::BlobStore;
 use crate::budget::{MemoryBudget, Reserved};
-use crate::broker::{BrokerError, Publisher, long_string};
+use crate::broker::{BrokerError, Publisher};
 use crate::domain::SenderName;
 use crate::metrics::{Metrics, ProblemLabel, ServiceLabel};
 use crate::problem::Problem;
@@ -288,11 +287,7 @@ async fn accept(
             }
         }
     }
-    let mut headers = FieldTable::default();
-    crate::telemetry::inject_trace_context(&mut headers);
-    headers.insert(crate::retry::header::SERVICE.into(), long_string(submission.service.as_str()));
-    headers.insert(crate::retry::header::REGION.into(), long_string(submission.region.as_str()));
-    headers.insert(crate::retry::header::RECEIVED_AT.into(), AMQPValue::LongLongInt(crate::retry::to_millis(received_at)));
+    let headers = crate::message::for_submission(&submission.service, &submission.region, received_at, crate::telemetry::trace_context());
     let message_id = id.to_string();
     let message = pipeline.sealer.seal(&message_id, submission.region.as_str(), submission.to_message(id, received_at));
     if message.len() > intake.max_message_bytes {

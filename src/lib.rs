@@ -48,6 +48,7 @@ pub mod demo;
 pub mod domain;
 pub mod intake;
 pub mod mapping;
+pub mod message;
 pub mod metrics;
 pub mod monitor;
 pub mod pipeline;

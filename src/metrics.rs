@@ -47,7 +47,7 @@ pub struct AttemptLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ParkLabels {
     pub target: String,
-    /// A [`crate::worker::ParkReason`] kind.
+    /// A [`crate::message::ParkReason`] kind.
     pub reason: String,
 }
 
@@ -216,7 +216,7 @@ impl Metrics {
             for outcome in AttemptOutcome::ALL {
                 let _ = delivery_attempts.get_or_create(&AttemptLabels { target: label.target.clone(), outcome });
             }
-            for reason in crate::worker::ParkReason::KINDS {
+            for reason in crate::message::ParkReason::KINDS {
                 let _ = parked_total.get_or_create(&ParkLabels { target: label.target.clone(), reason: reason.into() });
             }
             for reason in DropReason::ALL {

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -43,7 +43,7 @@ use uuid::Uuid;
 
 use crate::broker::{self, BrokerError, Outgoing, Topology};
 use crate::domain::{TargetName, delivery_id};
-use crate::retry::{self, History, ReplayTicket, header};
+use crate::message::{self, History, ReplayTicket};
 use crate::store::{ActionClaim, OperatorAction, OperatorRecord, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -274,9 +274,7 @@ impl ParkingLot {
         headers: Option<&FieldTable>,
         body: &[u8],
     ) -> Result<(), ParkingError> {
-        let mut fresh = retry::carry_headers(headers);
-        History { replays: parked.replays + 1, ..History::default() }.write(&mut fresh);
-        ticket.write(&mut fresh);
+        let fresh = message::for_replay(headers, parked.replays + 1, ticket);
         let queue = self.topology.work_queue(target);
         broker::publish_confirmed(
             channel,
@@ -313,14 +311,8 @@ fn describe(target: &TargetName, properties: &BasicProperties, size: usize) -> (
     let headers = properties.headers().as_ref().unwrap_or(&no_headers);
     let history = History::from_headers(headers);
     let submission_id = broker::message_id(properties);
-    let reason = retry::text(headers, header::REASON).unwrap_or_else(|| {
-        match retry::text(headers, "x-first-death-reason").as_deref() {
-            Some("delivery_limit") => "redelivery-limit".into(),
-            Some(other) => other.replace('_', "-"),
-            None => "unknown".into(),
-        }
-    });
-    let parked_at = retry::integer(headers, header::PARKED_AT).and_then(retry::from_millis).or_else(|| death_time(headers));
+    let reason = message::parked_reason(headers);
+    let parked_at = message::parked_at(headers);
     let rfc3339 = |at: OffsetDateTime| at.format(&Rfc3339).ok();
     let parked = ParkedDelivery {
         target: target.to_string(),
@@ -335,16 +327,6 @@ fn describe(target: &TargetName, properties: &BasicProperties, size: usize) -> (
         size,
     };
     (parked, parked_at)
-}
-
-/// When the broker dead-lettered the message (the newest `x-death` entry).
-fn death_time(headers: &FieldTable) -> Option<OffsetDateTime> {
-    let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else { return None };
-    let AMQPValue::FieldTable(latest) = deaths.as_slice().first()? else { return None };
-    match latest.inner().get("time")? {
-        AMQPValue::Timestamp(seconds) => OffsetDateTime::from_unix_timestamp(i64::try_from(*seconds).ok()?).ok(),
-        _ => None,
-    }
 }
 
 /// A plain-text table of parked deliveries, for the command line.

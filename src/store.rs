@@ -224,13 +224,13 @@ pub struct OperatorRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
     /// Which parked copy the action took: the delivery's replay count when
-    /// it was parked ([`crate::retry::History::replays`]). One action per
+    /// it was parked ([`crate::message::History::replays`]). One action per
     /// parked copy: the ledger refuses a second (see [`ActionClaim`]).
     /// `None` in records from before this was kept.
     #[serde(skip)]
     pub generation: Option<u32>,
     /// The replay's own id, which its message carries
-    /// ([`crate::retry::ReplayTicket`]): the replayer and the worker that
+    /// ([`crate::message::ReplayTicket`]): the replayer and the worker that
     /// takes the message both record it, and only the first one writes.
     #[serde(skip)]
     pub replay: Option<Uuid>,
@@ -396,7 +396,7 @@ pub enum AttemptResult {
     Delivered { detail: String, receipt: Option<String> },
     /// A transient failure; the next attempt follows after `retry_in`.
     Retrying { error: String, retry_in: Duration },
-    /// Parked for an operator: `reason` is a [`crate::worker::ParkReason`]
+    /// Parked for an operator: `reason` is a [`crate::message::ParkReason`]
     /// kind, `error` what the mapping or the target said.
     Parked { reason: &'static str, error: String },
 }

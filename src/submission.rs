@@ -1,5 +1,5 @@
-//! Submissions: the intake envelope, its validation, and the message that
-//! travels through the broker.
+//! Submissions: the intake envelope and its validation; what travels
+//! through the broker is written by [`crate::message`].
 //!
 //! Validation happens once, at intake, and names the offending field as a
 //! JSON pointer. What goes onto the queue is the envelope with amtsbote's
@@ -17,6 +17,7 @@ use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
 use crate::domain::{Region, ServiceKey};
+use crate::message::{Attachment, Purpose, Queued};
 
 /// A field that failed validation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -72,16 +73,6 @@ struct AttachmentIn<'a> {
     content: Cow<'a, str>,
 }
 
-/// What an attachment is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Purpose {
-    /// The PDF rendering of the filled-in form.
-    Form,
-    /// An upload of the applicant.
-    Attachment,
-}
-
 /// A validated submission, borrowing the request body.
 #[derive(Debug)]
 pub struct Submission<'a> {
@@ -98,44 +89,6 @@ pub struct Submission<'a> {
 enum FormData<'a> {
     Json(&'a RawValue),
     Xml { tree: Box<RawValue>, xml: String },
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Attachment<'a> {
-    name: String,
-    media_type: String,
-    purpose: Purpose,
-    /// Decoded size in bytes.
-    size: usize,
-    /// A file name for packages: the name, made unique among the
-    /// submission's attachments (`scan.pdf`, `scan (2).pdf`).
-    file: String,
-    /// Base64, as received; `None` once the attachment is kept in the
-    /// blob store.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    content: Option<Cow<'a, str>>,
-    /// The attachment in the blob store.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    blob: Option<crate::blobs::BlobId>,
-}
-
-/// The message on the queue: what workers and mappings see.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Queued<'s, 'a> {
-    id: Uuid,
-    service: &'s ServiceKey,
-    region: &'s Region,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reference: &'s Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    submitted_at: &'s Option<String>,
-    received_at: String,
-    data: &'s RawValue,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    data_xml: Option<&'s str>,
-    attachments: &'s [Attachment<'a>],
 }
 
 const MAX_REFERENCE_LEN: usize = 200;
@@ -350,7 +303,7 @@ impl<'a> Submission<'a> {
             },
             attachments: &self.attachments,
         };
-        serde_json::to_vec(&queued).expect("a submission serializes")
+        queued.to_vec()
     }
 }
 

@@ -14,7 +14,7 @@
 //! clients, the broker client) are not exported, because their fields are
 //! not ours to vouch for.
 
-use lapin::types::FieldTable;
+use std::collections::HashMap;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -99,23 +99,22 @@ fn otel_configured() -> bool {
     !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 }
 
-/// Writes the current span's trace context into `headers` (`traceparent`,
-/// `tracestate`), so the deliveries of a submission join its trace. Does
-/// nothing while no trace is exported.
-pub fn inject_trace_context(headers: &mut FieldTable) {
+/// The current span's trace context (`traceparent`, `tracestate`), for
+/// the message's headers, so the deliveries of a submission join its
+/// trace. Empty while no trace is exported.
+pub fn trace_context() -> HashMap<String, String> {
     #[cfg(feature = "otel")]
-    otel::inject(&tracing::Span::current(), headers);
+    return otel::inject(&tracing::Span::current());
     #[cfg(not(feature = "otel"))]
-    let _ = headers;
+    HashMap::new()
 }
 
-/// Makes `span` continue the trace whose context `headers` carry (see
-/// [`inject_trace_context`]).
-pub fn continue_trace(span: &tracing::Span, headers: &FieldTable) {
+/// Makes `span` continue the trace of `context` (see [`trace_context`]).
+pub fn continue_trace(span: &tracing::Span, context: &HashMap<String, String>) {
     #[cfg(feature = "otel")]
-    otel::adopt(span, headers);
+    otel::adopt(span, context);
     #[cfg(not(feature = "otel"))]
-    let _ = (span, headers);
+    let _ = (span, context);
 }
 
 #[cfg(feature = "otel")]
@@ -124,7 +123,6 @@ mod otel {
     use std::io::Read;
     use std::time::Duration;
 
-    use lapin::types::{AMQPValue, FieldTable};
     use opentelemetry::propagation::TextMapPropagator;
     use opentelemetry::trace::TracerProvider;
     use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
@@ -215,29 +213,18 @@ mod otel {
         }
     }
 
-    pub(super) fn inject(span: &tracing::Span, headers: &mut FieldTable) {
+    pub(super) fn inject(span: &tracing::Span) -> HashMap<String, String> {
         let mut carrier = HashMap::new();
         TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
-        for (name, value) in carrier {
-            headers.insert(name.into(), crate::broker::long_string(&value));
-        }
+        carrier
     }
 
-    pub(super) fn adopt(span: &tracing::Span, headers: &FieldTable) {
-        let carrier: HashMap<String, String> = headers
-            .inner()
-            .iter()
-            .filter(|(name, _)| crate::retry::header::TRACE_CONTEXT.contains(&name.as_str()))
-            .filter_map(|(name, value)| match value {
-                AMQPValue::LongString(text) => Some((name.to_string(), String::from_utf8_lossy(text.as_bytes()).into_owned())),
-                _ => None,
-            })
-            .collect();
+    pub(super) fn adopt(span: &tracing::Span, carrier: &HashMap<String, String>) {
         if !carrier.is_empty() {
             // A span that already started cannot change its trace; ours are
             // fresh, so this only fails on a malformed header, which leaves
             // the span a trace of its own.
-            let _ = span.set_parent(TraceContextPropagator::new().extract(&carrier));
+            let _ = span.set_parent(TraceContextPropagator::new().extract(carrier));
         }
     }
 }

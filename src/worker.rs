@@ -34,7 +34,7 @@ use bytes::Bytes;
 use futures_lite::StreamExt;
 use lapin::message::Delivery as AmqpDelivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -43,14 +43,15 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::blobs::{BlobError, BlobId, BlobStore};
-use crate::broker::{self, BrokerError, Outgoing, Topology, long_string};
+use crate::broker::{self, BrokerError, Outgoing, Topology};
 use crate::budget::MemoryBudget;
 use crate::domain::{delivery_id, hex, sha256_hex};
 use crate::metrics::{AttemptOutcome, DropReason, Metrics, ParkLabels};
 use crate::mapping::{Mapping, PackageFormat, Rendition};
 use crate::mapping::sandbox::{EvalError, Sandbox};
 use crate::pipeline::{MappingVersions, SharedPipeline, Target};
-use crate::retry::{self, History, ReplayTicket};
+use crate::message::{self, History, ParkReason, ReplayTicket};
+use crate::retry;
 use crate::seal::Sealer;
 use crate::store::{ActionClaim, Admission, RecentlyAccepted, UNDECIDED_AFTER, AttemptRecord, AttemptResult, Fingerprint, OperatorAction, OperatorRecord, Rendering, Store};
 
@@ -109,7 +110,7 @@ impl Worker {
         let connection = broker::connect(&self.broker, &name).await?;
         let channel = connection.create_channel().await?;
         self.topology.declare(&channel, [&self.target.name]).await?;
-        self.topology.declare_delay_ladder(&channel).await?;
+        self.topology.declare_delay_ladder(&channel, &retry::DELAY_LEVELS).await?;
         channel.basic_qos(self.target.concurrency, BasicQosOptions::default()).await?;
         // Retries and parking are published on their own confirm channel.
         let side = connection.create_channel().await?;
@@ -172,7 +173,7 @@ impl Worker {
         let span = tracing::info_span!("delivery", submission = %id, delivery = %delivery, target = %self.target.name,
             attempt = tracing::field::Empty, outcome = tracing::field::Empty);
         if let Some(headers) = message.properties.headers() {
-            crate::telemetry::continue_trace(&span, headers);
+            crate::telemetry::continue_trace(&span, &message::trace_context(headers));
         }
         self.settle(&id, message, side).instrument(span).await
     }
@@ -193,7 +194,7 @@ impl Worker {
         let mapping = self.mapping_for(&target, id, history.mapping_version.as_deref()).await;
         history.mapping_version = Some(mapping.version().to_owned());
         let policy = &target.retry;
-        let region = retry::text(headers, retry::header::REGION).unwrap_or_default();
+        let region = message::region(headers).unwrap_or_default();
         let attempt = match stopped {
             Some(reason) => Attempt { rendering: Rendering::NotReached, duration: None, result: Err(Failure::Park(reason)) },
             None => self.deliver(&target, id, &region, &message.data, &mapping, history.attempts).await,
@@ -233,14 +234,14 @@ impl Worker {
             Next::Done(Delivered { detail, receipt }) => {
                 tracing::info!(event = "delivered", attempt = history.attempts, detail = %detail,
                     receipt = receipt.as_deref().unwrap_or(""), "delivered");
-                if let Some(received_at) = retry::integer(headers, retry::header::RECEIVED_AT).and_then(retry::from_millis) {
+                if let Some(received_at) = message::received_at(headers) {
                     let latency = (OffsetDateTime::now_utc() - received_at).as_seconds_f64().max(0.0);
                     self.metrics.delivery_latency.get_or_create(&Metrics::for_target(name)).observe(latency);
                 }
                 Ok(AttemptResult::Delivered { detail, receipt })
             }
             Next::Retry { delay, reason } => self.hand_on(side, &message, &history, HandOff::Retry(delay)).await.map(|()| {
-                tracing::info!(event = "retry_scheduled", attempt = history.attempts, delay = %retry::level_name(delay),
+                tracing::info!(event = "retry_scheduled", attempt = history.attempts, delay = %message::delay_name(delay),
                     error = %reason, "delivery failed; retry scheduled");
                 self.metrics.retries.get_or_create(&Metrics::for_target(name)).inc();
                 AttemptResult::Retrying { error: reason, retry_in: delay }
@@ -458,9 +459,8 @@ impl Worker {
             Err(e) => return refused(ParkReason::Undecodable(e.to_string())),
         };
         // A message that does not read is the mapping's to refuse.
-        let StoredAttachments { attachments } = serde_json::from_slice(&body).unwrap_or_default();
         let stored: Vec<(usize, BlobId, u64)> =
-            attachments.iter().enumerate().filter_map(|(index, a)| Some((index, a.blob?, a.size))).collect();
+            message::stored_attachments(&body).into_iter().map(|a| (a.index, a.blob, a.size)).collect();
         let package = mapping.package_format();
         // What the delivery will hold at most: nothing of a folder's files
         // (streamed to the target), the attachments and the zip made of
@@ -569,22 +569,18 @@ impl Worker {
     /// (the broker returns it to the work queue when the delay is over) or
     /// to the parking queue.
     async fn hand_on(&self, side: &Channel, message: &AmqpDelivery, history: &History, to: HandOff<'_>) -> Result<(), BrokerError> {
-        let mut headers = retry::carry_headers(message.properties.headers().as_ref());
-        history.write(&mut headers);
-        let (exchange, routing_key) = match to {
-            HandOff::Retry(delay) => {
-                headers.insert(retry::header::DELAY.into(), long_string(&retry::level_name(delay)));
-                (self.topology.delay_exchange(), self.topology.work_queue(&self.target.name))
-            }
-            HandOff::Park(reason) => {
-                headers.insert(retry::header::REASON.into(), long_string(reason.kind()));
-                headers.insert(retry::header::TARGET.into(), long_string(self.target.name.as_str()));
-                headers.insert(
-                    retry::header::PARKED_AT.into(),
-                    AMQPValue::LongLongInt(retry::to_millis(OffsetDateTime::now_utc())),
-                );
-                (String::new(), self.topology.parking_queue(&self.target.name))
-            }
+        let original = message.properties.headers().as_ref();
+        let (exchange, routing_key, headers) = match to {
+            HandOff::Retry(delay) => (
+                self.topology.delay_exchange(),
+                self.topology.work_queue(&self.target.name),
+                message::for_retry(original, history, delay),
+            ),
+            HandOff::Park(reason) => (
+                String::new(),
+                self.topology.parking_queue(&self.target.name),
+                message::for_parking(original, history, reason, &self.target.name),
+            ),
         };
         let message_id = broker::message_id(&message.properties);
         broker::publish_confirmed(
@@ -622,22 +618,6 @@ const DECISION_PAUSES: [Duration; 6] = [
     Duration::from_millis(50),
     Duration::from_millis(100),
 ];
-
-/// What the worker reads of a message before mapping it: which attachments
-/// are in the blob store.
-#[derive(Default, serde::Deserialize)]
-struct StoredAttachments {
-    #[serde(default)]
-    attachments: Vec<AttachmentRef>,
-}
-
-#[derive(serde::Deserialize)]
-struct AttachmentRef {
-    #[serde(default)]
-    blob: Option<BlobId>,
-    #[serde(default)]
-    size: u64,
-}
 
 /// One attempt: what the mapping made and what the target said.
 struct Attempt {
@@ -688,67 +668,7 @@ enum Failure {
     Park(ParkReason),
 }
 
-/// Why a message was parked. Texts name the problem, never form data.
-#[derive(Debug, thiserror::Error)]
-pub enum ParkReason {
-    /// The message is not a submission amtsbote can read.
-    #[error("{0}")]
-    Undecodable(String),
-    /// The target's mapping failed on this submission.
-    #[error("{0}")]
-    Mapping(String),
-    /// The target refused the document (a permanent failure).
-    #[error("{0}")]
-    Rejected(String),
-    /// Transient failures went on past the retry policy's `max_age`.
-    #[error("{0}")]
-    RetriesExhausted(String),
-    /// The submission's region is not one of the target's tenant: no
-    /// route should have sent it here, so it is held, not delivered.
-    #[error("{0}")]
-    OutsideTenant(String),
-    /// The ledger does not know the submission, so nothing says that
-    /// intake accepted it: held for an operator, whose replay delivers it.
-    #[error("{0}")]
-    UnknownSubmission(String),
-}
-
-impl ParkReason {
-    /// Every [`kind`](Self::kind).
-    pub const KINDS: [&'static str; 6] =
-        ["undecodable", "mapping-error", "target-rejected", "retries-exhausted", "outside-tenant", "unknown-submission"];
-
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ParkReason::Undecodable(_) => "undecodable",
-            ParkReason::Mapping(_) => "mapping-error",
-            ParkReason::Rejected(_) => "target-rejected",
-            ParkReason::RetriesExhausted(_) => "retries-exhausted",
-            ParkReason::OutsideTenant(_) => "outside-tenant",
-            ParkReason::UnknownSubmission(_) => "unknown-submission",
-        }
-    }
-}
-
 async fn close(connection: &Connection, channel: &Channel) {
     let _ = channel.close(200, "shutdown".into()).await;
     let _ = connection.close(200, "shutdown".into()).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ParkReason;
-
-    #[test]
-    fn kinds_lists_every_kind() {
-        let reasons = [
-            ParkReason::Undecodable(String::new()),
-            ParkReason::Mapping(String::new()),
-            ParkReason::Rejected(String::new()),
-            ParkReason::RetriesExhausted(String::new()),
-            ParkReason::OutsideTenant(String::new()),
-            ParkReason::UnknownSubmission(String::new()),
-        ];
-        assert_eq!(reasons.map(|r| r.kind()), ParkReason::KINDS);
-    }
 }

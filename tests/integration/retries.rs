@@ -136,7 +136,7 @@ async fn a_poison_message_is_parked_and_the_messages_behind_it_are_delivered() {
     let queue = format!("{}.target.fv", app.prefix);
     // Sealed as intake seals, so that it is the content that poisons.
     let mut attempted = lapin::types::FieldTable::default();
-    attempted.insert(amtsbote::retry::header::ATTEMPTS.into(), lapin::types::AMQPValue::LongLongInt(1));
+    attempted.insert(amtsbote::message::header::ATTEMPTS.into(), lapin::types::AMQPValue::LongLongInt(1));
     let config = amtsbote::config::Config::load(&app.config_path).unwrap();
     let sealer = amtsbote::pipeline::Pipeline::build(&config).unwrap().sealer;
     for (id, body) in [("5b0d5d4e-0000-4000-8000-000000000001", &b"not json at all"[..]), ("no-uuid", &b"{}"[..])] {
