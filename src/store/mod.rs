@@ -1,0 +1,726 @@
+//! The store and delivery ledger: submission and delivery states, every
+//! submission's timeline, idempotency keys and the operators' audit trail.
+//!
+//! The broker is the source of truth for what still has to be delivered;
+//! the store answers "where is submission X, and what happened to it" and
+//! makes a retried POST with the same `Idempotency-Key` return the first
+//! answer. It holds ids, service keys, regions, references, target names,
+//! states, sizes, SHA-256 hashes and connector outcomes (status codes,
+//! fault codes, receipts) — never form data or attachments.
+//!
+//! [`Store`] is the seam: each implementation sits in a file of its own
+//! beside this one and runs the same conformance suite
+//! (`conformance.rs`, expanded by `store_conformance!` in the
+//! implementation's tests). [`SqliteStore`] (`sqlite.rs`) is the embedded
+//! one:
+//!
+//! * WAL and `synchronous=NORMAL`: a crash of the process loses nothing, a
+//!   power loss may lose the last state changes but never a submission,
+//!   which the broker holds.
+//! * Group commit: all writes go to one writer thread, which runs what has
+//!   queued up meanwhile (up to [`MAX_BATCH`] writes) in one transaction,
+//!   each write in its own savepoint, and answers each caller after the
+//!   commit. Under load many writes share one fsync, so the ledger does
+//!   not become the bottleneck; each caller still learns that its own
+//!   write is durable. Under load the writer lingers for
+//!   [`COMMIT_WINDOW`] so that more writes share a commit.
+//! * Reads use their own connection and never wait for the writer.
+//! * [`Store::prune`] removes finished submissions past the retention
+//!   (see [`StoreSettings::retention`]).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::domain::{TargetName, timestamp};
+
+#[cfg(test)]
+#[macro_use]
+mod conformance;
+mod sqlite;
+pub use sqlite::{MAX_BATCH, SqliteStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("store: commit failed: {0}")]
+    Commit(String),
+    #[error("store: cannot create directory {path}: {source}")]
+    Directory { path: String, source: std::io::Error },
+    #[error("store: the writer has stopped")]
+    Closed,
+    #[error("store: worker thread failed")]
+    Join,
+    #[error("store: cannot start the writer thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// What intake records before it publishes.
+#[derive(Debug, Clone)]
+pub struct NewSubmission {
+    pub id: Uuid,
+    pub service: String,
+    pub region: String,
+    pub reference: Option<String>,
+    pub received_at: OffsetDateTime,
+    pub targets: Vec<TargetName>,
+    /// Size of the request body in bytes.
+    pub size: usize,
+    /// Hex SHA-256 of the request body: proves later which bytes arrived
+    /// without keeping them.
+    pub sha256: String,
+    /// The sender that handed it in.
+    pub sender: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub key: String,
+    /// SHA-256 of the request body: the same key with another body is a
+    /// client error, not a retry.
+    pub fingerprint: [u8; 32],
+}
+
+/// The result of claiming an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// First use: the submission was recorded, go ahead and publish.
+    Fresh,
+    /// A retry of an accepted submission: answer with its id again.
+    Replay { id: Uuid },
+    /// The first request with this key never finished (its process
+    /// died between recording and the broker's confirm). Publish again
+    /// under the first request's id and receive time: the broker may
+    /// already hold that message, and the stable delivery ids let targets
+    /// recognise the repeat.
+    Resume { id: Uuid, received_at: OffsetDateTime },
+    /// The first request with this key is still being published.
+    InProgress,
+    /// The key was used for a different request body.
+    Mismatch,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    /// Waiting in the target's queue (also after a replay).
+    Queued,
+    /// An attempt failed transiently; the next waits in a delay queue.
+    Retrying,
+    Delivered,
+    /// In the parking queue, waiting for an operator.
+    Parked,
+    /// An operator discarded the parked delivery.
+    Discarded,
+    /// Intake refused the submission (answered with an error): this
+    /// delivery never happens, unless a retry with the same idempotency
+    /// key resumes it.
+    Refused,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Queued => "queued",
+            DeliveryState::Retrying => "retrying",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Parked => "parked",
+            DeliveryState::Discarded => "discarded",
+            DeliveryState::Refused => "refused",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "retrying" => DeliveryState::Retrying,
+            "delivered" => DeliveryState::Delivered,
+            "parked" => DeliveryState::Parked,
+            "discarded" => DeliveryState::Discarded,
+            "refused" => DeliveryState::Refused,
+            _ => DeliveryState::Queued,
+        }
+    }
+}
+
+/// A submission's state across its targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubmissionState {
+    /// Recorded, not yet confirmed by the broker.
+    Received,
+    /// In the broker; some target does not have it yet.
+    Accepted,
+    /// Every target has it.
+    Delivered,
+    /// A target's delivery waits for an operator.
+    Parked,
+    /// An operator gave up a delivery; the other targets have it.
+    Discarded,
+    /// Intake answered with an error (the broker did not confirm, an
+    /// attachment could not be stored, ...): nothing is delivered, unless
+    /// a retry with the same idempotency key is accepted under this id.
+    Refused,
+}
+
+impl SubmissionState {
+    pub const ALL: [SubmissionState; 6] = [
+        SubmissionState::Received,
+        SubmissionState::Accepted,
+        SubmissionState::Delivered,
+        SubmissionState::Parked,
+        SubmissionState::Discarded,
+        SubmissionState::Refused,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubmissionState::Received => "received",
+            SubmissionState::Accepted => "accepted",
+            SubmissionState::Delivered => "delivered",
+            SubmissionState::Parked => "parked",
+            SubmissionState::Discarded => "discarded",
+            SubmissionState::Refused => "refused",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|state| state.as_str() == s)
+    }
+}
+
+/// An operator's action on a parked delivery, kept for the audit trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OperatorAction {
+    Replay,
+    Discard,
+}
+
+impl OperatorAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperatorAction::Replay => "replay",
+            OperatorAction::Discard => "discard",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        if s == "discard" { OperatorAction::Discard } else { OperatorAction::Replay }
+    }
+}
+
+/// What an operator did to a parked delivery.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OperatorRecord {
+    pub operator: String,
+    pub action: OperatorAction,
+    pub target: String,
+    pub submission_id: String,
+    /// Why the delivery had been parked.
+    pub parked_reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// Which parked copy the action took: the delivery's replay count when
+    /// it was parked ([`crate::message::History::replays`]). One action per
+    /// parked copy: the ledger refuses a second (see [`ActionClaim`]).
+    /// `None` in records from before this was kept.
+    #[serde(skip)]
+    pub generation: Option<u32>,
+    /// The replay's own id, which its message carries
+    /// ([`crate::message::ReplayTicket`]): the replayer and the worker that
+    /// takes the message both record it, and only the first one writes.
+    #[serde(skip)]
+    pub replay: Option<Uuid>,
+}
+
+/// How intake's refusal went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Refused: the client hears an error, nothing will be delivered.
+    Refused,
+    /// A worker had accepted it already (intake was slower than
+    /// [`UNDECIDED_AFTER`]): the client must hear that it was accepted.
+    AcceptedMeanwhile,
+}
+
+/// What the ledger says of a submission whose message a worker took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Intake accepted it; `done` if this target's delivery is finished
+    /// (delivered or discarded) already, so that this is a second copy of
+    /// the message (a resumed intake, a redelivery after a crash).
+    Accepted { done: bool },
+    /// Intake has not decided yet: it waits for the broker's confirm.
+    Undecided { received_at: OffsetDateTime },
+    /// Intake answered with an error: never deliver it.
+    Refused,
+    /// The ledger does not know it (a message from elsewhere, or a ledger
+    /// that lost it).
+    Unknown,
+}
+
+/// Submissions this process's intake saw the broker confirm, for a few
+/// seconds: the worker of the same process takes their first copies as
+/// accepted without asking the ledger, whose record of the confirm is
+/// often a commit behind the broker's delivery. Other processes, and
+/// copies that come later, ask the ledger ([`Store::admission`]).
+#[derive(Debug, Default)]
+pub struct RecentlyAccepted {
+    generations: Mutex<Generations>,
+    /// Wakes workers waiting for intake to hear the broker's confirm.
+    inserted: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct Generations {
+    current: std::collections::HashSet<Uuid>,
+    previous: std::collections::HashSet<Uuid>,
+    started: Option<std::time::Instant>,
+}
+
+/// How long an id stays in [`RecentlyAccepted`]: one to two of these.
+const RECENT: Duration = Duration::from_secs(5);
+
+impl RecentlyAccepted {
+    pub fn insert(&self, id: Uuid) {
+        let mut generations = self.generations.lock().expect("not poisoned");
+        generations.rotate();
+        generations.current.insert(id);
+        drop(generations);
+        self.inserted.notify_waiters();
+    }
+
+    /// Whether `id` is accepted by this process's intake within `at_most`:
+    /// the broker hands a message to its consumer about when it confirms it
+    /// to the publisher, so a worker is often a moment ahead of intake.
+    pub async fn wait_for(&self, id: Uuid, at_most: Duration) -> bool {
+        tokio::time::timeout(at_most, async {
+            loop {
+                let inserted = self.inserted.notified();
+                if self.contains(id) {
+                    return;
+                }
+                inserted.await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    pub fn contains(&self, id: Uuid) -> bool {
+        let mut generations = self.generations.lock().expect("not poisoned");
+        generations.rotate();
+        generations.current.contains(&id) || generations.previous.contains(&id)
+    }
+}
+
+impl Generations {
+    fn rotate(&mut self) {
+        let now = std::time::Instant::now();
+        match self.started {
+            Some(started) if now - started < RECENT => {}
+            _ => {
+                self.previous = std::mem::take(&mut self.current);
+                self.started = Some(now);
+            }
+        }
+    }
+}
+
+/// How long after its receipt a submission intake neither accepted nor
+/// refused counts as left by an intake that died between the publish and
+/// its answer. Intake waits at most [`crate::broker::CONFIRM_TIMEOUT`]
+/// (10 s) for the broker, so a live intake has always decided by then.
+pub const UNDECIDED_AFTER: Duration = Duration::from_secs(30);
+
+/// Whether an operator's action took hold of the parked copy it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionClaim {
+    /// Recorded now: the action stands.
+    Recorded,
+    /// This very action (the same replay id) was recorded before: it
+    /// stands, nothing was written again.
+    Repeated,
+    /// Another action took this parked copy first (an interrupted replay
+    /// whose message a worker took, a concurrent replay or discard): this
+    /// one must not happen.
+    Superseded,
+}
+
+/// One entry of the audit trail: the record and when the store took it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEntry {
+    pub at: String,
+    #[serde(flatten)]
+    pub record: OperatorRecord,
+}
+
+/// Size and hash of a rendered document or package.
+#[derive(Debug, Clone)]
+pub struct Fingerprint {
+    pub size: usize,
+    pub sha256: String,
+}
+
+/// What one delivery attempt came to, as the worker records it.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub submission: Uuid,
+    pub target: TargetName,
+    /// 1 for the first attempt (counted anew after a replay).
+    pub attempt: u32,
+    pub mapping_version: String,
+    pub rendering: Rendering,
+    /// How long the connector took; `None` when it was not called.
+    pub duration: Option<Duration>,
+    pub result: AttemptResult,
+}
+
+/// How far an attempt got with the mapping.
+#[derive(Debug, Clone)]
+pub enum Rendering {
+    /// The mapping rendered this payload; the connector was called.
+    Rendered(Fingerprint),
+    /// The mapping failed, or its sandbox was unavailable.
+    Failed,
+    /// The attempt stopped before the mapping: the message could not be
+    /// opened, or is not for this target.
+    NotReached,
+}
+
+#[derive(Debug, Clone)]
+pub enum AttemptResult {
+    Delivered { detail: String, receipt: Option<String> },
+    /// A transient failure; the next attempt follows after `retry_in`.
+    Retrying { error: String, retry_in: Duration },
+    /// Parked for an operator: `reason` is a [`crate::message::ParkReason`]
+    /// kind, `error` what the mapping or the target said.
+    Parked { reason: &'static str, error: String },
+}
+
+/// One entry of a submission's timeline.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    pub at: String,
+    /// `received`, `routed`, `accepted`, `mapped`, `mapping-failed`,
+    /// `attempt-failed`, `delivered`, `retry-scheduled`, `parked`,
+    /// `replayed` or `discarded`.
+    pub event: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mapping_version: Option<String>,
+    /// The connector's outcome, the error, the parking reason, or the
+    /// targets routed to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The target's id for the delivered case.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubmissionStatus {
+    pub id: Uuid,
+    pub status: SubmissionState,
+    pub service: String,
+    pub region: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    pub received_at: String,
+    /// Size in bytes and SHA-256 of the submission as received.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// The sender that handed it in (absent for submissions from before
+    /// senders were recorded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    pub targets: Vec<TargetStatus>,
+    /// Everything that happened to the submission, oldest first.
+    pub timeline: Vec<Event>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetStatus {
+    pub target: String,
+    pub state: DeliveryState,
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_outcome: Option<String>,
+    /// The target's id for the delivered case, if it gave one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<String>,
+    pub updated_at: String,
+    /// Version (content hash) of the mapping the last attempt used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mapping_version: Option<String>,
+}
+
+/// Which submissions a search finds; every given field must match.
+#[derive(Debug, Clone, Default)]
+pub struct SearchQuery {
+    pub reference: Option<String>,
+    pub service: Option<String>,
+    /// An ARS prefix: `05315` finds every region of Köln.
+    pub region: Option<String>,
+    pub target: Option<String>,
+    pub state: Option<SubmissionState>,
+    /// Received at or after.
+    pub from: Option<OffsetDateTime>,
+    /// Received before.
+    pub to: Option<OffsetDateTime>,
+    pub limit: u32,
+    /// Continue after this entry (from [`SearchPage::next`]).
+    pub after: Option<Cursor>,
+    /// Only submissions with a delivery to one of these targets (an
+    /// operator's scope).
+    pub within: Option<Vec<String>>,
+}
+
+/// A position in the search order (newest first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub received_at: String,
+    pub id: Uuid,
+}
+
+impl Cursor {
+    /// The opaque text handed to clients.
+    pub fn encode(&self) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}|{}", self.received_at, self.id))
+    }
+
+    pub fn decode(text: &str) -> Option<Self> {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).ok()?;
+        let text = String::from_utf8(bytes).ok()?;
+        let (received_at, id) = text.split_once('|')?;
+        Some(Self { received_at: received_at.to_owned(), id: id.parse().ok()? })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubmissionSummary {
+    pub id: Uuid,
+    pub status: SubmissionState,
+    pub service: String,
+    pub region: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    pub received_at: String,
+    pub targets: Vec<TargetState>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetState {
+    pub target: String,
+    pub state: DeliveryState,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchPage {
+    pub items: Vec<SubmissionSummary>,
+    /// The cursor of the next page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// What happened at one target over a period, from the ledger.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetActivity {
+    pub delivered: u64,
+    /// Attempts that failed (transiently or permanently, mapping included).
+    pub failed: u64,
+    pub parked: u64,
+    /// When the oldest submission this target does not have yet (queued,
+    /// retrying or parked) was received.
+    pub oldest_undelivered: Option<String>,
+}
+
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Records a submission (state `received`, events `received` and
+    /// `routed`) and claims its idempotency key, atomically.
+    async fn begin_intake(&self, submission: NewSubmission, key: Option<IdempotencyKey>) -> Result<Claim, StoreError>;
+    /// The broker confirmed the submission.
+    async fn confirm_intake(&self, id: Uuid) -> Result<(), StoreError>;
+    /// Intake answers the submission with an error (the broker did not
+    /// confirm it, an attachment could not be stored, ...): it becomes
+    /// `refused`, with `reason` in its timeline, and no worker delivers it,
+    /// even if the broker has its message after all (a confirm lost with
+    /// the connection). With an idempotency key the claim is released, so
+    /// that the client's retry resumes under the same id. Unless a worker
+    /// accepted the submission first (see [`Store::accept_undecided`]):
+    /// then intake must answer that it was accepted.
+    async fn refuse_intake(&self, id: Uuid, reason: &str) -> Result<Refusal, StoreError>;
+    /// What a worker may do with the first copy of a submission's message
+    /// it takes for `target`: the ledger, not the broker, says whether
+    /// intake accepted it.
+    async fn admission(&self, id: Uuid, target: &str) -> Result<Admission, StoreError>;
+    /// Accepts a submission intake neither accepted nor refused, if it was
+    /// received before `received_before`: its intake died between the
+    /// publish and the answer, so nobody was told "no". True if the
+    /// submission is accepted now (by this call or before).
+    async fn accept_undecided(&self, id: Uuid, received_before: OffsetDateTime) -> Result<bool, StoreError>;
+    /// A worker dropped the message of a refused submission for `target`.
+    async fn record_refused_message(&self, id: Uuid, target: &str) -> Result<(), StoreError>;
+    /// A delivery attempt ended; updates the target's state and adds the
+    /// attempt's events to the timeline.
+    async fn record_attempt(&self, attempt: AttemptRecord) -> Result<(), StoreError>;
+    /// Keeps a mapping's source under its version, so that deliveries in
+    /// flight map with it even after the file changed and amtsbote
+    /// restarted.
+    async fn keep_mapping_version(&self, version: &str, name: &str, source: &str) -> Result<(), StoreError>;
+    /// The source kept under `version`.
+    async fn mapping_version(&self, version: &str) -> Result<Option<String>, StoreError>;
+    /// A submission with its targets and timeline.
+    async fn status(&self, id: Uuid) -> Result<Option<SubmissionStatus>, StoreError>;
+    /// Submissions matching `query`, newest first, one page.
+    async fn search(&self, query: SearchQuery) -> Result<SearchPage, StoreError>;
+    /// Records who replayed or discarded a parked delivery, and sets the
+    /// delivery's state accordingly, unless another action took the same
+    /// parked copy (`generation`) first: a unique constraint decides, so
+    /// each parked copy is replayed or discarded at most once, whichever
+    /// process asks.
+    async fn record_operator_action(&self, record: OperatorRecord) -> Result<ActionClaim, StoreError>;
+    /// The action that took the parked copy `generation` of a delivery, if
+    /// one did: a copy still in the parking queue after that is left over
+    /// from an interrupted replay or discard.
+    async fn parked_action(&self, submission: &str, target: &str, generation: u32) -> Result<Option<OperatorAction>, StoreError>;
+    /// The audit trail, newest first; only of the `within` targets if
+    /// given.
+    async fn audit_trail(&self, limit: u32, within: Option<Vec<String>>) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Per target: deliveries and failures since `since`, and the oldest
+    /// undelivered submission.
+    async fn activity(&self, since: OffsetDateTime) -> Result<std::collections::BTreeMap<String, TargetActivity>, StoreError>;
+    /// Removes up to `limit` finished (delivered or discarded) submissions
+    /// received before `before`, with their timelines and idempotency
+    /// keys, and operator records older than that; returns how many
+    /// submissions went.
+    async fn prune(&self, before: OffsetDateTime, limit: u32) -> Result<u64, StoreError>;
+    /// Proves the store takes writes (for `/readyz`).
+    async fn check_writable(&self) -> Result<(), StoreError>;
+    /// Of `ids`, the submissions no delivery needs any more: each of
+    /// their deliveries delivered or discarded, the last before `before`,
+    /// or unknown to the ledger (refused, or pruned). Their attachments
+    /// may go (see [`crate::blobs`]).
+    async fn finished_among(&self, ids: Vec<Uuid>, before: OffsetDateTime) -> Result<Vec<Uuid>, StoreError>;
+    /// This ledger's name, made once when it was created: the blob store
+    /// remembers whose blobs it keeps (see [`crate::blobs::BlobStore::claim`]).
+    async fn ledger_id(&self) -> Result<String, StoreError>;
+}
+
+/// Submissions [`prune_periodically`] removes per write, so that pruning
+/// never holds the writer for long.
+const PRUNE_CHUNK: u32 = 500;
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Removes what is past `retention` now and then every hour, until
+/// `shutdown` turns true.
+pub async fn prune_periodically(store: Arc<dyn Store>, retention: Duration, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let before = OffsetDateTime::now_utc() - retention;
+        let mut pruned = 0;
+        loop {
+            match store.prune(before, PRUNE_CHUNK).await {
+                Ok(removed) => {
+                    pruned += removed;
+                    if removed < u64::from(PRUNE_CHUNK) {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(event = "store_failed", error = %e, "could not prune the ledger");
+                    break;
+                }
+            }
+        }
+        if pruned > 0 {
+            tracing::info!(event = "ledger_pruned", submissions = pruned, before = %timestamp(before), "ledger pruned");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(PRUNE_EVERY) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    /// SQLite file (default `var/amtsbote.sqlite`); created if missing.
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+    /// How long the ledger keeps a finished (delivered or discarded)
+    /// submission's timeline, and operator records (default `90d`).
+    /// Submissions still on their way are kept whatever their age.
+    #[serde(default = "default_retention", with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self { path: default_store_path(), retention: default_retention() }
+    }
+}
+
+fn default_store_path() -> PathBuf {
+    "var/amtsbote.sqlite".into()
+}
+
+fn default_retention() -> Duration {
+    Duration::from_secs(90 * 24 * 3600)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_worker_waiting_for_intake_hears_of_the_acceptance_at_once() {
+        let recent = Arc::new(RecentlyAccepted::default());
+        let (id, other) = (Uuid::now_v7(), Uuid::now_v7());
+        assert!(!recent.contains(id));
+        let waiting = tokio::spawn({
+            let recent = recent.clone();
+            async move { recent.wait_for(id, Duration::from_secs(10)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        recent.insert(other);
+        recent.insert(id);
+        assert!(tokio::time::timeout(Duration::from_secs(1), waiting).await.unwrap().unwrap(), "woken by the insert, long before 10 s");
+        assert!(recent.contains(id));
+        assert!(!recent.wait_for(Uuid::now_v7(), Duration::from_millis(10)).await);
+    }
+
+    #[test]
+    fn cursors_round_trip_and_refuse_garbage() {
+        let cursor = Cursor { received_at: "2026-11-24T10:00:00.000Z".into(), id: Uuid::new_v4() };
+        assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
+        assert_eq!(Cursor::decode("not a cursor"), None);
+    }
+}
