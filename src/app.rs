@@ -16,6 +16,7 @@ use crate::blobs::{self, BlobStore};
 use crate::broker::{Publisher, Topology};
 use crate::budget::MemoryBudget;
 use crate::config::Config;
+use crate::admission::Admissions;
 use crate::intake::{self, Intake};
 use crate::operator::{self, OperatorApi};
 use crate::parking::ParkingLot;
@@ -112,18 +113,21 @@ impl Application {
             .collect();
         let intake = Arc::new(Intake {
             pipeline: pipeline.clone(),
-            publisher,
-            store: store.clone(),
-            draining: AtomicBool::new(false),
+            admissions: Admissions {
+                publisher,
+                store: store.clone(),
+                blobs: blobs.clone(),
+                keep_above_bytes: config.blobs.keep_above_kib.saturating_mul(1024),
+                max_message_bytes: config.broker.max_message_bytes,
+                recently_accepted,
+                metrics: metrics.clone(),
+            },
+            draining: Arc::new(AtomicBool::new(false)),
             metrics: metrics.clone(),
             limits: config.http.submission_limits(),
             room: MemoryBudget::mib(config.http.intake_memory_mib),
             max_body_bytes: config.http.max_body_bytes,
             body_timeout: config.http.body_timeout,
-            blobs: blobs.clone(),
-            keep_above_bytes: config.blobs.keep_above_kib.saturating_mul(1024),
-            max_message_bytes: config.broker.max_message_bytes,
-            recently_accepted,
         });
         let dashboard = Arc::new(Dashboard::new(operator.clone(), monitor.clone(), config.http.tls.is_some()));
         let listener_health = Arc::new(ListenerHealth::default());
@@ -180,7 +184,7 @@ impl Application {
         let sweeping = tokio::spawn(blobs::sweep_periodically(self.blobs, self.store.clone(), self.sweep_every, stop_rx.clone()));
         let pruning = tokio::spawn(store::prune_periodically(self.store, self.retention, stop_rx.clone()));
         // Try the broker early so the first submission does not pay for it.
-        let _ = self.intake.publisher.ensure_connected().await;
+        let _ = self.intake.admissions.publisher.ensure_connected().await;
 
         let intake = self.intake.clone();
         // The server outlives the workers' drain, answering 503, so that
@@ -216,7 +220,7 @@ impl Application {
         }
         let _ = pruning.await;
         let _ = sweeping.await;
-        intake.publisher.close().await;
+        intake.admissions.publisher.close().await;
         let _ = server_stop_tx.send(());
         match server.await {
             Ok(result) => result,

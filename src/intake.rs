@@ -29,14 +29,13 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::access;
-use crate::blobs::BlobStore;
+use crate::admission::{Admissions, Incoming, NotAdmitted};
 use crate::budget::{MemoryBudget, Reserved};
-use crate::broker::{BrokerError, Publisher};
 use crate::domain::SenderName;
-use crate::metrics::{Metrics, ProblemLabel, ServiceLabel};
+use crate::metrics::{Metrics, ProblemLabel};
 use crate::problem::Problem;
 use crate::pipeline::SharedPipeline;
-use crate::store::{Claim, IdempotencyKey, NewSubmission, RecentlyAccepted, Refusal, Store};
+use crate::store::IdempotencyKey;
 use crate::submission::{FieldError, InvalidSubmission, Submission};
 use crate::access::Sender;
 use crate::pipeline::Pipeline;
@@ -53,10 +52,10 @@ const RETRY_AFTER_SECS: u64 = 5;
 pub struct Intake {
     /// Routes come from the pipeline in use (see [`SharedPipeline`]).
     pub pipeline: SharedPipeline,
-    pub publisher: Arc<Publisher>,
-    pub store: Arc<dyn Store>,
+    /// The path every source takes once it parsed a submission.
+    pub admissions: Admissions,
     /// Set when shutdown begins: new submissions get 503.
-    pub draining: AtomicBool,
+    pub draining: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,
     /// What a submission may hold beyond the body size.
     pub limits: crate::submission::Limits,
@@ -69,14 +68,6 @@ pub struct Intake {
     /// Longest a body may take to arrive (`http.body_timeout`), so that a
     /// slow upload cannot hold its room for ever.
     pub body_timeout: Duration,
-    /// Where attachments of at least `keep_above_bytes` wait instead of
-    /// travelling in the message (the claim check).
-    pub blobs: BlobStore,
-    pub keep_above_bytes: usize,
-    /// The largest message the broker takes (`broker.max_message_bytes`).
-    pub max_message_bytes: usize,
-    /// What this intake accepted moments ago, for this process's workers.
-    pub recently_accepted: Arc<RecentlyAccepted>,
 }
 
 /// A submission request let in before its body is read: its sender,
@@ -165,6 +156,21 @@ async fn accept(
             "the request body did not arrive in time (http.body_timeout)",
         )
     })??;
+    check_content_type(headers)?;
+    // One hash of the body serves the ledger and the idempotency check.
+    let body_sha256: [u8; 32] = Sha256::digest(&body).into();
+    let idempotency = idempotency_key(headers, body_sha256, &sender.name)?;
+    let submission = parse(&body, &intake.limits)?;
+    authorize(&sender, &submission)?;
+    let incoming = Incoming { submission, body: &body, body_sha256, sender: &sender.name, idempotency };
+    match intake.admissions.admit(&pipeline, incoming).await {
+        Ok(id) => Ok(accepted(id)),
+        Err(not_admitted) => Err(problem_of(not_admitted)),
+    }
+}
+
+/// Submissions are JSON; a request that says otherwise is refused.
+fn check_content_type(headers: &HeaderMap) -> Result<(), Problem> {
     if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
         let essence = content_type.to_str().unwrap_or("").split(';').next().unwrap_or("").trim();
         if !(essence.eq_ignore_ascii_case("application/json") || essence.to_ascii_lowercase().ends_with("+json")) {
@@ -176,12 +182,23 @@ async fn accept(
             ));
         }
     }
-    // One hash of the body serves the ledger and the idempotency check.
-    let body_sha256: [u8; 32] = Sha256::digest(&body).into();
-    let idempotency = idempotency_key(headers, body_sha256, &sender.name)?;
-    let keyed = idempotency.is_some();
+    Ok(())
+}
 
-    let mut submission = Submission::parse(&body, &intake.limits).map_err(|invalid| match invalid {
+/// The sender may submit this service for this region.
+fn authorize(sender: &Sender, submission: &Submission<'_>) -> Result<(), Problem> {
+    let refused = sender.refusals(&submission.service, &submission.region);
+    if refused.is_empty() {
+        return Ok(());
+    }
+    tracing::warn!(event = "submission_forbidden", sender = %sender.name, service = submission.service.as_str(),
+        region = %submission.region, "a sender submitted outside what it is allowed");
+    Err(Problem::fields(StatusCode::FORBIDDEN, "forbidden", "Forbidden", "the sender may not submit this", refused))
+}
+
+/// Parses and validates the body.
+fn parse<'b>(body: &'b Bytes, limits: &crate::submission::Limits) -> Result<Submission<'b>, Problem> {
+    Submission::parse(body, limits).map_err(|invalid| match invalid {
         InvalidSubmission::Malformed(reason) => Problem::new(
             StatusCode::BAD_REQUEST,
             "malformed-json",
@@ -191,179 +208,62 @@ async fn accept(
         InvalidSubmission::Fields(errors) => {
             Problem::fields(StatusCode::BAD_REQUEST, "invalid-submission", "Invalid Submission", "invalid field(s)", errors)
         }
-    })?;
+    })
+}
 
-    let refused = sender.refusals(&submission.service, &submission.region);
-    if !refused.is_empty() {
-        tracing::warn!(event = "submission_forbidden", sender = %sender.name, service = submission.service.as_str(),
-            region = %submission.region, "a sender submitted outside what it is allowed");
-        return Err(Problem::fields(StatusCode::FORBIDDEN, "forbidden", "Forbidden", "the sender may not submit this", refused));
-    }
-    let Some(route) = pipeline.routes.resolve(&submission.service, &submission.region) else {
-        return Err(Problem::new(
+/// The answer to a submission the admission path did not accept.
+fn problem_of(not_admitted: NotAdmitted) -> Problem {
+    match not_admitted {
+        NotAdmitted::NoRoute { service, region } => Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "no-route",
             "No Route",
-            format!(
-                "no route delivers service {} for region {}",
-                submission.service.as_str(),
-                submission.region
-            ),
+            format!("no route delivers service {service} for region {region}"),
         )
         .with_errors(vec![
             FieldError { pointer: "#/service".into(), detail: "no route for this service and region".into() },
             FieldError { pointer: "#/region".into(), detail: "no route for this service and region".into() },
-        ]));
-    };
-
-    if let Some(schema) = &route.schema {
-        let problems = schema.problems(&submission.data_value());
-        if !problems.is_empty() {
-            let errors: Vec<FieldError> = problems
-                .into_iter()
-                .map(|(pointer, detail)| FieldError { pointer: format!("#/data{pointer}"), detail })
-                .collect();
-            return Err(Problem::fields(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid-form-data",
-                "Invalid Form Data",
-                "the form data does not match the service's schema at",
-                errors,
-            ));
-        }
-    }
-
-    let record = NewSubmission {
-        // Time-ordered (UUIDv7): the ledger's indexes take new ids at
-        // their end instead of at random pages, which under load is most
-        // of the ledger's write cost.
-        id: Uuid::now_v7(),
-        service: submission.service.as_str().to_owned(),
-        region: submission.region.as_str().to_owned(),
-        reference: submission.reference.clone(),
-        received_at: crate::domain::now_millis(),
-        targets: route.targets.clone(),
-        size: body.len(),
-        sha256: crate::domain::hex(&body_sha256),
-        sender: sender.name.to_string(),
-    };
-    let fresh = (record.id, record.received_at);
-    let (id, received_at) = match intake.store.begin_intake(record, idempotency).await.map_err(internal)? {
-        Claim::Fresh => fresh,
-        Claim::Replay { id } => return Ok(accepted(id)),
-        Claim::Resume { id, received_at } => {
-            tracing::info!(event = "intake_resumed", submission = %id, "resuming a submission whose first request did not finish");
-            (id, received_at)
-        }
-        Claim::InProgress => {
-            return Err(Problem::new(
-                StatusCode::CONFLICT,
-                "idempotency-key-in-use",
-                "Request In Progress",
-                "a request with this Idempotency-Key is still being processed; retry shortly",
-            )
-            .retry_after(1));
-        }
-        Claim::Mismatch => {
-            return Err(Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency-key-reused",
-                "Idempotency-Key Reused",
-                "this Idempotency-Key was used for a different request body",
-            ));
-        }
-    };
-
-    let span = tracing::Span::current();
-    span.record("submission", tracing::field::display(id));
-    span.record("service", submission.service.as_str());
-    for (index, content) in submission.attachments_from(intake.keep_above_bytes, &body) {
-        match intake.blobs.put(id, content, pipeline.sealer.clone()).await {
-            Ok(blob) => submission.keep_out(index, blob),
-            Err(error) => {
-                refuse(intake, id, keyed, "an attachment could not be stored").await;
-                tracing::error!(event = "blob_store_failed", submission = %id, error = %error, "could not store an attachment");
-                return Err(unavailable("the attachments could not be stored; nothing was accepted"));
-            }
-        }
-    }
-    let headers = crate::message::for_submission(&submission.service, &submission.region, received_at, crate::telemetry::trace_context());
-    let message_id = id.to_string();
-    let message = pipeline.sealer.seal(&message_id, submission.region.as_str(), submission.to_message(id, received_at));
-    if message.len() > intake.max_message_bytes {
-        refuse(intake, id, keyed, "the form data is larger than a broker message may be").await;
-        return Err(Problem::new(
+        ]),
+        NotAdmitted::InvalidFormData(errors) => Problem::fields(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-form-data",
+            "Invalid Form Data",
+            "the form data does not match the service's schema at",
+            errors.into_iter().map(|e| FieldError { pointer: format!("#/data{}", e.pointer), detail: e.detail }).collect(),
+        ),
+        NotAdmitted::KeyInUse => Problem::new(
+            StatusCode::CONFLICT,
+            "idempotency-key-in-use",
+            "Request In Progress",
+            "a request with this Idempotency-Key is still being processed; retry shortly",
+        )
+        .retry_after(1),
+        NotAdmitted::KeyReused => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            "Idempotency-Key Reused",
+            "this Idempotency-Key was used for a different request body",
+        ),
+        NotAdmitted::TooLarge => Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too-large",
             "Submission Too Large",
             "the form data is larger than a broker message may be (broker.max_message_bytes); large attachments are fine",
-        ));
+        ),
+        NotAdmitted::AttachmentsNotStored => unavailable("the attachments could not be stored; nothing was accepted"),
+        NotAdmitted::Unroutable => unavailable("the broker has no queue for this route; an operator must check the topology"),
+        NotAdmitted::BrokerUnavailable => unavailable("the message broker is unavailable; nothing was accepted"),
+        // The broker may have the message and the ledger could not record
+        // the refusal: a 503 would promise what nobody can.
+        NotAdmitted::OutcomeUnknown => Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "outcome-unknown",
+            "Outcome Unknown",
+            "the broker did not confirm the submission and the refusal could not be recorded; \
+             it may still be delivered: retry with the same Idempotency-Key",
+        ),
+        NotAdmitted::Ledger(e) => internal(e),
     }
-    match intake.publisher.publish(&route.routing_key, &message_id, headers, &message).await {
-        Ok(()) => {
-            intake.recently_accepted.insert(id);
-            if let Err(e) = intake.store.confirm_intake(id).await {
-                // The broker has the submission; only the status view lags.
-                tracing::error!(event = "store_failed", submission = %id, error = %e, "could not mark submission accepted");
-            }
-            tracing::info!(event = "submission_accepted", submission = %id, service = submission.service.as_str(),
-                region = %submission.region, targets = %route.routing_key, "submission accepted");
-            intake.metrics.submissions_received.get_or_create(&ServiceLabel { service: submission.service.as_str().to_owned() }).inc();
-            Ok(accepted(id))
-        }
-        Err(error) => {
-            match refuse(intake, id, keyed, "the broker did not confirm the submission").await {
-                Some(Refusal::Refused) => {}
-                Some(Refusal::AcceptedMeanwhile) => {
-                    // A worker took it as left undecided (this answer came
-                    // later than UNDECIDED_AFTER): it is being delivered.
-                    tracing::warn!(event = "submission_accepted_late", submission = %id, error = %error,
-                        "the broker's confirm failed, but a worker had accepted the submission already");
-                    return Ok(accepted(id));
-                }
-                // The broker may have the message and the ledger could not
-                // record the refusal: a 503 would promise what nobody can.
-                None => {
-                    return Err(Problem::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "outcome-unknown",
-                        "Outcome Unknown",
-                        "the broker did not confirm the submission and the refusal could not be recorded; \
-                         it may still be delivered: retry with the same Idempotency-Key",
-                    ));
-                }
-            }
-            tracing::warn!(event = "submission_refused", submission = %id, error = %error, "broker did not take the submission");
-            Err(match error {
-                BrokerError::Unroutable(_) => unavailable("the broker has no queue for this route; an operator must check the topology"),
-                _ => unavailable("the message broker is unavailable; nothing was accepted"),
-            })
-        }
-    }
-}
-
-/// Records that intake answers the submission with an error: the ledger
-/// holds it `refused` (with `reason`), so that no worker delivers it even
-/// if the broker has its message after all (a confirm lost with the
-/// connection). Without an idempotency key its attachments go now; with
-/// one they stay for the client's retry, which resumes under the same id.
-/// `None` if the ledger could not record it: the submission stays
-/// `received`, and a worker that meets its message holds it back and
-/// accepts it after [`crate::store::UNDECIDED_AFTER`], so the client must
-/// not hear "not accepted".
-async fn refuse(intake: &Intake, id: Uuid, keyed: bool, reason: &str) -> Option<Refusal> {
-    let refusal = match intake.store.refuse_intake(id, reason).await {
-        Ok(refusal) => refusal,
-        Err(e) => {
-            tracing::error!(event = "store_failed", submission = %id, error = %e, "could not record the refusal");
-            return None;
-        }
-    };
-    if refusal == Refusal::Refused && !keyed && let Err(e) = intake.blobs.remove(id).await {
-        // The sweep removes them later: the submission is finished.
-        tracing::warn!(event = "blob_store_failed", submission = %id, error = %e, "could not remove the attachments of a refused submission");
-    }
-    Some(refusal)
 }
 
 /// Reads a request body of at most `limit` bytes into one buffer, sized
@@ -451,7 +351,7 @@ async fn status(
         },
     };
     let Ok(id) = id.parse::<Uuid>() else { return not_found() };
-    let status = match intake.store.status(id).await {
+    let status = match intake.admissions.store.status(id).await {
         Ok(Some(status)) => status,
         Ok(None) => return not_found(),
         Err(e) => return internal(e).into_response(),

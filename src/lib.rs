@@ -36,6 +36,7 @@
 //!   [`demo`] runs the self-contained demonstration.
 
 pub mod access;
+pub mod admission;
 pub mod app;
 pub mod blobs;
 pub mod broker;

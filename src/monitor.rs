@@ -211,8 +211,8 @@ async fn ready(State(observed): State<Arc<Observed>>) -> Response {
         let body = json!({ "status": "draining" });
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
-    let broker = tokio::time::timeout(SAMPLE_TIMEOUT, intake.publisher.ensure_connected()).await.is_ok_and(|r| r.is_ok());
-    let store = tokio::time::timeout(SAMPLE_TIMEOUT, intake.store.check_writable()).await.is_ok_and(|r| r.is_ok());
+    let broker = tokio::time::timeout(SAMPLE_TIMEOUT, intake.admissions.publisher.ensure_connected()).await.is_ok_and(|r| r.is_ok());
+    let store = tokio::time::timeout(SAMPLE_TIMEOUT, intake.admissions.store.check_writable()).await.is_ok_and(|r| r.is_ok());
     let accepting = observed.listener.accepting();
     let word = |ok: bool| if ok { "ok" } else { "failing" };
     let ready = broker && store && accepting;
