@@ -17,6 +17,7 @@
 //! hash is as good as a slow one: there is nothing to guess.
 
 use crate::routing::RouteConfig;
+use crate::store::SubmissionStatus;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
@@ -28,7 +29,7 @@ use sha2::{Digest, Sha256};
 use crate::domain::{ArsPrefix, Region, SenderName, ServiceKey, TargetName, TenantName};
 use crate::problem::Problem;
 use crate::submission::FieldError;
-use crate::tls::CertificateFingerprint;
+use crate::pem::CertificateFingerprint;
 
 /// The SHA-256 of a key or token, configured as 64 hex digits.
 #[derive(Clone, PartialEq, Eq)]
@@ -482,7 +483,7 @@ pub struct SenderConfig {
     /// `http.tls.client_ca`, to which the certificates must chain. Rotate
     /// as keys: add the new one, reload, switch, remove the old one.
     #[serde(default)]
-    pub client_certificates_sha256: Vec<crate::tls::CertificateFingerprint>,
+    pub client_certificates_sha256: Vec<crate::pem::CertificateFingerprint>,
     /// ARS prefixes of the regions the sender may submit for.
     pub regions: Vec<ArsPrefix>,
     /// LeiKa keys of the services the sender may submit; omitted: every
@@ -499,6 +500,35 @@ pub struct TenantConfig {
     /// only regions within these.
     pub regions: Vec<ArsPrefix>,
 }
+
+/// The names of the targets in `scope`, as the store filters by them.
+pub fn within(scope: &Scope) -> Option<Vec<String>> {
+    scope.targets().map(|targets| targets.iter().map(|t| t.as_str().to_owned()).collect())
+}
+
+
+/// A submission's status as an operator of `scope` may see it: only the
+/// targets in scope, and only the events about them or about the
+/// submission as a whole. `None` if it went to none of them.
+pub fn scoped_status(mut status: SubmissionStatus, scope: &Scope) -> Option<SubmissionStatus> {
+    if !status.targets.iter().any(|t| scope.sees_name(&t.target)) {
+        return None;
+    }
+    status.targets.retain(|t| scope.sees_name(&t.target));
+    // `routed` names the targets in its detail; those out of scope are
+    // not shown either.
+    status.timeline.retain(|e| e.target.as_deref().is_none_or(|t| scope.sees_name(t)));
+    for event in &mut status.timeline {
+        if event.event == "routed"
+            && let Some(detail) = &event.detail
+        {
+            let seen: Vec<&str> = detail.split(", ").filter(|t| scope.sees_name(t)).collect();
+            event.detail = Some(seen.join(", "));
+        }
+    }
+    Some(status)
+}
+
 
 #[cfg(test)]
 mod tests {
@@ -605,5 +635,70 @@ mod tests {
         assert!(problems[0].contains("configured twice"), "{problems:?}");
         let problems = Senders::new(&[sender("a", None, vec![])], true).unwrap_err();
         assert!(problems[0].contains("neither"), "{problems:?}");
+    }
+}
+
+#[cfg(test)]
+mod scope_tests {
+    use super::*;
+    use crate::store::{DeliveryState, Event, SubmissionState, SubmissionStatus, TargetStatus};
+    use uuid::Uuid;
+
+    fn event(kind: &str, target: Option<&str>, detail: Option<&str>) -> Event {
+        Event {
+            at: "2026-11-24T09:00:00.000Z".into(),
+            event: kind.into(),
+            target: target.map(str::to_owned),
+            attempt: None,
+            mapping_version: None,
+            detail: detail.map(str::to_owned),
+            receipt: None,
+            size: None,
+            sha256: None,
+            operator: None,
+            duration_ms: None,
+        }
+    }
+
+    fn target(name: &str) -> TargetStatus {
+        TargetStatus {
+            target: name.into(),
+            state: DeliveryState::Delivered,
+            attempts: 1,
+            last_outcome: None,
+            updated_at: "2026-11-24T09:00:01.000Z".into(),
+            mapping_version: None,
+            receipt: None,
+        }
+    }
+
+    #[test]
+    fn an_operator_sees_only_its_targets_of_a_submission() {
+        let status = SubmissionStatus {
+            id: Uuid::nil(),
+            status: SubmissionState::Delivered,
+            service: "99050012104000".into(),
+            region: "053150000000".into(),
+            reference: None,
+            received_at: "2026-11-24T09:00:00.000Z".into(),
+            size: None,
+            sha256: None,
+            sender: Some("oaa".into()),
+            targets: vec![target("dms-land"), target("koeln-fv")],
+            timeline: vec![
+                event("received", None, None),
+                event("routed", None, Some("dms-land, koeln-fv")),
+                event("delivered", Some("dms-land"), Some("HTTP 201")),
+                event("delivered", Some("koeln-fv"), Some("HTTP 201")),
+            ],
+        };
+        let koeln = Scope::Targets([TargetName::parse("koeln-fv").unwrap()].into());
+        let seen = scoped_status(status.clone(), &koeln).expect("it went to Köln");
+        assert_eq!(seen.targets.iter().map(|t| t.target.as_str()).collect::<Vec<_>>(), ["koeln-fv"]);
+        let events: Vec<(&str, Option<&str>)> = seen.timeline.iter().map(|e| (e.event.as_str(), e.detail.as_deref())).collect();
+        assert_eq!(events, [("received", None), ("routed", Some("koeln-fv")), ("delivered", Some("HTTP 201"))]);
+        let bonn = Scope::Targets([TargetName::parse("bonn-fv").unwrap()].into());
+        assert!(scoped_status(status.clone(), &bonn).is_none(), "it did not go to Bonn");
+        assert_eq!(scoped_status(status, &Scope::Everything).unwrap().timeline.len(), 4);
     }
 }

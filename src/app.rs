@@ -17,17 +17,18 @@ use crate::broker::{Publisher, Topology};
 use crate::budget::MemoryBudget;
 use crate::config::Config;
 use crate::admission::Admissions;
-use crate::intake::{self, Intake};
-use crate::operator::{self, OperatorApi};
+use crate::http::intake::{self, Intake};
+use crate::http::operator::{self, OperatorApi};
 use crate::parking::ParkingLot;
 use crate::mapping::sandbox::Sandbox;
 use crate::pipeline::{MappingVersions, Pipeline, SharedPipeline};
-use crate::dashboard::{self, Dashboard};
+use crate::http::dashboard::{self, Dashboard};
 use crate::metrics::Metrics;
-use crate::monitor::{self, Monitor, Observed};
+use crate::http::health::{self, Observed, Readiness};
+use crate::monitor::Monitor;
 use crate::store::{self, SqliteStore, Store};
-use crate::connections::{self, ConnectionLimits, ListenerHealth};
-use crate::tls::TlsListener;
+use crate::http::connections::{self, ConnectionLimits, ListenerHealth};
+use crate::http::tls::TlsListener;
 use crate::worker::Worker;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +42,7 @@ pub enum StartupError {
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::http::tls::TlsError),
     #[error(transparent)]
     Blobs(#[from] crate::blobs::BlobError),
 }
@@ -88,8 +89,8 @@ impl Application {
         let publisher = Arc::new(Publisher::new(config.broker.endpoint(), topology.clone(), targets.clone()));
         let metrics = Arc::new(Metrics::new(&targets));
         let monitor = Arc::new(Monitor::new(config.broker.endpoint(), topology.clone(), targets.clone(), store.clone(), metrics.clone()));
-        let parking = ParkingLot::new(&config.broker, config.targets.keys().cloned().collect(), store.clone());
-        let operator = Arc::new(OperatorApi { parking, pipeline: pipeline.clone() });
+        let parking = Arc::new(ParkingLot::new(&config.broker, config.targets.keys().cloned().collect(), store.clone()));
+        let operator = Arc::new(OperatorApi { parking: parking.clone(), pipeline: pipeline.clone() });
         let recently_accepted = Arc::new(crate::store::RecentlyAccepted::default());
         let workers = pipeline
             .load()
@@ -129,12 +130,17 @@ impl Application {
             max_body_bytes: config.http.max_body_bytes,
             body_timeout: config.http.body_timeout,
         });
-        let dashboard = Arc::new(Dashboard::new(operator.clone(), monitor.clone(), config.http.tls.is_some()));
-        let listener_health = Arc::new(ListenerHealth::default());
-        let observed = Arc::new(Observed { intake: intake.clone(), monitor, metrics, listener: listener_health });
+        let dashboard = Arc::new(Dashboard::new(parking, pipeline.clone(), monitor.clone(), config.http.tls.is_some()));
+        let readiness = Readiness {
+            draining: intake.draining.clone(),
+            publisher: intake.admissions.publisher.clone(),
+            store: store.clone(),
+            listener: Arc::new(ListenerHealth::default()),
+        };
+        let observed = Arc::new(Observed { readiness, monitor, metrics });
         let limits = ConnectionLimits::within_open_files(config.http.max_connections, config.http.header_timeout);
         let tls = match &config.http.tls {
-            Some(settings) => Some(Arc::new(ArcSwap::new(crate::tls::server_config(settings)?))),
+            Some(settings) => Some(Arc::new(ArcSwap::new(crate::http::tls::server_config(settings)?))),
             None => None,
         };
         let addr = config.http.listen;
@@ -191,10 +197,10 @@ impl Application {
         // clients and load balancers hear "shutting down" rather than
         // "connection refused".
         let (server_stop_tx, server_stop) = tokio::sync::oneshot::channel::<()>();
-        let (health, metrics) = (self.observed.listener.clone(), self.observed.metrics.clone());
+        let (health, metrics) = (self.observed.readiness.listener.clone(), self.observed.metrics.clone());
         let app = intake::router(self.intake.clone())
             .merge(operator::router(self.operator))
-            .merge(monitor::router(self.observed))
+            .merge(health::router(self.observed))
             .merge(dashboard::router(self.dashboard));
         let server = match self.tls {
             None => tokio::spawn(connections::serve(self.listener, app, self.limits, health, metrics, server_stop)),
@@ -278,7 +284,7 @@ impl Reloader {
         let pipeline = Pipeline::build(config)?;
         // The paths are fixed (`http`); what they hold may have been renewed.
         let tls = match (&self.tls, &config.http.tls) {
-            (Some(_), Some(settings)) => Some(crate::tls::server_config(settings).map_err(|e| vec![e.to_string()])?),
+            (Some(_), Some(settings)) => Some(crate::http::tls::server_config(settings).map_err(|e| vec![e.to_string()])?),
             _ => None,
         };
         self.versions.keep(&pipeline).await.map_err(|e| vec![format!("store: {e}")])?;

@@ -210,7 +210,7 @@ impl Endpoint {
     /// no PEM certificate in it.
     pub fn ca_file_problem(&self) -> Option<String> {
         let file = self.ca_file.as_ref()?;
-        crate::tls::read_certificates("broker.ca_file", file).err().map(|e| e.to_string())
+        crate::pem::read_certificates("broker.ca_file", file).err().map(|e| e.to_string())
     }
 }
 

@@ -247,7 +247,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut problems = amtsbote::pipeline::check_unused_mappings(&config);
             problems.extend(config.broker.endpoint().ca_file_problem());
             if let Some(tls) = &config.http.tls {
-                problems.extend(amtsbote::tls::server_config(tls).err().map(|e| e.to_string()));
+                problems.extend(amtsbote::http::tls::server_config(tls).err().map(|e| e.to_string()));
             }
             // Only a bucket is checked: opening a directory would create it.
             let bucket = match config.blobs.s3 {
@@ -317,7 +317,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys { command: KeysCommand::Fingerprint { certificate } } => {
-            for fingerprint in amtsbote::tls::CertificateFingerprint::of_pem_file(&certificate)? {
+            for fingerprint in amtsbote::pem::CertificateFingerprint::of_pem_file(&certificate)? {
                 println!("{fingerprint}");
             }
             Ok(ExitCode::SUCCESS)

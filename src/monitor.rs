@@ -1,5 +1,6 @@
-//! What operators watch: `/metrics`, `/healthz`, `/readyz`, and the
-//! per-target overview the dashboard shows.
+//! What operators watch: the per-target overview that `/metrics` and the
+//! dashboard show (served by [`crate::http::health`] and
+//! [`crate::http::dashboard`]).
 //!
 //! The [`Monitor`] samples what no request passes by — queue depths and
 //! parked counts from the broker, per-target activity and the oldest
@@ -11,25 +12,17 @@
 //! `amtsbote_broker_connected` gauge.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use serde::Serialize;
-use serde_json::json;
 use time::OffsetDateTime;
 
 use crate::broker::{self, Topology};
 use crate::domain::TargetName;
-use crate::intake::Intake;
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 use crate::domain::timestamp;
 use crate::store::{Store, TargetActivity};
 
@@ -183,48 +176,4 @@ async fn close(connection: &mut Option<(Connection, Channel)>) {
     if let Some((stale, _)) = connection.take() {
         let _ = tokio::time::timeout(Duration::from_secs(1), stale.close(200, "reconnecting".into())).await;
     }
-}
-
-/// What the health and metrics endpoints need.
-pub struct Observed {
-    pub intake: Arc<Intake>,
-    pub monitor: Arc<Monitor>,
-    pub metrics: Arc<Metrics>,
-    /// Whether the HTTP listener takes connections.
-    pub listener: Arc<crate::connections::ListenerHealth>,
-}
-
-pub fn router(observed: Arc<Observed>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { Json(json!({ "status": "alive" })) }))
-        .route("/readyz", get(ready))
-        .route("/metrics", get(scrape))
-        .with_state(observed)
-}
-
-/// Ready: not draining, the broker takes connections, the store writes,
-/// and the listener takes connections (no failing accept, a cap not full
-/// of busy connections).
-async fn ready(State(observed): State<Arc<Observed>>) -> Response {
-    let intake = &observed.intake;
-    if intake.draining.load(Ordering::Relaxed) {
-        let body = json!({ "status": "draining" });
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
-    }
-    let broker = tokio::time::timeout(SAMPLE_TIMEOUT, intake.admissions.publisher.ensure_connected()).await.is_ok_and(|r| r.is_ok());
-    let store = tokio::time::timeout(SAMPLE_TIMEOUT, intake.admissions.store.check_writable()).await.is_ok_and(|r| r.is_ok());
-    let accepting = observed.listener.accepting();
-    let word = |ok: bool| if ok { "ok" } else { "failing" };
-    let ready = broker && store && accepting;
-    let body = json!({
-        "status": if ready { "ready" } else { "not ready" },
-        "checks": { "broker": word(broker), "store": word(store), "intake": word(accepting) },
-    });
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(body)).into_response()
-}
-
-async fn scrape(State(observed): State<Arc<Observed>>) -> Response {
-    observed.monitor.overview(FRESH_FOR).await;
-    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], observed.metrics.encode()).into_response()
 }

@@ -69,8 +69,8 @@ impl Pipeline {
                 }
             }
         }
-        if config.http.max_connections < crate::connections::MIN_CONNECTIONS {
-            problems.push(format!("http.max_connections must be at least {}", crate::connections::MIN_CONNECTIONS));
+        if config.http.max_connections < crate::http::connections::MIN_CONNECTIONS {
+            problems.push(format!("http.max_connections must be at least {}", crate::http::connections::MIN_CONNECTIONS));
         }
         if config.http.header_timeout.is_zero() {
             problems.push("http.header_timeout must be longer than 0s".into());

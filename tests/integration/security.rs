@@ -366,7 +366,7 @@ async fn amqps_with_a_private_ca_works_and_no_secret_reaches_logs_answers_or_met
 /// certificate instead of an API key; its rights are the same.
 #[tokio::test]
 async fn a_sender_with_a_registered_client_certificate_needs_no_key_and_keeps_to_its_rights() {
-    use amtsbote::tls::CertificateFingerprint;
+    use amtsbote::pem::CertificateFingerprint;
     use amtsbote_connector_conformance::pki::Pki;
 
     let dir = tempfile::tempdir().unwrap();

@@ -39,7 +39,7 @@ use crate::store::IdempotencyKey;
 use crate::submission::{FieldError, InvalidSubmission, Submission};
 use crate::access::Sender;
 use crate::pipeline::Pipeline;
-use crate::tls::ClientCertificate;
+use crate::http::tls::ClientCertificate;
 
 /// The OpenAPI 3.1 description of every endpoint, served at
 /// `/v1/openapi.json`; `tests/integration/openapi.rs` holds the running
@@ -358,7 +358,7 @@ async fn status(
     };
     let visible = match reader {
         Ok(sender) => Some(status).filter(|s| s.sender.as_deref() == Some(sender.name.as_str())),
-        Err(operator) => crate::operator::scoped_status(status, &operator.scope),
+        Err(operator) => access::scoped_status(status, &operator.scope),
     };
     visible.map_or_else(not_found, |status| Json(status).into_response())
 }

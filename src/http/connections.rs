@@ -18,7 +18,7 @@
 //!   [`RESERVED_FILES`] for everything else (broker, ledger, blobs,
 //!   sandboxes, connectors): deliveries never run out of files because of
 //!   intake's connections. TLS handshakes are bounded apart from this (see
-//!   [`crate::tls`]).
+//!   [`crate::http::tls`]).
 //!
 //! A failed accept (too many open files, say) is logged once when it
 //! starts and once when it ends, and makes `/readyz` say not ready while it
@@ -42,7 +42,7 @@ use tokio::task::JoinSet;
 use tower::ServiceExt;
 
 use crate::metrics::Metrics;
-use crate::tls::{Peer, TlsListener};
+use crate::http::tls::{Peer, TlsListener};
 
 /// The smallest `http.max_connections` allowed.
 pub const MIN_CONNECTIONS: usize = 16;

@@ -33,7 +33,10 @@ use uuid::Uuid;
 use crate::domain::TargetName;
 use crate::monitor::{ACTIVITY_WINDOW, Monitor, Overview};
 use crate::access::{Operator, Role, Scope, constant_time_eq, random_hex32};
-use crate::operator::{OperatorApi, SearchParams, scoped_status};
+use crate::access::scoped_status;
+use crate::http::search::SearchParams;
+use crate::parking::ParkingLot;
+use crate::pipeline::SharedPipeline;
 use crate::parking::{Action, ParkedDelivery, Selection};
 use crate::store::{SubmissionState, SubmissionStatus};
 
@@ -42,7 +45,10 @@ const COOKIE: &str = "amtsbote_session";
 const SESSION_LIFETIME: Duration = Duration::from_secs(8 * 3600);
 
 pub struct Dashboard {
-    pub api: Arc<OperatorApi>,
+    pub parking: Arc<ParkingLot>,
+    /// Operators come from the pipeline in use, so a reload rotates
+    /// tokens and changes roles.
+    pub pipeline: SharedPipeline,
     pub monitor: Arc<Monitor>,
     sessions: Mutex<HashMap<String, Session>>,
     /// Served over HTTPS itself (`http.tls`): the session cookie is
@@ -59,8 +65,8 @@ struct Session {
 }
 
 impl Dashboard {
-    pub fn new(api: Arc<OperatorApi>, monitor: Arc<Monitor>, https: bool) -> Self {
-        Self { api, monitor, sessions: Mutex::new(HashMap::new()), https }
+    pub fn new(parking: Arc<ParkingLot>, pipeline: SharedPipeline, monitor: Arc<Monitor>, https: bool) -> Self {
+        Self { parking, pipeline, monitor, sessions: Mutex::new(HashMap::new()), https }
     }
 
     /// `; Secure` when the browser reached us over HTTPS: served so, or
@@ -176,7 +182,7 @@ async fn login_page(State(dashboard): State<Arc<Dashboard>>) -> Response {
 
 fn login_form(dashboard: &Dashboard, problem: Option<&str>) -> Response {
     let body = html! {
-        @if !dashboard.api.has_operators() {
+        @if dashboard.pipeline.load().operators.is_empty() {
             p.error { "No operators are configured (operators: in the config file), so nobody can sign in." }
         }
         @if let Some(problem) = problem { p.error { (problem) } }
@@ -190,7 +196,7 @@ fn login_form(dashboard: &Dashboard, problem: Option<&str>) -> Response {
 }
 
 async fn login(State(dashboard): State<Arc<Dashboard>>, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
-    let Some(operator) = dashboard.api.operator_for(&form.token) else {
+    let Some(operator) = dashboard.pipeline.load().operators.find(&form.token).cloned() else {
         tracing::warn!(event = "dashboard_sign_in_refused", "dashboard sign-in with an unknown token");
         let mut response = login_form(&dashboard, Some("Unknown operator token."));
         *response.status_mut() = StatusCode::UNAUTHORIZED;
@@ -328,7 +334,7 @@ async fn search(State(dashboard): State<Arc<Dashboard>>, headers: HeaderMap, que
     let params = query.map(|Query(params)| params).unwrap_or_default();
     let scope = &session.operator.scope;
     let page_of = match params.scoped(scope) {
-        Ok(query) => dashboard.api.parking.store.search(query).await.map_err(|e| {
+        Ok(query) => dashboard.parking.store.search(query).await.map_err(|e| {
             tracing::error!(event = "store_failed", error = %e, "dashboard search failed");
             "The ledger could not be searched; see the log.".to_owned()
         }),
@@ -386,7 +392,7 @@ async fn submission(
     let Ok(id) = id.parse::<Uuid>() else {
         return error_page(StatusCode::NOT_FOUND, Some(&session), "No submission with this id.");
     };
-    let status = match dashboard.api.parking.store.status(id).await {
+    let status = match dashboard.parking.store.status(id).await {
         Ok(Some(status)) => match scoped_status(status, &session.operator.scope) {
             Some(status) => status,
             None => return error_page(StatusCode::NOT_FOUND, Some(&session), "No submission with this id."),
@@ -503,7 +509,7 @@ async fn parked(State(dashboard): State<Arc<Dashboard>>, headers: HeaderMap, que
         _ => return error_page(StatusCode::BAD_REQUEST, Some(&session), "No such target."),
     };
     let selection = Selection { target: target.clone(), ..Selection::default() }.within(scope);
-    let list = match dashboard.api.parking.list(&selection).await {
+    let list = match dashboard.parking.list(&selection).await {
         Ok(list) => list,
         Err(e) => {
             tracing::warn!(event = "dashboard_parked_failed", error = %e, "dashboard could not list parked deliveries");
@@ -567,7 +573,7 @@ fn action_path(session: &Session, target: &str, submission: &str, action: &str) 
 /// The parked delivery an action page is about.
 async fn parked_delivery(dashboard: &Dashboard, session: &Session, target: &str, submission: &str, action: &str) -> Result<ParkedDelivery, Response> {
     let (target, submission) = action_path(session, target, submission, action)?;
-    match dashboard.api.parking.find(target, submission).await {
+    match dashboard.parking.find(target, submission).await {
         Ok(Some(parked)) => Ok(parked),
         Ok(None) => Err(not_parked(session)),
         Err(e) => Err(error_page(StatusCode::SERVICE_UNAVAILABLE, Some(session), &format!("The parked deliveries could not be read: {e}"))),
@@ -640,7 +646,7 @@ async fn act(
     };
     // One sweep: applying to a delivery that is no longer parked selects nothing.
     let selection = Selection { target: Some(target), submission: Some(submission), ..Selection::default() }.within(&session.operator.scope);
-    match dashboard.api.parking.apply(&selection, &action_of).await {
+    match dashboard.parking.apply(&selection, &action_of).await {
         Ok(done) if !done.is_empty() => Redirect::to(&format!("/dashboard/submissions/{submission}?done={action}")).into_response(),
         Ok(_) => error_page(StatusCode::CONFLICT, Some(&session), "This delivery is not parked any more; someone else acted on it."),
         Err(e) => error_page(StatusCode::SERVICE_UNAVAILABLE, Some(&session), &format!("The action failed and nothing changed: {e}")),

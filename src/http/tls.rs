@@ -3,7 +3,7 @@
 //!
 //! [`TlsListener`] accepts TCP connections and runs each TLS handshake in
 //! a task of its own, bounded in number and in time, so that a slow or
-//! hostile client holds up nobody. [`crate::connections`] gets finished
+//! hostile client holds up nobody. [`crate::http::connections`] gets finished
 //! connections; the [`Peer`] of each carries the fingerprint of the client
 //! certificate, if one was presented. The certificate has been verified against
 //! `http.tls.client_ca` during the handshake; which sender it belongs to is
@@ -11,9 +11,7 @@
 
 use std::path::PathBuf;
 use std::convert::Infallible;
-use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,15 +19,15 @@ use arc_swap::ArcSwap;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::PrivateKeyDer;
 use rustls::server::WebPkiClientVerifier;
-use serde::{Deserialize, Deserializer};
-use sha2::{Digest, Sha256};
+use serde::Deserialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use crate::pem::{CertificateFingerprint, PemError, read_certificates};
 
 /// Handshakes in progress at once; further connections wait in the
 /// kernel's accept queue.
@@ -40,60 +38,14 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    #[error(transparent)]
+    Pem(#[from] PemError),
     #[error("{field}: cannot read {path}: {reason}")]
     Read { field: &'static str, path: String, reason: String },
-    #[error("{field}: {path} holds no PEM certificate")]
-    NoCertificate { field: &'static str, path: String },
     #[error("http.tls.client_ca: {0}")]
     ClientCa(String),
     #[error("http.tls: the certificate and key do not make a server identity: {0}")]
     Identity(rustls::Error),
-}
-
-/// The SHA-256 of a certificate (its DER bytes), as `openssl x509
-/// -noout -fingerprint -sha256` and `amtsbote keys fingerprint` print it.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct CertificateFingerprint([u8; 32]);
-
-impl CertificateFingerprint {
-    pub fn of(certificate: &[u8]) -> Self {
-        Self(Sha256::digest(certificate).into())
-    }
-
-    /// 64 hex digits, upper or lower case, with or without `:` between
-    /// the bytes.
-    pub fn parse(text: &str) -> Option<Self> {
-        let digits: String = text.trim().chars().filter(|c| *c != ':').collect();
-        crate::domain::unhex32(&digits.to_ascii_lowercase()).map(Self)
-    }
-
-    /// The fingerprint of each certificate in a PEM file.
-    pub fn of_pem_file(path: &Path) -> Result<Vec<Self>, TlsError> {
-        Ok(read_certificates("certificate file", path)?.iter().map(|c| Self::of(c)).collect())
-    }
-}
-
-impl fmt::Display for CertificateFingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&crate::domain::hex(&self.0))
-    }
-}
-
-impl fmt::Debug for CertificateFingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CertificateFingerprint({self})")
-    }
-}
-
-impl<'de> Deserialize<'de> for CertificateFingerprint {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        Self::parse(&text).ok_or_else(|| {
-            serde::de::Error::custom(
-                "must be a certificate's SHA-256 fingerprint as 64 hex digits (amtsbote keys fingerprint client.pem)",
-            )
-        })
-    }
 }
 
 /// The rustls configuration `http.tls` describes. Client certificates are
@@ -128,19 +80,6 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<rustls::ServerConfig>
     // axum serves HTTP/1.1 only (its `http2` feature is off).
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
-}
-
-/// The certificates of a PEM file; `field` names the setting in errors.
-pub(crate) fn read_certificates(field: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let unreadable = |reason: String| TlsError::Read { field, path: path.display().to_string(), reason };
-    let certificates = CertificateDer::pem_file_iter(path)
-        .map_err(|e| unreadable(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| unreadable(e.to_string()))?;
-    if certificates.is_empty() {
-        return Err(TlsError::NoCertificate { field, path: path.display().to_string() });
-    }
-    Ok(certificates)
 }
 
 /// A TCP listener that hands axum finished TLS connections.
@@ -292,6 +231,7 @@ pub struct TlsSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn a_fingerprint_reads_as_openssl_and_sha256sum_print_it() {
