@@ -51,6 +51,8 @@ impl fmt::Debug for KeyHash {
     }
 }
 
+crate::domain::text_schema!(KeyHash, "^\\s*[0-9a-fA-F]{64}\\s*$");
+
 impl<'de> Deserialize<'de> for KeyHash {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
@@ -357,7 +359,7 @@ impl Scope {
 }
 
 /// What an operator may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Sees the dashboard, the ledger and parked deliveries.
@@ -438,7 +440,7 @@ impl Operators {
 /// An operator of the HTTP API and the dashboard, identified by a bearer
 /// token of which only the SHA-256 is configured: `amtsbote keys new`
 /// makes a token and prints its hash.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OperatorConfig {
     /// The name recorded with every replay and discard.
@@ -467,7 +469,7 @@ pub struct OperatorConfig {
 /// or, over `http.tls` with a `client_ca`, with a client certificate; it
 /// needs at least one of the two. A request carrying both must name the
 /// same sender with each.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SenderConfig {
     /// Recorded with each submission; a sender reads back only its own.
@@ -493,7 +495,7 @@ pub struct SenderConfig {
 }
 
 /// A tenant: the regions it owns.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     /// ARS prefixes (`05315` is Köln). Routes may send a tenant's targets

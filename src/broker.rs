@@ -384,11 +384,12 @@ impl Publisher {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerSettings {
     /// AMQP URL with credentials; prefer `AMTSBOTE_BROKER_URL` over the file.
     #[serde(default = "default_broker_url")]
+    #[schemars(with = "String")]
     pub url: SecretString,
     /// Prefix of every exchange and queue amtsbote declares (default
     /// `amtsbote`), so several installations can share a vhost.

@@ -27,7 +27,7 @@ use crate::http::HttpSettings;
 use crate::yaml::{FileError, read_yaml_with};
 
 /// The whole configuration file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The intake API.
@@ -54,6 +54,7 @@ pub struct Config {
     /// `20s`). What is still running then goes back to the broker and is
     /// delivered again after the restart.
     #[serde(default = "default_shutdown_deadline", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub shutdown_deadline: Duration,
     /// Keys that seal submissions on the broker; see
     /// [`crate::seal::EncryptionConfig`]. Without, they travel in
@@ -87,7 +88,7 @@ pub struct Config {
 }
 
 /// One back office that receives documents.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TargetConfig {
     /// Mapping file, relative to the mappings directory.
@@ -119,6 +120,41 @@ fn default_shutdown_deadline() -> Duration {
     Duration::from_secs(20)
 }
 
+/// Doc comments are written for rustdoc; in an editor's tooltip a link
+/// such as ``[`crate::seal::EncryptionConfig`]`` reads better as
+/// `` `EncryptionConfig` ``.
+fn plain_descriptions(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(object) => {
+            for (key, value) in object.iter_mut() {
+                match value {
+                    serde_json::Value::String(text) if key == "description" => *text = without_doc_links(text),
+                    _ => plain_descriptions(value),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(plain_descriptions),
+        _ => {}
+    }
+}
+
+fn without_doc_links(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("[`") {
+        let Some(end) = rest[start + 2..].find("`]").map(|end| start + 2 + end) else { break };
+        let path = &rest[start + 2..end];
+        let name = path.rsplit("::").next().unwrap_or(path);
+        plain.push_str(&rest[..start]);
+        plain.push('`');
+        plain.push_str(name);
+        plain.push('`');
+        rest = &rest[end + 2..];
+    }
+    plain.push_str(rest);
+    plain
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(transparent)]
@@ -137,6 +173,18 @@ fn parse_config(text: &str) -> Result<Config, String> {
 }
 
 impl Config {
+    /// The JSON Schema of the config file, generated from these structs and
+    /// their doc comments: what `amtsbote config schema` prints and
+    /// `amtsbote.schema.json` holds, for editors to complete and check
+    /// while an integrator types.
+    pub fn json_schema() -> serde_json::Value {
+        let mut schema = schemars::generate::SchemaSettings::draft2020_12().into_generator().into_root_schema_for::<Config>();
+        schema.insert("title".into(), "amtsbote configuration".into());
+        let mut schema = schema.to_value();
+        plain_descriptions(&mut schema);
+        schema
+    }
+
     /// Reads `path`, applies the environment, resolves relative paths.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let (_, mut config) = read_yaml_with(path, parse_config)?;

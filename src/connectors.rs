@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 /// The connector of a target, by kind: exactly one of the keys below.
 /// Each kind's settings are described in the README ("Connectors").
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum ConnectorConfig {
     /// REST and other HTTP APIs.

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Why an identifier was refused; the text is shown to API clients.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -13,6 +13,28 @@ pub struct InvalidIdentifier(pub String);
 fn all_digits(s: &str) -> bool {
     s.bytes().all(|b| b.is_ascii_digit())
 }
+
+/// The JSON Schema of a newtype written as text: a string and the pattern
+/// its parser accepts, so that an editor flags a bad value while typing
+/// (the parser stays the authority; its message names the rule).
+macro_rules! text_schema {
+    ($name:ident, $pattern:expr) => {
+        impl schemars::JsonSchema for $name {
+            fn inline_schema() -> bool {
+                true
+            }
+
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({ "type": "string", "pattern": $pattern })
+            }
+        }
+    };
+}
+pub(crate) use text_schema;
 
 /// A LeiKa service key ("Leistungsschlüssel"): 14 digits starting with `99`.
 /// The URN form `urn:de:fim:leika:leistung:<key>` is accepted and stored as
@@ -129,6 +151,9 @@ impl ArsPrefix {
     }
 }
 
+text_schema!(ArsPrefix, "^[0-9]{0,12}$");
+text_schema!(ServiceKey, "^(urn:de:fim:leika:leistung:)?99[0-9]{12}$");
+
 impl<'de> Deserialize<'de> for ArsPrefix {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -186,6 +211,8 @@ macro_rules! config_name {
                 Self::parse(&s).map_err(serde::de::Error::custom)
             }
         }
+
+        text_schema!($name, "^[a-z0-9_-]{1,48}$");
     };
 }
 
@@ -210,6 +237,55 @@ config_name!(
 /// Fixed width, UTC, milliseconds (`2026-11-24T09:14:02.125Z`).
 const TIMESTAMP: &[time::format_description::BorrowedFormatItem<'static>] =
     time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+
+/// A blob's name: the SHA-256 of its (decoded, unsealed) bytes, written
+/// as 64 lower-case hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlobId([u8; 32]);
+
+impl BlobId {
+    /// The name of the bytes whose SHA-256 digest this is.
+    pub fn from_digest(digest: [u8; 32]) -> Self {
+        Self(digest)
+    }
+
+    pub fn digest(&self) -> [u8; 32] {
+        self.0
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        // unhex32 trims and takes capitals; a name in a message is exact.
+        if !text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return None;
+        }
+        unhex32(text).map(Self)
+    }
+}
+
+impl fmt::Display for BlobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex(&self.0))
+    }
+}
+
+impl fmt::Debug for BlobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BlobId({self})")
+    }
+}
+
+impl Serialize for BlobId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for BlobId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Self::parse(&text).ok_or_else(|| serde::de::Error::custom("a blob is named by 64 lower-case hex digits"))
+    }
+}
 
 /// A time as amtsbote writes it everywhere (messages, API, ledger): RFC
 /// 3339 in UTC with milliseconds, so that times compare as text.

@@ -64,6 +64,11 @@ enum Command {
         #[arg(long)]
         output_limit_mib: u64,
     },
+    /// Work with the config file.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Make credentials: API keys for senders, tokens for operators.
     Keys {
         #[command(subcommand)]
@@ -82,6 +87,15 @@ enum Command {
         #[arg(long)]
         stay: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the JSON Schema of the config file (the one in the repository
+    /// is `amtsbote.schema.json`); point an editor at it with a
+    /// `# yaml-language-server: $schema=...` line for completion and checks
+    /// while typing.
+    Schema,
 }
 
 #[derive(Subcommand)]
@@ -310,6 +324,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store.path)?);
             let parking = ParkingLot::new(&config.broker, config.targets.keys().cloned().collect(), store.clone());
             parked(&parking, command).await
+        }
+        Command::Config { command: ConfigCommand::Schema } => {
+            println!("{}", serde_json::to_string_pretty(&amtsbote::config::Config::json_schema())?);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Keys { command: KeysCommand::New } => {
             let (key, hash) = amtsbote::access::new_key();

@@ -53,6 +53,8 @@ impl fmt::Debug for CertificateFingerprint {
     }
 }
 
+crate::domain::text_schema!(CertificateFingerprint, "^\\s*([0-9a-fA-F]{2}:?){31}[0-9a-fA-F]{2}\\s*$");
+
 impl<'de> Deserialize<'de> for CertificateFingerprint {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;

@@ -35,21 +35,24 @@ use time::OffsetDateTime;
 ///
 /// The defaults ride out a back office that is down from Friday evening
 /// to Tuesday morning and notice its return within the hour.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryPolicy {
     /// Delay after the first failed attempt (default `30s`).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub first_delay: Duration,
     /// Growth of the delay per attempt (default `2`).
     pub factor: f32,
     /// Longest delay between two attempts (default `1h`). A `Retry-After`
     /// of the target is honoured up to this length.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_delay: Duration,
     /// A delivery still failing this long after its first attempt is parked
     /// (default `4d`).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_age: Duration,
     /// Randomise each delay between 1× and 2× (default `true`).
     pub jitter: bool,

@@ -25,7 +25,7 @@ use crate::domain::{ArsPrefix, Region, ServiceKey, TargetName};
 ///     targets: [gewerbe-koeln, dms-koeln]
 ///     schema: schemas/gewerbeanmeldung.schema.json   # optional
 /// ```
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// LeiKa service key of the submissions this route takes.

@@ -38,7 +38,7 @@ pub const PLAINTEXT_WARNING: &str = "no encryption: is configured, so submission
 ///     k2026-05: { env: AMTSBOTE_KEY_2026_05 }
 ///   seal_with: k2026-11
 /// ```
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EncryptionConfig {
     /// The keys by id (1 to 32 of `a-z`, `0-9`, `-`, `_`, `.`): each 32

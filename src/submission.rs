@@ -278,7 +278,7 @@ impl<'a> Submission<'a> {
 
     /// From now on the message names attachment `index` by `blob` instead
     /// of carrying its content.
-    pub fn keep_out(&mut self, index: usize, blob: crate::blobs::BlobId) {
+    pub fn keep_out(&mut self, index: usize, blob: crate::domain::BlobId) {
         let attachment = &mut self.attachments[index];
         attachment.content = None;
         attachment.blob = Some(blob);

@@ -42,7 +42,8 @@ use tracing::Instrument;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::blobs::{BlobError, BlobId, BlobStore};
+use crate::blobs::{BlobError, BlobStore};
+use crate::domain::BlobId;
 use crate::broker::{self, BrokerError, Outgoing, Topology};
 use crate::budget::MemoryBudget;
 use crate::domain::{delivery_id, hex, sha256_hex};

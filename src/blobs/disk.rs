@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::{BlobError, BlobId, LEDGER_MARKER, write_blob};
+use super::{BlobError, LEDGER_MARKER, write_blob};
+use crate::domain::BlobId;
 use crate::domain::hex;
 use crate::seal::Sealer;
 

@@ -30,66 +30,25 @@ mod disk;
 pub mod s3;
 
 use std::path::PathBuf;
-use std::fmt;
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use amtsbote_connector::{Context, FileContent, FileReader, FileSource};
 
-use crate::domain::{hex, unhex32};
+use crate::domain::BlobId;
 use crate::seal::{BLOB_CHUNK, OpenBlobError, Sealer, read_up_to};
 use crate::store::Store;
 
 use disk::DiskBlobs;
 use s3::S3Blobs;
-
-/// A blob's name: the SHA-256 of its (decoded, unsealed) bytes, written
-/// as 64 lower-case hex digits.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BlobId([u8; 32]);
-
-impl BlobId {
-    pub fn parse(text: &str) -> Option<Self> {
-        // unhex32 trims and takes capitals; a name in a message is exact.
-        if !text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-            return None;
-        }
-        unhex32(text).map(Self)
-    }
-}
-
-impl fmt::Display for BlobId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex(&self.0))
-    }
-}
-
-impl fmt::Debug for BlobId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "BlobId({self})")
-    }
-}
-
-impl Serialize for BlobId {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for BlobId {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        Self::parse(&text).ok_or_else(|| serde::de::Error::custom("a blob is named by 64 lower-case hex digits"))
-    }
-}
 
 /// Why a blob could not be stored or read. Names blobs by hash, never
 /// quotes their bytes.
@@ -259,7 +218,7 @@ impl FileSource for StoredFile {
     }
 
     fn sha256(&self) -> [u8; 32] {
-        self.blob.0
+        self.blob.digest()
     }
 
     async fn open(&self) -> std::io::Result<FileReader> {
@@ -324,7 +283,7 @@ fn pump(
             hashed(chunk).map_err(io)?;
         }
     }
-    if hash.finalize().as_slice() != blob.0 {
+    if hash.finalize().as_slice() != blob.digest() {
         return Err(damaged("its bytes do not match its hash".into()));
     }
     Ok(())
@@ -377,7 +336,7 @@ fn write_blob<W: Write>(file: &mut W, submission: Uuid, base64: &[u8], sealer: &
         }
     }
     emit(&pending, true, file)?;
-    Ok(BlobId(hash.finalize().into()))
+    Ok(BlobId::from_digest(hash.finalize().into()))
 }
 
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, BlobError> + Send + 'static) -> Result<T, BlobError> {
@@ -434,7 +393,7 @@ pub async fn sweep(blobs: &BlobStore, store: &dyn Store, grace: Duration) -> Res
 /// With `encryption:` configured, blobs are sealed as messages are. A
 /// submission's blobs are removed once each of its deliveries is
 /// delivered or discarded; a parked delivery keeps them for its replay.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BlobSettings {
     /// The directory (default `var/blobs`, relative to the config file).
@@ -456,6 +415,7 @@ pub struct BlobSettings {
     /// (default `1m`). A submission's blobs go at the first look at least
     /// this long after its last delivery finished.
     #[serde(default = "default_sweep_every", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub sweep_every: Duration,
     /// An S3-compatible bucket instead of the directory `path` (see
     /// [`crate::blobs::s3::S3Settings`]), for processes that share no disk.
@@ -524,7 +484,7 @@ mod tests {
         let sealing = sealer(dir.path());
         for len in [0, 5, BLOB_CHUNK, 3 * BLOB_CHUNK + 1, 1_000_003] {
             let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 256) as u8).collect();
-            let expected = BlobId(Sha256::digest(&bytes).into());
+            let expected = BlobId::from_digest(Sha256::digest(&bytes).into());
             for (sealer, sealed) in [(&plain, false), (&sealing, true)] {
                 let id = store.put(submission, base64(&bytes), sealer.clone()).await.unwrap();
                 assert_eq!(id, expected);

@@ -21,7 +21,8 @@ use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{BlobError, BlobId, LEDGER_MARKER};
+use super::{BlobError, LEDGER_MARKER};
+use crate::domain::BlobId;
 
 /// `blobs.s3`: keep blobs in an S3-compatible bucket instead of the
 /// directory `blobs.path`: for processes that share no disk, or a host
@@ -42,7 +43,7 @@ use super::{BlobError, BlobId, LEDGER_MARKER};
 /// Give the bucket no lifecycle rule that expires objects sooner than
 /// the longest a delivery may stay parked: amtsbote removes a
 /// submission's blobs itself once its deliveries are finished.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct S3Settings {
     /// The service's base URL: `https://…`, or `http://…` on a private
@@ -72,6 +73,7 @@ pub struct S3Settings {
     /// Timeout of one request, body included (default `60s`): the largest
     /// attachment must fit through in it.
     #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub timeout: Duration,
     /// TLS as for HTTP targets: `ca` (a private CA), and `certificate`
     /// with `key` for mutual TLS.
@@ -79,7 +81,7 @@ pub struct S3Settings {
     pub tls: TlsConfig,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Addressing {
     #[default]
@@ -324,7 +326,7 @@ mod tests {
     #[test]
     fn settings_are_checked_when_opened_and_secrets_never_shown() {
         let ok = opened(serde_json::json!({ "endpoint": "https://s3.example.de", "bucket": "blobs", "prefix": "prod/" })).unwrap();
-        assert_eq!(ok.key(Uuid::nil(), BlobId([0xab; 32])), format!("prod/{}/{}", Uuid::nil(), "ab".repeat(32)));
+        assert_eq!(ok.key(Uuid::nil(), BlobId::from_digest([0xab; 32])), format!("prod/{}/{}", Uuid::nil(), "ab".repeat(32)));
         assert!(!format!("{ok:?}").contains("s3cr3t"), "{ok:?}");
         for (settings, expected) in [
             (serde_json::json!({ "endpoint": "https://s3.example.de", "bucket": "b", "prefix": "prod" }), "must end in /"),

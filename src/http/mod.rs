@@ -27,7 +27,7 @@ pub mod tls;
 
 use tls::TlsSettings;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
     /// Address the intake API listens on (default `127.0.0.1:8080`).
@@ -58,12 +58,14 @@ pub struct HttpSettings {
     /// `5m`: 40 MiB at a little over 1 Mbit/s). A slower upload gets `408` and
     /// gives its room back.
     #[serde(default = "default_body_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub body_timeout: Duration,
     /// Longest a client may take to send a request's headers (default
     /// `10s`), counted from the connection's start or the end of its
     /// previous response: so it is also how long an idle keep-alive
     /// connection stays open. A slower client's connection is closed.
     #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub header_timeout: Duration,
     /// Most connections the listener keeps open at once (default 1000,
     /// at least 16). One more is taken by closing the longest-open

@@ -211,7 +211,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientCertificate {
 /// The files are relative to the config file, read at start and on every
 /// reload (SIGHUP): a renewed certificate needs no restart. Connections
 /// already open keep the certificate they began with.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSettings {
     /// PEM file with the server's certificate chain, the server's own

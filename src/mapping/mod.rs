@@ -42,7 +42,7 @@ use jaq_json::Val;
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
-use crate::blobs::BlobId;
+use crate::domain::BlobId;
 use crate::yaml::FileError;
 use codelist::CodeList;
 use expr::{Expr, Globals};

@@ -33,7 +33,7 @@ use serde_saphyr::Spanned;
 use super::expr::Expr;
 use super::template::{TemplateError, compile_expr};
 use super::{PackedContent, PackedFile, Place, RenderError, Rendition, Scope};
-use crate::blobs::BlobId;
+use crate::domain::BlobId;
 
 /// The `package` section of a mapping file.
 #[derive(Debug, Deserialize)]

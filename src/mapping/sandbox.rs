@@ -31,11 +31,11 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::Semaphore;
 
 use super::{Mapping, MappingSource, PackageFormat, PackedContent, PackedFile, RenderError, Rendition, mapping_error};
-use crate::blobs::BlobId;
+use crate::domain::BlobId;
 
 /// How mapping evaluations are bounded (the `sandbox` section of the
 /// configuration).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SandboxSettings {
     /// Evaluations at once, each in its own process (default: the number
@@ -44,6 +44,7 @@ pub struct SandboxSettings {
     pub processes: Option<usize>,
     /// Longest one evaluation may take (default `5s`).
     #[serde(default = "default_time_limit", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub time_limit: Duration,
     /// Address-space limit of each sandbox process in MiB (default 1024).
     #[serde(default = "default_memory_limit")]

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use crate::blobs::BlobId;
+use crate::domain::BlobId;
 use crate::domain::{Region, ServiceKey};
 
 /// The message on the queue: what workers and mappings see. Form data

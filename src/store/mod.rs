@@ -669,7 +669,7 @@ pub async fn prune_periodically(store: Arc<dyn Store>, retention: Duration, mut 
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSettings {
     /// SQLite file (default `var/amtsbote.sqlite`); created if missing.
@@ -679,6 +679,7 @@ pub struct StoreSettings {
     /// submission's timeline, and operator records (default `90d`).
     /// Submissions still on their way are kept whatever their age.
     #[serde(default = "default_retention", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub retention: Duration,
 }
 

@@ -37,7 +37,7 @@ fn escaped_base64_as_php_writes_it_is_read_and_kept_out_like_any_other() {
     let message: serde_json::Value = serde_json::from_slice(&s.to_message(Uuid::nil(), time::OffsetDateTime::UNIX_EPOCH)).unwrap();
     assert_eq!(message["attachments"][0]["content"], "JVBE/i0xLjQ=", "unescaped");
     assert_eq!(s.attachments_from(1, &body), [(0, bytes::Bytes::from_static(b"JVBE/i0xLjQ="))]);
-    let blob = crate::blobs::BlobId::parse(&"ab".repeat(32)).unwrap();
+    let blob = crate::domain::BlobId::parse(&"ab".repeat(32)).unwrap();
     s.keep_out(0, blob);
     assert!(s.attachments_from(1, &body).is_empty(), "kept out once");
     let message: serde_json::Value = serde_json::from_slice(&s.to_message(Uuid::nil(), time::OffsetDateTime::UNIX_EPOCH)).unwrap();

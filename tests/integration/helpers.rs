@@ -175,6 +175,9 @@ pub async fn spawn_app(setup: Setup<'_>) -> TestApp {
     let config_path = store.path().join("amtsbote.yaml");
     std::fs::write(&config_path, &yaml).unwrap();
     let config: Config = parse_yaml(&yaml).unwrap();
+    // What loads, the published schema must take (or editors would flag
+    // a working config).
+    assert_eq!(crate::config_schema::schema_problems(&yaml), Vec::<String>::new(), "{yaml}");
     let app = Application::build(&config).await.unwrap();
     let reloader = app.reloader();
     let base = format!("{}://{}", app.scheme(), app.local_addr());

@@ -160,8 +160,10 @@ pub trait Connector: Send + Sync + 'static {
 }
 
 /// A connector's configuration: the part of a target's `connector:` block
-/// under the connector's name.
-pub trait ConnectorConfig: serde::de::DeserializeOwned + std::fmt::Debug {
+/// under the connector's name. Its JSON Schema (derived, doc comments and
+/// all) becomes part of the config file's schema (`amtsbote config
+/// schema`), so the doc comments are the user documentation.
+pub trait ConnectorConfig: serde::de::DeserializeOwned + schemars::JsonSchema + std::fmt::Debug {
     type Connector: Connector;
     type Error: std::error::Error + Send + Sync + 'static;
 

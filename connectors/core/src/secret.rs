@@ -25,6 +25,33 @@ pub enum SecretRef {
     Env(String),
 }
 
+/// By hand, as the deserializer is: exactly one of `file` and `env`.
+impl schemars::JsonSchema for SecretRef {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "SecretRef".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "Where a secret is: `{ file: PATH }` (relative to the config file; one trailing newline is dropped) or `{ env: NAME }`. Secrets are never written into the config.",
+            "oneOf": [
+                {
+                    "type": "object",
+                    "properties": { "file": { "type": "string", "description": "A file holding the secret, relative to the config file." } },
+                    "required": ["file"],
+                    "additionalProperties": false
+                },
+                {
+                    "type": "object",
+                    "properties": { "env": { "type": "string", "description": "An environment variable holding the secret." } },
+                    "required": ["env"],
+                    "additionalProperties": false
+                }
+            ]
+        })
+    }
+}
+
 /// By hand rather than derived: serde's own messages quote the value they
 /// did not expect, and a value written where a reference belongs is most
 /// likely the secret itself.

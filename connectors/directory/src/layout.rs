@@ -28,7 +28,7 @@ use serde::Deserialize;
 ///   extension: xml                    # default: from the content type
 ///   done_marker: true                 # default false
 /// ```
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LayoutConfig {
     /// Name of the file (before its extension) or folder of a case, with

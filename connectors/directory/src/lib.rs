@@ -31,7 +31,7 @@ use layout::{CaseDirectory, Entry, Layout, LayoutConfig, LayoutError};
 /// folder }` in the mapping) a folder `<name>/`. The directory must exist:
 /// amtsbote never creates it, so that an unmounted share is noticed (a
 /// transient failure) instead of filled underneath.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DirectoryConfig {
     /// The directory cases are placed in (relative to the config file).
@@ -43,6 +43,7 @@ pub struct DirectoryConfig {
     /// hangs (a stale NFS mount) cannot be interrupted: the attempt is given
     /// up as transient, and the blocked thread is left to the kernel.
     #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub timeout: Duration,
 }
 

@@ -40,7 +40,7 @@ use serde::Deserialize;
 /// package as its own attachment, its folders joined with `_`). Its
 /// `Message-ID` is `<delivery id@amtsbote>` on every attempt, so that a
 /// mail importer can drop a repeat.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmailConfig {
     /// The SMTP server.
@@ -75,10 +75,11 @@ pub struct EmailConfig {
     /// Upper bound for one attempt, from connecting to the server's answer
     /// to the message (default `60s`).
     #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TlsMode {
     #[default]

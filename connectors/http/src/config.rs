@@ -34,7 +34,7 @@ use serde::Deserialize;
 /// status is permanent, and so are redirects, which are not followed.
 /// Every request carries `Idempotency-Key: <delivery id>` (the same on every
 /// attempt) and `X-Amtsbote-Submission: <submission id>`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Where documents are sent (`http` or `https`).
@@ -51,6 +51,7 @@ pub struct HttpConfig {
     /// Upper bound for one attempt, connect to last byte of the answer
     /// (default `30s`).
     #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub timeout: Duration,
     /// How amtsbote authenticates; none by default.
     #[serde(default)]
@@ -70,7 +71,7 @@ pub struct HttpConfig {
 
 /// How amtsbote authenticates towards the back office. Every secret is a
 /// reference: `{ file: PATH }` or `{ env: NAME }`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum AuthConfig {
     /// HTTP Basic: `basic: { username: amtsbote, password: { env: DMS_PASSWORD } }`.
@@ -88,7 +89,7 @@ pub enum AuthConfig {
 }
 
 /// OAuth 2.0 client credentials.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OAuth2Config {
     /// The authorization server's token endpoint.
@@ -104,7 +105,7 @@ pub struct OAuth2Config {
     pub client_auth: ClientAuth,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientAuth {
     #[default]
@@ -113,7 +114,7 @@ pub enum ClientAuth {
 }
 
 /// TLS for `https` URLs. Paths are relative to the config file.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM file of further CA certificates to trust (a municipal PKI),
@@ -129,7 +130,7 @@ pub struct TlsConfig {
 }
 
 /// What an HTTP status means for a delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StatusOutcome {
     Delivered,
@@ -139,7 +140,7 @@ pub enum StatusOutcome {
 
 /// Where the receipt is: `{ header: Location }` or `{ json: /id }` (a JSON
 /// pointer into the answer's body, read up to 64 KiB).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum ReceiptConfig {
     Header(String),

@@ -31,7 +31,7 @@ use tokio::io::AsyncWriteExt;
 ///     path: /eingang/gewerbe
 ///     layout: { done_marker: true }
 /// ```
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SftpConfig {
     pub host: String,
@@ -60,6 +60,7 @@ pub struct SftpConfig {
     pub layout: LayoutConfig,
     /// Upper bound for one delivery, connection included (default `60s`).
     #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub timeout: Duration,
 }
 

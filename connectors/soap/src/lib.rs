@@ -33,7 +33,7 @@ use serde::Deserialize;
 /// The mapping renders the Body's content (an XML document; its XML
 /// declaration is dropped). `auth` and `tls` are those of the `http`
 /// connector.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SoapConfig {
     /// The service endpoint (`http` or `https`).
@@ -57,6 +57,7 @@ pub struct SoapConfig {
     pub receipt_element: Option<String>,
     /// Upper bound for one call (default `30s`).
     #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub timeout: Duration,
     /// As for the `http` connector.
     #[serde(default)]
@@ -66,7 +67,7 @@ pub struct SoapConfig {
     pub tls: TlsConfig,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 pub enum SoapVersion {
     #[default]
     #[serde(rename = "1.1")]

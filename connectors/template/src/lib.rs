@@ -28,7 +28,7 @@ use serde::Deserialize;
 ///     api_key: { file: /run/secrets/beispiel-akte-key }
 ///     timeout: 30s
 /// ```
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BeispielAkteConfig {
     /// The API's base URL (`http` or `https`).
@@ -37,6 +37,7 @@ pub struct BeispielAkteConfig {
     pub api_key: SecretRef,
     /// Upper bound for one attempt (default `30s`).
     #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub timeout: Duration,
 }
 
