@@ -21,20 +21,20 @@ use crate::http::intake::{self, Intake};
 use crate::http::operator::{self, OperatorApi};
 use crate::parking::ParkingLot;
 use crate::mapping::sandbox::Sandbox;
-use crate::pipeline::{MappingVersions, Pipeline, SharedPipeline};
+use crate::pipeline::{ConfigProblems, MappingVersions, Pipeline, SharedPipeline};
 use crate::http::dashboard::{self, Dashboard};
 use crate::metrics::Metrics;
 use crate::http::health::{self, Observed, Readiness};
 use crate::monitor::Monitor;
-use crate::store::{self, SqliteStore, Store};
+use crate::store::{self, Store};
 use crate::http::connections::{self, ConnectionLimits, ListenerHealth};
 use crate::http::tls::TlsListener;
 use crate::worker::Worker;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("configuration problems:\n  {}", .0.join("\n  "))]
-    Pipeline(Vec<String>),
+    #[error(transparent)]
+    Pipeline(#[from] ConfigProblems),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error("cannot find the mapping sandbox program: {0}")]
@@ -71,11 +71,11 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: &Config) -> Result<Self, StartupError> {
-        let pipeline = Pipeline::build(config).map_err(StartupError::Pipeline)?;
+        let pipeline = Pipeline::build(config)?;
         if !pipeline.sealer.is_sealing() {
             tracing::warn!(event = "plaintext_on_broker", "{}", crate::seal::PLAINTEXT_WARNING);
         }
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store.path)?);
+        let store = store::open(&config.store)?;
         let blobs = BlobStore::open(&config.blobs, &amtsbote_connector::Context::new(&config.base_dir))?;
         blobs.check().await?;
         blobs.claim(&store.ledger_id().await?).await?;
@@ -271,7 +271,7 @@ pub struct Reloader {
 impl Reloader {
     /// Builds the new pipeline and swaps it in; deliveries already in
     /// flight keep the mapping version they started with.
-    pub async fn reload(&self, config: &Config) -> Result<(), Vec<String>> {
+    pub async fn reload(&self, config: &Config) -> Result<(), ConfigProblems> {
         let changed: Vec<String> = fixed_settings(config)
             .iter()
             .zip(self.fixed.iter())
@@ -279,15 +279,15 @@ impl Reloader {
             .map(|(new, _)| format!("{}: changed, which needs a restart", new.0))
             .collect();
         if !changed.is_empty() {
-            return Err(changed);
+            return Err(changed.into());
         }
         let pipeline = Pipeline::build(config)?;
         // The paths are fixed (`http`); what they hold may have been renewed.
         let tls = match (&self.tls, &config.http.tls) {
-            (Some(_), Some(settings)) => Some(crate::http::tls::server_config(settings).map_err(|e| vec![e.to_string()])?),
+            (Some(_), Some(settings)) => Some(crate::http::tls::server_config(settings).map_err(|e| ConfigProblems(vec![e.to_string()]))?),
             _ => None,
         };
-        self.versions.keep(&pipeline).await.map_err(|e| vec![format!("store: {e}")])?;
+        self.versions.keep(&pipeline).await.map_err(|e| ConfigProblems(vec![format!("store: {e}")]))?;
         for target in pipeline.targets.values() {
             tracing::info!(event = "mapping_loaded", target = %target.name, mapping = target.mapping.file(),
                 version = target.mapping.version(), "mapping in use");
@@ -327,12 +327,12 @@ pub async fn reload_on_hangup(path: std::path::PathBuf, reloader: Reloader) {
         while hangup.recv().await.is_some() {
             let result = match Config::load(&path) {
                 Ok(config) => reloader.reload(&config).await,
-                Err(e) => Err(vec![e.to_string()]),
+                Err(e) => Err(ConfigProblems(vec![e.to_string()])),
             };
             match result {
                 Ok(()) => tracing::info!(event = "reloaded", config = %path.display(), "configuration reloaded"),
                 Err(problems) => {
-                    for problem in &problems {
+                    for problem in problems.iter() {
                         tracing::error!(event = "reload_refused", config = %path.display(), problem = %problem,
                             "configuration refused; the running one stays");
                     }

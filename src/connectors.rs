@@ -28,6 +28,12 @@ pub enum ConnectorConfig {
     Email(EmailConfig),
 }
 
+/// Why a connector could not be built from its settings: the connector
+/// crate's own error (each names the setting it is about).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct ConnectorBuildError(Box<dyn std::error::Error + Send + Sync>);
+
 impl ConnectorConfig {
     pub fn kind(&self) -> &'static str {
         match self {
@@ -53,9 +59,9 @@ impl ConnectorConfig {
 
     /// Builds the connector; relative paths and secret files are resolved
     /// against `context`'s directory (the config file's).
-    pub fn build(&self, context: &Context) -> Result<Arc<dyn Connector>, String> {
-        fn built<C: amtsbote_connector::ConnectorConfig>(config: &C, context: &Context) -> Result<Arc<dyn Connector>, String> {
-            config.build(context).map(|c| Arc::new(c) as Arc<dyn Connector>).map_err(|e| e.to_string())
+    pub fn build(&self, context: &Context) -> Result<Arc<dyn Connector>, ConnectorBuildError> {
+        fn built<C: amtsbote_connector::ConnectorConfig>(config: &C, context: &Context) -> Result<Arc<dyn Connector>, ConnectorBuildError> {
+            config.build(context).map(|c| Arc::new(c) as Arc<dyn Connector>).map_err(|e| ConnectorBuildError(Box::new(e)))
         }
         match self {
             ConnectorConfig::Http(config) => built(config, context),

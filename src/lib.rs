@@ -1,39 +1,41 @@
 //! amtsbote carries applications from online services to the back offices
 //! that process them.
 //!
-//! The flow, and the module that owns each step:
+//! The flow, and the module that owns each step (ARCHITECTURE.md has the
+//! layers, top to bottom, and which may import which):
 //!
-//! * [`intake`]: the HTTP API. Validates a [`submission`] (ids from
-//!   [`domain`]), picks its targets from the [`routing`] table, records it
-//!   in the [`store`], publishes it once through the [`broker`] with a
-//!   publisher confirm, and only then answers `202`. Errors are
-//!   [`problem`] documents.
-//!   Large attachments wait in the [`blobs`] store (the claim check);
-//!   the message names them.
-//! * [`broker`]: RabbitMQ topology (exchange, per-target work and parking
-//!   queues) and confirmed publishing.
+//! * [`http`]: the HTTP wing. [`http::intake`] authenticates a sender
+//!   ([`access`]), reads and parses a [`submission`] (ids from
+//!   [`domain`]) and hands it to [`admission`], the one path every source
+//!   of submissions takes: it picks the targets from the [`routing`]
+//!   table, records the submission in the [`store`], puts large
+//!   attachments in the [`blobs`] store (the claim check), publishes the
+//!   [`message`] once through the [`broker`] with a publisher confirm,
+//!   and only then is the submission accepted (`202`). Errors are
+//!   [`problem`] documents. Beside intake: [`http::operator`] (the
+//!   operator API), [`http::dashboard`], [`http::health`] (`/metrics`,
+//!   `/healthz`, `/readyz`); none imports another.
 //! * [`worker`]: one consumer per target; renders the target's [`mapping`]
 //!   (in a sandbox process, with the mapping version the delivery started
 //!   with) and hands the payload to the target's connector (the
 //!   `amtsbote-connector` crate defines the contract, `connectors/` holds
-//!   the implementations); acknowledges only after delivery, a scheduled
-//!   [`retry`] (a broker delay queue) or parking.
+//!   the implementations, [`connectors`] lists them); acknowledges only
+//!   after delivery, a scheduled [`retry`] (a broker delay queue) or
+//!   parking.
 //! * [`parking`]: list, replay and discard parked deliveries, for the
-//!   `amtsbote parked` command and the [`operator`] API.
-//! * [`config`] is read at start and on SIGHUP; [`pipeline`] compiles it
-//!   (routes, mappings, connectors) for `serve`, reloads and `check` alike.
-//!   [`connectors`] lists the connector kinds a target can use.
-//! * [`mapping`] also holds the fixture runner behind `amtsbote mappings
-//!   test` and the sandbox behind `amtsbote mapping-sandbox`.
-//! * [`access`] decides who may hand in, read and act on what (senders,
-//!   tenants, operators); [`tls`] serves HTTPS and hands intake the
-//!   client certificate a sender presented; [`connections`] bounds every
-//!   HTTP connection (header timeout, a cap that closes idle ones first).
-//! * [`budget`] bounds the memory of bodies at intake and of attachments
-//!   in deliveries.
+//!   `amtsbote parked` command, the operator API and the dashboard.
+//!   [`monitor`] samples queue depths and ledger activity for them.
+//! * [`config`] is the file's root, read at start and on SIGHUP; every
+//!   section is defined by the module it configures. [`pipeline`]
+//!   compiles it (routes, mappings, connectors, access) for `serve`,
+//!   reloads and [`check`] alike.
+//! * [`seal`] encrypts bodies and blobs on their way; [`budget`] bounds
+//!   the memory of bodies at intake and of attachments in deliveries;
+//!   [`metrics`] defines every metric once; [`pem`] and [`yaml`] read
+//!   files.
 //! * [`app`] starts and stops everything; [`telemetry`] sets up logging
-//!   and the optional OpenTelemetry trace export;
-//!   [`demo`] runs the self-contained demonstration.
+//!   and the optional OpenTelemetry trace export; [`demo`] runs the
+//!   self-contained demonstration.
 
 pub mod access;
 pub mod admission;
@@ -41,6 +43,7 @@ pub mod app;
 pub mod blobs;
 pub mod broker;
 pub mod budget;
+pub mod check;
 pub mod config;
 pub mod connectors;
 pub mod demo;

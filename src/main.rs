@@ -1,11 +1,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use std::sync::Arc;
-
 use amtsbote::domain::TargetName;
 use amtsbote::parking::{Action, ParkingLot, Selection};
-use amtsbote::store::{SqliteStore, Store};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
@@ -258,70 +255,34 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { config, probe } => {
             let path = config.display().to_string();
             let config = load_config(&config)?;
-            let mut problems = amtsbote::pipeline::check_unused_mappings(&config);
-            problems.extend(config.broker.endpoint().ca_file_problem());
-            if let Some(tls) = &config.http.tls {
-                problems.extend(amtsbote::http::tls::server_config(tls).err().map(|e| e.to_string()));
-            }
-            // Only a bucket is checked: opening a directory would create it.
-            let bucket = match config.blobs.s3 {
-                Some(_) => amtsbote::blobs::BlobStore::open(&config.blobs, &amtsbote_connector::Context::new(&config.base_dir))
-                    .map_err(|e| problems.push(e.to_string()))
-                    .ok(),
-                None => None,
-            };
-            let built = amtsbote::pipeline::Pipeline::build(&config).map_err(|p| problems.extend(p));
-            match built {
-                Ok(pipeline) if problems.is_empty() => {
-                    println!("{path}: ok ({} targets, {} routes)", pipeline.targets.len(), config.routes.len());
-                    if !pipeline.sealer.is_sealing() {
-                        println!("{path}: note: {}", amtsbote::seal::PLAINTEXT_WARNING);
-                    }
-                    if !probe {
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                    let mut healthy = true;
-                    match amtsbote::broker::connect(&config.broker.endpoint(), "amtsbote-check").await {
-                        Ok(connection) => {
-                            println!("broker {}: reachable", config.broker.display_url());
-                            let _ = connection.close(200, "checked".into()).await;
-                        }
-                        Err(e) => {
-                            healthy = false;
-                            println!("broker: NOT reachable: {e}");
-                        }
-                    }
-                    if let Some(bucket) = &bucket {
-                        match bucket.check().await {
-                            Ok(()) => println!("blob store: reachable"),
-                            Err(e) => {
-                                healthy = false;
-                                println!("blob store: NOT reachable: {e}");
-                            }
-                        }
-                    }
-                    for (name, target) in &pipeline.targets {
-                        match target.connector.probe().await {
-                            Ok(()) => println!("{name}: reachable"),
-                            Err(e) => {
-                                healthy = false;
-                                println!("{name}: NOT reachable: {e}");
-                            }
-                        }
-                    }
-                    Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-                }
-                _ => {
+            let checked = match amtsbote::check::check(&config) {
+                Ok(checked) => checked,
+                Err(problems) => {
                     for problem in problems {
                         eprintln!("{path}: {problem}");
                     }
-                    Ok(ExitCode::FAILURE)
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            println!("{path}: ok ({} targets, {} routes)", checked.pipeline.targets.len(), checked.routes);
+            for note in &checked.notes {
+                println!("{path}: note: {note}");
+            }
+            if !probe {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let probes = checked.probe().await;
+            for probe in &probes {
+                match &probe.outcome {
+                    Ok(()) => println!("{}: reachable", probe.part),
+                    Err(e) => println!("{}: NOT reachable: {e}", probe.part),
                 }
             }
+            Ok(if probes.iter().all(|p| p.outcome.is_ok()) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Parked { config, command } => {
             let config = load_config(&config)?;
-            let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store.path)?);
+            let store = amtsbote::store::open(&config.store)?;
             let parking = ParkingLot::new(&config.broker, config.targets.keys().cloned().collect(), store.clone());
             parked(&parking, command).await
         }

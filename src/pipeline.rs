@@ -41,6 +41,36 @@ impl Target {
     }
 }
 
+/// Every problem a configuration has, each naming the setting, file or
+/// target it is about: `check` prints them all, `serve` refuses to start
+/// with them, a reload keeps the running configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, thiserror::Error)]
+#[error("configuration problems:\n  {}", .0.join("\n  "))]
+pub struct ConfigProblems(pub Vec<String>);
+
+impl std::ops::Deref for ConfigProblems {
+    type Target = Vec<String>;
+
+    fn deref(&self) -> &Vec<String> {
+        &self.0
+    }
+}
+
+impl From<Vec<String>> for ConfigProblems {
+    fn from(problems: Vec<String>) -> Self {
+        Self(problems)
+    }
+}
+
+impl IntoIterator for ConfigProblems {
+    type Item = String;
+    type IntoIter = std::vec::IntoIter<String>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
 pub struct Pipeline {
     pub routes: RouteTable,
     pub targets: BTreeMap<TargetName, Arc<Target>>,
@@ -57,7 +87,7 @@ pub type SharedPipeline = Arc<arc_swap::ArcSwap<Pipeline>>;
 impl Pipeline {
     /// Compiles routes, mappings and connectors; on failure returns every
     /// problem, each naming the file or target it is about.
-    pub fn build(config: &Config) -> Result<Self, Vec<String>> {
+    pub fn build(config: &Config) -> Result<Self, ConfigProblems> {
         let mut problems = Vec::new();
         let routes = RouteTable::new(&config.routes)
             .map_err(|e| problems.push(format!("routes: {e}")))
@@ -148,7 +178,7 @@ impl Pipeline {
                 );
             }
         }
-        if problems.is_empty() { Ok(Self { routes, targets, senders, operators, sealer }) } else { Err(problems) }
+        if problems.is_empty() { Ok(Self { routes, targets, senders, operators, sealer }) } else { Err(ConfigProblems(problems)) }
     }
 }
 

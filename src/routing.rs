@@ -15,6 +15,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::domain::{ArsPrefix, Region, ServiceKey, TargetName};
+use crate::mapping::schema::SchemaError;
 
 /// One line of the routing table.
 ///
@@ -73,8 +74,8 @@ impl PartialEq for InputSchema {
 impl Eq for InputSchema {}
 
 impl InputSchema {
-    pub fn load(path: &std::path::Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("schema {}: {e}", path.display()))?;
+    pub fn load(path: &std::path::Path) -> Result<Self, SchemaError> {
+        let text = std::fs::read_to_string(path).map_err(|e| SchemaError::Read { path: path.display().to_string(), reason: e.to_string() })?;
         let validator = crate::mapping::schema::json_schema(path, &text)?;
         Ok(Self { path: path.to_owned(), validator: Arc::new(validator) })
     }
@@ -96,8 +97,8 @@ pub enum RoutingError {
     RepeatedTarget { index: usize, target: String },
     #[error("route {index}: too many targets for one routing key ({len} bytes, at most 255)")]
     KeyTooLong { index: usize, len: usize },
-    #[error("route {index}: {message}")]
-    Schema { index: usize, message: String },
+    #[error("route {index}: {source}")]
+    Schema { index: usize, source: SchemaError },
 }
 
 #[derive(Debug, Default)]
@@ -142,7 +143,7 @@ impl RouteTable {
                 .as_deref()
                 .map(InputSchema::load)
                 .transpose()
-                .map_err(|message| RoutingError::Schema { index, message })?;
+                .map_err(|source| RoutingError::Schema { index, source })?;
             table.by_service.entry(route.service.clone()).or_default().push(Route {
                 region: route.region.clone(),
                 targets: route.targets.clone(),

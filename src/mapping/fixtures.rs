@@ -138,13 +138,37 @@ pub fn fixtures_of(mapping: &Path) -> std::io::Result<Vec<Fixture>> {
     Ok(fixtures)
 }
 
+/// Why a fixture's input is not one intake could have let through.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FixtureInputError {
+    #[error("the input is not a JSON object")]
+    NotAnObject,
+    #[error("dataXml: {0}")]
+    DataXml(#[from] crate::submission::xml::XmlDataError),
+    #[error("attachments[{index}].{field} {rule}", rule = crate::submission::attachment_name_rule())]
+    AttachmentName { index: usize, field: &'static str },
+}
+
+/// Why a package payload's files could not be read back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PackageFilesError {
+    #[error("{0} is streamed, not rendered")]
+    Streamed(String),
+    #[error("the zip does not read back: {0}")]
+    Zip(String),
+    #[error("a zip entry's name does not read back: {0}")]
+    EntryName(String),
+    #[error("the mapping makes one document; expect it with a file `*.expected.<ext>`")]
+    OneDocument,
+}
+
 /// Completes a fixture input the way intake builds the queued message.
-pub fn prepare_input(mut input: Value) -> Result<Value, String> {
-    let Some(object) = input.as_object_mut() else { return Err("the input is not a JSON object".into()) };
+pub fn prepare_input(mut input: Value) -> Result<Value, FixtureInputError> {
+    let Some(object) = input.as_object_mut() else { return Err(FixtureInputError::NotAnObject) };
     if !object.contains_key("data")
         && let Some(Value::String(xml)) = object.get("dataXml")
     {
-        let tree = crate::submission::xml::to_json(xml).map_err(|e| format!("dataXml: {e}"))?;
+        let tree = crate::submission::xml::to_json(xml)?;
         object.insert("data".into(), tree);
     }
     if let Some(Value::Array(attachments)) = object.get_mut("attachments") {
@@ -156,7 +180,7 @@ pub fn prepare_input(mut input: Value) -> Result<Value, String> {
                 if let Some(name) = attachment.get(field).and_then(Value::as_str)
                     && !crate::submission::is_safe_file_name(name)
                 {
-                    return Err(format!("attachments[{i}].{field} {}", crate::submission::attachment_name_rule()));
+                    return Err(FixtureInputError::AttachmentName { index: i, field });
                 }
             }
         }
@@ -232,7 +256,7 @@ enum Outcome {
 async fn check(mapping: &Mapping, fixture: &Fixture, evaluator: &Evaluator<'_>, write: WriteExpected) -> Result<Outcome, String> {
     let input: Value = serde_json::from_slice(&std::fs::read(&fixture.input).map_err(|e| e.to_string())?)
         .map_err(|e| format!("{}: not JSON: {e}", fixture.input.display()))?;
-    let input = prepare_input(input)?;
+    let input = prepare_input(input).map_err(|e| e.to_string())?;
     let now = input
         .get("receivedAt")
         .and_then(Value::as_str)
@@ -278,7 +302,7 @@ async fn check(mapping: &Mapping, fixture: &Fixture, evaluator: &Evaluator<'_>, 
         }
         (Expected::Folder(path), Ok(payload)) => {
             let expected = read_folder(path).map_err(|e| e.to_string())?;
-            let actual = files_of(payload.clone())?;
+            let actual = files_of(payload.clone()).map_err(|e| e.to_string())?;
             match compare_files(&expected, &actual) {
                 Ok(()) => Ok(Outcome::Passed),
                 Err(diff) if write == WriteExpected::Differing => {
@@ -300,7 +324,7 @@ fn bless_into(path: &Path, mapping: &Mapping, payload: &Payload) -> Result<PathB
             Ok(file)
         }
         _ => {
-            for (name, content) in files_of(payload.clone())? {
+            for (name, content) in files_of(payload.clone()).map_err(|e| e.to_string())? {
                 let file = path.join(&name);
                 std::fs::create_dir_all(file.parent().expect("a file in a folder")).map_err(|e| e.to_string())?;
                 std::fs::write(&file, content).map_err(|e| e.to_string())?;
@@ -311,25 +335,25 @@ fn bless_into(path: &Path, mapping: &Mapping, payload: &Payload) -> Result<PathB
 }
 
 /// The files of a package payload (a zip is unpacked), sorted by path.
-pub fn files_of(payload: Payload) -> Result<Vec<(String, Vec<u8>)>, String> {
+pub fn files_of(payload: Payload) -> Result<Vec<(String, Vec<u8>)>, PackageFilesError> {
     let mut files: Vec<(String, Vec<u8>)> = match payload {
         Payload::Files(files) => files
             .into_iter()
-            .map(|f| Ok((f.path.clone(), f.content.in_memory().ok_or_else(|| format!("{} is streamed, not rendered", f.path))?.to_vec())))
-            .collect::<Result<_, String>>()?,
+            .map(|f| Ok((f.path.clone(), f.content.in_memory().ok_or_else(|| PackageFilesError::Streamed(f.path.clone()))?.to_vec())))
+            .collect::<Result<_, PackageFilesError>>()?,
         Payload::Document { content_type, body } if content_type == "application/zip" => {
-            let mut archive = zip::ZipArchive::new(std::io::Cursor::new(body)).map_err(|e| format!("the zip does not read back: {e}"))?;
+            let mut archive = zip::ZipArchive::new(std::io::Cursor::new(body)).map_err(|e| PackageFilesError::Zip(e.to_string()))?;
             let mut files = Vec::new();
             for i in 0..archive.len() {
-                let mut entry = archive.by_index(i).map_err(|e| e.to_string())?;
+                let mut entry = archive.by_index(i).map_err(|e| PackageFilesError::Zip(e.to_string()))?;
                 let mut content = Vec::new();
-                entry.read_to_end(&mut content).map_err(|e| e.to_string())?;
-                let name = entry.name().map_err(|e| format!("a zip entry's name does not read back: {e}"))?.into_owned();
+                entry.read_to_end(&mut content).map_err(|e| PackageFilesError::Zip(e.to_string()))?;
+                let name = entry.name().map_err(|e| PackageFilesError::EntryName(e.to_string()))?.into_owned();
                 files.push((name, content));
             }
             files
         }
-        Payload::Document { .. } => return Err("the mapping makes one document; expect it with a file `*.expected.<ext>`".into()),
+        Payload::Document { .. } => return Err(PackageFilesError::OneDocument),
     };
     files.sort();
     Ok(files)

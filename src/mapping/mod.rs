@@ -234,7 +234,7 @@ impl Mapping {
             .collect::<Result<_, _>>()
             .map_err(invalid)?;
         let schema = match &file.schema {
-            Some(schema) => Some(SchemaSource::load(&path.parent().unwrap_or(Path::new(".")).join(schema)).map_err(invalid)?),
+            Some(schema) => Some(SchemaSource::load(&path.parent().unwrap_or(Path::new(".")).join(schema)).map_err(|e| invalid(e.to_string()))?),
             None => None,
         };
         Self::assemble(MappingSource { name, text, codelists, schema }, compiled)
@@ -254,7 +254,7 @@ impl Mapping {
     /// Adds the schema and the version to a compiled mapping.
     fn assemble(source: MappingSource, compiled: Compiled) -> Result<Self, MappingError> {
         let invalid = |message: String| MappingError::Invalid { file: source.name.clone(), message };
-        let schema = source.schema.as_ref().map(OutputSchema::compile).transpose().map_err(invalid)?;
+        let schema = source.schema.as_ref().map(OutputSchema::compile).transpose().map_err(|e| invalid(e.to_string()))?;
         match (&schema, &compiled.format) {
             (Some(OutputSchema::Xsd(_)), Format::Xml { .. }) | (Some(OutputSchema::Json(_)), Format::Json) | (None, _) => {}
             _ => return Err(invalid("an .xsd schema is for XML output, a JSON Schema for JSON output".into())),
@@ -326,7 +326,7 @@ impl Mapping {
             Format::Csv(settings) => csv::render(settings, &compiled.document, &scope)?,
         };
         if let Some(schema) = &self.schema {
-            schema.validate(&body).map_err(|m| scope.plain_error("document", &m))?;
+            schema.validate(&body).map_err(|e| scope.plain_error("document", &e.to_string()))?;
         }
         match &compiled.package {
             None => Ok(Rendition::Document { content_type: compiled.content_type.clone(), body: body.into() }),

@@ -14,6 +14,44 @@ use std::sync::Once;
 
 use serde::{Deserialize, Serialize};
 
+/// Why a schema could not be read or compiled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchemaError {
+    #[error("schema {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("schema {path}: not UTF-8")]
+    NotUtf8 { path: String },
+    #[error("schema {path}: path is not UTF-8")]
+    PathNotUtf8 { path: String },
+    #[error("schema {path}: must be an .xsd or a JSON Schema .json file")]
+    UnknownKind { path: String },
+    #[error("schema {path}: not JSON: {reason}")]
+    NotJson { path: String, reason: String },
+    /// A JSON Schema that does not compile (a remote `$ref` among others).
+    #[error("schema {path}: {reason}")]
+    Invalid { path: String, reason: String },
+    #[error("schema {path} does not load: {reason}")]
+    XsdDoesNotLoad { path: String, reason: String },
+}
+
+/// Why a rendered document failed its schema. Names elements, rules and
+/// JSON pointers, never values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OutputError {
+    #[error("the output is not JSON ({0})")]
+    NotJson(String),
+    #[error("the output has a DOCTYPE; DTDs are not accepted")]
+    Doctype,
+    #[error("the output is not well-formed XML: {0}")]
+    NotWellFormed(String),
+    #[error("the output does not match its schema: {0}")]
+    Mismatch(String),
+    /// The XSD did not load in this thread (it did when the mapping was
+    /// compiled: a file changed or vanished since).
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+}
+
 /// Where a mapping's schema comes from, as carried in its source.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -26,19 +64,20 @@ pub enum SchemaSource {
 
 impl SchemaSource {
     /// Reads the schema a mapping names (`.xsd` or `.json`).
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let bytes = std::fs::read(path).map_err(|e| format!("schema {}: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<Self, SchemaError> {
+        let read = |e: std::io::Error| SchemaError::Read { path: path.display().to_string(), reason: e.to_string() };
+        let bytes = std::fs::read(path).map_err(read)?;
         match path.extension().and_then(|e| e.to_str()) {
             Some("xsd") => {
                 let sha256 = crate::domain::sha256_hex(&bytes);
-                let path = path.canonicalize().map_err(|e| format!("schema {}: {e}", path.display()))?;
+                let path = path.canonicalize().map_err(read)?;
                 Ok(SchemaSource::Xsd { path, sha256 })
             }
             Some("json") => {
-                let text = String::from_utf8(bytes).map_err(|_| format!("schema {}: not UTF-8", path.display()))?;
+                let text = String::from_utf8(bytes).map_err(|_| SchemaError::NotUtf8 { path: path.display().to_string() })?;
                 Ok(SchemaSource::Json { path: path.to_owned(), text })
             }
-            _ => Err(format!("schema {}: must be an .xsd or a JSON Schema .json file", path.display())),
+            _ => Err(SchemaError::UnknownKind { path: path.display().to_string() }),
         }
     }
 }
@@ -61,10 +100,10 @@ impl std::fmt::Debug for OutputSchema {
 }
 
 impl OutputSchema {
-    pub fn compile(source: &SchemaSource) -> Result<Self, String> {
+    pub fn compile(source: &SchemaSource) -> Result<Self, SchemaError> {
         match source {
             SchemaSource::Xsd { path, .. } => {
-                with_xsd(path, |_| Ok(()))?;
+                with_xsd(path, |_| Ok::<_, SchemaError>(()))?;
                 Ok(OutputSchema::Xsd(path.clone()))
             }
             SchemaSource::Json { path, text } => json_schema(path, text).map(|v| OutputSchema::Json(Box::new(v))),
@@ -72,18 +111,18 @@ impl OutputSchema {
     }
 
     /// Checks a rendered document; the error lists the first problems.
-    pub fn validate(&self, document: &[u8]) -> Result<(), String> {
+    pub fn validate(&self, document: &[u8]) -> Result<(), OutputError> {
         match self {
             OutputSchema::Xsd(path) => validate_xml(path, document),
             OutputSchema::Json(validator) => {
                 let value: serde_json::Value =
-                    serde_json::from_slice(document).map_err(|e| format!("the output is not JSON ({:?})", e.classify()))?;
+                    serde_json::from_slice(document).map_err(|e| OutputError::NotJson(format!("{:?}", e.classify())))?;
                 let problems = json_problems(validator, &value);
                 if problems.is_empty() {
                     Ok(())
                 } else {
                     let list = problems.into_iter().map(|(p, m)| format!("at {p}: {m}")).collect::<Vec<_>>().join("; ");
-                    Err(format!("the output does not match its schema: {list}"))
+                    Err(OutputError::Mismatch(list))
                 }
             }
         }
@@ -92,11 +131,12 @@ impl OutputSchema {
 
 /// Compiles the JSON Schema `text` (read from `path`, which errors name)
 /// into a validator that never fetches a remote `$ref`.
-pub fn json_schema(path: &Path, text: &str) -> Result<jsonschema::Validator, String> {
-    let schema: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("schema {}: not JSON: {e}", path.display()))?;
+pub fn json_schema(path: &Path, text: &str) -> Result<jsonschema::Validator, SchemaError> {
+    let schema: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| SchemaError::NotJson { path: path.display().to_string(), reason: e.to_string() })?;
     // Built without the crate's resolve-http/resolve-file features: a
     // `$ref` to anything outside the schema fails here, at load.
-    jsonschema::validator_for(&schema).map_err(|e| format!("schema {}: {}", path.display(), e.masked()))
+    jsonschema::validator_for(&schema).map_err(|e| SchemaError::Invalid { path: path.display().to_string(), reason: e.masked().to_string() })
 }
 
 /// The instance paths (JSON pointers) and value-free messages of the
@@ -123,15 +163,18 @@ fn init_libxml() {
     });
 }
 
-fn with_xsd<T>(path: &Path, f: impl FnOnce(&mut libxml::schemas::SchemaValidationContext) -> Result<T, String>) -> Result<T, String> {
+fn with_xsd<T, E: From<SchemaError>>(
+    path: &Path,
+    f: impl FnOnce(&mut libxml::schemas::SchemaValidationContext) -> Result<T, E>,
+) -> Result<T, E> {
     init_libxml();
     XSD_CACHE.with(|cache| {
         let mut cache = cache.borrow_mut();
         if !cache.contains_key(path) {
-            let file = path.to_str().ok_or_else(|| format!("schema {}: path is not UTF-8", path.display()))?;
+            let file = path.to_str().ok_or_else(|| SchemaError::PathNotUtf8 { path: path.display().to_string() })?;
             let mut parser = libxml::schemas::SchemaParserContext::from_file(file);
             let context = libxml::schemas::SchemaValidationContext::from_parser(&mut parser).map_err(|errors| {
-                format!("schema {} does not load: {}", path.display(), describe(&errors, false))
+                SchemaError::XsdDoesNotLoad { path: path.display().to_string(), reason: describe(&errors, false) }
             })?;
             cache.insert(path.to_owned(), context);
         }
@@ -139,17 +182,17 @@ fn with_xsd<T>(path: &Path, f: impl FnOnce(&mut libxml::schemas::SchemaValidatio
     })
 }
 
-fn validate_xml(path: &Path, document: &[u8]) -> Result<(), String> {
+fn validate_xml(path: &Path, document: &[u8]) -> Result<(), OutputError> {
     init_libxml();
     if document.windows(9).any(|w| w.eq_ignore_ascii_case(b"<!DOCTYPE")) {
-        return Err("the output has a DOCTYPE; DTDs are not accepted".into());
+        return Err(OutputError::Doctype);
     }
     let options = libxml::parser::ParserOptions { recover: false, no_net: true, no_def_dtd: true, ..Default::default() };
     let doc = libxml::parser::Parser::default()
         .parse_string_with_options(document, options)
-        .map_err(|e| format!("the output is not well-formed XML: {e:?}"))?;
+        .map_err(|e| OutputError::NotWellFormed(format!("{e:?}")))?;
     with_xsd(path, |context| {
-        context.validate_document(&doc).map_err(|errors| format!("the output does not match its schema: {}", describe(&errors, true)))
+        context.validate_document(&doc).map_err(|errors| OutputError::Mismatch(describe(&errors, true)))
     })
 }
 
@@ -226,11 +269,11 @@ mod tests {
         .unwrap();
         let schema = OutputSchema::compile(&SchemaSource::load(&xsd).unwrap()).unwrap();
         schema.validate(br#"<r xmlns="urn:t"><d>2015-08-09</d></r>"#).unwrap();
-        let err = schema.validate(br#"<r xmlns="urn:t"><d>Geheim</d></r>"#).unwrap_err();
+        let err = schema.validate(br#"<r xmlns="urn:t"><d>Geheim</d></r>"#).unwrap_err().to_string();
         assert!(err.contains("line 1") && !err.contains("Geheim"), "{err}");
-        let err = schema.validate(b"<r xmlns=\"urn:t\"><d>").unwrap_err();
+        let err = schema.validate(b"<r xmlns=\"urn:t\"><d>").unwrap_err().to_string();
         assert!(err.contains("not well-formed"), "{err}");
-        let err = schema.validate(b"<!DOCTYPE r [<!ENTITY e \"x\">]><r xmlns=\"urn:t\"><d>&e;</d></r>").unwrap_err();
+        let err = schema.validate(b"<!DOCTYPE r [<!ENTITY e \"x\">]><r xmlns=\"urn:t\"><d>&e;</d></r>").unwrap_err().to_string();
         assert!(err.contains("DTD"), "{err}");
     }
 

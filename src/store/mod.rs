@@ -683,6 +683,12 @@ pub struct StoreSettings {
     pub retention: Duration,
 }
 
+/// Opens the ledger the settings name: the one place that picks the
+/// `Store` implementation (today the embedded SQLite file).
+pub fn open(settings: &StoreSettings) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(SqliteStore::open(&settings.path)?))
+}
+
 impl Default for StoreSettings {
     fn default() -> Self {
         Self { path: default_store_path(), retention: default_retention() }

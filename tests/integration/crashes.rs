@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use amtsbote::demo::SampleBackOffice;
+use amtsbote_sample_back_office::SampleBackOffice;
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::sync::Semaphore;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use amtsbote::demo::SampleBackOffice;
+use amtsbote_sample_back_office::SampleBackOffice;
 use amtsbote_connector::Payload;
 use base64::Engine as _;
 use reqwest::StatusCode;

@@ -11,6 +11,7 @@ mod helpers;
 mod hostile;
 mod intake;
 mod large;
+mod layers;
 mod mappings;
 mod observability;
 mod openapi;

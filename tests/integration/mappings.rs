@@ -13,7 +13,7 @@ use amtsbote::mapping::{Mapping, Rendition};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use amtsbote::demo::SampleBackOffice;
+use amtsbote_sample_back_office::SampleBackOffice;
 
 use crate::helpers::{AppProcess, Setup, as_sender, free_port, gewerbeanmeldung, spawn_app, write_config};
 

@@ -235,7 +235,7 @@ async fn the_ledger_holds_no_value_of_the_submitted_form() {
 /// attempt gets a 503, and stops on SIGTERM; the submission, its id and
 /// the process's log.
 async fn one_retried_delivery_by_the_binary(env: &[(&str, &str)]) -> (Value, String, String) {
-    let back_office = amtsbote::demo::SampleBackOffice::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let back_office = amtsbote_sample_back_office::SampleBackOffice::start(([127, 0, 0, 1], 0).into()).await.unwrap();
     back_office.script(&[StatusCode::SERVICE_UNAVAILABLE]);
     let dir = tempfile::tempdir().unwrap();
     let setup = Setup { target_settings: FAST_RETRY, ..Setup::default() };

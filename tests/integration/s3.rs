@@ -6,7 +6,7 @@ use std::time::Duration;
 use amtsbote::app::Application;
 use amtsbote::config::Config;
 use amtsbote::yaml::parse_yaml;
-use amtsbote::demo::SampleBackOffice;
+use amtsbote_sample_back_office::SampleBackOffice;
 use base64::Engine as _;
 use reqwest::StatusCode;
 use serde_json::{Value, json};

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use amtsbote::demo::SampleBackOffice;
+use amtsbote_sample_back_office::SampleBackOffice;
 use reqwest::StatusCode;
 use serde_json::Value;
 

@@ -190,7 +190,7 @@ async fn two_tenants_submissions_never_cross_and_each_operator_sees_only_its_own
 #[tokio::test]
 async fn a_route_sending_a_region_to_another_tenants_target_is_refused_at_load() {
     let access = two_tenants();
-    let back_office = amtsbote::demo::SampleBackOffice::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let back_office = amtsbote_sample_back_office::SampleBackOffice::start(([127, 0, 0, 1], 0).into()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut setup = Setup {
         targets: TWO_TENANTS_TARGETS,
@@ -289,7 +289,7 @@ async fn amqps_with_a_private_ca_works_and_no_secret_reaches_logs_answers_or_met
     // Stopped when dropped, at the end of the test.
     let _broker = PrivateBroker::start_with("tls", &conf).await;
 
-    let back_office = amtsbote::demo::SampleBackOffice::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let back_office = amtsbote_sample_back_office::SampleBackOffice::start(([127, 0, 0, 1], 0).into()).await.unwrap();
     back_office.script(&[StatusCode::SERVICE_UNAVAILABLE]);
     let back_office_token = format!("back-office-token-{}", uuid::Uuid::new_v4().simple());
     let token_file = dir.path().join("fv.token");

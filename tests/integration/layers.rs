@@ -1,0 +1,211 @@
+//! The import graph of `src/` against the layers ARCHITECTURE.md
+//! declares ("Layers: who may import whom"): a module imports only from
+//! its own layer or those below, never upwards; within a layer marked
+//! "none imports another" not at all; and no modules import each other
+//! in a circle. A new feature that needs an upward import moves the
+//! shared piece down instead.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// A module as the layers name it: a top-level module of the library
+/// (`src/x.rs` or `src/x/…`), the binary (`main`), or a file of the HTTP
+/// wing (`http::intake`; `http` is `src/http/mod.rs`).
+fn unit_of(relative: &Path) -> String {
+    let parts: Vec<String> = relative.with_extension("").iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    match parts.as_slice() {
+        [http, file] if http == "http" && file != "mod" => format!("http::{file}"),
+        [first, ..] => first.clone(),
+        [] => unreachable!("a file has a name"),
+    }
+}
+
+fn rust_files(dir: &Path, found: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, found);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            found.push(path);
+        }
+    }
+}
+
+/// `crate::x`, `amtsbote::x` (and in the HTTP wing `super::x`) in code,
+/// comments left out, as the units they name.
+fn imports_of(unit: &str, source: &str, http_files: &BTreeSet<String>) -> BTreeSet<String> {
+    let mut named = BTreeSet::new();
+    for line in source.lines() {
+        let code = line.split("//").next().unwrap_or("");
+        for prefix in ["crate::", "amtsbote::", "super::"] {
+            if prefix == "super::" && !unit.starts_with("http::") {
+                continue;
+            }
+            let mut rest = code;
+            while let Some(at) = rest.find(prefix) {
+                let before = rest[..at].chars().next_back();
+                let after = &rest[at + prefix.len()..];
+                rest = after;
+                if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                    continue;
+                }
+                assert!(!after.starts_with('{'), "{unit}: write one `use` per module, not `{prefix}{{…}}`: {line}");
+                let first: String = after.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                let target = if prefix == "super::" || first == "http" {
+                    let file = if prefix == "super::" {
+                        first.clone()
+                    } else {
+                        after.strip_prefix("http::").map(|s| s.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect()).unwrap_or_default()
+                    };
+                    if http_files.contains(&file) { format!("http::{file}") } else { "http".to_owned() }
+                } else {
+                    first
+                };
+                if !target.is_empty() && target != unit && target != "lib" {
+                    named.insert(target);
+                }
+            }
+        }
+    }
+    named
+}
+
+struct Layer {
+    name: String,
+    modules: Vec<String>,
+    peers_independent: bool,
+}
+
+/// The table under "## Layers: who may import whom": `| layer | modules |
+/// rule |`, top to bottom.
+fn declared_layers() -> Vec<Layer> {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("ARCHITECTURE.md")).unwrap();
+    let section = text.split("## Layers: who may import whom").nth(1).expect("ARCHITECTURE.md has the layers section");
+    let section = section.split("\n## ").next().unwrap();
+    section
+        .lines()
+        .filter(|line| line.starts_with("| ") && !line.starts_with("| layer") && !line.starts_with("|---"))
+        .map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let modules = cells[2].split(',').map(|m| m.trim().trim_matches('`').to_owned()).filter(|m| !m.is_empty()).collect();
+            Layer { name: cells[1].to_owned(), modules, peers_independent: cells[3].contains("none imports another") }
+        })
+        .collect()
+}
+
+#[test]
+fn modules_import_only_downwards_as_architecture_md_declares() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let http_files: BTreeSet<String> = std::fs::read_dir(src.join("http"))
+        .unwrap()
+        .filter_map(|e| e.unwrap().path().file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .filter(|stem| stem != "mod")
+        .collect();
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for file in &files {
+        let unit = unit_of(file.strip_prefix(&src).unwrap());
+        if unit == "lib" {
+            continue;
+        }
+        let imports = imports_of(&unit, &std::fs::read_to_string(file).unwrap(), &http_files);
+        graph.entry(unit).or_default().extend(imports);
+    }
+
+    let layers = declared_layers();
+    assert!(layers.len() >= 5, "the layers table reads");
+    let mut layer_of: BTreeMap<&str, usize> = BTreeMap::new();
+    for (index, layer) in layers.iter().enumerate() {
+        for module in &layer.modules {
+            assert!(layer_of.insert(module, index).is_none(), "{module} is in two layers");
+        }
+    }
+    let mut wrong = Vec::new();
+    for unit in graph.keys() {
+        if !layer_of.contains_key(unit.as_str()) {
+            wrong.push(format!("{unit} is in no layer of ARCHITECTURE.md"));
+        }
+    }
+    for declared in layer_of.keys() {
+        if !graph.contains_key(*declared) {
+            wrong.push(format!("ARCHITECTURE.md names {declared}, which src/ does not have"));
+        }
+    }
+    for (unit, imports) in &graph {
+        let Some(&own) = layer_of.get(unit.as_str()) else { continue };
+        for import in imports {
+            let Some(&theirs) = layer_of.get(import.as_str()) else { continue };
+            if theirs < own {
+                wrong.push(format!("{unit} ({}) imports {import} from the layer above ({})", layers[own].name, layers[theirs].name));
+            } else if theirs == own && layers[own].peers_independent {
+                wrong.push(format!("{unit} imports {import}, but in {} none imports another", layers[own].name));
+            }
+        }
+    }
+    for (a, b) in [("broker", "retry"), ("retry", "broker"), ("metrics", "worker")] {
+        if graph.get(a).is_some_and(|imports| imports.contains(b)) {
+            wrong.push(format!("{a} imports {b}"));
+        }
+    }
+    for circle in circles(&graph) {
+        wrong.push(format!("import circle: {}", circle.join(" → ")));
+    }
+    assert!(wrong.is_empty(), "the import graph breaks the layers:\n  {}", wrong.join("\n  "));
+}
+
+/// The strongly connected components with more than one module (Tarjan).
+fn circles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
+    struct Search<'g> {
+        graph: &'g BTreeMap<String, BTreeSet<String>>,
+        index: BTreeMap<&'g str, usize>,
+        low: BTreeMap<&'g str, usize>,
+        stack: Vec<&'g str>,
+        on_stack: BTreeSet<&'g str>,
+        found: Vec<Vec<String>>,
+    }
+    impl<'g> Search<'g> {
+        fn visit(&mut self, v: &'g str) {
+            let i = self.index.len();
+            self.index.insert(v, i);
+            self.low.insert(v, i);
+            self.stack.push(v);
+            self.on_stack.insert(v);
+            for w in self.graph.get(v).into_iter().flatten() {
+                let w = w.as_str();
+                if !self.graph.contains_key(w) {
+                    continue;
+                }
+                if !self.index.contains_key(w) {
+                    self.visit(w);
+                    let low = self.low[v].min(self.low[w]);
+                    self.low.insert(v, low);
+                } else if self.on_stack.contains(w) {
+                    let low = self.low[v].min(self.index[w]);
+                    self.low.insert(v, low);
+                }
+            }
+            if self.low[v] == self.index[v] {
+                let mut component = Vec::new();
+                while let Some(w) = self.stack.pop() {
+                    self.on_stack.remove(w);
+                    component.push(w.to_owned());
+                    if w == v {
+                        break;
+                    }
+                }
+                if component.len() > 1 {
+                    component.sort();
+                    self.found.push(component);
+                }
+            }
+        }
+    }
+    let mut search = Search { graph, index: BTreeMap::new(), low: BTreeMap::new(), stack: Vec::new(), on_stack: BTreeSet::new(), found: Vec::new() };
+    for v in graph.keys() {
+        if !search.index.contains_key(v.as_str()) {
+            search.visit(v);
+        }
+    }
+    search.found
+}
