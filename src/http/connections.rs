@@ -142,6 +142,14 @@ impl ListenerHealth {
         self.failing_since.lock().expect("not poisoned").is_none() && !self.saturated.load(Ordering::Relaxed)
     }
 
+    /// A connection closed or a request finished, so the next connection
+    /// finds room (an idle one can be closed for it). Without this a
+    /// readiness probe on a kept-alive connection would see the cap full
+    /// until the next accept.
+    fn room_freed(&self) {
+        self.saturated.store(false, Ordering::Relaxed);
+    }
+
     fn accept_failed(&self, error: &std::io::Error) {
         let mut since = self.failing_since.lock().expect("not poisoned");
         if since.is_none() {
@@ -257,11 +265,12 @@ pub async fn serve<L: Accept>(
             (id, connection)
         };
         metrics.http_connections.inc();
-        let (registry, metrics, app, draining) = (registry.clone(), metrics.clone(), app.clone(), draining.clone());
+        let (registry, metrics, app, draining, health) = (registry.clone(), metrics.clone(), app.clone(), draining.clone(), health.clone());
         connections.spawn(async move {
             let (id, connection) = connection;
-            serve_connection(io, peer, app, &connection, limits.header_timeout, draining, &metrics).await;
+            serve_connection(io, peer, app, &connection, &health, limits.header_timeout, draining, &metrics).await;
             registry.lock().expect("not poisoned").open.remove(&id);
+            health.room_freed();
             metrics.http_connections.dec();
         });
     }
@@ -276,24 +285,29 @@ pub async fn serve<L: Accept>(
     Ok(())
 }
 
+#[expect(clippy::too_many_arguments, reason = "one connection's parts and the listener's observers, each used once")]
 async fn serve_connection<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     io: I,
     peer: Peer,
     app: axum::Router,
     connection: &Arc<Connection>,
+    health: &Arc<ListenerHealth>,
     header_timeout: Duration,
     mut draining: watch::Receiver<bool>,
     metrics: &Metrics,
 ) {
     let info = ConnectInfo(peer);
     let handling = connection.clone();
+    let health = health.clone();
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(info.clone());
         let busy = Busy::new(&handling);
         let app = app.clone();
+        let health = health.clone();
         async move {
             let response = app.oneshot(request).await;
             drop(busy);
+            health.room_freed();
             Ok::<_, Infallible>(response.unwrap_or_else(|never| match never {}))
         }
     });
@@ -353,6 +367,8 @@ mod tests {
         assert!(health.accepting());
         health.saturated.store(true, Ordering::Relaxed);
         assert!(!health.accepting(), "every connection busy: not ready");
+        health.room_freed();
+        assert!(health.accepting(), "a request finished or a connection closed: ready again");
     }
 
     #[test]

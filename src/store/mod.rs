@@ -270,6 +270,11 @@ pub enum Admission {
 /// accepted without asking the ledger, whose record of the confirm is
 /// often a commit behind the broker's delivery. Other processes, and
 /// copies that come later, ask the ledger ([`Store::admission`]).
+///
+/// A hit also skips the ledger's duplicate check (`Accepted { done: true
+/// }`): a second first copy within these seconds (a resumed publish under
+/// the same id) is delivered again, with the same delivery id, as any
+/// redelivery is, and a deduplicating back office takes it once.
 #[derive(Debug, Default)]
 pub struct RecentlyAccepted {
     generations: Mutex<Generations>,
