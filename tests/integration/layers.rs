@@ -154,6 +154,34 @@ fn modules_import_only_downwards_as_architecture_md_declares() {
     assert!(wrong.is_empty(), "the import graph breaks the layers:\n  {}", wrong.join("\n  "));
 }
 
+/// The message's headers are named, and its field tables built, in
+/// `src/message/` only; `broker` builds the queues' argument tables
+/// (topology, not message headers) and nothing else does either.
+#[test]
+fn only_the_message_module_names_headers_and_builds_field_tables() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut wrong = Vec::new();
+    for file in files {
+        let relative = file.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
+        if relative.starts_with("message/") {
+            continue;
+        }
+        for (number, line) in std::fs::read_to_string(&file).unwrap().lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            let names_a_header = ["\"x-amtsbote", "\"amtsbote-delay\"", "\"traceparent\"", "\"tracestate\"", "\"received-at\""]
+                .iter()
+                .any(|name| code.contains(name));
+            let builds_a_table = code.contains("AMQPValue") && relative != "broker.rs";
+            if names_a_header || builds_a_table {
+                wrong.push(format!("src/{relative}:{}: {}", number + 1, line.trim()));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "headers and field tables belong in src/message/:\n  {}", wrong.join("\n  "));
+}
+
 /// The strongly connected components with more than one module (Tarjan).
 fn circles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
     struct Search<'g> {
