@@ -27,7 +27,7 @@ use serde::{Deserialize, Deserializer};
 use sha2::{Digest, Sha256};
 
 use crate::domain::{ArsPrefix, Region, SenderName, ServiceKey, TargetName, TenantName};
-use crate::problem::Problem;
+use crate::http::problem::Problem;
 use crate::submission::FieldError;
 use crate::pem::CertificateFingerprint;
 

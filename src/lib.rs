@@ -12,7 +12,7 @@
 //!   attachments in the [`blobs`] store (the claim check), publishes the
 //!   [`message`] once through the [`broker`] with a publisher confirm,
 //!   and only then is the submission accepted (`202`). Errors are
-//!   [`problem`] documents. Beside intake: [`http::operator`] (the
+//!   [`http::problem`] documents. Beside intake: [`http::operator`] (the
 //!   operator API), [`http::dashboard`], [`http::health`] (`/metrics`,
 //!   `/healthz`, `/readyz`); none imports another.
 //! * [`worker`]: one consumer per target; renders the target's [`mapping`]
@@ -56,7 +56,6 @@ pub mod monitor;
 pub mod pipeline;
 pub mod parking;
 pub mod pem;
-pub mod problem;
 pub mod retry;
 pub mod routing;
 pub mod seal;

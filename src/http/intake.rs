@@ -33,7 +33,7 @@ use crate::admission::{Admissions, Incoming, NotAdmitted};
 use crate::budget::{MemoryBudget, Reserved};
 use crate::domain::SenderName;
 use crate::metrics::{Metrics, ProblemLabel};
-use crate::problem::Problem;
+use crate::http::problem::Problem;
 use crate::pipeline::SharedPipeline;
 use crate::store::IdempotencyKey;
 use crate::submission::{FieldError, InvalidSubmission, Submission};

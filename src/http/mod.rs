@@ -9,8 +9,9 @@
 //! No surface imports another. What they share is here, below them:
 //! [`connections`] (the accept loop that bounds every connection),
 //! [`tls`] (HTTPS and client certificates), [`search`] (the ledger search
-//! parameters), and [`HttpSettings`]; or further down: problem documents
-//! ([`crate::problem`]), who may see what ([`crate::access`]).
+//! parameters), [`problem`] (RFC 9457 problem documents) and
+//! [`HttpSettings`]; or further down: who may see what
+//! ([`crate::access`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -22,6 +23,7 @@ pub mod dashboard;
 pub mod health;
 pub mod intake;
 pub mod operator;
+pub mod problem;
 pub mod search;
 pub mod tls;
 

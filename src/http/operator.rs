@@ -32,7 +32,7 @@ use crate::domain::TargetName;
 use crate::http::search::SearchParams;
 use crate::pipeline::SharedPipeline;
 use crate::parking::{Action, ParkingError, ParkingLot, Selection};
-use crate::problem::Problem;
+use crate::http::problem::Problem;
 use crate::store::StoreError;
 
 pub struct OperatorApi {

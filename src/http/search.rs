@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 
 use crate::access::{Scope, within};
 use crate::domain::{ArsPrefix, ServiceKey, TargetName};
-use crate::problem::Problem;
+use crate::http::problem::Problem;
 use crate::store::{Cursor, SearchQuery, SubmissionState};
 use crate::submission::FieldError;
 
