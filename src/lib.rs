@@ -49,6 +49,7 @@ pub mod connectors;
 pub mod demo;
 pub mod domain;
 pub mod http;
+pub mod jose;
 pub mod mapping;
 pub mod message;
 pub mod metrics;
