@@ -686,6 +686,7 @@ mod scope_tests {
             size: None,
             sha256: None,
             sender: Some("oaa".into()),
+            fit_connect: None,
             targets: vec![target("dms-land"), target("koeln-fv")],
             timeline: vec![
                 event("received", None, None),

@@ -715,6 +715,7 @@ mod tests {
             size: None,
             sha256: None,
             sender: None,
+            fit_connect: None,
             targets: vec![],
             timeline: vec![],
         };

@@ -22,7 +22,7 @@ use crate::domain::TargetName;
 /// store from `$open` (a closure returning `(guard, Arc<dyn Store>)`).
 macro_rules! store_conformance {
     ($open:expr) => {
-        store_conformance!(@tests $open; idempotency_key_lifecycle, a_refused_key_resumes_under_the_same_id, a_refused_submission_is_kept_as_refused_never_admitted_and_pruned_like_a_finished_one, a_worker_admits_what_intake_accepted_and_accepts_what_a_dead_intake_left_undecided, a_submission_is_finished_with_once_every_delivery_is_delivered_or_discarded, operator_actions_are_recorded_and_change_the_state, a_replay_recorded_after_its_delivery_leaves_the_delivery_standing, each_parked_copy_takes_one_action_whoever_records_it, status_and_timeline_follow_the_deliveries, a_failed_mapping_is_in_the_timeline_without_an_attempt, a_message_stopped_before_the_mapping_is_parked_with_its_reason_and_no_mapping_event, search_filters_and_pages_newest_first, many_concurrent_writes_all_land, a_failing_write_leaves_the_others_of_its_batch, pruning_removes_finished_submissions_past_retention_only, activity_counts_per_target_and_finds_the_oldest_undelivered, each_ledger_has_its_own_id);
+        store_conformance!(@tests $open; idempotency_key_lifecycle, a_refused_key_resumes_under_the_same_id, a_refused_submission_is_kept_as_refused_never_admitted_and_pruned_like_a_finished_one, a_worker_admits_what_intake_accepted_and_accepts_what_a_dead_intake_left_undecided, a_submission_is_finished_with_once_every_delivery_is_delivered_or_discarded, operator_actions_are_recorded_and_change_the_state, a_replay_recorded_after_its_delivery_leaves_the_delivery_standing, each_parked_copy_takes_one_action_whoever_records_it, status_and_timeline_follow_the_deliveries, a_failed_mapping_is_in_the_timeline_without_an_attempt, a_message_stopped_before_the_mapping_is_parked_with_its_reason_and_no_mapping_event, search_filters_and_pages_newest_first, many_concurrent_writes_all_land, a_failing_write_leaves_the_others_of_its_batch, pruning_removes_finished_submissions_past_retention_only, activity_counts_per_target_and_finds_the_oldest_undelivered, each_ledger_has_its_own_id, a_fit_connect_submission_is_decided_once_and_its_ids_shown);
     };
     (@tests $open:expr; $($name:ident),* $(,)?) => {
         $(
@@ -404,4 +404,52 @@ pub async fn each_ledger_has_its_own_id(store: Arc<dyn Store>) {
     let name = store.ledger_id().await.unwrap();
     assert!(!name.is_empty());
     assert_eq!(store.ledger_id().await.unwrap(), name, "a ledger keeps its id");
+}
+
+pub async fn a_fit_connect_submission_is_decided_once_and_its_ids_shown(store: Arc<dyn Store>) {
+    let fit = Uuid::new_v4();
+    let id = Uuid::now_v7();
+    assert_eq!(store.fit_connect_decision(fit).await.unwrap(), None);
+    store.begin_intake(submission(id), None).await.unwrap();
+    let accept = FitConnectDecision {
+        fit_submission: fit,
+        case_id: Uuid::new_v4(),
+        destination: Uuid::new_v4(),
+        submission: Some(id),
+        verdict: Verdict::Accept,
+        payload: r#"{"authenticationTags":{}}"#.into(),
+        decided_at: String::new(),
+        sent_at: None,
+    };
+    let recorded = store.decide_fit_connect(accept.clone()).await.unwrap();
+    assert_eq!((recorded.verdict, recorded.submission, recorded.sent_at.clone()), (Verdict::Accept, Some(id), None));
+    // Whoever decides second gets the first decision back.
+    let reject = FitConnectDecision { submission: None, verdict: Verdict::Reject, payload: "[]".into(), ..accept.clone() };
+    assert_eq!(store.decide_fit_connect(reject).await.unwrap(), recorded);
+    store.fit_connect_decision_sent(fit).await.unwrap();
+    let sent = store.fit_connect_decision(fit).await.unwrap().unwrap();
+    assert!(sent.sent_at.is_some());
+    store.fit_connect_decision_sent(fit).await.unwrap();
+    assert_eq!(store.fit_connect_decision(fit).await.unwrap().unwrap().sent_at, sent.sent_at, "sent once, the first time kept");
+    let status = store.status(id).await.unwrap().unwrap();
+    assert_eq!(
+        status.fit_connect,
+        Some(FitConnectIds {
+            submission_id: fit.to_string(),
+            case_id: accept.case_id.to_string(),
+            destination_id: accept.destination.to_string()
+        })
+    );
+    // A sent rejection goes with the retention period.
+    let rejected = Uuid::new_v4();
+    store
+        .decide_fit_connect(FitConnectDecision { fit_submission: rejected, submission: None, verdict: Verdict::Reject, ..accept.clone() })
+        .await
+        .unwrap();
+    store.fit_connect_decision_sent(rejected).await.unwrap();
+    store.prune(OffsetDateTime::now_utc() - Duration::from_secs(3600), 100).await.unwrap();
+    assert!(store.fit_connect_decision(rejected).await.unwrap().is_some(), "within the retention period");
+    store.prune(OffsetDateTime::now_utc() + Duration::from_secs(1), 100).await.unwrap();
+    assert!(store.fit_connect_decision(rejected).await.unwrap().is_none(), "past it");
+    assert!(store.fit_connect_decision(fit).await.unwrap().is_some(), "kept while its submission is");
 }

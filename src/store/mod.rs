@@ -460,6 +460,9 @@ pub struct SubmissionStatus {
     /// senders were recorded).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sender: Option<String>,
+    /// Where FIT-Connect knows it, for a submission received from there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fit_connect: Option<FitConnectIds>,
     pub targets: Vec<TargetStatus>,
     /// Everything that happened to the submission, oldest first.
     pub timeline: Vec<Event>,
@@ -566,6 +569,57 @@ pub struct TargetActivity {
     pub oldest_undelivered: Option<String>,
 }
 
+/// A submission's ids at FIT-Connect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FitConnectIds {
+    pub submission_id: String,
+    pub case_id: String,
+    pub destination_id: String,
+}
+
+/// What amtsbote decided about a submission fetched from FIT-Connect
+/// (see [`crate::fit_connect`]), recorded before the decision is sent, so
+/// that a restart sends the same decision instead of deciding again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FitConnectDecision {
+    /// FIT-Connect's id of the submission.
+    pub fit_submission: Uuid,
+    pub case_id: Uuid,
+    pub destination: Uuid,
+    /// amtsbote's submission, for an acceptance.
+    pub submission: Option<Uuid>,
+    pub verdict: Verdict,
+    /// What the decision's event carries: the authentication tags of an
+    /// acceptance, the problems of a rejection (FIT-Connect's problem
+    /// types and instances; nothing of the submission's content).
+    pub payload: String,
+    /// Set by the store.
+    pub decided_at: String,
+    /// When FIT-Connect took the decision (or said it had it already).
+    pub sent_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Accept,
+    Reject,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Accept => "accept",
+            Verdict::Reject => "reject",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        if s == "accept" { Verdict::Accept } else { Verdict::Reject }
+    }
+}
+
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Records a submission (state `received`, events `received` and
@@ -627,6 +681,14 @@ pub trait Store: Send + Sync + 'static {
     /// keys, and operator records older than that; returns how many
     /// submissions went.
     async fn prune(&self, before: OffsetDateTime, limit: u32) -> Result<u64, StoreError>;
+    /// Records the decision about a FIT-Connect submission unless one is
+    /// recorded already; returns the one recorded, which is the one to
+    /// send (one decision per submission, whichever process asks).
+    async fn decide_fit_connect(&self, decision: FitConnectDecision) -> Result<FitConnectDecision, StoreError>;
+    /// The decision recorded about a FIT-Connect submission, if any.
+    async fn fit_connect_decision(&self, fit_submission: Uuid) -> Result<Option<FitConnectDecision>, StoreError>;
+    /// FIT-Connect has the decision.
+    async fn fit_connect_decision_sent(&self, fit_submission: Uuid) -> Result<(), StoreError>;
     /// Proves the store takes writes (for `/readyz`).
     async fn check_writable(&self) -> Result<(), StoreError>;
     /// Of `ids`, the submissions no delivery needs any more: each of

@@ -78,7 +78,7 @@ macro_rules! state_once_accepted {
 }
 
 /// Schema versions in order; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: [&str; 7] = [
+const MIGRATIONS: [&str; 8] = [
     "
 CREATE TABLE IF NOT EXISTS submissions (
     id          TEXT PRIMARY KEY,
@@ -175,6 +175,21 @@ ALTER TABLE operator_actions ADD COLUMN generation INTEGER;
 ALTER TABLE operator_actions ADD COLUMN replay_id TEXT;
 CREATE UNIQUE INDEX operator_actions_once ON operator_actions (submission_id, target, generation)
     WHERE generation IS NOT NULL;
+",
+    // What was decided about each submission fetched from FIT-Connect,
+    // before the decision is sent: one row per FIT-Connect submission.
+    "
+CREATE TABLE fit_connect_decisions (
+    fit_submission_id TEXT PRIMARY KEY,
+    case_id           TEXT NOT NULL,
+    destination_id    TEXT NOT NULL,
+    submission_id     TEXT,
+    verdict           TEXT NOT NULL,
+    payload           TEXT NOT NULL,
+    decided_at        TEXT NOT NULL,
+    sent_at           TEXT
+);
+CREATE INDEX fit_connect_decisions_submission ON fit_connect_decisions (submission_id) WHERE submission_id IS NOT NULL;
 ",
 ];
 
@@ -710,6 +725,7 @@ impl Store for SqliteStore {
                             size: r.get(5)?,
                             sha256: r.get(6)?,
                             sender: r.get(7)?,
+                            fit_connect: None,
                             targets: Vec::new(),
                             timeline: Vec::new(),
                         })
@@ -719,6 +735,12 @@ impl Store for SqliteStore {
             else {
                 return Ok(None);
             };
+            status.fit_connect = conn
+                .prepare_cached(
+                    "SELECT fit_submission_id, case_id, destination_id FROM fit_connect_decisions WHERE submission_id = ?1",
+                )?
+                .query_row([&key], |r| Ok(FitConnectIds { submission_id: r.get(0)?, case_id: r.get(1)?, destination_id: r.get(2)? }))
+                .optional()?;
             status.targets = conn
                 .prepare(
                     "SELECT target, state, attempts, last_outcome, updated_at, mapping_version, receipt
@@ -881,6 +903,13 @@ impl Store for SqliteStore {
                 params![before, limit],
             )?;
             conn.execute("DELETE FROM operator_actions WHERE at < ?1", [&before])?;
+            // A sent decision is kept as long as its submission: a
+            // rejection (no submission) for the retention period.
+            conn.execute(
+                "DELETE FROM fit_connect_decisions WHERE sent_at < ?1
+                   AND (submission_id IS NULL OR submission_id NOT IN (SELECT id FROM submissions))",
+                [&before],
+            )?;
             Ok(removed as u64)
         })
         .await
@@ -904,6 +933,42 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn decide_fit_connect(&self, decision: FitConnectDecision) -> Result<FitConnectDecision, StoreError> {
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO fit_connect_decisions
+                   (fit_submission_id, case_id, destination_id, submission_id, verdict, payload, decided_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (fit_submission_id) DO NOTHING",
+                params![
+                    decision.fit_submission.to_string(),
+                    decision.case_id.to_string(),
+                    decision.destination.to_string(),
+                    decision.submission.map(|id| id.to_string()),
+                    decision.verdict.as_str(),
+                    decision.payload,
+                    now()
+                ],
+            )?;
+            read_fit_connect_decision(conn, decision.fit_submission).map(|recorded| recorded.expect("inserted or there before"))
+        })
+        .await
+    }
+
+    async fn fit_connect_decision(&self, fit_submission: Uuid) -> Result<Option<FitConnectDecision>, StoreError> {
+        self.read(move |conn| read_fit_connect_decision(conn, fit_submission)).await
+    }
+
+    async fn fit_connect_decision_sent(&self, fit_submission: Uuid) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE fit_connect_decisions SET sent_at = ?2 WHERE fit_submission_id = ?1 AND sent_at IS NULL",
+                params![fit_submission.to_string(), now()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn check_writable(&self) -> Result<(), StoreError> {
         self.write(|conn| {
             conn.execute("INSERT INTO health (id, at) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET at = excluded.at", [now()])?;
@@ -911,6 +976,27 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
+
+fn read_fit_connect_decision(conn: &Connection, fit_submission: Uuid) -> Result<Option<FitConnectDecision>, rusqlite::Error> {
+    conn.prepare_cached(
+        "SELECT case_id, destination_id, submission_id, verdict, payload, decided_at, sent_at
+         FROM fit_connect_decisions WHERE fit_submission_id = ?1",
+    )?
+    .query_row([fit_submission.to_string()], |r| {
+        let uuid = |text: String| Uuid::parse_str(&text).map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)));
+        Ok(FitConnectDecision {
+            fit_submission,
+            case_id: uuid(r.get(0)?)?,
+            destination: uuid(r.get(1)?)?,
+            submission: r.get::<_, Option<String>>(2)?.map(uuid).transpose()?,
+            verdict: Verdict::parse(&r.get::<_, String>(3)?),
+            payload: r.get(4)?,
+            decided_at: r.get(5)?,
+            sent_at: r.get(6)?,
+        })
+    })
+    .optional()
 }
 
 #[cfg(test)]
