@@ -17,6 +17,7 @@ use crate::broker::{Publisher, Topology};
 use crate::budget::MemoryBudget;
 use crate::config::Config;
 use crate::admission::Admissions;
+use crate::fit_connect::FitConnect;
 use crate::http::intake::{self, Intake};
 use crate::http::operator::{self, OperatorApi};
 use crate::parking::ParkingLot;
@@ -47,6 +48,12 @@ pub enum StartupError {
     Blobs(#[from] crate::blobs::BlobError),
 }
 
+/// The FIT-Connect source, when configured, with what it shares.
+struct Receiving {
+    fit_connect: Arc<FitConnect>,
+    shared: Arc<crate::fit_connect::Shared>,
+}
+
 /// What shutdown allows beyond the configured deadline for closing
 /// connections, before it stops waiting for workers.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -62,6 +69,7 @@ pub struct Application {
     dashboard: Arc<Dashboard>,
     limits: ConnectionLimits,
     workers: Vec<Arc<Worker>>,
+    receiving: Option<Receiving>,
     store: Arc<dyn Store>,
     blobs: BlobStore,
     sweep_every: Duration,
@@ -112,17 +120,33 @@ impl Application {
                 })
             })
             .collect();
+        let admissions = Arc::new(Admissions {
+            publisher,
+            store: store.clone(),
+            blobs: blobs.clone(),
+            keep_above_bytes: config.blobs.keep_above_kib.saturating_mul(1024),
+            max_message_bytes: config.broker.max_message_bytes,
+            recently_accepted,
+            metrics: metrics.clone(),
+        });
+        let receiving = config.fit_connect.as_ref().map(|settings| {
+            let limits = config.http.submission_limits();
+            // Problems are logged by `run`: the destination is down, the
+            // rest of amtsbote works.
+            let (fit_connect, _problems) =
+                FitConnect::build(settings, &amtsbote_connector::Context::new(&config.base_dir), limits.attachment_bytes);
+            let shared = crate::fit_connect::Shared {
+                pipeline: pipeline.clone(),
+                admissions: admissions.clone(),
+                store: store.clone(),
+                metrics: metrics.clone(),
+                limits,
+            };
+            Receiving { fit_connect: Arc::new(fit_connect), shared: Arc::new(shared) }
+        });
         let intake = Arc::new(Intake {
             pipeline: pipeline.clone(),
-            admissions: Admissions {
-                publisher,
-                store: store.clone(),
-                blobs: blobs.clone(),
-                keep_above_bytes: config.blobs.keep_above_kib.saturating_mul(1024),
-                max_message_bytes: config.broker.max_message_bytes,
-                recently_accepted,
-                metrics: metrics.clone(),
-            },
+            admissions,
             draining: Arc::new(AtomicBool::new(false)),
             metrics: metrics.clone(),
             limits: config.http.submission_limits(),
@@ -156,6 +180,7 @@ impl Application {
             dashboard,
             limits,
             workers,
+            receiving,
             store,
             blobs,
             sweep_every: config.blobs.sweep_every,
@@ -187,6 +212,10 @@ impl Application {
         for worker in self.workers {
             workers.spawn(worker.run(stop_rx.clone(), self.shutdown_deadline));
         }
+        let mut receivers = match &self.receiving {
+            Some(receiving) => receiving.fit_connect.run(receiving.shared.clone(), stop_rx.clone()),
+            None => JoinSet::new(),
+        };
         let sweeping = tokio::spawn(blobs::sweep_periodically(self.blobs, self.store.clone(), self.sweep_every, stop_rx.clone()));
         let pruning = tokio::spawn(store::prune_periodically(self.store, self.retention, stop_rx.clone()));
         // Try the broker early so the first submission does not pay for it.
@@ -198,10 +227,13 @@ impl Application {
         // "connection refused".
         let (server_stop_tx, server_stop) = tokio::sync::oneshot::channel::<()>();
         let (health, metrics) = (self.observed.readiness.listener.clone(), self.observed.metrics.clone());
-        let app = intake::router(self.intake.clone())
+        let mut app = intake::router(self.intake.clone())
             .merge(operator::router(self.operator))
             .merge(health::router(self.observed))
             .merge(dashboard::router(self.dashboard));
+        if let Some(receiving) = &self.receiving {
+            app = app.merge(crate::http::fit_connect::router(receiving.fit_connect.clone()));
+        }
         let server = match self.tls {
             None => tokio::spawn(connections::serve(self.listener, app, self.limits, health, metrics, server_stop)),
             Some(tls) => {
@@ -223,6 +255,12 @@ impl Application {
         .await;
         if drained.is_err() {
             workers.abort_all();
+        }
+        // A receiver stops after the submission in hand, whose admission
+        // and decision are bounded by the broker's and FIT-Connect's
+        // timeouts.
+        if tokio::time::timeout(self.shutdown_deadline, async { while receivers.join_next().await.is_some() {} }).await.is_err() {
+            receivers.abort_all();
         }
         let _ = pruning.await;
         let _ = sweeping.await;
@@ -311,6 +349,7 @@ fn fixed_settings(config: &Config) -> Vec<(&'static str, String)> {
         ("blobs", format!("{:?}", config.blobs)),
         ("sandbox", format!("{:?}", config.sandbox)),
         ("shutdown_deadline", format!("{:?}", config.shutdown_deadline)),
+        ("fit_connect", format!("{:?}", config.fit_connect)),
         ("targets (names and concurrency)", targets.join(",")),
     ]
 }

@@ -2,8 +2,9 @@
 //! delivering anything — the pipeline compiles (routes, mappings with
 //! their code lists and schemas, connectors, access), mappings no target
 //! uses compile too, the broker's CA file and the HTTPS certificate load,
-//! a bucket's settings hold — and, when asked to probe, whether the
-//! broker, the blob store and every target answer.
+//! a bucket's settings hold, FIT-Connect destinations' keys load — and,
+//! when asked to probe, whether the broker, the blob store, FIT-Connect
+//! and every target answer.
 
 use amtsbote_connector::Context;
 
@@ -20,6 +21,7 @@ pub struct Checked {
     broker: crate::broker::Endpoint,
     broker_url: String,
     bucket: Option<BlobStore>,
+    fit_connect: Option<crate::fit_connect::FitConnect>,
 }
 
 /// One part of the installation asked whether it answers.
@@ -42,6 +44,21 @@ pub fn check(config: &Config) -> Result<Checked, ConfigProblems> {
         Some(_) => BlobStore::open(&config.blobs, &Context::new(&config.base_dir)).map_err(|e| problems.push(e.to_string())).ok(),
         None => None,
     };
+    let fit_connect = config.fit_connect.as_ref().map(|settings| {
+        let (fit_connect, unusable) = crate::fit_connect::FitConnect::build(
+            settings,
+            &Context::new(&config.base_dir),
+            config.http.submission_limits().attachment_bytes,
+        );
+        problems.extend(unusable.iter().map(ToString::to_string));
+        fit_connect
+    });
+    if let Some(fit_connect) = &fit_connect {
+        let senders: Vec<String> = config.senders.iter().map(|s| s.name.to_string()).collect();
+        for name in fit_connect.names().filter(|name| senders.contains(&name.to_string())) {
+            problems.push(format!("fit_connect: destinations: {name}: a sender has this name too; the ledger could not tell them apart"));
+        }
+    }
     let pipeline = Pipeline::build(config).map_err(|built| problems.extend(built));
     match pipeline {
         Ok(pipeline) if problems.is_empty() => {
@@ -53,6 +70,7 @@ pub fn check(config: &Config) -> Result<Checked, ConfigProblems> {
                 broker: config.broker.endpoint(),
                 broker_url: config.broker.display_url(),
                 bucket,
+                fit_connect,
             })
         }
         _ => Err(ConfigProblems(problems)),
@@ -73,6 +91,11 @@ impl Checked {
         }
         if let Some(bucket) = &self.bucket {
             probes.push(Probe { part: "blob store".into(), outcome: bucket.check().await.map_err(|e| e.to_string()) });
+        }
+        if let Some(fit_connect) = &self.fit_connect {
+            for (name, outcome) in fit_connect.probe().await {
+                probes.push(Probe { part: format!("FIT-Connect destination {name}"), outcome });
+            }
         }
         for (name, target) in &self.pipeline.targets {
             probes.push(Probe { part: name.to_string(), outcome: target.connector.probe().await.map_err(|e| e.to_string()) });

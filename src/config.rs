@@ -77,6 +77,10 @@ pub struct Config {
     /// broker and store directly.
     #[serde(default)]
     pub operators: Vec<OperatorConfig>,
+    /// Receiving submissions from FIT-Connect, FITKO's national delivery
+    /// service; see [`crate::fit_connect::FitConnectSettings`].
+    #[serde(default)]
+    pub fit_connect: Option<crate::fit_connect::FitConnectSettings>,
     /// How mapping evaluations are bounded in time and memory; see
     /// [`SandboxSettings`].
     #[serde(default)]

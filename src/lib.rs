@@ -48,6 +48,7 @@ pub mod config;
 pub mod connectors;
 pub mod demo;
 pub mod domain;
+pub mod fit_connect;
 pub mod http;
 pub mod jose;
 pub mod mapping;

@@ -66,7 +66,8 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Make credentials: API keys for senders, tokens for operators.
+    /// Make credentials: API keys for senders, tokens for operators, key
+    /// pairs for FIT-Connect.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
@@ -106,6 +107,16 @@ enum KeysCommand {
     Fingerprint {
         /// The client certificate (PEM); never the private key.
         certificate: PathBuf,
+    },
+    /// Make a FIT-Connect destination's key pairs (RSA-4096, one to
+    /// decrypt, one to sign) as JWKs: the private halves for
+    /// `decryption_keys` and `signing_key`, the public halves to upload in
+    /// FITKO's self-service portal.
+    FitConnect {
+        /// The folder to write them to (created if missing; existing key
+        /// files are never overwritten).
+        #[arg(default_value = "fit-connect-keys")]
+        dir: PathBuf,
     },
 }
 
@@ -293,6 +304,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys { command: KeysCommand::New } => {
             let (key, hash) = amtsbote::access::new_key();
             println!("key:    {key}\nsha256: {hash}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys { command: KeysCommand::FitConnect { dir } } => {
+            let files = amtsbote::fit_connect::make_keys(&dir)?;
+            println!("private keys (secrets: configure as decryption_keys and signing_key, never share):");
+            for path in &files.private {
+                println!("  {}", path.display());
+            }
+            println!("public keys (upload in FIT-Connect's self-service portal: encryption key, signature key):");
+            for path in &files.public {
+                println!("  {}", path.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys { command: KeysCommand::Fingerprint { certificate } } => {

@@ -38,6 +38,28 @@ pub struct TargetLabel {
     pub target: String,
 }
 
+/// A FIT-Connect destination, by its configured name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FitConnectLabel {
+    pub destination: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FitConnectRejectionLabels {
+    pub destination: String,
+    /// FIT-Connect's problem type, the last part of its URI
+    /// (`incorrect-hash`, …).
+    pub problem: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FitConnectErrorLabels {
+    pub destination: String,
+    /// `unavailable`, `unauthorized`, `refused`, `malformed`, `ledger`,
+    /// `admission`, `no_route`.
+    pub kind: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AttemptLabels {
     pub target: String,
@@ -130,6 +152,20 @@ pub struct Metrics {
     pub http_connections_evicted: Counter,
     /// Connections closed because a request's headers came too slowly.
     pub http_header_timeouts: Counter,
+    /// Submissions fetched from FIT-Connect, by destination.
+    pub fit_connect_fetched: Family<FitConnectLabel, Counter>,
+    /// FIT-Connect submissions accepted (the accept event sent).
+    pub fit_connect_accepted: Family<FitConnectLabel, Counter>,
+    /// FIT-Connect submissions rejected, by problem type.
+    pub fit_connect_rejected: Family<FitConnectRejectionLabels, Counter>,
+    /// Polls of a destination that stopped short, by kind.
+    pub fit_connect_errors: Family<FitConnectErrorLabels, Counter>,
+    /// Age of the oldest submission still waiting at FIT-Connect.
+    pub fit_connect_oldest_waiting_age: Family<FitConnectLabel, Gauge<f64, AtomicU64>>,
+    /// When the destination was last polled successfully (Unix seconds).
+    pub fit_connect_last_poll: Family<FitConnectLabel, Gauge<f64, AtomicU64>>,
+    /// 1 while the destination is usable and its last poll succeeded.
+    pub fit_connect_up: Family<FitConnectLabel, Gauge>,
 }
 
 impl Metrics {
@@ -205,6 +241,29 @@ impl Metrics {
             "HTTP connections closed because headers did not arrive within http.header_timeout",
             http_header_timeouts.clone(),
         );
+        let fit_connect_fetched = Family::<FitConnectLabel, Counter>::default();
+        registry.register("fit_connect_fetched", "Submissions fetched from FIT-Connect, by destination", fit_connect_fetched.clone());
+        let fit_connect_accepted = Family::<FitConnectLabel, Counter>::default();
+        registry.register("fit_connect_accepted", "FIT-Connect submissions accepted (accept event sent), by destination", fit_connect_accepted.clone());
+        let fit_connect_rejected = Family::<FitConnectRejectionLabels, Counter>::default();
+        registry.register("fit_connect_rejected", "FIT-Connect submissions rejected, by destination and problem type", fit_connect_rejected.clone());
+        let fit_connect_errors = Family::<FitConnectErrorLabels, Counter>::default();
+        registry.register("fit_connect_errors", "Polls of a FIT-Connect destination that stopped short, by kind", fit_connect_errors.clone());
+        let fit_connect_oldest_waiting_age = Family::<FitConnectLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register_with_unit(
+            "fit_connect_oldest_waiting_age",
+            "Age of the oldest submission still waiting for the destination at FIT-Connect (0 when none waits)",
+            Unit::Seconds,
+            fit_connect_oldest_waiting_age.clone(),
+        );
+        let fit_connect_last_poll = Family::<FitConnectLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "fit_connect_last_poll_timestamp_seconds",
+            "When the destination was last polled successfully (Unix time)",
+            fit_connect_last_poll.clone(),
+        );
+        let fit_connect_up = Family::<FitConnectLabel, Gauge>::default();
+        registry.register("fit_connect_up", "1 while the FIT-Connect destination is usable and its last poll succeeded", fit_connect_up.clone());
         registry.register(
             "build",
             "The running amtsbote version",
@@ -249,6 +308,13 @@ impl Metrics {
             http_connections_refused,
             http_connections_evicted,
             http_header_timeouts,
+            fit_connect_fetched,
+            fit_connect_accepted,
+            fit_connect_rejected,
+            fit_connect_errors,
+            fit_connect_oldest_waiting_age,
+            fit_connect_last_poll,
+            fit_connect_up,
         }
     }
 

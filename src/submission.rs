@@ -82,6 +82,10 @@ pub struct Submission<'a> {
     pub submitted_at: Option<String>,
     data: FormData<'a>,
     attachments: Vec<Attachment<'a>>,
+    /// For a submission received through FIT-Connect: its ids there and
+    /// what its metadata says beyond the form (see
+    /// [`crate::fit_connect`]); mappings read it as `.fitConnect`.
+    pub fit_connect: Option<Box<RawValue>>,
 }
 
 /// The form data as it came: JSON, or XML with the JSON read from it.
@@ -244,6 +248,7 @@ impl<'a> Submission<'a> {
                 submitted_at: envelope.submitted_at,
                 data,
                 attachments,
+                fit_connect: None,
             }),
             _ => Err(InvalidSubmission::Fields(errors)),
         }
@@ -302,6 +307,7 @@ impl<'a> Submission<'a> {
                 FormData::Xml { xml, .. } => Some(xml),
             },
             attachments: &self.attachments,
+            fit_connect: self.fit_connect.as_deref(),
         };
         queued.to_vec()
     }

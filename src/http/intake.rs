@@ -53,7 +53,7 @@ pub struct Intake {
     /// Routes come from the pipeline in use (see [`SharedPipeline`]).
     pub pipeline: SharedPipeline,
     /// The path every source takes once it parsed a submission.
-    pub admissions: Admissions,
+    pub admissions: Arc<Admissions>,
     /// Set when shutdown begins: new submissions get 503.
     pub draining: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,

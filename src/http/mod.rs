@@ -20,6 +20,7 @@ use serde::Deserialize;
 
 pub mod connections;
 pub mod dashboard;
+pub mod fit_connect;
 pub mod health;
 pub mod intake;
 pub mod operator;

@@ -27,6 +27,8 @@ pub struct Queued<'s, 'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_xml: Option<&'s str>,
     pub attachments: &'s [Attachment<'a>],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fit_connect: Option<&'s RawValue>,
 }
 
 /// One attachment as the message carries it.

@@ -1,0 +1,655 @@
+//! The receiving side at work: one poller per destination, and what it
+//! does with each waiting submission.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use amtsbote_connector::{Context, Secret};
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use super::api::{ApiError, Endpoint, Fetched, SubmissionApi, Waiting};
+use super::callback::{self, CallbackError};
+use super::decision::{self, Acceptance, Rejection};
+use super::problems::{Kind, Part, Problem};
+use super::verify::{self, Keys, Verified};
+use super::{DestinationConfig, FitConnectSettings};
+use crate::admission::{Admissions, Incoming, NotAdmitted};
+use crate::domain::{Region, SenderName};
+use crate::jose::{DecryptionKey, Jwk, SigningKey, VerifyingKey};
+use crate::metrics::{FitConnectErrorLabels, FitConnectLabel, FitConnectRejectionLabels, Metrics};
+use crate::pipeline::SharedPipeline;
+use crate::store::{FitConnectDecision, IdempotencyKey, Store, StoreError, Verdict};
+use crate::submission::{InvalidSubmission, Submission};
+
+/// A destination that cannot work as configured.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("fit_connect: destinations: {destination}: {problem}")]
+pub struct FitConnectError {
+    pub destination: String,
+    pub problem: String,
+}
+
+/// FITKO requires RSA keys of 4096 bits; a smaller key is a mistake.
+const MIN_KEY_BITS: usize = 4096;
+
+/// The largest metadata document taken.
+const MAX_METADATA_BYTES: usize = 1024 * 1024;
+
+/// The receiving side: its destinations and what they share.
+pub struct FitConnect {
+    destinations: BTreeMap<SenderName, Arc<Destination>>,
+    poll_interval: Duration,
+}
+
+/// What receiving needs from the rest of amtsbote.
+pub struct Shared {
+    pub pipeline: SharedPipeline,
+    pub admissions: Arc<Admissions>,
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+    pub limits: crate::submission::Limits,
+}
+
+struct Destination {
+    name: SenderName,
+    id: Uuid,
+    /// `Err`: the configuration could not be used (keys, credentials);
+    /// the destination is down and says why.
+    ready: Result<Ready, String>,
+    wake: Notify,
+    health: Mutex<DestinationHealth>,
+    /// When each submission still waiting was first seen, for the age of
+    /// the oldest.
+    first_seen: Mutex<HashMap<Uuid, time::OffsetDateTime>>,
+}
+
+struct Ready {
+    region: Region,
+    api: SubmissionApi,
+    decryption: Vec<DecryptionKey>,
+    signing: SigningKey,
+    callback_secret: Option<Secret>,
+    /// The delivery service's keys, fetched when an event names a key
+    /// not among them.
+    service_keys: tokio::sync::Mutex<Vec<VerifyingKey>>,
+}
+
+/// How a destination is doing, for the dashboard and the status API.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationHealth {
+    pub name: String,
+    pub id: String,
+    /// Configured and usable, and the last poll reached FIT-Connect.
+    pub up: bool,
+    /// Why not, if not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_success: Option<String>,
+    /// Submissions FIT-Connect listed as waiting at the last poll.
+    pub waiting: usize,
+    /// Age of the oldest of them, in seconds, from when it was submitted
+    /// (or first seen, before its event log was read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldest_waiting_seconds: Option<u64>,
+    pub accepted: u64,
+    pub rejected: u64,
+}
+
+impl FitConnect {
+    /// Reads every destination's keys and credentials. A destination that
+    /// cannot work is kept, down, with its problem (also returned): one
+    /// bad destination neither stops the others nor amtsbote.
+    pub fn build(settings: &FitConnectSettings, context: &Context, max_content_bytes: usize) -> (Self, Vec<FitConnectError>) {
+        let mut problems = Vec::new();
+        let destinations = settings
+            .destinations
+            .iter()
+            .map(|(name, config)| {
+                let ready = ready(settings, config, context, max_content_bytes);
+                if let Err(problem) = &ready {
+                    problems.push(FitConnectError { destination: name.to_string(), problem: problem.clone() });
+                }
+                let health = DestinationHealth {
+                    name: name.to_string(),
+                    id: config.id.to_string(),
+                    problem: ready.as_ref().err().cloned(),
+                    ..DestinationHealth::default()
+                };
+                let destination = Destination {
+                    name: name.clone(),
+                    id: config.id,
+                    ready,
+                    wake: Notify::new(),
+                    health: Mutex::new(health),
+                    first_seen: Mutex::new(HashMap::new()),
+                };
+                (name.clone(), Arc::new(destination))
+            })
+            .collect();
+        (Self { destinations, poll_interval: settings.poll_interval }, problems)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &SenderName> {
+        self.destinations.keys()
+    }
+
+    pub fn health(&self) -> Vec<DestinationHealth> {
+        self.destinations.values().map(|d| d.health.lock().expect("health lock").clone()).collect()
+    }
+
+    /// Takes a callback for the destination `name`: authenticated, it
+    /// wakes the destination's poller.
+    pub fn callback(&self, name: &str, timestamp: &str, authentication: &str, body: &[u8]) -> Result<(), CallbackError> {
+        let destination = SenderName::parse(name).ok().and_then(|name| self.destinations.get(&name)).ok_or(CallbackError::UnknownDestination)?;
+        let secret = destination.ready.as_ref().ok().and_then(|r| r.callback_secret.as_ref()).ok_or(CallbackError::UnknownDestination)?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        callback::authenticate(secret.expose().as_bytes(), timestamp, authentication, body, now)?;
+        destination.wake.notify_one();
+        Ok(())
+    }
+
+    /// Whether each usable destination reaches FIT-Connect with its
+    /// credentials (`check --probe`).
+    pub async fn probe(&self) -> Vec<(String, Result<(), String>)> {
+        let mut results = Vec::new();
+        for destination in self.destinations.values() {
+            let result = match &destination.ready {
+                Ok(ready) => ready.api.probe(destination.id).await.map_err(|e| e.to_string()),
+                Err(problem) => Err(problem.clone()),
+            };
+            results.push((destination.name.to_string(), result));
+        }
+        results
+    }
+
+    /// Starts one poller per usable destination; they stop when `shutdown`
+    /// turns true, after the submission in hand.
+    pub fn run(self: &Arc<Self>, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) -> JoinSet<()> {
+        let mut tasks = JoinSet::new();
+        for destination in self.destinations.values() {
+            let up = destination.ready.is_ok();
+            shared.metrics.fit_connect_up.get_or_create(&label(&destination.name)).set(i64::from(false));
+            if !up {
+                tracing::error!(event = "fit_connect_destination_unusable", destination = %destination.name,
+                    problem = destination.health.lock().expect("health lock").problem.as_deref().unwrap_or_default(),
+                    "the FIT-Connect destination cannot work as configured; its submissions wait at FIT-Connect");
+                continue;
+            }
+            tasks.spawn(poll_loop(destination.clone(), shared.clone(), self.poll_interval, shutdown.clone()));
+        }
+        tasks
+    }
+}
+
+fn label(name: &SenderName) -> FitConnectLabel {
+    FitConnectLabel { destination: name.to_string() }
+}
+
+/// Reads a destination's keys and builds its API client.
+fn ready(settings: &FitConnectSettings, config: &DestinationConfig, context: &Context, max_content_bytes: usize) -> Result<Ready, String> {
+    let region = Region::parse(&config.region).map_err(|e| format!("region: {}", e.0))?;
+    let jwk = |what: &str, secret: &amtsbote_connector::SecretRef| -> Result<Jwk, String> {
+        let text = context.secret(secret).map_err(|e| format!("{what}: {e}"))?;
+        // The parse error could quote the key: say only what it is not.
+        serde_json::from_str(text.expose()).map_err(|_| format!("{what}: not a JSON Web Key"))
+    };
+    if config.decryption_keys.is_empty() {
+        return Err("decryption_keys: at least one key is needed".into());
+    }
+    let mut decryption = Vec::new();
+    for (index, secret) in config.decryption_keys.iter().enumerate() {
+        let what = format!("decryption_keys[{index}]");
+        let key = DecryptionKey::from_jwk(&jwk(&what, secret)?).map_err(|e| format!("{what}: {e}"))?;
+        if key.kid().is_none() {
+            return Err(format!("{what}: the key has no kid; senders name the key they encrypted for by it"));
+        }
+        if key.bits() < MIN_KEY_BITS {
+            return Err(format!("{what}: {} bits; FIT-Connect requires {MIN_KEY_BITS}", key.bits()));
+        }
+        decryption.push(key);
+    }
+    let signing = SigningKey::from_jwk(&jwk("signing_key", &config.signing_key)?).map_err(|e| format!("signing_key: {e}"))?;
+    if signing.bits() < MIN_KEY_BITS {
+        return Err(format!("signing_key: {} bits; FIT-Connect requires {MIN_KEY_BITS}", signing.bits()));
+    }
+    let callback_secret = match &config.callback_secret {
+        Some(secret) => Some(context.secret(secret).map_err(|e| format!("callback_secret: {e}"))?),
+        None => None,
+    };
+    let api = SubmissionApi::new(
+        Endpoint {
+            submission_api: &settings.submission_api,
+            token_url: &settings.token_url,
+            client_id: &config.client_id,
+            client_secret: &config.client_secret,
+            tls: &settings.tls,
+            timeout: settings.timeout,
+            max_content_bytes,
+        },
+        context,
+    )?;
+    Ok(Ready { region, api, decryption, signing, callback_secret, service_keys: tokio::sync::Mutex::new(Vec::new()) })
+}
+
+/// Why a poll stopped before it went through the list.
+#[derive(Debug, thiserror::Error)]
+enum Pause {
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("ledger: {0}")]
+    Ledger(#[from] StoreError),
+    #[error("admission: {0}")]
+    Admission(NotAdmitted),
+}
+
+impl Pause {
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Pause::Api(ApiError::Transient { retry_after, .. }) => *retry_after,
+            _ => None,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Pause::Api(e) => e.kind(),
+            Pause::Ledger(_) => "ledger",
+            Pause::Admission(_) => "admission",
+        }
+    }
+}
+
+async fn poll_loop(destination: Arc<Destination>, shared: Arc<Shared>, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff: Option<Box<dyn Iterator<Item = Duration> + Send>> = None;
+    let mut wait = Duration::ZERO;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = destination.wake.notified() => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        match destination.poll(&shared, &shutdown).await {
+            Ok(()) => {
+                backoff = None;
+                wait = interval;
+            }
+            Err(pause) => {
+                let pause_for = backoff.get_or_insert_with(|| Box::new(crate::broker::reconnect_backoff())).next().unwrap_or(interval);
+                wait = pause.retry_after().map_or(pause_for, |after| after.max(Duration::from_secs(1)));
+                shared.metrics.fit_connect_errors.get_or_create(&FitConnectErrorLabels {
+                    destination: destination.name.to_string(),
+                    kind: pause.kind().to_owned(),
+                }).inc();
+                tracing::warn!(event = "fit_connect_poll_paused", destination = %destination.name, error = %pause,
+                    retry_in_ms = wait.as_millis() as u64, "FIT-Connect poll paused; trying again later");
+                let mut health = destination.health.lock().expect("health lock");
+                health.up = false;
+                health.problem = Some(pause.to_string());
+                shared.metrics.fit_connect_up.get_or_create(&label(&destination.name)).set(0);
+            }
+        }
+    }
+}
+
+impl Destination {
+    fn ready(&self) -> &Ready {
+        self.ready.as_ref().expect("only usable destinations are polled")
+    }
+
+    /// Lists what waits and handles it, one submission after another.
+    async fn poll(&self, shared: &Shared, shutdown: &watch::Receiver<bool>) -> Result<(), Pause> {
+        let ready = self.ready();
+        let waiting = ready.api.waiting(self.id).await?;
+        let now = time::OffsetDateTime::now_utc();
+        {
+            let mut first_seen = self.first_seen.lock().expect("first-seen lock");
+            first_seen.retain(|id, _| waiting.iter().any(|w| w.submission_id == *id));
+            for w in &waiting {
+                first_seen.entry(w.submission_id).or_insert(now);
+            }
+        }
+        {
+            let mut health = self.health.lock().expect("health lock");
+            health.up = true;
+            health.problem = None;
+            health.last_success = Some(crate::domain::timestamp(now));
+            health.waiting = waiting.len();
+        }
+        let metric = label(&self.name);
+        shared.metrics.fit_connect_up.get_or_create(&metric).set(1);
+        shared.metrics.fit_connect_last_poll.get_or_create(&metric).set(now.unix_timestamp() as f64);
+        self.record_oldest(shared);
+        for submission in &waiting {
+            if *shutdown.borrow() {
+                break;
+            }
+            if submission.destination_id != self.id {
+                continue;
+            }
+            let handled = self.handle(shared, submission).await;
+            if handled.is_ok() {
+                self.first_seen.lock().expect("first-seen lock").remove(&submission.submission_id);
+            }
+            handled?;
+        }
+        self.record_oldest(shared);
+        Ok(())
+    }
+
+    fn record_oldest(&self, shared: &Shared) {
+        let oldest = self.first_seen.lock().expect("first-seen lock").values().min().copied();
+        let age = oldest.map(|at| (time::OffsetDateTime::now_utc() - at).whole_seconds().max(0) as u64);
+        self.health.lock().expect("health lock").oldest_waiting_seconds = age;
+        shared.metrics.fit_connect_oldest_waiting_age.get_or_create(&label(&self.name)).set(age.unwrap_or(0) as f64);
+    }
+
+    /// One waiting submission: the decision recorded before, or a new one.
+    async fn handle(&self, shared: &Shared, waiting: &Waiting) -> Result<(), Pause> {
+        if let Some(recorded) = shared.store.fit_connect_decision(waiting.submission_id).await? {
+            if recorded.sent_at.is_none() {
+                self.send(shared, &recorded).await?;
+            }
+            return Ok(());
+        }
+        let ready = self.ready();
+        let fetched = match ready.api.submission(waiting.submission_id).await {
+            Ok(fetched) => fetched,
+            // Decided meanwhile (by another amtsbote of the destination).
+            Err(ApiError::Refused { status: 404, .. }) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        shared.metrics.fit_connect_fetched.get_or_create(&label(&self.name)).inc();
+        if fetched.submission_id != waiting.submission_id || fetched.destination_id != self.id {
+            return Err(ApiError::Malformed("a submission other than the one asked for").into());
+        }
+        let mut attachments = Vec::with_capacity(fetched.attachments.len());
+        for &attachment in &fetched.attachments {
+            match ready.api.attachment(fetched.submission_id, attachment).await {
+                Ok(jwe) => attachments.push((attachment, jwe)),
+                // Announced but not there: the checks name it.
+                Err(ApiError::Refused { status: 404, .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let event_log = ready.api.events(fetched.case_id).await?;
+        let service_keys = self.service_keys(&event_log).await?;
+        let keys = Keys { decryption: &ready.decryption, service: &service_keys };
+        let limits = verify::Limits { metadata_bytes: MAX_METADATA_BYTES, content_bytes: shared.limits.attachment_bytes };
+        let verified = match verify::verify(&fetched, &attachments, &event_log, &keys, &limits, super::metadata::check) {
+            Ok(verified) => verified,
+            Err(problem) => return self.reject(shared, &fetched, problem).await,
+        };
+        match self.admit(shared, &fetched, &verified).await {
+            Ok(id) => {
+                let payload = serde_json::to_string(&Acceptance { authentication_tags: &verified.tags }).expect("tags serialize");
+                self.decide(shared, &fetched, Some(id), Verdict::Accept, payload).await
+            }
+            Err(Admit::Reject(problem)) => self.reject(shared, &fetched, problem).await,
+            Err(Admit::Later(not_admitted)) => match not_admitted {
+                NotAdmitted::NoRoute { service, region } => {
+                    // Ours to fix, not the sender's: the submission waits
+                    // at FIT-Connect (the oldest-waiting alert fires) and
+                    // the others go on.
+                    tracing::error!(event = "fit_connect_no_route", destination = %self.name, fit_connect_submission = %fetched.submission_id,
+                        service = %service, region = %region, "no route for a FIT-Connect submission; it waits at FIT-Connect until one is configured");
+                    shared.metrics.fit_connect_errors.get_or_create(&FitConnectErrorLabels {
+                        destination: self.name.to_string(),
+                        kind: "no_route".into(),
+                    }).inc();
+                    Ok(())
+                }
+                other => Err(Pause::Admission(other)),
+            },
+        }
+    }
+
+    /// The delivery service's keys for the event log's signatures: the
+    /// cached set, fetched again when an event names a key not in it.
+    async fn service_keys(&self, event_log: &[String]) -> Result<Vec<VerifyingKey>, ApiError> {
+        let ready = self.ready();
+        let mut cached = ready.service_keys.lock().await;
+        let named: Vec<String> =
+            event_log.iter().filter_map(|jws| crate::jose::Jws::parse(jws).ok()?.header.kid).collect();
+        let known = |keys: &[VerifyingKey]| named.iter().all(|kid| keys.iter().any(|k| k.kid() == Some(kid.as_str())));
+        if cached.is_empty() || !known(&cached) {
+            let set = ready.api.service_keys().await?;
+            *cached = set
+                .keys
+                .iter()
+                .filter_map(|jwk| VerifyingKey::from_jwk(jwk).ok())
+                .filter(|key| key.bits() >= MIN_KEY_BITS)
+                .collect();
+        }
+        Ok(cached.clone())
+    }
+
+    async fn admit(&self, shared: &Shared, fetched: &Fetched, verified: &Verified) -> Result<Uuid, Admit> {
+        let ready = self.ready();
+        let body = Bytes::from(envelope(verified, &ready.region)?);
+        let mut submission = Submission::parse(&body, &shared.limits).map_err(|e| Admit::Reject(problem_of(e, verified)))?;
+        submission.fit_connect = Some(origin(fetched, verified));
+        let idempotency = IdempotencyKey {
+            key: format!("fit-connect:{}", fetched.submission_id),
+            // What identifies the content, stable across attempts.
+            fingerprint: Sha256::digest(serde_json::to_vec(&verified.tags).expect("tags serialize")).into(),
+        };
+        let pipeline = shared.pipeline.load_full();
+        let incoming = Incoming {
+            submission,
+            body: &body,
+            body_sha256: Sha256::digest(&body).into(),
+            sender: &self.name,
+            idempotency: Some(idempotency),
+        };
+        shared.admissions.admit(&pipeline, incoming).await.map_err(|e| match e {
+            NotAdmitted::InvalidFormData(fields) => Admit::Reject(Problem::new(
+                Kind::SchemaViolation,
+                Part::Data,
+                format!(
+                    "the data does not match the submission schema: {}",
+                    fields.iter().map(|f| format!("{} {}", f.pointer, f.detail)).collect::<Vec<_>>().join("; ")
+                ),
+            )),
+            NotAdmitted::TooLarge => Admit::Reject(Problem::new(Kind::TechnicalError, Part::Data, "the data is larger than this receiver takes")),
+            other => Admit::Later(other),
+        })
+    }
+
+    async fn reject(&self, shared: &Shared, fetched: &Fetched, problem: Problem) -> Result<(), Pause> {
+        tracing::warn!(event = "fit_connect_rejecting", destination = %self.name, fit_connect_submission = %fetched.submission_id,
+            problem = problem.kind.slug(), instance = %problem.part.instance(), detail = %problem.detail, "rejecting a FIT-Connect submission");
+        let payload = serde_json::to_string(&Rejection { problems: std::slice::from_ref(&problem) }).expect("problems serialize");
+        self.decide(shared, fetched, None, Verdict::Reject, payload).await
+    }
+
+    /// Records the decision (or finds the one recorded before) and sends it.
+    async fn decide(&self, shared: &Shared, fetched: &Fetched, id: Option<Uuid>, verdict: Verdict, payload: String) -> Result<(), Pause> {
+        let decision = FitConnectDecision {
+            fit_submission: fetched.submission_id,
+            case_id: fetched.case_id,
+            destination: self.id,
+            submission: id,
+            verdict,
+            payload,
+            decided_at: String::new(),
+            sent_at: None,
+        };
+        let recorded = shared.store.decide_fit_connect(decision).await?;
+        if recorded.sent_at.is_none() {
+            self.send(shared, &recorded).await?;
+        }
+        Ok(())
+    }
+
+    async fn send(&self, shared: &Shared, decision: &FitConnectDecision) -> Result<(), Pause> {
+        let ready = self.ready();
+        let event = decision::event(&ready.signing, self.id, decision.fit_submission, decision.case_id, decision.verdict, &decision.payload)
+            .map_err(|e| Pause::Api(ApiError::Malformed(if matches!(e, crate::jose::JoseError::Malformed(_)) { "a recorded decision" } else { "a signature" })))?;
+        match ready.api.decide(decision.case_id, &event).await {
+            Ok(()) => {}
+            Err(ApiError::AlreadyDecided) => {
+                tracing::info!(event = "fit_connect_decision_known", destination = %self.name, fit_connect_submission = %decision.fit_submission,
+                    "FIT-Connect has a decision for the submission already (a lost answer); counted as sent");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        shared.store.fit_connect_decision_sent(decision.fit_submission).await?;
+        let metric = label(&self.name);
+        let mut health = self.health.lock().expect("health lock");
+        match decision.verdict {
+            Verdict::Accept => {
+                health.accepted += 1;
+                shared.metrics.fit_connect_accepted.get_or_create(&metric).inc();
+                tracing::info!(event = "fit_connect_accepted", destination = %self.name, fit_connect_submission = %decision.fit_submission,
+                    submission = ?decision.submission, "FIT-Connect submission accepted");
+            }
+            Verdict::Reject => {
+                health.rejected += 1;
+                let problem = serde_json::from_str::<serde_json::Value>(&decision.payload)
+                    .ok()
+                    .and_then(|p| p.pointer("/problems/0/type")?.as_str()?.rsplit('/').next().map(str::to_owned))
+                    .unwrap_or_else(|| "unknown".into());
+                shared.metrics.fit_connect_rejected.get_or_create(&FitConnectRejectionLabels { destination: self.name.to_string(), problem }).inc();
+                tracing::info!(event = "fit_connect_rejected", destination = %self.name, fit_connect_submission = %decision.fit_submission,
+                    "FIT-Connect submission rejected");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a verified submission was not admitted.
+enum Admit {
+    /// Its content cannot be taken: reject it.
+    Reject(Problem),
+    /// Not now (the broker, the ledger, a missing route): it waits.
+    Later(NotAdmitted),
+}
+
+impl From<Problem> for Admit {
+    fn from(problem: Problem) -> Self {
+        Admit::Reject(problem)
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope<'a> {
+    service: &'a str,
+    region: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reference: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    submitted_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_xml: Option<&'a str>,
+    attachments: Vec<AttachmentOut<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AttachmentOut<'a> {
+    name: String,
+    media_type: &'a str,
+    purpose: &'static str,
+    content: String,
+}
+
+/// The verified submission as HTTP intake would have received it, so that
+/// it takes the same checks and becomes the same message.
+fn envelope(verified: &Verified, region: &Region) -> Result<Vec<u8>, Problem> {
+    use base64::Engine as _;
+    let (data, data_xml) = match &verified.data {
+        None => (Some(empty_form()), None),
+        Some(data) if data.xml => {
+            let xml = std::str::from_utf8(&data.content).map_err(|_| Problem::new(Kind::SyntaxViolation, Part::Data, "the XML data is not UTF-8"))?;
+            (None, Some(xml))
+        }
+        Some(data) => {
+            let text = std::str::from_utf8(&data.content).map_err(|_| Problem::new(Kind::SyntaxViolation, Part::Data, "the JSON data is not UTF-8"))?;
+            let raw: &RawValue = serde_json::from_str(text).map_err(|_| Problem::new(Kind::SyntaxViolation, Part::Data, "the data is not JSON"))?;
+            if !raw.get().trim_start().starts_with('{') {
+                return Err(Problem::new(Kind::SyntaxViolation, Part::Data, "the JSON data is not an object"));
+            }
+            (Some(raw), None)
+        }
+    };
+    let reference = verified
+        .metadata
+        .pointer("/additionalReferenceInfo/senderReference")
+        .and_then(|r| r.as_str())
+        .filter(|r| !r.is_empty() && r.chars().count() <= 200 && !r.chars().any(char::is_control));
+    let submitted_at = verified
+        .submitted_at
+        .and_then(|at| time::OffsetDateTime::from_unix_timestamp(at).ok())
+        .map(crate::domain::timestamp);
+    let attachments = verified
+        .attachments
+        .iter()
+        .map(|a| AttachmentOut {
+            name: a.filename.clone().filter(|name| crate::submission::is_safe_file_name(name)).unwrap_or_else(|| format!("anlage-{}", a.id)),
+            media_type: a.media_type.as_deref().unwrap_or("application/octet-stream"),
+            purpose: if a.purpose.as_deref() == Some("form") { "form" } else { "attachment" },
+            content: base64::engine::general_purpose::STANDARD.encode(&a.content),
+        })
+        .collect();
+    let envelope =
+        Envelope { service: verified.service.as_str(), region: region.as_str(), reference, submitted_at, data, data_xml, attachments };
+    Ok(serde_json::to_vec(&envelope).expect("an envelope serializes"))
+}
+
+/// A submission without data (only attachments) has an empty form.
+fn empty_form() -> &'static RawValue {
+    static EMPTY: std::sync::LazyLock<Box<RawValue>> = std::sync::LazyLock::new(|| RawValue::from_string("{}".into()).expect("JSON"));
+    &EMPTY
+}
+
+/// What mappings see as `.fitConnect`.
+fn origin(fetched: &Fetched, verified: &Verified) -> Box<RawValue> {
+    let metadata = &verified.metadata;
+    let origin = serde_json::json!({
+        "submissionId": fetched.submission_id,
+        "caseId": fetched.case_id,
+        "destinationId": fetched.destination_id,
+        "metadataSchema": metadata.get("$schema"),
+        "publicService": metadata.get("publicService").or_else(|| metadata.get("publicServiceType")),
+        "replyChannel": metadata.get("replyChannel"),
+        "additionalReferenceInfo": metadata.get("additionalReferenceInfo"),
+        "submissionSchema": verified.data.as_ref().and_then(|d| d.schema_uri.as_deref()),
+    });
+    RawValue::from_string(origin.to_string()).expect("JSON")
+}
+
+/// Intake's checks of the envelope, in FIT-Connect's terms.
+fn problem_of(invalid: InvalidSubmission, verified: &Verified) -> Problem {
+    let fields = match invalid {
+        InvalidSubmission::Malformed(_) => return Problem::new(Kind::TechnicalError, Part::Submission, "the submission could not be read"),
+        InvalidSubmission::Fields(fields) => fields,
+    };
+    let Some(first) = fields.first() else {
+        return Problem::new(Kind::TechnicalError, Part::Submission, "the submission could not be read");
+    };
+    if first.pointer.starts_with("#/data") {
+        return Problem::new(Kind::SyntaxViolation, Part::Data, first.detail.clone());
+    }
+    if let Some(rest) = first.pointer.strip_prefix("#/attachments/")
+        && let Some(attachment) = rest.split('/').next().and_then(|i| i.parse::<usize>().ok()).and_then(|i| verified.attachments.get(i))
+    {
+        return Problem::new(Kind::TechnicalError, Part::Attachment(attachment.id), first.detail.clone());
+    }
+    Problem::new(Kind::TechnicalError, Part::Submission, format!("{} {}", first.pointer, first.detail))
+}

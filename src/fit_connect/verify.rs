@@ -1,0 +1,334 @@
+//! The checks a receiving system makes before it accepts, in the order
+//! FITKO's SDK makes them: the delivery service's signed
+//! `submit-submission` event; the metadata (decrypts, parses, valid
+//! against its schema, a known service); the data (announced and
+//! delivered, decrypts, its SHA-512); the attachments (announced equal
+//! delivered, each decrypts, its SHA-512); and every JWE's
+//! authentication tag equal to the one in the signed event, which catches
+//! content swapped for other content the destination could decrypt.
+//!
+//! Pure: what is verified was fetched before. The first failing check
+//! decides; its problem is what the rejection names.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha512};
+use uuid::Uuid;
+
+use super::api::Fetched;
+use super::problems::{Kind, Part, Problem};
+use crate::domain::ServiceKey;
+use crate::jose::{DecryptionKey, Jwe, JoseError, Jws, VerifyingKey};
+
+pub const SUBMIT_SUBMISSION: &str = "https://schema.fitko.de/fit-connect/events/submit-submission";
+
+/// The authentication tags of a submission's JWEs, as events carry them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthenticationTags {
+    pub metadata: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    #[serde(default)]
+    pub attachments: BTreeMap<Uuid, String>,
+}
+
+/// What the checks found: the submission in plaintext.
+#[derive(Debug)]
+pub struct Verified {
+    pub metadata: serde_json::Value,
+    pub service: ServiceKey,
+    pub data: Option<Data>,
+    pub attachments: Vec<VerifiedAttachment>,
+    pub tags: AuthenticationTags,
+    /// When the sender submitted it (the signed event's `iat`).
+    pub submitted_at: Option<i64>,
+}
+
+#[derive(Debug)]
+pub struct Data {
+    pub content: Vec<u8>,
+    /// `application/xml` (else JSON), by the metadata's submission schema.
+    pub xml: bool,
+    /// The submission schema's URI, as the metadata names it.
+    pub schema_uri: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct VerifiedAttachment {
+    pub id: Uuid,
+    pub filename: Option<String>,
+    pub media_type: Option<String>,
+    pub purpose: Option<String>,
+    pub content: Vec<u8>,
+}
+
+/// What the checks need besides the submission.
+pub struct Keys<'a> {
+    /// The destination's decryption keys, chosen by the JWE's `kid`.
+    pub decryption: &'a [DecryptionKey],
+    /// The delivery service's signing keys (its JWKS), chosen by `kid`.
+    pub service: &'a [VerifyingKey],
+}
+
+/// The largest plaintext taken for metadata, data and one attachment.
+pub struct Limits {
+    pub metadata_bytes: usize,
+    pub content_bytes: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Metadata {
+    #[serde(default)]
+    public_service: Option<PublicService>,
+    /// Metadata 1.x named it so; 2.x `publicService`.
+    #[serde(default)]
+    public_service_type: Option<PublicService>,
+    content_structure: ContentStructure,
+}
+
+#[derive(Debug, Deserialize)]
+struct PublicService {
+    identifier: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ContentStructure {
+    #[serde(default)]
+    data: Option<DataEntry>,
+    #[serde(default)]
+    attachments: Vec<AttachmentEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DataEntry {
+    hash: Hash,
+    submission_schema: SubmissionSchema,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SubmissionSchema {
+    #[serde(default)]
+    schema_uri: Option<String>,
+    mime_type: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AttachmentEntry {
+    attachment_id: Uuid,
+    hash: Hash,
+    #[serde(default)]
+    filename: Option<String>,
+    #[serde(default)]
+    mime_type: Option<String>,
+    #[serde(default)]
+    purpose: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Hash {
+    #[serde(rename = "type")]
+    kind: String,
+    content: String,
+}
+
+/// The checks, with the attachments fetched (`attachments`: id and JWE)
+/// and the case's event log.
+pub fn verify(
+    fetched: &Fetched,
+    attachments: &[(Uuid, String)],
+    event_log: &[String],
+    keys: &Keys<'_>,
+    limits: &Limits,
+    metadata_schema: impl Fn(&serde_json::Value) -> Result<(), Problem>,
+) -> Result<Verified, Problem> {
+    let (signed_tags, submitted_at) = submit_event(fetched, event_log, keys.service)?;
+
+    let metadata_jwe = parse_jwe(&fetched.encrypted_metadata, Part::Metadata)?;
+    let metadata_bytes = decrypt(&metadata_jwe, keys.decryption, limits.metadata_bytes, Part::Metadata)?;
+    let metadata_value: serde_json::Value = serde_json::from_slice(&metadata_bytes)
+        .map_err(|_| Problem::new(Kind::SyntaxViolation, Part::Metadata, "the metadata is not JSON"))?;
+    metadata_schema(&metadata_value)?;
+    let metadata: Metadata = serde_json::from_value(metadata_value.clone())
+        .map_err(|e| Problem::new(Kind::SchemaViolation, Part::Metadata, format!("the metadata does not have the fields it needs: {e}")))?;
+    let identifier = metadata
+        .public_service
+        .as_ref()
+        .or(metadata.public_service_type.as_ref())
+        .map(|s| s.identifier.as_str())
+        .ok_or_else(|| Problem::new(Kind::SchemaViolation, Part::Metadata, "the metadata names no public service"))?;
+    let service = ServiceKey::parse(identifier).map_err(|_| {
+        Problem::new(Kind::ServiceMismatch, Part::Metadata, "the public service is not identified by a LeiKa key")
+    })?;
+    check_tag(&signed_tags.metadata, metadata_jwe.authentication_tag(), Part::Metadata)?;
+
+    let data = match (&metadata.content_structure.data, &fetched.encrypted_data) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(Problem::new(Kind::SchemaViolation, Part::Metadata, "data was delivered that the metadata does not announce"));
+        }
+        (Some(_), None) => return Err(Problem::new(Kind::MissingData, Part::Data, "the metadata announces data, none was delivered")),
+        (Some(entry), Some(encrypted)) => {
+            let jwe = parse_jwe(encrypted, Part::Data)?;
+            let content = decrypt(&jwe, keys.decryption, limits.content_bytes, Part::Data)?;
+            check_hash(&entry.hash, &content, Part::Data)?;
+            let signed = signed_tags.data.as_deref().ok_or_else(|| {
+                Problem::new(Kind::MissingAuthenticationTags, Part::Data, "the submit-submission event names no tag for the data")
+            })?;
+            check_tag(signed, jwe.authentication_tag(), Part::Data)?;
+            let xml = match entry.submission_schema.mime_type.as_str() {
+                "application/json" => false,
+                "application/xml" => true,
+                _ => return Err(Problem::new(Kind::UnsupportedSchema, Part::Data, "the data is neither application/json nor application/xml")),
+            };
+            Some(Data { content, xml, schema_uri: entry.submission_schema.schema_uri.clone() })
+        }
+    };
+
+    let announced: BTreeSet<Uuid> = metadata.content_structure.attachments.iter().map(|a| a.attachment_id).collect();
+    let delivered: BTreeSet<Uuid> = fetched.attachments.iter().copied().collect();
+    if let Some(&id) = announced.symmetric_difference(&delivered).next() {
+        let detail = if announced.contains(&id) {
+            "the metadata announces this attachment; the submission does not have it"
+        } else {
+            "the submission has this attachment; the metadata does not announce it"
+        };
+        return Err(Problem::new(Kind::MissingAttachment, Part::Attachment(id), detail));
+    }
+    if announced.len() != metadata.content_structure.attachments.len() {
+        return Err(Problem::new(Kind::SchemaViolation, Part::Metadata, "the metadata announces an attachment twice"));
+    }
+    let mut verified_attachments = Vec::with_capacity(attachments.len());
+    for entry in &metadata.content_structure.attachments {
+        let part = Part::Attachment(entry.attachment_id);
+        let encrypted = attachments
+            .iter()
+            .find(|(id, _)| *id == entry.attachment_id)
+            .map(|(_, jwe)| jwe)
+            .ok_or_else(|| Problem::new(Kind::MissingAttachment, part, "the attachment could not be fetched"))?;
+        let jwe = parse_jwe(encrypted, part)?;
+        let content = decrypt(&jwe, keys.decryption, limits.content_bytes, part)?;
+        check_hash(&entry.hash, &content, part)?;
+        let signed = signed_tags.attachments.get(&entry.attachment_id).ok_or_else(|| {
+            Problem::new(Kind::MissingAuthenticationTags, part, "the submit-submission event names no tag for this attachment")
+        })?;
+        check_tag(signed, jwe.authentication_tag(), part)?;
+        verified_attachments.push(VerifiedAttachment {
+            id: entry.attachment_id,
+            filename: entry.filename.clone(),
+            media_type: entry.mime_type.clone(),
+            purpose: entry.purpose.clone(),
+            content,
+        });
+    }
+    Ok(Verified { metadata: metadata_value, service, data, attachments: verified_attachments, tags: signed_tags, submitted_at })
+}
+
+#[derive(Debug, Deserialize)]
+struct SetClaims {
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    txn: Option<String>,
+    #[serde(default)]
+    iat: Option<i64>,
+    #[serde(default)]
+    events: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SubmitPayload {
+    #[serde(default)]
+    authentication_tags: Option<AuthenticationTags>,
+}
+
+/// The one `submit-submission` event of the submission: its signature
+/// checked with the delivery service's keys, its claims with the
+/// submission; its authentication tags.
+fn submit_event(fetched: &Fetched, event_log: &[String], service_keys: &[VerifyingKey]) -> Result<(AuthenticationTags, Option<i64>), Problem> {
+    let invalid = |detail: &str| Problem::new(Kind::InvalidEventLog, Part::Submission, detail);
+    let subject = format!("submission:{}", fetched.submission_id);
+    let mut found = None;
+    for compact in event_log {
+        // Events of other submissions of the case, and the decisions of
+        // others, are signed with keys we do not hold: only this
+        // submission's `submit-submission` event is ours to check.
+        let Ok(jws) = Jws::parse(compact) else { continue };
+        let Ok(claims) = serde_json::from_slice::<SetClaims>(jws.payload()) else { continue };
+        if claims.sub.as_deref() != Some(subject.as_str()) || !claims.events.contains_key(SUBMIT_SUBMISSION) {
+            continue;
+        }
+        if found.is_some() {
+            return Err(invalid("the event log holds more than one submit-submission event for the submission"));
+        }
+        found = Some((jws, claims));
+    }
+    let Some((jws, claims)) = found else {
+        return Err(invalid("the event log holds no submit-submission event for the submission"));
+    };
+    if jws.header.typ.as_deref() != Some("secevent+jwt") {
+        return Err(invalid("the submit-submission event is not a security event token (typ)"));
+    }
+    let kid = jws.header.kid.as_deref().ok_or_else(|| invalid("the submit-submission event names no key (kid)"))?;
+    let key = service_keys
+        .iter()
+        .find(|key| key.kid() == Some(kid))
+        .ok_or_else(|| invalid("the submit-submission event is signed with a key the delivery service does not publish"))?;
+    jws.verify(key).map_err(|_| invalid("the submit-submission event's signature does not verify"))?;
+    if claims.txn.as_deref() != Some(format!("case:{}", fetched.case_id).as_str()) {
+        return Err(invalid("the submit-submission event belongs to another case (txn)"));
+    }
+    if claims.events.len() != 1 {
+        return Err(invalid("the submit-submission event carries more than one event"));
+    }
+    let payload: SubmitPayload = serde_json::from_value(claims.events[SUBMIT_SUBMISSION].clone())
+        .map_err(|_| Problem::new(Kind::MissingAuthenticationTags, Part::Submission, "the submit-submission event's authentication tags do not read"))?;
+    let tags = payload.authentication_tags.ok_or_else(|| {
+        Problem::new(Kind::MissingAuthenticationTags, Part::Submission, "the submit-submission event names no authentication tags")
+    })?;
+    Ok((tags, claims.iat))
+}
+
+fn parse_jwe(compact: &str, part: Part) -> Result<Jwe<'_>, Problem> {
+    Jwe::parse(compact).map_err(|e| Problem::new(Kind::EncryptionIssue, part, e.to_string()))
+}
+
+fn decrypt(jwe: &Jwe<'_>, keys: &[DecryptionKey], limit: usize, part: Part) -> Result<Vec<u8>, Problem> {
+    let kid = jwe.kid().ok_or_else(|| Problem::new(Kind::EncryptionIssue, part, "the JWE names no key (kid)"))?;
+    let key = keys
+        .iter()
+        .find(|key| key.kid() == Some(kid))
+        .ok_or_else(|| Problem::new(Kind::EncryptionIssue, part, "the JWE is encrypted for a key the destination does not have (kid)"))?;
+    jwe.decrypt(key, limit).map_err(|e| match e {
+        JoseError::TooLarge(_) => Problem::new(Kind::TechnicalError, part, e.to_string()),
+        _ => Problem::new(Kind::EncryptionIssue, part, e.to_string()),
+    })
+}
+
+fn check_hash(hash: &Hash, content: &[u8], part: Part) -> Result<(), Problem> {
+    if !hash.kind.eq_ignore_ascii_case("sha512") {
+        return Err(Problem::new(Kind::SchemaViolation, Part::Metadata, "the metadata's hash is not of type sha512"));
+    }
+    let actual = crate::domain::hex(&Sha512::digest(content));
+    if !actual.eq_ignore_ascii_case(hash.content.trim()) {
+        return Err(Problem::new(Kind::IncorrectHash, part, "the SHA-512 of the content differs from the metadata's"));
+    }
+    Ok(())
+}
+
+fn check_tag(signed: &str, actual: &str, part: Part) -> Result<(), Problem> {
+    if signed != actual {
+        return Err(Problem::new(
+            Kind::IncorrectAuthenticationTag,
+            part,
+            "the authentication tag differs from the one in the submit-submission event",
+        ));
+    }
+    Ok(())
+}
