@@ -188,8 +188,19 @@ impl SubmissionApi {
         serde_json::from_slice(&body).map_err(|_| ApiError::Malformed("a JSON Web Key Set"))
     }
 
-    /// Sends a decision (a signed event) for the case.
+    /// Sends a decision (a signed event) for the case. A resend after a
+    /// lost answer meets `409`: [`ApiError::AlreadyDecided`].
     pub async fn decide(&self, case: Uuid, event: &str) -> Result<(), ApiError> {
+        let mut retries = Retries::new();
+        loop {
+            match self.decide_once(case, event).await {
+                Err(error) if retries.again(&error).await => {}
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn decide_once(&self, case: Uuid, event: &str) -> Result<(), ApiError> {
         let url = self.url(&format!("/v2/cases/{case}/events"));
         let response = self
             .client
@@ -204,6 +215,16 @@ impl SubmissionApi {
     }
 
     async fn get(&self, url: Url, accept: &'static str, limit: usize) -> Result<Vec<u8>, ApiError> {
+        let mut retries = Retries::new();
+        loop {
+            match self.get_once(url.clone(), accept, limit).await {
+                Err(error) if retries.again(&error).await => {}
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn get_once(&self, url: Url, accept: &'static str, limit: usize) -> Result<Vec<u8>, ApiError> {
         let response = self
             .client
             .send(|http| http.get(url.clone()).header(reqwest::header::ACCEPT, accept))
@@ -223,6 +244,38 @@ impl SubmissionApi {
         self.page(destination, 0).await.map(drop)
     }
 }
+
+/// Tries a request again after a transient failure (a 5xx, a 429, no
+/// answer), a few times within seconds: after `Retry-After` if the service
+/// named one, else with exponential backoff and jitter. What still fails
+/// is the poller's to pause for.
+struct Retries(Box<dyn Iterator<Item = Duration> + Send>);
+
+impl Retries {
+    fn new() -> Self {
+        use backon::BackoffBuilder as _;
+        Self(Box::new(
+            backon::ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(200))
+                .with_max_delay(Duration::from_secs(5))
+                .with_jitter()
+                .with_max_times(4)
+                .build(),
+        ))
+    }
+
+    /// Whether to send again after `error`, having waited.
+    async fn again(&mut self, error: &ApiError) -> bool {
+        let ApiError::Transient { retry_after, .. } = error else { return false };
+        let Some(delay) = self.0.next() else { return false };
+        tokio::time::sleep(retry_after.map_or(delay, |after| after.min(MAX_RETRY_AFTER))).await;
+        true
+    }
+}
+
+/// The longest `Retry-After` waited for within one request; a longer one
+/// pauses the poller instead.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 fn from_outcome(outcome: Outcome) -> ApiError {
     match outcome {

@@ -285,7 +285,12 @@ async fn poll_loop(destination: Arc<Destination>, shared: Arc<Shared>, interval:
                 backoff = None;
                 wait = interval;
             }
-            Err(pause) => {
+            Err((pause, progress)) => {
+                // Pauses grow only while nothing moves: a fault now and
+                // then among many submissions costs a short pause each.
+                if progress {
+                    backoff = None;
+                }
                 let pause_for = backoff.get_or_insert_with(|| Box::new(crate::broker::reconnect_backoff())).next().unwrap_or(interval);
                 wait = pause.retry_after().map_or(pause_for, |after| after.max(Duration::from_secs(1)));
                 shared.metrics.fit_connect_errors.get_or_create(&FitConnectErrorLabels {
@@ -309,7 +314,13 @@ impl Destination {
     }
 
     /// Lists what waits and handles it, one submission after another.
-    async fn poll(&self, shared: &Shared, shutdown: &watch::Receiver<bool>) -> Result<(), Pause> {
+    async fn poll(&self, shared: &Shared, shutdown: &watch::Receiver<bool>) -> Result<(), (Pause, bool)> {
+        let mut progress = false;
+        self.poll_round(shared, shutdown, &mut progress).await.map_err(|pause| (pause, progress))
+    }
+
+    /// `progress`: whether a submission was handled before a pause.
+    async fn poll_round(&self, shared: &Shared, shutdown: &watch::Receiver<bool>, progress: &mut bool) -> Result<(), Pause> {
         let ready = self.ready();
         let waiting = ready.api.waiting(self.id).await?;
         let now = time::OffsetDateTime::now_utc();
@@ -338,11 +349,9 @@ impl Destination {
             if submission.destination_id != self.id {
                 continue;
             }
-            let handled = self.handle(shared, submission).await;
-            if handled.is_ok() {
-                self.first_seen.lock().expect("first-seen lock").remove(&submission.submission_id);
-            }
-            handled?;
+            self.handle(shared, submission).await?;
+            self.first_seen.lock().expect("first-seen lock").remove(&submission.submission_id);
+            *progress = true;
         }
         self.record_oldest(shared);
         Ok(())

@@ -85,6 +85,8 @@ pub struct Setup<'a> {
     pub access: Option<&'a str>,
     /// (target, tenant) pairs.
     pub tenants_of: &'a [(&'a str, &'a str)],
+    /// Top-level YAML appended as it is (e.g. `fit_connect:`).
+    pub extra: &'a str,
 }
 
 impl Default for Setup<'_> {
@@ -104,6 +106,7 @@ impl Default for Setup<'_> {
             connector: None,
             access: None,
             tenants_of: &[],
+            extra: "",
         }
     }
 }
@@ -151,6 +154,7 @@ pub fn config_yaml(setup: &Setup<'_>, back_office: &SampleBackOffice, prefix: &s
     for (service, region, targets) in setup.routes {
         yaml += &format!("  - service: \"{service}\"\n    region: \"{region}\"\n    targets: [{}]\n{}", targets.join(", "), setup.route_settings);
     }
+    yaml += setup.extra;
     yaml
 }
 

@@ -6,6 +6,7 @@ mod config_schema;
 mod crashes;
 mod dashboard;
 mod delivery;
+mod fit_connect;
 mod demo;
 mod helpers;
 mod hostile;

@@ -1,0 +1,247 @@
+//! Receiving from FIT-Connect: amtsbote against the FIT-Connect double
+//! (`tests/fit-connect-double`) and the real broker: fetched, decrypted,
+//! checked, admitted, delivered, and decided once.
+
+use std::path::Path;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use amtsbote::jose::{Jwk, KeyPurpose, generate};
+use amtsbote_fit_connect_double::{Destination, Double, Faults, Outgoing, SubmissionState, Submitted, Tamper};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::{Setup, TestApp, metric, spawn_app};
+
+/// One destination's key pairs for the whole test binary: RSA-4096 keys
+/// take a while to make.
+static KEYS: LazyLock<[(Jwk, Jwk); 2]> = LazyLock::new(|| {
+    [generate("enc-test", KeyPurpose::Encryption).unwrap(), generate("sig-test", KeyPurpose::Signing).unwrap()]
+});
+
+const REGION: &str = "053150000000";
+const GEWERBE: &str = "99050012104000";
+const CALLBACK_SECRET: &str = "callback-secret-for-tests";
+
+pub struct Receiving {
+    pub double: Double,
+    pub destination: Uuid,
+    /// The `fit_connect:` section.
+    pub yaml: String,
+    _dir: tempfile::TempDir,
+}
+
+/// The double with one destination registered, and the config section
+/// that receives for it.
+pub async fn receiving(poll_interval: &str) -> Receiving {
+    let double = Double::start().await.unwrap();
+    let destination = Uuid::new_v4();
+    let dir = tempfile::tempdir().unwrap();
+    let [(encryption_private, encryption_public), (signing_private, signing_public)] = KEYS.clone();
+    let write = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let encryption = write("encryption.private.jwk.json", serde_json::to_string(&encryption_private).unwrap());
+    let signing = write("signing.private.jwk.json", serde_json::to_string(&signing_private).unwrap());
+    let client_secret = write("client-secret", "s3cret-client\n".into());
+    let callback_secret = write("callback-secret", format!("{CALLBACK_SECRET}\n"));
+    double.register(Destination {
+        id: destination,
+        client_id: format!("client-{destination}"),
+        client_secret: "s3cret-client".into(),
+        encryption_key: serde_json::to_value(&encryption_public).unwrap(),
+        signing_key: serde_json::to_value(&signing_public).unwrap(),
+        callback: None,
+    });
+    let yaml = format!(
+        "fit_connect:\n  submission_api: {}\n  token_url: {}\n  poll_interval: {poll_interval}\n  timeout: 10s\n  destinations:\n    stadt-test:\n      id: {destination}\n      client_id: client-{destination}\n      client_secret: {{ file: {} }}\n      region: \"{REGION}\"\n      decryption_keys: [{{ file: {} }}]\n      signing_key: {{ file: {} }}\n      callback_secret: {{ file: {} }}\n",
+        double.submission_api(),
+        double.token_url(),
+        client_secret.display(),
+        encryption.display(),
+        signing.display(),
+        callback_secret.display(),
+    );
+    Receiving { double, destination, yaml, _dir: dir }
+}
+
+/// A Gewerbeanmeldung's form data, as the shipped fixture has it.
+fn form() -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/xgewerbeanzeige-2.2/fixtures/gewerbeanmeldung.input.json");
+    let queued: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    queued["data"].clone()
+}
+
+fn pdf(label: &str, size: usize) -> Vec<u8> {
+    let mut content = format!("%PDF-1.7\n% {label}\n").into_bytes();
+    content.extend((0..size).map(|i| (i % 251) as u8));
+    content.extend_from_slice(b"\n%%EOF\n");
+    content
+}
+
+async fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn decided(double: &Double, submitted: &Submitted) -> SubmissionState {
+    wait_for("a decision", Duration::from_secs(30), || double.state(submitted.submission_id) != Some(SubmissionState::Submitted)).await;
+    double.state(submitted.submission_id).unwrap()
+}
+
+async fn app_for(receiving: &Receiving) -> TestApp {
+    spawn_app(Setup {
+        targets: &[("fv", "xgewerbeanzeige-2.2/gewerbeanmeldung.yaml"), ("dms", "dms-json/akte.yaml")],
+        routes: &[(GEWERBE, "05", &["fv", "dms"])],
+        extra: &receiving.yaml,
+        ..Setup::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_encrypted_gewerbeanmeldung_is_fetched_delivered_byte_correct_and_accepted() {
+    let receiving = receiving("1s").await;
+    let app = app_for(&receiving).await;
+    let (first, second) = (pdf("Antrag", 40_000), pdf("Gewerbeerlaubnis", 300_000));
+    let mut outgoing = Outgoing::json(GEWERBE, form())
+        .attach("antrag.pdf", "application/pdf", first.clone())
+        .attach("erlaubnis.pdf", "application/pdf", second.clone());
+    outgoing.reply_email = Some("antragsteller@example.org".into());
+    outgoing.sender_reference = Some("OAA-2026-0815".into());
+    let submitted = receiving.double.submit(receiving.destination, outgoing);
+
+    assert_eq!(decided(&receiving.double, &submitted).await, SubmissionState::Accepted);
+    wait_for("both deliveries", Duration::from_secs(30), || {
+        let paths: Vec<String> = app.back_office.received().iter().map(|r| r.path.clone()).collect();
+        paths.contains(&"/fv".to_owned()) && paths.contains(&"/dms".to_owned())
+    })
+    .await;
+    let received = app.back_office.received();
+    let case: Value = serde_json::from_slice(&received.iter().find(|r| r.path == "/dms").unwrap().body).unwrap();
+    use base64::Engine as _;
+    let contents: Vec<Vec<u8>> = case["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| base64::engine::general_purpose::STANDARD.decode(d["contentBase64"].as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(contents, vec![first, second], "attachments arrive byte for byte");
+    assert_eq!(case["form"], form(), "the form data as the sender encrypted it");
+    assert_eq!(case["reference"], "OAA-2026-0815");
+    let xml = String::from_utf8(received.iter().find(|r| r.path == "/fv").unwrap().body.to_vec()).unwrap();
+    assert!(xml.contains("<xga:nachrichtenUUID>"), "{xml}\n{case}");
+
+    // The ledger knows where FIT-Connect has it.
+    let id = case["caseId"].as_str().unwrap();
+    // The destination, not a configured sender, handed it in: operators see it.
+    let status: Value = app.operator(reqwest::Method::GET, &format!("/v1/submissions/{id}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(status["fitConnect"]["submissionId"], submitted.submission_id.to_string(), "{status}");
+    assert_eq!(status["fitConnect"]["caseId"], submitted.case_id.to_string());
+    assert_eq!(status["sender"], "stadt-test");
+    let decisions = receiving.double.decisions();
+    assert_eq!(decisions.len(), 1, "one decision: {decisions:?}");
+    let metrics = reqwest::get(format!("{}/metrics", app.base)).await.unwrap().text().await.unwrap();
+    assert_eq!(metric(&metrics, "amtsbote_fit_connect_accepted_total{destination=\"stadt-test\"}"), Some(1.0), "{metrics}");
+    assert_eq!(metric(&metrics, "amtsbote_fit_connect_up{destination=\"stadt-test\"}"), Some(1.0));
+}
+
+#[tokio::test]
+async fn each_failed_check_rejects_with_its_problem_and_queues_nothing() {
+    let receiving = receiving("1s").await;
+    let app = app_for(&receiving).await;
+    let with_attachment = || Outgoing::json(GEWERBE, form()).attach("antrag.pdf", "application/pdf", pdf("Antrag", 1000));
+    let cases = [
+        (Tamper::Ciphertext, "encryption-issue", "data"),
+        (Tamper::UnknownKid, "encryption-issue", "data"),
+        (Tamper::HashMismatch, "incorrect-hash", "data"),
+        (Tamper::MissingAttachment, "missing-attachment", "attachment:"),
+        (Tamper::MetadataSchema, "schema-violation", "metadata"),
+        (Tamper::SwappedData, "incorrect-authentication-tag", "data"),
+    ];
+    let submitted: Vec<_> = cases.iter().map(|(tamper, ..)| receiving.double.submit(receiving.destination, with_attachment().tampered(*tamper))).collect();
+    for ((tamper, problem, instance), submitted) in cases.iter().zip(&submitted) {
+        let SubmissionState::Rejected(problems) = decided(&receiving.double, submitted).await else {
+            panic!("{tamper:?} must be rejected");
+        };
+        assert_eq!(problems[0]["type"], format!("https://schema.fitko.de/fit-connect/events/problems/{problem}"), "{tamper:?}: {problems:?}");
+        assert!(problems[0]["instance"].as_str().unwrap().starts_with(instance), "{tamper:?}: {problems:?}");
+    }
+    // Rejected means nothing queued: a good one after them is the only delivery.
+    let good = receiving.double.submit(receiving.destination, with_attachment());
+    assert_eq!(decided(&receiving.double, &good).await, SubmissionState::Accepted);
+    wait_for("the good one's deliveries", Duration::from_secs(30), || app.back_office.received().len() >= 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.back_office.received().len(), 2, "only the accepted submission is delivered (to fv and dms)");
+    assert!(receiving.double.decisions().iter().all(|d| d.refusal.is_none()), "every decision holds: {:?}", receiving.double.decisions());
+    let metrics = reqwest::get(format!("{}/metrics", app.base)).await.unwrap().text().await.unwrap();
+    assert_eq!(
+        metric(&metrics, "amtsbote_fit_connect_rejected_total{destination=\"stadt-test\",problem=\"encryption-issue\"}"),
+        Some(2.0),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_callback_wakes_the_poller_and_a_forged_or_stale_one_is_refused() {
+    let receiving = receiving("1h").await;
+    let app = app_for(&receiving).await;
+    let url = format!("{}/v1/fit-connect/callbacks/stadt-test", app.base);
+    receiving.double.set_callback(receiving.destination, &url, CALLBACK_SECRET);
+    // The first poll, at start, found nothing; the next is an hour away.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let submitted = receiving.double.submit(receiving.destination, Outgoing::json(GEWERBE, form()));
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let double = &receiving.double;
+    assert_eq!(double.notify_with(receiving.destination, &url, "wrong-secret", now).await, 401);
+    assert_eq!(double.notify_with(receiving.destination, &url, CALLBACK_SECRET, now - 400).await, 401, "older than five minutes");
+    let unknown = format!("{}/v1/fit-connect/callbacks/elsewhere", app.base);
+    assert_eq!(double.notify_with(receiving.destination, &unknown, CALLBACK_SECRET, now).await, 404);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(double.state(submitted.submission_id), Some(SubmissionState::Submitted), "refused callbacks wake nothing");
+    assert_eq!(double.notify(receiving.destination).await, 200);
+    assert_eq!(decided(double, &submitted).await, SubmissionState::Accepted);
+}
+
+#[tokio::test]
+async fn a_hundred_submissions_through_503s_429s_expiring_tokens_and_lost_answers_are_each_accepted_and_delivered_once() {
+    let receiving = receiving("200ms").await;
+    let app = spawn_app(Setup {
+        targets: &[("dms", "dms-json/akte.yaml")],
+        routes: &[(GEWERBE, "05", &["dms"])],
+        extra: &receiving.yaml,
+        ..Setup::default()
+    })
+    .await;
+    receiving.double.set_faults(Faults {
+        fail_every: Some(7),
+        throttle: 3,
+        token_lifetime: Some(Duration::from_secs(2)),
+        lose_decision_answers: 5,
+    });
+    let submitted: Vec<Submitted> =
+        (0..100).map(|i| receiving.double.submit(receiving.destination, Outgoing::json(GEWERBE, json!({ "nummer": i })))).collect();
+    wait_for("100 decisions", Duration::from_secs(120), || {
+        submitted.iter().all(|s| receiving.double.state(s.submission_id) != Some(SubmissionState::Submitted))
+    })
+    .await;
+    assert!(submitted.iter().all(|s| receiving.double.state(s.submission_id) == Some(SubmissionState::Accepted)));
+    wait_for("100 deliveries", Duration::from_secs(60), || app.back_office.received().len() >= 100).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let numbers: std::collections::BTreeSet<i64> = app
+        .back_office
+        .received()
+        .iter()
+        .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["form"]["nummer"].as_i64().unwrap())
+        .collect();
+    assert_eq!(numbers.len(), 100, "each submission delivered");
+    assert_eq!(app.back_office.answered().len(), 100, "none delivered twice");
+    let taken = receiving.double.decisions().iter().filter(|d| d.status.is_success() || d.status == 503).count();
+    assert!(taken <= 100 + 5, "one decision per submission, besides the resends of lost answers");
+    assert!(receiving.double.token_requests() > 1, "expired tokens were renewed");
+}
