@@ -78,9 +78,9 @@ pub struct Config {
     #[serde(default)]
     pub operators: Vec<OperatorConfig>,
     /// Receiving submissions from FIT-Connect, FITKO's national delivery
-    /// service; see [`crate::fit_connect::FitConnectSettings`].
+    /// service; see [`crate::fit_connect::settings::FitConnectSettings`].
     #[serde(default)]
-    pub fit_connect: Option<crate::fit_connect::FitConnectSettings>,
+    pub fit_connect: Option<crate::fit_connect::settings::FitConnectSettings>,
     /// How mapping evaluations are bounded in time and memory; see
     /// [`SandboxSettings`].
     #[serde(default)]

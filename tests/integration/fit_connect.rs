@@ -223,6 +223,7 @@ async fn a_hundred_submissions_through_503s_429s_expiring_tokens_and_lost_answer
         throttle: 3,
         token_lifetime: Some(Duration::from_secs(2)),
         lose_decision_answers: 5,
+        ..Faults::default()
     });
     let submitted: Vec<Submitted> =
         (0..100).map(|i| receiving.double.submit(receiving.destination, Outgoing::json(GEWERBE, json!({ "nummer": i })))).collect();
@@ -244,4 +245,36 @@ async fn a_hundred_submissions_through_503s_429s_expiring_tokens_and_lost_answer
     let taken = receiving.double.decisions().iter().filter(|d| d.status.is_success() || d.status == 503).count();
     assert!(taken <= 100 + 5, "one decision per submission, besides the resends of lost answers");
     assert!(receiving.double.token_requests() > 1, "expired tokens were renewed");
+}
+
+#[tokio::test]
+async fn killed_after_admission_and_before_the_decision_it_delivers_once_and_accepts_once() {
+    use crate::helpers::{AppProcess, free_port, write_config};
+    use amtsbote_sample_back_office::SampleBackOffice;
+
+    let receiving = receiving("500ms").await;
+    let back_office = SampleBackOffice::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup { targets: &[("dms", "dms-json/akte.yaml")], routes: &[(GEWERBE, "05", &["dms"])], extra: &receiving.yaml, ..Setup::default() };
+    let config = write_config(&setup, &back_office, dir.path());
+    let log = dir.path().join("amtsbote.log");
+    let port = free_port();
+    receiving.double.set_faults(Faults { hold_decisions: true, ..Faults::default() });
+    let mut app = AppProcess::start(&config, port, &log).await;
+
+    let submitted = receiving.double.submit(receiving.destination, Outgoing::json(GEWERBE, json!({ "betrieb": { "name": "Kill GmbH" } })));
+    // Admitted (it is delivered) and its decision sent, but not answered.
+    wait_for("the delivery", Duration::from_secs(30), || !back_office.received().is_empty()).await;
+    wait_for("the decision to arrive", Duration::from_secs(30), || receiving.double.held() > 0).await;
+    app.kill_9().await;
+    receiving.double.release();
+    assert_eq!(receiving.double.state(submitted.submission_id), Some(SubmissionState::Submitted), "the held decision died with its sender");
+
+    let _app = AppProcess::start(&config, port, &log).await;
+    assert_eq!(decided(&receiving.double, &submitted).await, SubmissionState::Accepted);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(back_office.received().len(), 1, "delivered once");
+    let taken: Vec<_> = receiving.double.decisions().into_iter().filter(|d| d.status.is_success()).collect();
+    assert_eq!(taken.len(), 1, "accepted once: {:?}", receiving.double.decisions());
+    assert!(receiving.double.decisions().iter().all(|d| d.refusal.is_none()), "{:?}", receiving.double.decisions());
 }

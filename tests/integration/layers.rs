@@ -9,12 +9,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// A module as the layers name it: a top-level module of the library
-/// (`src/x.rs` or `src/x/…`), the binary (`main`), or a file of the HTTP
-/// wing (`http::intake`; `http` is `src/http/mod.rs`).
-fn unit_of(relative: &Path) -> String {
+/// (`src/x.rs` or `src/x/…`), the binary (`main`), or a submodule the
+/// table names on its own (`http::intake`, `fit_connect::settings`: a
+/// "wing" whose parts sit in different layers; `http` itself is
+/// `src/http/mod.rs`).
+fn unit_of(relative: &Path, wings: &BTreeSet<String>) -> String {
     let parts: Vec<String> = relative.with_extension("").iter().map(|p| p.to_string_lossy().into_owned()).collect();
     match parts.as_slice() {
-        [http, file] if http == "http" && file != "mod" => format!("http::{file}"),
+        [first, second, ..] if wings.contains(&format!("{first}::{second}")) => format!("{first}::{second}"),
         [first, ..] => first.clone(),
         [] => unreachable!("a file has a name"),
     }
@@ -31,14 +33,15 @@ fn rust_files(dir: &Path, found: &mut Vec<PathBuf>) {
     }
 }
 
-/// `crate::x`, `amtsbote::x` (and in the HTTP wing `super::x`) in code,
-/// comments left out, as the units they name.
-fn imports_of(unit: &str, source: &str, http_files: &BTreeSet<String>) -> BTreeSet<String> {
+/// `crate::x`, `amtsbote::x` (and in a wing's submodule `super::x`) in
+/// code, comments left out, as the units they name.
+fn imports_of(unit: &str, source: &str, wings: &BTreeSet<String>) -> BTreeSet<String> {
     let mut named = BTreeSet::new();
+    let wing_of_unit = unit.split_once("::").map(|(wing, _)| wing.to_owned());
     for line in source.lines() {
         let code = line.split("//").next().unwrap_or("");
         for prefix in ["crate::", "amtsbote::", "super::"] {
-            if prefix == "super::" && !unit.starts_with("http::") {
+            if prefix == "super::" && wing_of_unit.is_none() {
                 continue;
             }
             let mut rest = code;
@@ -50,17 +53,13 @@ fn imports_of(unit: &str, source: &str, http_files: &BTreeSet<String>) -> BTreeS
                     continue;
                 }
                 assert!(!after.starts_with('{'), "{unit}: write one `use` per module, not `{prefix}{{…}}`: {line}");
-                let first: String = after.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
-                let target = if prefix == "super::" || first == "http" {
-                    let file = if prefix == "super::" {
-                        first.clone()
-                    } else {
-                        after.strip_prefix("http::").map(|s| s.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect()).unwrap_or_default()
-                    };
-                    if http_files.contains(&file) { format!("http::{file}") } else { "http".to_owned() }
-                } else {
-                    first
+                let word = |text: &str| -> String { text.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect() };
+                let first = word(after);
+                let (wing, part) = match &wing_of_unit {
+                    Some(wing) if prefix == "super::" => (wing.clone(), first.clone()),
+                    _ => (first.clone(), after.strip_prefix(&format!("{first}::")).map(word).unwrap_or_default()),
                 };
+                let target = if wings.contains(&format!("{wing}::{part}")) { format!("{wing}::{part}") } else { wing };
                 if !target.is_empty() && target != unit && target != "lib" {
                     named.insert(target);
                 }
@@ -98,22 +97,18 @@ fn modules_import_only_downwards_as_architecture_md_declares() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
-    let http_files: BTreeSet<String> = std::fs::read_dir(src.join("http"))
-        .unwrap()
-        .filter_map(|e| e.unwrap().path().file_stem().map(|s| s.to_string_lossy().into_owned()))
-        .filter(|stem| stem != "mod")
-        .collect();
+    let layers = declared_layers();
+    let wings: BTreeSet<String> = layers.iter().flat_map(|l| l.modules.iter()).filter(|m| m.contains("::")).cloned().collect();
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for file in &files {
-        let unit = unit_of(file.strip_prefix(&src).unwrap());
+        let unit = unit_of(file.strip_prefix(&src).unwrap(), &wings);
         if unit == "lib" {
             continue;
         }
-        let imports = imports_of(&unit, &std::fs::read_to_string(file).unwrap(), &http_files);
+        let imports = imports_of(&unit, &std::fs::read_to_string(file).unwrap(), &wings);
         graph.entry(unit).or_default().extend(imports);
     }
 
-    let layers = declared_layers();
     assert!(layers.len() >= 5, "the layers table reads");
     let mut layer_of: BTreeMap<&str, usize> = BTreeMap::new();
     for (index, layer) in layers.iter().enumerate() {

@@ -158,6 +158,9 @@ pub struct Faults {
     /// The next n decisions are taken, but answered 503 as if the answer
     /// was lost.
     pub lose_decision_answers: u32,
+    /// Decisions wait unanswered (and untaken) until [`Double::release`]:
+    /// a receiver can be killed while it waits.
+    pub hold_decisions: bool,
 }
 
 struct Stored {
@@ -174,6 +177,10 @@ struct Stored {
 
 #[derive(Default)]
 struct Inner {
+    /// Whom a held decision waits for.
+    released: Arc<tokio::sync::Notify>,
+    /// Decisions that arrived while held.
+    held: u32,
     destinations: HashMap<Uuid, Destination>,
     submissions: BTreeMap<Uuid, Stored>,
     event_logs: HashMap<Uuid, Vec<String>>,
@@ -232,6 +239,18 @@ impl Double {
 
     pub fn set_faults(&self, faults: Faults) {
         self.lock().faults = faults;
+    }
+
+    /// Lets held decisions go on, and holds no more.
+    pub fn release(&self) {
+        let mut inner = self.lock();
+        inner.faults.hold_decisions = false;
+        inner.released.notify_waiters();
+    }
+
+    /// Decisions that arrived while decisions were held.
+    pub fn held(&self) -> u32 {
+        self.lock().held
     }
 
     pub fn state(&self, submission: Uuid) -> Option<SubmissionState> {
@@ -532,6 +551,18 @@ async fn decide(State(double): State<Double>, headers: HeaderMap, Path(case): Pa
     };
     if headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) != Some("application/jose") {
         return problem(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "a decision is application/jose");
+    }
+    let released = {
+        let mut inner = double.lock();
+        let released = inner.released.clone();
+        inner.faults.hold_decisions.then(|| {
+            inner.held += 1;
+            released
+        })
+    };
+    if let Some(released) = released {
+        // A receiver that dies meanwhile drops this request: nothing is taken.
+        released.notified().await;
     }
     let mut inner = double.lock();
     let outcome = check_decision(&inner, caller, case, &body);
