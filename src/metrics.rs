@@ -318,6 +318,20 @@ impl Metrics {
         }
     }
 
+    /// The series of a FIT-Connect destination, so that rates and alerts
+    /// see zeros rather than nothing: down until its first poll succeeds;
+    /// `problems`: the problem types a rejection may name.
+    pub fn fit_connect_destination(&self, destination: &str, problems: &[&str]) {
+        let label = FitConnectLabel { destination: destination.to_owned() };
+        self.fit_connect_up.get_or_create(&label).set(0);
+        let _ = self.fit_connect_fetched.get_or_create(&label);
+        let _ = self.fit_connect_accepted.get_or_create(&label);
+        let _ = self.fit_connect_oldest_waiting_age.get_or_create(&label);
+        for problem in problems {
+            let _ = self.fit_connect_rejected.get_or_create(&FitConnectRejectionLabels { destination: destination.to_owned(), problem: (*problem).to_owned() });
+        }
+    }
+
     /// The metrics in the OpenMetrics text format.
     pub fn encode(&self) -> String {
         let mut text = String::new();

@@ -40,6 +40,21 @@ pub enum Kind {
 }
 
 impl Kind {
+    pub const ALL: [Kind; 12] = [
+        Kind::EncryptionIssue,
+        Kind::InvalidEventLog,
+        Kind::MissingAuthenticationTags,
+        Kind::IncorrectAuthenticationTag,
+        Kind::SyntaxViolation,
+        Kind::UnsupportedSchema,
+        Kind::SchemaViolation,
+        Kind::MissingData,
+        Kind::IncorrectHash,
+        Kind::MissingAttachment,
+        Kind::ServiceMismatch,
+        Kind::TechnicalError,
+    ];
+
     pub fn slug(self) -> &'static str {
         match self {
             Kind::EncryptionIssue => "encryption-issue",

@@ -177,7 +177,7 @@ impl FitConnect {
         let mut tasks = JoinSet::new();
         for destination in self.destinations.values() {
             let up = destination.ready.is_ok();
-            shared.metrics.fit_connect_up.get_or_create(&label(&destination.name)).set(i64::from(false));
+            shared.metrics.fit_connect_destination(destination.name.as_str(), &Kind::ALL.map(Kind::slug));
             if !up {
                 tracing::error!(event = "fit_connect_destination_unusable", destination = %destination.name,
                     problem = destination.health.lock().expect("health lock").problem.as_deref().unwrap_or_default(),

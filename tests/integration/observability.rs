@@ -388,11 +388,20 @@ fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
 
 #[tokio::test]
 async fn alert_rules_and_grafana_panels_use_metrics_amtsbote_exports() {
-    let app = spawn_app(Setup::default()).await;
+    // With a FIT-Connect destination, whose series appear once it is polled.
+    let receiving = crate::fit_connect::receiving("1h").await;
+    let app = spawn_app(Setup { extra: &receiving.yaml, ..Setup::default() }).await;
     // Series by service and problem type appear with the first of each.
     accepted_id(app.submit(gewerbeanmeldung("053150000000").to_string()).await).await;
     assert_eq!(app.submit("{}").await.status(), StatusCode::BAD_REQUEST);
-    let exported = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let exported = loop {
+        let exported = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+        if exported.contains("amtsbote_fit_connect_last_poll_timestamp_seconds{") || tokio::time::Instant::now() > deadline {
+            break exported;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     let exported_names = metric_names(&exported.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n"));
     let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
     for file in ["prometheus/alerts.yml", "prometheus/alerts.test.yml", "grafana/dashboards/amtsbote.json"] {
