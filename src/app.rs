@@ -154,7 +154,9 @@ impl Application {
             max_body_bytes: config.http.max_body_bytes,
             body_timeout: config.http.body_timeout,
         });
-        let dashboard = Arc::new(Dashboard::new(parking, pipeline.clone(), monitor.clone(), config.http.tls.is_some()));
+        let mut dashboard = Dashboard::new(parking, pipeline.clone(), monitor.clone(), config.http.tls.is_some());
+        dashboard.fit_connect = receiving.as_ref().map(|r| r.fit_connect.clone());
+        let dashboard = Arc::new(dashboard);
         let readiness = Readiness {
             draining: intake.draining.clone(),
             publisher: intake.admissions.publisher.clone(),

@@ -54,6 +54,8 @@ pub struct Dashboard {
     /// Served over HTTPS itself (`http.tls`): the session cookie is
     /// `Secure`, so a browser never sends it over plain HTTP.
     https: bool,
+    /// The FIT-Connect destinations, if amtsbote receives from there.
+    pub fit_connect: Option<Arc<crate::fit_connect::FitConnect>>,
 }
 
 #[derive(Clone)]
@@ -66,7 +68,7 @@ struct Session {
 
 impl Dashboard {
     pub fn new(parking: Arc<ParkingLot>, pipeline: SharedPipeline, monitor: Arc<Monitor>, https: bool) -> Self {
-        Self { parking, pipeline, monitor, sessions: Mutex::new(HashMap::new()), https }
+        Self { parking, pipeline, monitor, sessions: Mutex::new(HashMap::new()), https, fit_connect: None }
     }
 
     /// `; Secure` when the browser reached us over HTTPS: served so, or
@@ -239,7 +241,59 @@ async fn overview(State(dashboard): State<Arc<Dashboard>>, headers: HeaderMap) -
         Err(sign_in) => return sign_in,
     };
     let overview = dashboard.monitor.overview(Duration::ZERO).await;
-    page("Targets", Some(&session), html! { (targets_table(&overview, &session.operator.scope)) (search_form(&SearchParams::default())) })
+    // Destinations belong to no tenant: operators limited to targets do
+    // not see them.
+    let destinations = match (&dashboard.fit_connect, &session.operator.scope) {
+        (Some(fit_connect), Scope::Everything) => fit_connect.health(),
+        _ => Vec::new(),
+    };
+    page(
+        "Targets",
+        Some(&session),
+        html! { (targets_table(&overview, &session.operator.scope)) (destinations_table(&destinations)) (search_form(&SearchParams::default())) },
+    )
+}
+
+/// How each FIT-Connect destination is doing.
+fn destinations_table(destinations: &[crate::fit_connect::DestinationHealth]) -> Markup {
+    html! {
+        @if !destinations.is_empty() {
+            h2 { "FIT-Connect destinations" }
+            table #destinations {
+                thead { tr {
+                    th { "Destination" }
+                    th { "State" }
+                    th { "Last poll" }
+                    th.num { "Waiting" }
+                    th.num { "Oldest waiting" }
+                    th.num { "Accepted" }
+                    th.num { "Rejected" }
+                } }
+                tbody {
+                    @for destination in destinations {
+                        tr data-destination=(destination.name) {
+                            td { (destination.name) br; small { (destination.id) } }
+                            td {
+                                @if destination.up { span.state data-state="ok" { "polling" } }
+                                @else { span.state data-state="failing" { "down" } }
+                                @if let Some(problem) = &destination.problem { br; small { (problem) } }
+                            }
+                            td { (destination.last_success.as_deref().unwrap_or("never")) }
+                            td.num { (destination.waiting) }
+                            td.num {
+                                @match destination.oldest_waiting_seconds {
+                                    Some(seconds) => span data-old[seconds > 2 * 24 * 3600] { (age(seconds as i64)) },
+                                    None => "–",
+                                }
+                            }
+                            td.num { (destination.accepted) }
+                            td.num { (destination.rejected) }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn targets_table(overview: &Overview, scope: &Scope) -> Markup {

@@ -14,7 +14,7 @@ fn no_redirects() -> reqwest::Client {
 }
 
 /// Signs in as `test-operator`; the session cookie.
-async fn sign_in(app: &TestApp) -> String {
+pub async fn sign_in(app: &TestApp) -> String {
     let response = no_redirects().post(format!("{}/dashboard/login", app.base)).form(&[("token", OPERATOR_TOKEN)]).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     let cookie = response.headers()["set-cookie"].to_str().unwrap().to_owned();

@@ -149,6 +149,11 @@ async fn an_encrypted_gewerbeanmeldung_is_fetched_delivered_byte_correct_and_acc
     let metrics = reqwest::get(format!("{}/metrics", app.base)).await.unwrap().text().await.unwrap();
     assert_eq!(metric(&metrics, "amtsbote_fit_connect_accepted_total{destination=\"stadt-test\"}"), Some(1.0), "{metrics}");
     assert_eq!(metric(&metrics, "amtsbote_fit_connect_up{destination=\"stadt-test\"}"), Some(1.0));
+    // The dashboard shows the destination's health.
+    let cookie = crate::dashboard::sign_in(&app).await;
+    let page = reqwest::Client::new().get(format!("{}/dashboard", app.base)).header("cookie", cookie).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("FIT-Connect destinations") && page.contains(r#"data-destination="stadt-test""#), "{page}");
+    assert!(page.contains(&receiving.destination.to_string()) && page.contains("polling"), "{page}");
 }
 
 #[tokio::test]
