@@ -56,7 +56,7 @@ pub struct FitConnectRejectionLabels {
 pub struct FitConnectErrorLabels {
     pub destination: String,
     /// `unavailable`, `unauthorized`, `refused`, `malformed`, `ledger`,
-    /// `admission`, `no_route`.
+    /// `admission`, `keys`, `no_route`.
     pub kind: String,
 }
 

@@ -188,6 +188,18 @@ impl SubmissionApi {
         serde_json::from_slice(&body).map_err(|_| ApiError::Malformed("a JSON Web Key Set"))
     }
 
+    /// A public key of the destination as FIT-Connect has it registered;
+    /// `None` if FIT-Connect has no key of that `kid`.
+    pub async fn destination_key(&self, destination: Uuid, kid: &str) -> Result<Option<crate::jose::Jwk>, ApiError> {
+        let mut url = self.url(&format!("/v2/destinations/{destination}/keys/"));
+        url.path_segments_mut().expect("an http(s) URL").pop_if_empty().push(kid);
+        match self.get(url, "application/json", MAX_INDEX_BYTES).await {
+            Ok(body) => serde_json::from_slice(&body).map(Some).map_err(|_| ApiError::Malformed("a JSON Web Key")),
+            Err(ApiError::Refused { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Sends a decision (a signed event) for the case. A resend after a
     /// lost answer meets `409`: [`ApiError::AlreadyDecided`].
     pub async fn decide(&self, case: Uuid, event: &str) -> Result<(), ApiError> {

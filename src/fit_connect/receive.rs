@@ -79,6 +79,8 @@ struct Ready {
     /// The delivery service's keys, fetched when an event names a key
     /// not among them.
     service_keys: tokio::sync::Mutex<Vec<VerifyingKey>>,
+    /// Our keys were found to be those registered at FIT-Connect.
+    keys_match: std::sync::atomic::AtomicBool,
 }
 
 /// How a destination is doing, for the dashboard and the status API.
@@ -237,7 +239,15 @@ fn ready(settings: &FitConnectSettings, config: &DestinationConfig, context: &Co
         },
         context,
     )?;
-    Ok(Ready { region, api, decryption, signing, callback_secret, service_keys: tokio::sync::Mutex::new(Vec::new()) })
+    Ok(Ready {
+        region,
+        api,
+        decryption,
+        signing,
+        callback_secret,
+        service_keys: tokio::sync::Mutex::new(Vec::new()),
+        keys_match: std::sync::atomic::AtomicBool::new(false),
+    })
 }
 
 /// Why a poll stopped before it went through the list.
@@ -249,6 +259,8 @@ enum Pause {
     Ledger(#[from] StoreError),
     #[error("admission: {0}")]
     Admission(NotAdmitted),
+    #[error("keys: {0}")]
+    Keys(String),
 }
 
 impl Pause {
@@ -264,6 +276,7 @@ impl Pause {
             Pause::Api(e) => e.kind(),
             Pause::Ledger(_) => "ledger",
             Pause::Admission(_) => "admission",
+            Pause::Keys(_) => "keys",
         }
     }
 }
@@ -322,6 +335,10 @@ impl Destination {
     /// `progress`: whether a submission was handled before a pause.
     async fn poll_round(&self, shared: &Shared, shutdown: &watch::Receiver<bool>, progress: &mut bool) -> Result<(), Pause> {
         let ready = self.ready();
+        if !ready.keys_match.load(std::sync::atomic::Ordering::Relaxed) {
+            self.check_keys().await?;
+            ready.keys_match.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let waiting = ready.api.waiting(self.id).await?;
         let now = time::OffsetDateTime::now_utc();
         {
@@ -362,6 +379,34 @@ impl Destination {
         let age = oldest.map(|at| (time::OffsetDateTime::now_utc() - at).whole_seconds().max(0) as u64);
         self.health.lock().expect("health lock").oldest_waiting_seconds = age;
         shared.metrics.fit_connect_oldest_waiting_age.get_or_create(&label(&self.name)).set(age.unwrap_or(0) as f64);
+    }
+
+    /// Whether our keys are the halves of those FIT-Connect has registered
+    /// for the destination: with a wrong decryption key every submission
+    /// would be rejected as undecryptable, with a wrong signing key every
+    /// decision refused. Either way the destination stays down, deciding
+    /// nothing, until the configuration is fixed.
+    async fn check_keys(&self) -> Result<(), Pause> {
+        let ready = self.ready();
+        let mut registered_any = false;
+        for key in &ready.decryption {
+            let kid = key.kid().expect("checked at start");
+            match ready.api.destination_key(self.id, kid).await? {
+                Some(public) if !key.matches(&public) => return Err(Pause::Keys(format!("decryption key {kid}: FIT-Connect has another key under this kid"))),
+                Some(_) => registered_any = true,
+                // Retired at FIT-Connect, kept for what still waits.
+                None => {}
+            }
+        }
+        if !registered_any {
+            return Err(Pause::Keys("none of the decryption keys is registered at FIT-Connect for the destination".into()));
+        }
+        let kid = ready.signing.kid();
+        match ready.api.destination_key(self.id, kid).await? {
+            Some(public) if ready.signing.matches(&public) => Ok(()),
+            Some(_) => Err(Pause::Keys(format!("signing key {kid}: FIT-Connect has another key under this kid"))),
+            None => Err(Pause::Keys(format!("signing key {kid}: not registered at FIT-Connect for the destination"))),
+        }
     }
 
     /// One waiting submission: the decision recorded before, or a new one.

@@ -209,6 +209,8 @@ pub struct DecryptionKey {
     kid: Option<String>,
     key: OaepPrivateDecryptingKey,
     bits: usize,
+    /// `n` and `e` as the JWK has them, to compare with a registered key.
+    public: (String, String),
 }
 
 impl DecryptionKey {
@@ -224,7 +226,7 @@ impl DecryptionKey {
         let private = PrivateDecryptingKey::from_pkcs8(pkcs8.as_ref()).map_err(|e| JoseError::Key(e.to_string()))?;
         let bits = private.key_size_bits();
         let key = OaepPrivateDecryptingKey::new(private).map_err(|_| JoseError::Key("not an RSA-OAEP key".into()))?;
-        Ok(Self { kid: jwk.kid.clone(), key, bits })
+        Ok(Self { kid: jwk.kid.clone(), key, bits, public: (jwk.n.clone(), jwk.e.clone()) })
     }
 
     pub fn kid(&self) -> Option<&str> {
@@ -236,10 +238,20 @@ impl DecryptionKey {
     }
 }
 
+impl DecryptionKey {
+    /// Whether `public` is this key's public half (same modulus and
+    /// exponent).
+    pub fn matches(&self, public: &Jwk) -> bool {
+        self.public == (public.n.clone(), public.e.clone())
+    }
+}
+
 /// A private key that signs (`PS512`).
 pub struct SigningKey {
     kid: String,
     pair: KeyPair,
+    /// `n` and `e` as the JWK has them, to compare with a registered key.
+    public: (String, String),
 }
 
 impl SigningKey {
@@ -247,7 +259,7 @@ impl SigningKey {
     pub fn from_jwk(jwk: &Jwk) -> Result<Self, JoseError> {
         jwk.check_rsa("PS512")?;
         let kid = jwk.kid.clone().ok_or_else(|| JoseError::Key("the signing key has no kid".into()))?;
-        Ok(Self { kid, pair: jwk.key_pair()? })
+        Ok(Self { kid, pair: jwk.key_pair()?, public: (jwk.n.clone(), jwk.e.clone()) })
     }
 
     pub fn kid(&self) -> &str {
@@ -256,6 +268,11 @@ impl SigningKey {
 
     pub fn bits(&self) -> usize {
         self.pair.public_modulus_len() * 8
+    }
+
+    /// Whether `public` is this key's public half.
+    pub fn matches(&self, public: &Jwk) -> bool {
+        self.public == (public.n.clone(), public.e.clone())
     }
 
     /// A compact JWS of `payload`, its header `{"alg":"PS512","typ":typ,"kid":…}`.

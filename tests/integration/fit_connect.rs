@@ -283,3 +283,57 @@ async fn killed_after_admission_and_before_the_decision_it_delivers_once_and_acc
     assert_eq!(taken.len(), 1, "accepted once: {:?}", receiving.double.decisions());
     assert!(receiving.double.decisions().iter().all(|d| d.refusal.is_none()), "{:?}", receiving.double.decisions());
 }
+
+#[tokio::test]
+async fn a_destination_with_wrong_keys_is_down_and_decides_nothing_while_the_rest_works() {
+    let receiving = receiving("200ms").await;
+    // FIT-Connect has another encryption key registered under our kid.
+    let (_, other_public) = generate("enc-test", KeyPurpose::Encryption).unwrap();
+    let mut registered = Destination {
+        id: receiving.destination,
+        client_id: format!("client-{}", receiving.destination),
+        client_secret: "s3cret-client".into(),
+        encryption_key: serde_json::to_value(&other_public).unwrap(),
+        signing_key: serde_json::to_value(&KEYS[1].1).unwrap(),
+        callback: None,
+    };
+    receiving.double.register(registered.clone());
+    // And a second destination whose key file is not a key at all.
+    let broken = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(broken.path(), "not a JWK").unwrap();
+    let yaml = format!(
+        "{}    stadt-kaputt:\n      id: {}\n      client_id: x\n      client_secret: {{ env: HOME }}\n      region: \"{REGION}\"\n      decryption_keys: [{{ file: {} }}]\n      signing_key: {{ file: {} }}\n",
+        receiving.yaml,
+        Uuid::new_v4(),
+        broken.path().display(),
+        broken.path().display()
+    );
+    let app = spawn_app(Setup { targets: &[("dms", "dms-json/akte.yaml")], routes: &[(GEWERBE, "", &["dms"])], extra: &yaml, ..Setup::default() }).await;
+    let submitted = receiving.double.submit(receiving.destination, Outgoing::json(GEWERBE, form()));
+    let metrics_url = format!("{}/metrics", app.base);
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
+        if metric(&metrics, "amtsbote_fit_connect_errors_total{destination=\"stadt-test\",kind=\"keys\"}").is_some_and(|n| n >= 1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metric(&metrics, "amtsbote_fit_connect_errors_total{destination=\"stadt-test\",kind=\"keys\"}").is_some_and(|n| n >= 1.0), "{metrics}");
+    assert_eq!(metric(&metrics, "amtsbote_fit_connect_up{destination=\"stadt-test\"}"), Some(0.0));
+    assert_eq!(metric(&metrics, "amtsbote_fit_connect_up{destination=\"stadt-kaputt\"}"), Some(0.0));
+    assert_eq!(receiving.double.state(submitted.submission_id), Some(SubmissionState::Submitted), "nothing decided with wrong keys");
+    assert!(receiving.double.decisions().is_empty());
+    // amtsbote itself works: HTTP intake takes submissions.
+    assert_eq!(app.submit(crate::helpers::gewerbeanmeldung(REGION).to_string()).await.status(), 202);
+
+    // Fixed at FIT-Connect (our key registered), it goes on by itself: what
+    // was encrypted for the other key cannot be read (the sender hears so),
+    // what comes now is accepted.
+    registered.encryption_key = serde_json::to_value(&KEYS[0].1).unwrap();
+    receiving.double.register(registered);
+    let SubmissionState::Rejected(problems) = decided(&receiving.double, &submitted).await else { panic!("not for our key") };
+    assert_eq!(problems[0]["type"], "https://schema.fitko.de/fit-connect/events/problems/encryption-issue");
+    let next = receiving.double.submit(receiving.destination, Outgoing::json(GEWERBE, form()));
+    assert_eq!(decided(&receiving.double, &next).await, SubmissionState::Accepted);
+}

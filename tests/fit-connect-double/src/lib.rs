@@ -213,6 +213,7 @@ impl Double {
             .route("/submission-api/v2/submissions/{id}", get(submission))
             .route("/submission-api/v2/submissions/{id}/attachments/{attachment}", get(attachment))
             .route("/submission-api/v2/cases/{case}/events", get(event_log).post(decide))
+            .route("/submission-api/v2/destinations/{destination}/keys/{kid}", get(destination_key))
             .layer(axum::extract::DefaultBodyLimit::max(256 << 20))
             .with_state(double.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -458,6 +459,22 @@ fn authorize(double: &Double, headers: &HeaderMap) -> Result<Uuid, Response> {
     match token.and_then(|t| inner.tokens.get(t)) {
         Some((destination, until)) if Instant::now() < *until => Ok(*destination),
         _ => Err((StatusCode::UNAUTHORIZED, "token missing, unknown or expired").into_response()),
+    }
+}
+
+/// A destination's registered public key, by `kid`.
+async fn destination_key(State(double): State<Double>, headers: HeaderMap, Path((destination, kid)): Path<(Uuid, String)>) -> Response {
+    if let Err(response) = authorize(&double, &headers) {
+        return response;
+    }
+    let inner = double.lock();
+    let key = inner
+        .destinations
+        .get(&destination)
+        .and_then(|d| [&d.encryption_key, &d.signing_key].into_iter().find(|key| key["kid"] == kid.as_str()).cloned());
+    match key {
+        Some(key) => axum::Json(key).into_response(),
+        None => problem(StatusCode::NOT_FOUND, "key-not-found", "no key of this kid"),
     }
 }
 
