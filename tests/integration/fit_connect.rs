@@ -337,3 +337,45 @@ async fn a_destination_with_wrong_keys_is_down_and_decides_nothing_while_the_res
     let next = receiving.double.submit(receiving.destination, Outgoing::json(GEWERBE, form()));
     assert_eq!(decided(&receiving.double, &next).await, SubmissionState::Accepted);
 }
+
+#[tokio::test]
+async fn data_failing_the_route_schema_is_rejected_as_a_schema_violation_naming_the_field() {
+    let receiving = receiving("200ms").await;
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/hundesteuer/antrag.schema.json");
+    let route_settings = format!("    schema: {}\n", schema.display());
+    let app = spawn_app(Setup {
+        targets: &[("dms", "dms-json/akte.yaml")],
+        routes: &[("99102013104000", "", &["dms"])],
+        route_settings: &route_settings,
+        extra: &receiving.yaml,
+        ..Setup::default()
+    })
+    .await;
+    let good: Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo/submissions/3-hundesteuer-koeln.json")).unwrap(),
+    )
+    .unwrap();
+    let mut bad = good["data"].clone();
+    bad["halter"]["anschrift"]["plz"] = json!("5066");
+    let rejected = receiving.double.submit(receiving.destination, Outgoing::json("99102013104000", bad));
+    let SubmissionState::Rejected(problems) = decided(&receiving.double, &rejected).await else { panic!("must be rejected") };
+    assert_eq!(problems[0]["type"], "https://schema.fitko.de/fit-connect/events/problems/schema-violation", "{problems:?}");
+    assert_eq!(problems[0]["instance"], "data");
+    assert!(problems[0]["detail"].as_str().unwrap().contains("/halter/anschrift/plz"), "names the field: {problems:?}");
+    let accepted = receiving.double.submit(receiving.destination, Outgoing::json("99102013104000", good["data"].clone()));
+    assert_eq!(decided(&receiving.double, &accepted).await, SubmissionState::Accepted);
+    drop(app);
+}
+
+#[tokio::test]
+async fn xml_data_becomes_form_data_by_intakes_convention() {
+    let receiving = receiving("200ms").await;
+    let app = app_for(&receiving).await;
+    let mut xml = Outgoing::json(GEWERBE, json!({}));
+    xml.data = Some((br#"<f:antrag xmlns:f="urn:form" version="2"><f:betrieb>Pick e.K.</f:betrieb></f:antrag>"#.to_vec(), "application/xml"));
+    let submitted = receiving.double.submit(receiving.destination, xml);
+    assert_eq!(decided(&receiving.double, &submitted).await, SubmissionState::Accepted);
+    wait_for("the dms delivery", Duration::from_secs(30), || app.back_office.received().iter().any(|r| r.path == "/dms")).await;
+    let cases: Vec<Value> = app.back_office.received().iter().filter(|r| r.path == "/dms").map(|r| serde_json::from_slice(&r.body).unwrap()).collect();
+    assert!(cases.iter().any(|c| c["form"] == json!({ "antrag": { "@version": "2", "betrieb": "Pick e.K." } })), "{cases:?}");
+}
