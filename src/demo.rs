@@ -13,10 +13,18 @@ use axum::http::StatusCode;
 
 use crate::app::Application;
 use crate::config::Config;
+use crate::fit_connect::settings::FitConnectSettings;
 
 /// The API key of the demo config's sender (`examples/demo/amtsbote.yaml`
 /// holds its hash). Demo only.
 pub const DEMO_SENDER_KEY: &str = "demo-sender-key";
+
+/// The demo config's operator token. Demo only.
+const DEMO_OPERATOR_TOKEN: &str = "demo-operator-token";
+
+/// The reference the demo's FIT-Connect submission carries, by which its
+/// delivery is found.
+const FIT_CONNECT_REFERENCE: &str = "FIT-CONNECT-DEMO";
 
 /// Each demo run starts from nothing: a fresh ledger, so that its
 /// idempotency keys do not replay the previous run's answers, and no
@@ -57,6 +65,10 @@ pub async fn run(config_path: &Path, submissions: &Path, stay: bool) -> anyhow::
     // The first delivery to Köln's trade office meets it briefly
     // unavailable: the report shows the retry (its policy retries after 1 s).
     back_office.script_for("/koeln/gewerbeamt", &[StatusCode::SERVICE_UNAVAILABLE]);
+    let fit_connect = match &config.fit_connect {
+        Some(settings) => Some(FitConnectLeg::start(settings, &config.base_dir).await?),
+        None => None,
+    };
     let app = Application::build(&config).await?;
     let base = format!("http://{}", app.local_addr());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -100,11 +112,31 @@ pub async fn run(config_path: &Path, submissions: &Path, stay: bool) -> anyhow::
         }
     }
 
+    // One more Gewerbeanmeldung for Köln, through FIT-Connect: encrypted by
+    // the sender for Köln's destination, fetched, checked, delivered and
+    // accepted by amtsbote.
+    if let Some(leg) = &fit_connect {
+        let sample = files.iter().find(|f| f.to_string_lossy().contains("gewerbe-koeln")).context("the Köln sample for FIT-Connect")?;
+        let submitted = leg.submit(sample)?;
+        println!("\nVia FIT-Connect (the double on 127.0.0.1:18091):");
+        println!("  submission {} for destination {}", submitted.submission_id, leg.destination);
+        let decision = leg.decision(&submitted, Duration::from_secs(30)).await;
+        println!("  amtsbote fetched, decrypted and checked it, admitted it, and sent: {decision}");
+        if let Some(id) = FitConnectLeg::admitted_as(&back_office, Duration::from_secs(30)).await {
+            accepted.push(("via FIT-Connect".into(), id));
+        }
+        anyhow::ensure!(decision == "accept-submission", "the FIT-Connect submission was not accepted");
+    }
+
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut statuses = Vec::new();
     for (name, id) in &accepted {
         loop {
-            let status: serde_json::Value = client.get(format!("{base}/v1/submissions/{id}")).send().await?.json().await?;
+            // The demo's operator reads what came through FIT-Connect (its
+            // sender is the destination, not the demo's online service).
+            let request = client.get(format!("{base}/v1/submissions/{id}"));
+            let request = if name.starts_with("via FIT-Connect") { request.bearer_auth(DEMO_OPERATOR_TOKEN) } else { request };
+            let status: serde_json::Value = request.send().await?.json().await?;
             let settled = !matches!(status["status"].as_str(), Some("received" | "accepted"));
             if settled || tokio::time::Instant::now() >= deadline {
                 statuses.push((name.clone(), status));
@@ -167,4 +199,82 @@ pub async fn run(config_path: &Path, submissions: &Path, stay: bool) -> anyhow::
     anyhow::ensure!(all_delivered, "not every accepted submission was delivered");
     println!("\nDemo finished: every accepted submission was delivered.");
     Ok(())
+}
+
+/// The FIT-Connect double in FITKO's place, with the demo config's first
+/// destination registered (its public keys from the demo's private ones).
+struct FitConnectLeg {
+    double: amtsbote_fit_connect_double::Double,
+    destination: uuid::Uuid,
+}
+
+impl FitConnectLeg {
+    async fn start(settings: &FitConnectSettings, base_dir: &Path) -> anyhow::Result<Self> {
+        let (_, destination) = settings.destinations.iter().next().context("fit_connect: the demo config names a destination")?;
+        let double = amtsbote_fit_connect_double::Double::start_on(([127, 0, 0, 1], 18091).into())
+            .await
+            .context("starting the FIT-Connect double on 127.0.0.1:18091")?;
+        let context = amtsbote_connector::Context::new(base_dir);
+        let public = |secret| -> anyhow::Result<serde_json::Value> {
+            let private: crate::jose::Jwk = serde_json::from_str(context.secret(secret)?.expose()).context("a demo key")?;
+            Ok(serde_json::to_value(private.to_public())?)
+        };
+        double.register(amtsbote_fit_connect_double::Destination {
+            id: destination.id,
+            client_id: destination.client_id.clone(),
+            client_secret: context.secret(&destination.client_secret)?.expose().to_owned(),
+            encryption_key: public(destination.decryption_keys.first().context("a decryption key")?)?,
+            signing_key: public(&destination.signing_key)?,
+            callback: None,
+        });
+        Ok(Self { double, destination: destination.id })
+    }
+
+    /// Hands in the sample's form and attachments as an online service
+    /// would through FIT-Connect.
+    fn submit(&self, sample: &Path) -> anyhow::Result<amtsbote_fit_connect_double::Submitted> {
+        use base64::Engine as _;
+        let sample: serde_json::Value = serde_json::from_slice(&std::fs::read(sample)?)?;
+        let mut outgoing = amtsbote_fit_connect_double::Outgoing::json(sample["service"].as_str().unwrap_or_default(), sample["data"].clone());
+        for attachment in sample["attachments"].as_array().into_iter().flatten() {
+            let content = base64::engine::general_purpose::STANDARD.decode(attachment["content"].as_str().unwrap_or_default())?;
+            outgoing = outgoing.attach(
+                attachment["name"].as_str().unwrap_or("anlage.pdf"),
+                attachment["mediaType"].as_str().unwrap_or("application/octet-stream"),
+                content,
+            );
+        }
+        outgoing.sender_reference = Some(FIT_CONNECT_REFERENCE.into());
+        Ok(self.double.submit(self.destination, outgoing))
+    }
+
+    /// The event amtsbote answered with, once it did.
+    async fn decision(&self, submitted: &amtsbote_fit_connect_double::Submitted, within: Duration) -> String {
+        use amtsbote_fit_connect_double::SubmissionState;
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match self.double.state(submitted.submission_id) {
+                Some(SubmissionState::Accepted) => return "accept-submission".into(),
+                Some(SubmissionState::Rejected(problems)) => return format!("reject-submission {problems:?}"),
+                _ if tokio::time::Instant::now() >= deadline => return "nothing yet".into(),
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// amtsbote's id of the submission, from its DMS case file, once it
+    /// arrived.
+    async fn admitted_as(back_office: &SampleBackOffice, within: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let found = back_office.received().iter().find_map(|r| {
+                let case: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
+                (case["reference"] == FIT_CONNECT_REFERENCE).then(|| case["caseId"].as_str().map(str::to_owned)).flatten()
+            });
+            if found.is_some() || tokio::time::Instant::now() >= deadline {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }

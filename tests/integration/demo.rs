@@ -32,6 +32,7 @@ async fn the_demo_runs_twice_in_a_row() {
             String::from_utf8_lossy(&output.stderr)
         );
         assert!(stdout.contains("every accepted submission was delivered"), "demo run {run}:\n{stdout}");
+        assert!(stdout.contains("Via FIT-Connect") && stdout.contains("sent: accept-submission"), "demo run {run}:\n{stdout}");
     }
     assert!(dir.path().join("blobs").is_dir(), "the runs kept attachments in the blob store, which the second run reset");
 }

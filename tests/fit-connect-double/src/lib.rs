@@ -200,10 +200,15 @@ pub struct Double {
 }
 
 impl Double {
+    /// On a port of its own.
     pub async fn start() -> std::io::Result<Self> {
+        Self::start_on(([127, 0, 0, 1], 0).into()).await
+    }
+
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
         let inner = Arc::new(Mutex::new(Inner::default()));
         let service_key = Arc::new(jose::SigningKey::generate());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let double = Self { addr, inner, service_key };
         let app = Router::new()
