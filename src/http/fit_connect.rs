@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use axum::Router;
+use axum::{Json, Router};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -26,12 +26,17 @@ pub fn router(fit_connect: Arc<FitConnect>) -> Router {
         .with_state(fit_connect)
 }
 
-async fn callback(State(fit_connect): State<Arc<FitConnect>>, Path(destination): Path<String>, headers: HeaderMap, body: Bytes) -> Result<StatusCode, Problem> {
+async fn callback(
+    State(fit_connect): State<Arc<FitConnect>>,
+    Path(destination): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, Problem> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
     match fit_connect.callback(&destination, header("callback-timestamp"), header("callback-authentication"), &body) {
         Ok(()) => {
             tracing::debug!(event = "fit_connect_callback", destination = %destination, "FIT-Connect callback: polling now");
-            Ok(StatusCode::OK)
+            Ok(Json(serde_json::json!({ "status": "polling" })))
         }
         Err(error) => {
             tracing::warn!(event = "fit_connect_callback_refused", destination = %destination, reason = %error, "FIT-Connect callback refused");

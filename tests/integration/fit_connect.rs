@@ -21,7 +21,7 @@ static KEYS: LazyLock<[(Jwk, Jwk); 2]> = LazyLock::new(|| {
 
 const REGION: &str = "053150000000";
 const GEWERBE: &str = "99050012104000";
-const CALLBACK_SECRET: &str = "callback-secret-for-tests";
+pub const CALLBACK_SECRET: &str = "callback-secret-for-tests";
 
 pub struct Receiving {
     pub double: Double,

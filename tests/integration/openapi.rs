@@ -83,7 +83,8 @@ async fn the_running_server_answers_as_its_openapi_document_says() {
         key_hash(OPERATOR_TOKEN),
         key_hash("viewer-token")
     );
-    let app = spawn_app(Setup { access: Some(&access), ..Setup::default() }).await;
+    let receiving = crate::fit_connect::receiving("1h").await;
+    let app = spawn_app(Setup { access: Some(&access), extra: &receiving.yaml, ..Setup::default() }).await;
     let served = app.client.get(format!("{}/v1/openapi.json", app.base)).send().await.unwrap();
     assert_eq!(served.status(), StatusCode::OK);
     let mut doc: Value = served.json().await.unwrap();
@@ -95,6 +96,19 @@ async fn the_running_server_answers_as_its_openapi_document_says() {
     let client = &app.client;
     let json_post = |path: &str, body: String| client.post(format!("{base}{path}")).header("content-type", "application/json").body(body);
     let operator = |method: Method, path: &str| client.request(method, format!("{base}{path}")).bearer_auth(OPERATOR_TOKEN);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let callback = |destination: &str, secret: &str, at: i64| {
+        let body = r#"{"type":"https://schema.fitko.de/fit-connect/submission-api/callbacks/new-submissions","submissions":[]}"#;
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA512, secret.as_bytes());
+        let tag = aws_lc_rs::hmac::sign(&key, format!("{at}.{body}").as_bytes());
+        let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        reqwest::Client::new()
+            .post(format!("{base}/v1/fit-connect/callbacks/{destination}"))
+            .header("content-type", "application/json")
+            .header("callback-timestamp", at.to_string())
+            .header("callback-authentication", hex)
+            .body(body)
+    };
 
     // Intake: accepted, then each refusal.
     let mut submission = gewerbeanmeldung("053150000000");
@@ -146,6 +160,11 @@ async fn the_running_server_answers_as_its_openapi_document_says() {
         (operator(Method::GET, "/v1/audit?limit=5"), StatusCode::OK),
         (client.post(format!("{base}/v1/parked/replay")).bearer_auth("viewer-token").json(&json!({ "all": true })), StatusCode::FORBIDDEN),
         (client.get(format!("{base}/v1/audit")), StatusCode::UNAUTHORIZED),
+        // FIT-Connect's callbacks.
+        (callback("stadt-test", crate::fit_connect::CALLBACK_SECRET, now), StatusCode::OK),
+        (callback("stadt-test", "a guess", now), StatusCode::UNAUTHORIZED),
+        (callback("stadt-test", crate::fit_connect::CALLBACK_SECRET, now - 3600), StatusCode::UNAUTHORIZED),
+        (callback("elsewhere", crate::fit_connect::CALLBACK_SECRET, now), StatusCode::NOT_FOUND),
         // Operations.
         (client.get(format!("{base}/healthz")), StatusCode::OK),
         (client.get(format!("{base}/readyz")), StatusCode::OK),
