@@ -379,3 +379,92 @@ async fn xml_data_becomes_form_data_by_intakes_convention() {
     let cases: Vec<Value> = app.back_office.received().iter().filter(|r| r.path == "/dms").map(|r| serde_json::from_slice(&r.body).unwrap()).collect();
     assert!(cases.iter().any(|c| c["form"] == json!({ "antrag": { "@version": "2", "betrieb": "Pick e.K." } })), "{cases:?}");
 }
+
+#[tokio::test]
+async fn keys_check_and_probe_from_the_command_line_and_no_secret_or_content_in_any_log() {
+    use crate::helpers::{AppProcess, free_port, write_config};
+    use amtsbote_sample_back_office::SampleBackOffice;
+    // Asynchronously: the double and the back office answer on this
+    // test's runtime.
+    async fn run(args: &[&std::ffi::OsStr]) -> (bool, String) {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_amtsbote")).args(args).env("RUST_LOG", "warn").output().await.unwrap();
+        (output.status.success(), format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)))
+    }
+
+    // keys fit-connect: two pairs, private ones for amtsbote only, never overwritten.
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let (ok, text) = run(&["keys".as_ref(), "fit-connect".as_ref(), keys.as_os_str()]).await;
+    assert!(ok, "{text}");
+    for (file, alg, op) in [
+        ("encryption.private.jwk.json", "RSA-OAEP-256", "unwrapKey"),
+        ("encryption.public.jwk.json", "RSA-OAEP-256", "wrapKey"),
+        ("signing.private.jwk.json", "PS512", "sign"),
+        ("signing.public.jwk.json", "PS512", "verify"),
+    ] {
+        let jwk: Jwk = serde_json::from_slice(&std::fs::read(keys.join(file)).unwrap()).unwrap();
+        assert_eq!((jwk.alg.as_deref(), jwk.key_ops.as_ref().map(|o| o[0].as_str())), (Some(alg), Some(op)), "{file}");
+        assert_eq!(jwk.d.is_some(), file.contains("private"), "{file}");
+        assert_eq!(jwk.bits().unwrap(), 4096);
+        #[cfg(unix)]
+        if file.contains("private") {
+            use std::os::unix::fs::PermissionsExt as _;
+            assert_eq!(std::fs::metadata(keys.join(file)).unwrap().permissions().mode() & 0o777, 0o600, "{file}");
+        }
+    }
+    let (ok, text) = run(&["keys".as_ref(), "fit-connect".as_ref(), keys.as_os_str()]).await;
+    assert!(!ok && text.contains("exists already"), "{text}");
+
+    // check: a key that is not a key is named, without its content.
+    let receiving = receiving("200ms").await;
+    let back_office = SampleBackOffice::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let not_a_key = dir.path().join("not-a-key.json");
+    std::fs::write(&not_a_key, "{\"kty\":\"RSA\",\"n\":\"secret-looking-value\"}").unwrap();
+    let bad_yaml = receiving.yaml.lines().map(|line| {
+        if line.trim_start().starts_with("decryption_keys:") { format!("      decryption_keys: [{{ file: {} }}]", not_a_key.display()) } else { line.to_owned() }
+    }).collect::<Vec<_>>().join("\n") + "\n";
+    let setup = Setup { targets: &[("dms", "dms-json/akte.yaml")], routes: &[(GEWERBE, "", &["dms"])], extra: &bad_yaml, ..Setup::default() };
+    let config = write_config(&setup, &back_office, dir.path());
+    let (ok, text) = run(&["check".as_ref(), "--config".as_ref(), config.as_os_str()]).await;
+    assert!(!ok && text.contains("fit_connect: destinations: stadt-test: decryption_keys[0]"), "{text}");
+    assert!(!text.contains("secret-looking-value"), "{text}");
+
+    // check --probe: logs in at the double.
+    let setup = Setup { targets: &[("dms", "dms-json/akte.yaml")], routes: &[(GEWERBE, "", &["dms"])], extra: &receiving.yaml, ..Setup::default() };
+    let config = write_config(&setup, &back_office, dir.path());
+    let (ok, probe) = run(&["check".as_ref(), "--probe".as_ref(), "--config".as_ref(), config.as_os_str()]).await;
+    assert!(ok && probe.contains("FIT-Connect destination stadt-test: reachable"), "{probe}");
+
+    // A full run with every log on: no secret, no key, no content in the log.
+    let log = dir.path().join("amtsbote.log");
+    let port = free_port();
+    let mut app = AppProcess::start_with(&config, port, &log, &[("RUST_LOG", "trace"), ("AMTSBOTE_LOG_FORMAT", "json")]).await;
+    receiving.double.set_callback(receiving.destination, &format!("http://127.0.0.1:{port}/v1/fit-connect/callbacks/stadt-test"), CALLBACK_SECRET);
+    let mut outgoing = Outgoing::json(GEWERBE, json!({ "antragsteller": "Erika Geheimnisträgerin" }))
+        .attach("geheim.pdf", "application/pdf", b"%PDF-1.7 Inhalt-Vertraulich".to_vec());
+    outgoing.reply_email = Some("erika@geheim.example".into());
+    let submitted = receiving.double.submit(receiving.destination, outgoing);
+    assert_eq!(receiving.double.notify(receiving.destination).await, 200);
+    assert_eq!(decided(&receiving.double, &submitted).await, SubmissionState::Accepted);
+    let rejected = receiving.double.submit(receiving.destination, Outgoing::json(GEWERBE, json!({ "antragsteller": "Erika Geheimnisträgerin" })).tampered(Tamper::HashMismatch));
+    assert!(matches!(decided(&receiving.double, &rejected).await, SubmissionState::Rejected(_)));
+    wait_for("the delivery", Duration::from_secs(30), || !back_office.received().is_empty()).await;
+    app.terminate(Duration::from_secs(15)).await.expect("amtsbote stops on SIGTERM");
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.contains("fit_connect_accepted") && logs.contains("fit_connect_rejected"), "the log is of a full run");
+    let [(encryption, _), (signing, _)] = &*KEYS;
+    let secrets = [
+        ("client secret", "s3cret-client"),
+        ("callback secret", CALLBACK_SECRET),
+        ("decryption key", encryption.d.as_deref().unwrap()),
+        ("signing key", signing.p.as_deref().unwrap()),
+        ("form data", "Geheimnisträgerin"),
+        ("attachment", "Inhalt-Vertraulich"),
+        ("reply channel", "erika@geheim.example"),
+    ];
+    for (what, secret) in secrets {
+        for (place, text) in [("the log", &logs), ("amtsbote check --probe", &probe)] {
+            assert!(!text.contains(secret), "the {what} appears in {place}");
+        }
+    }
+}
