@@ -83,16 +83,32 @@ pub struct Fetched {
     /// The attachments announced at creation, by id.
     #[serde(default)]
     pub attachments: Vec<Uuid>,
+    /// The public service the sender named when it created the
+    /// submission (`publicService` in v2, `serviceType` in v1).
+    #[serde(default, alias = "serviceType")]
+    pub public_service: Option<PublicService>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+pub struct PublicService {
+    pub identifier: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct EventLog {
     event_log: Vec<String>,
+    #[serde(default)]
+    total_count: Option<u64>,
 }
 
 /// Most submissions one list request asks for.
 pub const PAGE_SIZE: u32 = 100;
+
+/// Most events one event-log request asks for (the API's maximum).
+const EVENT_PAGE_SIZE: u32 = 500;
 
 /// The longest answer that is not content: lists, event logs, key sets.
 const MAX_INDEX_BYTES: usize = 4 * 1024 * 1024;
@@ -176,10 +192,21 @@ impl SubmissionApi {
         String::from_utf8(body).map_err(|_| ApiError::Malformed("an attachment (compact JWE)"))
     }
 
-    /// The case's event log: compact JWS, oldest first.
+    /// The case's event log: compact JWS, oldest first, page by page.
     pub async fn events(&self, case: Uuid) -> Result<Vec<String>, ApiError> {
-        let body = self.get(self.url(&format!("/v2/cases/{case}/events")), "application/json", MAX_INDEX_BYTES).await?;
-        serde_json::from_slice::<EventLog>(&body).map(|log| log.event_log).map_err(|_| ApiError::Malformed("an event log"))
+        let mut events = Vec::new();
+        loop {
+            let mut url = self.url(&format!("/v2/cases/{case}/events"));
+            url.query_pairs_mut().append_pair("offset", &events.len().to_string()).append_pair("limit", &EVENT_PAGE_SIZE.to_string());
+            let body = self.get(url, "application/json", MAX_INDEX_BYTES).await?;
+            let page: EventLog = serde_json::from_slice(&body).map_err(|_| ApiError::Malformed("an event log"))?;
+            let got = page.event_log.len();
+            events.extend(page.event_log);
+            // Without `totalCount` (or with a short page) this was all.
+            if got == 0 || got < EVENT_PAGE_SIZE as usize || page.total_count.is_none_or(|total| events.len() as u64 >= total) {
+                return Ok(events);
+            }
+        }
     }
 
     /// The delivery service's signing keys.

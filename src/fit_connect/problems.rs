@@ -60,7 +60,7 @@ impl Kind {
             Kind::EncryptionIssue => "encryption-issue",
             Kind::InvalidEventLog => "invalid-event-log",
             Kind::MissingAuthenticationTags => "missing-authentication-tags",
-            Kind::IncorrectAuthenticationTag => "incorrect-authentication-tag",
+            Kind::IncorrectAuthenticationTag => "authentication-tag-incorrect",
             Kind::SyntaxViolation => "syntax-violation",
             Kind::UnsupportedSchema => "unsupported-schema",
             Kind::SchemaViolation => "schema-violation",
@@ -77,7 +77,7 @@ impl Kind {
             Kind::EncryptionIssue => "Entschlüsselungs-Fehler",
             Kind::InvalidEventLog => "Inkonsistenter Event-Log",
             Kind::MissingAuthenticationTags => "Authentication-Tags fehlen",
-            Kind::IncorrectAuthenticationTag => "Authentication-Tag ungültig",
+            Kind::IncorrectAuthenticationTag => "Das Authentication Tag ist ungültig",
             Kind::SyntaxViolation => "Syntax-Fehler",
             Kind::UnsupportedSchema => "Schema nicht unterstützt",
             Kind::SchemaViolation => "Schema-Fehler",
@@ -137,7 +137,13 @@ struct Wire<'a> {
 
 impl Serialize for Problem {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        Wire { kind: format!("{PREFIX}{}", self.kind.slug()), title: self.kind.title(), detail: &self.detail, instance: self.part.instance() }
-            .serialize(serializer)
+        // FITKO's title for a wrong tag names the part.
+        let title = match (self.kind, self.part) {
+            (Kind::IncorrectAuthenticationTag, Part::Metadata) => "Das Authentication Tag des Metadatensatzes ist ungültig",
+            (Kind::IncorrectAuthenticationTag, Part::Data) => "Das Authentication Tag des Fachdatensatzes ist ungültig",
+            (Kind::IncorrectAuthenticationTag, Part::Attachment(_)) => "Das Authentication Tag einer Anlage ist ungültig",
+            (kind, _) => kind.title(),
+        };
+        Wire { kind: format!("{PREFIX}{}", self.kind.slug()), title, detail: &self.detail, instance: self.part.instance() }.serialize(serializer)
     }
 }

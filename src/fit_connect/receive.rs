@@ -81,6 +81,8 @@ struct Ready {
     service_keys: tokio::sync::Mutex<Vec<VerifyingKey>>,
     /// Our keys were found to be those registered at FIT-Connect.
     keys_match: std::sync::atomic::AtomicBool,
+    /// The SET payload schema the delivery service's events last declared.
+    set_schema: Mutex<Option<String>>,
 }
 
 /// How a destination is doing, for the dashboard and the status API.
@@ -247,6 +249,7 @@ fn ready(settings: &FitConnectSettings, config: &DestinationConfig, context: &Co
         callback_secret,
         service_keys: tokio::sync::Mutex::new(Vec::new()),
         keys_match: std::sync::atomic::AtomicBool::new(false),
+        set_schema: Mutex::new(None),
     })
 }
 
@@ -442,7 +445,12 @@ impl Destination {
         let keys = Keys { decryption: &ready.decryption, service: &service_keys };
         let limits = verify::Limits { metadata_bytes: MAX_METADATA_BYTES, content_bytes: shared.limits.attachment_bytes };
         let verified = match verify::verify(&fetched, &attachments, &event_log, &keys, &limits, super::metadata::check) {
-            Ok(verified) => verified,
+            Ok(verified) => {
+                if let Some(schema) = verified.set_schema.as_ref().filter(|s| decision::is_set_payload_schema(s)) {
+                    *ready.set_schema.lock().expect("set-schema lock") = Some(schema.clone());
+                }
+                verified
+            }
             Err(problem) => return self.reject(shared, &fetched, problem).await,
         };
         match self.admit(shared, &fetched, &verified).await {
@@ -549,7 +557,8 @@ impl Destination {
 
     async fn send(&self, shared: &Shared, decision: &FitConnectDecision) -> Result<(), Pause> {
         let ready = self.ready();
-        let event = decision::event(&ready.signing, self.id, decision.fit_submission, decision.case_id, decision.verdict, &decision.payload)
+        let schema = ready.set_schema.lock().expect("set-schema lock").clone().unwrap_or_else(|| decision::SET_PAYLOAD_SCHEMA.to_owned());
+        let event = decision::event(&schema, &ready.signing, self.id, decision.fit_submission, decision.case_id, decision.verdict, &decision.payload)
             .map_err(|e| Pause::Api(ApiError::Malformed(if matches!(e, crate::jose::JoseError::Malformed(_)) { "a recorded decision" } else { "a signature" })))?;
         match ready.api.decide(decision.case_id, &event).await {
             Ok(()) => {}
@@ -680,7 +689,7 @@ fn origin(fetched: &Fetched, verified: &Verified) -> Box<RawValue> {
         "caseId": fetched.case_id,
         "destinationId": fetched.destination_id,
         "metadataSchema": metadata.get("$schema"),
-        "publicService": metadata.get("publicService").or_else(|| metadata.get("publicServiceType")),
+        "publicService": fetched.public_service.as_ref().map(|s| serde_json::json!(s)).or_else(|| metadata.get("publicService").or_else(|| metadata.get("publicServiceType")).cloned()),
         "replyChannel": metadata.get("replyChannel"),
         "additionalReferenceInfo": metadata.get("additionalReferenceInfo"),
         "submissionSchema": verified.data.as_ref().and_then(|d| d.schema_uri.as_deref()),

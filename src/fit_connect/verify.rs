@@ -43,6 +43,9 @@ pub struct Verified {
     pub tags: AuthenticationTags,
     /// When the sender submitted it (the signed event's `iat`).
     pub submitted_at: Option<i64>,
+    /// The SET payload schema the delivery service's event declares: the
+    /// one its decisions are answered in.
+    pub set_schema: Option<String>,
 }
 
 #[derive(Debug)]
@@ -147,7 +150,7 @@ pub fn verify(
     limits: &Limits,
     metadata_schema: impl Fn(&serde_json::Value) -> Result<(), Problem>,
 ) -> Result<Verified, Problem> {
-    let (signed_tags, submitted_at) = submit_event(fetched, event_log, keys.service)?;
+    let (signed_tags, submitted_at, set_schema) = submit_event(fetched, event_log, keys.service)?;
 
     let metadata_jwe = parse_jwe(&fetched.encrypted_metadata, Part::Metadata)?;
     let metadata_bytes = decrypt(&metadata_jwe, keys.decryption, limits.metadata_bytes, Part::Metadata)?;
@@ -156,12 +159,17 @@ pub fn verify(
     metadata_schema(&metadata_value)?;
     let metadata: Metadata = serde_json::from_value(metadata_value.clone())
         .map_err(|e| Problem::new(Kind::SchemaViolation, Part::Metadata, format!("the metadata does not have the fields it needs: {e}")))?;
-    let identifier = metadata
-        .public_service
-        .as_ref()
-        .or(metadata.public_service_type.as_ref())
-        .map(|s| s.identifier.as_str())
-        .ok_or_else(|| Problem::new(Kind::SchemaViolation, Part::Metadata, "the metadata names no public service"))?;
+    // The service the sender named to FIT-Connect; metadata 1.x repeats it
+    // (`publicServiceType`), and where it does, the two must agree.
+    let in_metadata = metadata.public_service.as_ref().or(metadata.public_service_type.as_ref()).map(|s| s.identifier.as_str());
+    let announced = fetched.public_service.as_ref().map(|s| s.identifier.as_str());
+    let identifier = announced
+        .or(in_metadata)
+        .ok_or_else(|| Problem::new(Kind::ServiceMismatch, Part::Metadata, "neither the submission nor its metadata names a public service"))?;
+    if let (Some(announced), Some(in_metadata)) = (announced, in_metadata)
+        && announced != in_metadata {
+            return Err(Problem::new(Kind::ServiceMismatch, Part::Metadata, "the metadata names another public service than the submission"));
+        }
     let service = ServiceKey::parse(identifier).map_err(|_| {
         Problem::new(Kind::ServiceMismatch, Part::Metadata, "the public service is not identified by a LeiKa key")
     })?;
@@ -226,11 +234,13 @@ pub fn verify(
             content,
         });
     }
-    Ok(Verified { metadata: metadata_value, service, data, attachments: verified_attachments, tags: signed_tags, submitted_at })
+    Ok(Verified { metadata: metadata_value, service, data, attachments: verified_attachments, tags: signed_tags, submitted_at, set_schema })
 }
 
 #[derive(Debug, Deserialize)]
 struct SetClaims {
+    #[serde(default, rename = "$schema")]
+    schema: Option<String>,
     #[serde(default)]
     sub: Option<String>,
     #[serde(default)]
@@ -251,7 +261,11 @@ struct SubmitPayload {
 /// The one `submit-submission` event of the submission: its signature
 /// checked with the delivery service's keys, its claims with the
 /// submission; its authentication tags.
-fn submit_event(fetched: &Fetched, event_log: &[String], service_keys: &[VerifyingKey]) -> Result<(AuthenticationTags, Option<i64>), Problem> {
+fn submit_event(
+    fetched: &Fetched,
+    event_log: &[String],
+    service_keys: &[VerifyingKey],
+) -> Result<(AuthenticationTags, Option<i64>, Option<String>), Problem> {
     let invalid = |detail: &str| Problem::new(Kind::InvalidEventLog, Part::Submission, detail);
     let subject = format!("submission:{}", fetched.submission_id);
     let mut found = None;
@@ -292,7 +306,7 @@ fn submit_event(fetched: &Fetched, event_log: &[String], service_keys: &[Verifyi
     let tags = payload.authentication_tags.ok_or_else(|| {
         Problem::new(Kind::MissingAuthenticationTags, Part::Submission, "the submit-submission event names no authentication tags")
     })?;
-    Ok((tags, claims.iat))
+    Ok((tags, claims.iat, claims.schema))
 }
 
 fn parse_jwe(compact: &str, part: Part) -> Result<Jwe<'_>, Problem> {

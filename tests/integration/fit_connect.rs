@@ -167,7 +167,8 @@ async fn each_failed_check_rejects_with_its_problem_and_queues_nothing() {
         (Tamper::HashMismatch, "incorrect-hash", "data"),
         (Tamper::MissingAttachment, "missing-attachment", "attachment:"),
         (Tamper::MetadataSchema, "schema-violation", "metadata"),
-        (Tamper::SwappedData, "incorrect-authentication-tag", "data"),
+        (Tamper::SwappedData, "authentication-tag-incorrect", "data"),
+        (Tamper::ServiceMismatch, "service-mismatch", "metadata"),
     ];
     let submitted: Vec<_> = cases.iter().map(|(tamper, ..)| receiving.double.submit(receiving.destination, with_attachment().tampered(*tamper))).collect();
     for ((tamper, problem, instance), submitted) in cases.iter().zip(&submitted) {

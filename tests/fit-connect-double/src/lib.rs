@@ -94,6 +94,8 @@ pub enum Tamper {
     /// The data is replaced by other data encrypted for the destination
     /// after the signed event named the first one's tag.
     SwappedData,
+    /// The metadata (1.x style) names another service than the submission.
+    ServiceMismatch,
 }
 
 impl Outgoing {
@@ -165,6 +167,7 @@ pub struct Faults {
 
 struct Stored {
     destination: Uuid,
+    service: String,
     case_id: Uuid,
     metadata: String,
     data: Option<String>,
@@ -321,9 +324,10 @@ impl Double {
             };
             data_jwe = Some(encrypted);
         }
+        // Metadata 2.0.0: the service is the submission's (`publicService`
+        // in the API), not the metadata's.
         let mut metadata = json!({
-            "$schema": "https://schema.fitko.de/fit-connect/metadata/1.2.0/metadata.schema.json",
-            "publicServiceType": { "identifier": outgoing.service, "name": "Leistung" },
+            "$schema": "https://schema.fitko.de/fit-connect/metadata/2.0.0/metadata.schema.json",
             "contentStructure": content_structure,
         });
         if let Some(email) = &outgoing.reply_email {
@@ -331,6 +335,9 @@ impl Double {
         }
         if let Some(reference) = &outgoing.sender_reference {
             metadata["additionalReferenceInfo"] = json!({ "senderReference": reference });
+        }
+        if outgoing.tamper == Tamper::ServiceMismatch {
+            metadata["publicServiceType"] = json!({ "identifier": "urn:de:fim:leika:leistung:99000000000000", "name": "Andere Leistung" });
         }
         if outgoing.tamper == Tamper::MetadataSchema {
             metadata.as_object_mut().expect("an object").remove("contentStructure");
@@ -355,7 +362,7 @@ impl Double {
         inner.event_logs.entry(case_id).or_default().push(submit);
         inner.submissions.insert(
             submission_id,
-            Stored { destination, case_id, metadata: metadata_jwe, data: data_jwe, announced, uploaded, tags, state: SubmissionState::Submitted },
+            Stored { destination, service: outgoing.service.clone(), case_id, metadata: metadata_jwe, data: data_jwe, announced, uploaded, tags, state: SubmissionState::Submitted },
         );
         Submitted { submission_id, case_id, destination_id: destination }
     }
@@ -538,6 +545,7 @@ async fn submission(State(double): State<Double>, headers: HeaderMap, Path(id): 
         "destinationId": stored.destination,
         "encryptedMetadata": stored.metadata,
         "attachments": stored.announced,
+        "publicService": { "identifier": stored.service, "name": "Leistung" },
     });
     if let Some(data) = &stored.data {
         body["encryptedData"] = json!(data);
@@ -557,12 +565,25 @@ async fn attachment(State(double): State<Double>, headers: HeaderMap, Path((id, 
     }
 }
 
-async fn event_log(State(double): State<Double>, headers: HeaderMap, Path(case): Path<Uuid>) -> Response {
+#[derive(Deserialize)]
+struct Page {
+    #[serde(default)]
+    offset: usize,
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+async fn event_log(State(double): State<Double>, headers: HeaderMap, Path(case): Path<Uuid>, Query(page): Query<Page>) -> Response {
     if let Err(response) = authorize(&double, &headers) {
         return response;
     }
+    if page.limit == 0 || page.limit > 500 {
+        return problem(StatusCode::BAD_REQUEST, "invalid-request", "limit must be 1 to 500");
+    }
     let inner = double.lock();
-    axum::Json(json!({ "eventLog": inner.event_logs.get(&case).cloned().unwrap_or_default() })).into_response()
+    let log = inner.event_logs.get(&case).cloned().unwrap_or_default();
+    let events: Vec<String> = log.iter().skip(page.offset).take(page.limit).cloned().collect();
+    axum::Json(json!({ "count": events.len(), "offset": page.offset, "totalCount": log.len(), "eventLog": events })).into_response()
 }
 
 /// Takes a decision if it holds as the real service checks it.
