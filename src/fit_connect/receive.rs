@@ -19,6 +19,7 @@ use super::callback::{self, CallbackError};
 use super::decision::{self, Acceptance, Rejection};
 use super::problems::{Kind, Part, Problem};
 use super::verify::{self, Keys, Verified};
+use super::metadata::MetadataSchemas;
 use super::{DestinationConfig, FitConnectSettings};
 use crate::admission::{Admissions, Incoming, NotAdmitted};
 use crate::domain::{Region, SenderName};
@@ -48,6 +49,11 @@ pub struct FitConnect {
     poll_interval: Duration,
 }
 
+/// What every destination reads with.
+struct Common {
+    metadata_schemas: MetadataSchemas,
+}
+
 /// What receiving needs from the rest of amtsbote.
 pub struct Shared {
     pub pipeline: SharedPipeline,
@@ -71,6 +77,7 @@ struct Destination {
 }
 
 struct Ready {
+    common: Arc<Common>,
     region: Region,
     api: SubmissionApi,
     decryption: Vec<DecryptionKey>,
@@ -114,11 +121,17 @@ impl FitConnect {
     /// bad destination neither stops the others nor amtsbote.
     pub fn build(settings: &FitConnectSettings, context: &Context, max_content_bytes: usize) -> (Self, Vec<FitConnectError>) {
         let mut problems = Vec::new();
+        let common = match &settings.metadata_schemas {
+            None => Ok(Arc::new(Common { metadata_schemas: MetadataSchemas::default() })),
+            Some(dir) => MetadataSchemas::load(&context.path(dir))
+                .map(|metadata_schemas| Arc::new(Common { metadata_schemas }))
+                .map_err(|problem| format!("metadata_schemas: {problem}")),
+        };
         let destinations = settings
             .destinations
             .iter()
             .map(|(name, config)| {
-                let ready = ready(settings, config, context, max_content_bytes);
+                let ready = common.clone().and_then(|common| ready(settings, config, context, max_content_bytes, common));
                 if let Err(problem) = &ready {
                     problems.push(FitConnectError { destination: name.to_string(), problem: problem.clone() });
                 }
@@ -179,6 +192,13 @@ impl FitConnect {
     /// turns true, after the submission in hand.
     pub fn run(self: &Arc<Self>, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) -> JoinSet<()> {
         let mut tasks = JoinSet::new();
+        if let Some(ready) = self.destinations.values().find_map(|d| d.ready.as_ref().ok()) {
+            match ready.common.metadata_schemas.len() {
+                0 => tracing::warn!(event = "fit_connect_metadata_unchecked",
+                    "fit_connect.metadata_schemas is not set: metadata is held to what amtsbote reads of it, not validated against FITKO's schemas"),
+                versions => tracing::info!(event = "fit_connect_metadata_schemas", versions, "FIT-Connect metadata schemas loaded"),
+            }
+        }
         for destination in self.destinations.values() {
             let up = destination.ready.is_ok();
             shared.metrics.fit_connect_destination(destination.name.as_str(), &Kind::ALL.map(Kind::slug));
@@ -199,7 +219,13 @@ fn label(name: &SenderName) -> FitConnectLabel {
 }
 
 /// Reads a destination's keys and builds its API client.
-fn ready(settings: &FitConnectSettings, config: &DestinationConfig, context: &Context, max_content_bytes: usize) -> Result<Ready, String> {
+fn ready(
+    settings: &FitConnectSettings,
+    config: &DestinationConfig,
+    context: &Context,
+    max_content_bytes: usize,
+    common: Arc<Common>,
+) -> Result<Ready, String> {
     let region = Region::parse(&config.region).map_err(|e| format!("region: {}", e.0))?;
     let jwk = |what: &str, secret: &amtsbote_connector::SecretRef| -> Result<Jwk, String> {
         let text = context.secret(secret).map_err(|e| format!("{what}: {e}"))?;
@@ -242,6 +268,7 @@ fn ready(settings: &FitConnectSettings, config: &DestinationConfig, context: &Co
         context,
     )?;
     Ok(Ready {
+        common,
         region,
         api,
         decryption,
@@ -444,7 +471,7 @@ impl Destination {
         let service_keys = self.service_keys(&event_log).await?;
         let keys = Keys { decryption: &ready.decryption, service: &service_keys };
         let limits = verify::Limits { metadata_bytes: MAX_METADATA_BYTES, content_bytes: shared.limits.attachment_bytes };
-        let verified = match verify::verify(&fetched, &attachments, &event_log, &keys, &limits, super::metadata::check) {
+        let verified = match verify::verify(&fetched, &attachments, &event_log, &keys, &limits, |metadata| ready.common.metadata_schemas.check(metadata)) {
             Ok(verified) => {
                 if let Some(schema) = verified.set_schema.as_ref().filter(|s| decision::is_set_payload_schema(s)) {
                     *ready.set_schema.lock().expect("set-schema lock") = Some(schema.clone());

@@ -41,6 +41,15 @@ pub struct FitConnectSettings {
     #[serde(default = "default_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub timeout: Duration,
+    /// A folder with FIT-Connect's metadata schemas
+    /// (`https://schema.fitko.de/fit-connect/metadata/<version>/metadata.schema.json`),
+    /// one file per version the destinations accept, found by their `$id`;
+    /// relative to the config file. With it, metadata is validated against
+    /// the version it names and a version not in the folder is rejected
+    /// (`unsupported-schema`); without it, metadata is held to what
+    /// amtsbote reads of it.
+    #[serde(default)]
+    pub metadata_schemas: Option<std::path::PathBuf>,
     /// TLS towards FIT-Connect: further CA certificates (`ca`), for a
     /// proxy that inspects TLS or a test service.
     #[serde(default)]

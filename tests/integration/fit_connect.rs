@@ -469,3 +469,45 @@ async fn keys_check_and_probe_from_the_command_line_and_no_secret_or_content_in_
         }
     }
 }
+
+#[tokio::test]
+async fn with_metadata_schemas_provided_metadata_is_validated_against_its_version_and_an_unknown_version_is_unsupported() {
+    let receiving = receiving("200ms").await;
+    // Stand-ins for FITKO's files (which amtsbote does not ship): one
+    // version that wants a reply channel, and another version.
+    let schemas = tempfile::tempdir().unwrap();
+    let stand_in = |version: &str, required: Value| {
+        json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": format!("https://schema.fitko.de/fit-connect/metadata/{version}/metadata.schema.json"),
+            "type": "object",
+            "required": required,
+            "properties": { "contentStructure": { "type": "object", "required": ["attachments"] } }
+        })
+        .to_string()
+    };
+    std::fs::create_dir(schemas.path().join("2.0.0")).unwrap();
+    std::fs::write(schemas.path().join("2.0.0/metadata.schema.json"), stand_in("2.0.0", json!(["$schema", "contentStructure", "replyChannel"]))).unwrap();
+    std::fs::write(schemas.path().join("other.json"), stand_in("1.0.0", json!(["contentStructure"]))).unwrap();
+    let yaml = receiving.yaml.replace("  poll_interval:", &format!("  metadata_schemas: {}\n  poll_interval:", schemas.path().display()));
+    let _app = spawn_app(Setup { targets: &[("dms", "dms-json/akte.yaml")], routes: &[(GEWERBE, "", &["dms"])], extra: &yaml, ..Setup::default() }).await;
+
+    let without_reply = receiving.double.submit(receiving.destination, Outgoing::json(GEWERBE, form()));
+    let SubmissionState::Rejected(problems) = decided(&receiving.double, &without_reply).await else { panic!("must be rejected") };
+    assert_eq!(problems[0]["type"], "https://schema.fitko.de/fit-connect/events/problems/schema-violation", "{problems:?}");
+    assert_eq!(problems[0]["instance"], "metadata");
+    assert!(problems[0]["detail"].as_str().unwrap().contains("replyChannel"), "{problems:?}");
+    let mut with_reply = Outgoing::json(GEWERBE, form());
+    with_reply.reply_email = Some("a@example.org".into());
+    let with_reply = receiving.double.submit(receiving.destination, with_reply);
+    assert_eq!(decided(&receiving.double, &with_reply).await, SubmissionState::Accepted);
+
+    // Without 2.0.0 in the folder, 2.0.0 metadata is of a version this destination does not take.
+    std::fs::remove_dir_all(schemas.path().join("2.0.0")).unwrap();
+    let second = self::receiving("200ms").await;
+    let yaml = second.yaml.replace("  poll_interval:", &format!("  metadata_schemas: {}\n  poll_interval:", schemas.path().display()));
+    let _second_app = spawn_app(Setup { targets: &[("dms", "dms-json/akte.yaml")], routes: &[(GEWERBE, "", &["dms"])], extra: &yaml, ..Setup::default() }).await;
+    let unknown = second.double.submit(second.destination, Outgoing::json(GEWERBE, form()));
+    let SubmissionState::Rejected(problems) = decided(&second.double, &unknown).await else { panic!("must be rejected") };
+    assert_eq!(problems[0]["type"], "https://schema.fitko.de/fit-connect/events/problems/unsupported-schema", "{problems:?}");
+}
