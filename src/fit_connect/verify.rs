@@ -3,7 +3,9 @@
 //! `submit-submission` event; the metadata (decrypts, parses, valid
 //! against its schema, a known service); the data (announced and
 //! delivered, decrypts, its SHA-512); the attachments (announced equal
-//! delivered, each decrypts, its SHA-512); and every JWE's
+//! delivered, each decrypts, its SHA-512; one sent in fragments put
+//! together first, data sent as an attachment of purpose `data` taken as
+//! the data); and every JWE's
 //! authentication tag equal to the one in the signed event, which catches
 //! content swapped for other content the destination could decrypt.
 //!
@@ -131,6 +133,9 @@ struct AttachmentEntry {
     mime_type: Option<String>,
     #[serde(default)]
     purpose: Option<String>,
+    /// Metadata 2.x: the attachment comes as these fragments, in order.
+    #[serde(default)]
+    fragments: Option<Vec<Uuid>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -180,7 +185,8 @@ pub fn verify(
         (None, Some(_)) => {
             return Err(Problem::new(Kind::SchemaViolation, Part::Metadata, "data was delivered that the metadata does not announce"));
         }
-        (Some(_), None) => return Err(Problem::new(Kind::MissingData, Part::Data, "the metadata announces data, none was delivered")),
+        // Perhaps as an attachment of purpose `data`: decided below.
+        (Some(_), None) => None,
         (Some(entry), Some(encrypted)) => {
             let jwe = parse_jwe(encrypted, Part::Data)?;
             let content = decrypt(&jwe, keys.decryption, limits.content_bytes, Part::Data)?;
@@ -189,43 +195,57 @@ pub fn verify(
                 Problem::new(Kind::MissingAuthenticationTags, Part::Data, "the submit-submission event names no tag for the data")
             })?;
             check_tag(signed, jwe.authentication_tag(), Part::Data)?;
-            let xml = match entry.submission_schema.mime_type.as_str() {
-                "application/json" => false,
-                "application/xml" => true,
-                _ => return Err(Problem::new(Kind::UnsupportedSchema, Part::Data, "the data is neither application/json nor application/xml")),
-            };
-            Some(Data { content, xml, schema_uri: entry.submission_schema.schema_uri.clone() })
+            Some(Data { content, xml: data_is_xml(&entry.submission_schema)?, schema_uri: entry.submission_schema.schema_uri.clone() })
         }
     };
 
-    let announced: BTreeSet<Uuid> = metadata.content_structure.attachments.iter().map(|a| a.attachment_id).collect();
-    let delivered: BTreeSet<Uuid> = fetched.attachments.iter().copied().collect();
-    if let Some(&id) = announced.symmetric_difference(&delivered).next() {
-        let detail = if announced.contains(&id) {
-            "the metadata announces this attachment; the submission does not have it"
+    // An attachment sent in fragments (metadata 2.x: `fragments`) is
+    // delivered as its fragments, each a JWE of its own with its own tag;
+    // the metadata's hash is of the whole.
+    let pieces = |entry: &AttachmentEntry| -> Vec<Uuid> {
+        match &entry.fragments {
+            Some(fragments) if !fragments.is_empty() => fragments.clone(),
+            _ => vec![entry.attachment_id],
+        }
+    };
+    let expected: BTreeSet<Uuid> = metadata.content_structure.attachments.iter().flat_map(pieces).collect();
+    let fragmented: BTreeSet<Uuid> =
+        metadata.content_structure.attachments.iter().filter(|e| e.fragments.as_ref().is_some_and(|f| !f.is_empty())).map(|e| e.attachment_id).collect();
+    let delivered: BTreeSet<Uuid> = fetched.attachments.iter().copied().filter(|id| !fragmented.contains(id)).collect();
+    if let Some(&id) = expected.symmetric_difference(&delivered).next() {
+        let detail = if expected.contains(&id) {
+            "the metadata announces this attachment (or fragment); the submission does not have it"
         } else {
             "the submission has this attachment; the metadata does not announce it"
         };
         return Err(Problem::new(Kind::MissingAttachment, Part::Attachment(id), detail));
     }
-    if announced.len() != metadata.content_structure.attachments.len() {
-        return Err(Problem::new(Kind::SchemaViolation, Part::Metadata, "the metadata announces an attachment twice"));
+    let listed: usize = metadata.content_structure.attachments.iter().map(|e| pieces(e).len()).sum();
+    if expected.len() != listed {
+        return Err(Problem::new(Kind::SchemaViolation, Part::Metadata, "the metadata announces an attachment or fragment twice"));
     }
     let mut verified_attachments = Vec::with_capacity(attachments.len());
     for entry in &metadata.content_structure.attachments {
         let part = Part::Attachment(entry.attachment_id);
-        let encrypted = attachments
-            .iter()
-            .find(|(id, _)| *id == entry.attachment_id)
-            .map(|(_, jwe)| jwe)
-            .ok_or_else(|| Problem::new(Kind::MissingAttachment, part, "the attachment could not be fetched"))?;
-        let jwe = parse_jwe(encrypted, part)?;
-        let content = decrypt(&jwe, keys.decryption, limits.content_bytes, part)?;
+        let mut content = Vec::new();
+        for piece in pieces(entry) {
+            let piece_part = Part::Attachment(piece);
+            let encrypted = attachments
+                .iter()
+                .find(|(id, _)| *id == piece)
+                .map(|(_, jwe)| jwe)
+                .ok_or_else(|| Problem::new(Kind::MissingAttachment, piece_part, "the attachment could not be fetched"))?;
+            let jwe = parse_jwe(encrypted, piece_part)?;
+            let room = limits.content_bytes.checked_sub(content.len()).ok_or_else(|| {
+                Problem::new(Kind::TechnicalError, part, format!("the attachment is larger than {} bytes", limits.content_bytes))
+            })?;
+            content.extend(decrypt(&jwe, keys.decryption, room, piece_part)?);
+            let signed = signed_tags.attachments.get(&piece).ok_or_else(|| {
+                Problem::new(Kind::MissingAuthenticationTags, piece_part, "the submit-submission event names no tag for this attachment")
+            })?;
+            check_tag(signed, jwe.authentication_tag(), piece_part)?;
+        }
         check_hash(&entry.hash, &content, part)?;
-        let signed = signed_tags.attachments.get(&entry.attachment_id).ok_or_else(|| {
-            Problem::new(Kind::MissingAuthenticationTags, part, "the submit-submission event names no tag for this attachment")
-        })?;
-        check_tag(signed, jwe.authentication_tag(), part)?;
         verified_attachments.push(VerifiedAttachment {
             id: entry.attachment_id,
             filename: entry.filename.clone(),
@@ -233,6 +253,24 @@ pub fn verify(
             purpose: entry.purpose.clone(),
             content,
         });
+    }
+    // Data too large for the submission comes as an attachment of purpose
+    // `data` (metadata 2.x); it is the data, not an attachment.
+    let mut data = data;
+    if data.is_none()
+        && let Some(entry) = &metadata.content_structure.data
+        && let Some(index) = verified_attachments.iter().position(|a| a.purpose.as_deref() == Some("data"))
+    {
+        let attachment = verified_attachments.remove(index);
+        check_hash(&entry.hash, &attachment.content, Part::Data)?;
+        data = Some(Data {
+            content: attachment.content,
+            xml: data_is_xml(&entry.submission_schema)?,
+            schema_uri: entry.submission_schema.schema_uri.clone(),
+        });
+    }
+    if data.is_none() && metadata.content_structure.data.is_some() {
+        return Err(Problem::new(Kind::MissingData, Part::Data, "the metadata announces data, none was delivered"));
     }
     Ok(Verified { metadata: metadata_value, service, data, attachments: verified_attachments, tags: signed_tags, submitted_at, set_schema })
 }
@@ -307,6 +345,15 @@ fn submit_event(
         Problem::new(Kind::MissingAuthenticationTags, Part::Submission, "the submit-submission event names no authentication tags")
     })?;
     Ok((tags, claims.iat, claims.schema))
+}
+
+/// Whether the data is XML (else JSON), by its submission schema.
+fn data_is_xml(schema: &SubmissionSchema) -> Result<bool, Problem> {
+    match schema.mime_type.as_str() {
+        "application/json" => Ok(false),
+        "application/xml" => Ok(true),
+        _ => Err(Problem::new(Kind::UnsupportedSchema, Part::Data, "the data is neither application/json nor application/xml")),
+    }
 }
 
 fn parse_jwe(compact: &str, part: Part) -> Result<Jwe<'_>, Problem> {

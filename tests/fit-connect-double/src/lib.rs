@@ -64,15 +64,21 @@ pub struct Outgoing {
     pub reply_email: Option<String>,
     pub sender_reference: Option<String>,
     pub tamper: Tamper,
+    /// The data goes as an attachment of purpose `data` (metadata 2.x,
+    /// for data too large for the submission).
+    pub data_as_attachment: bool,
 }
 
 #[derive(Debug, Clone)]
 pub struct OutgoingAttachment {
     pub filename: String,
     pub media_type: String,
-    /// `form`, `attachment` or `report`.
+    /// `form`, `attachment`, `report` (or `data`).
     pub purpose: &'static str,
     pub content: Vec<u8>,
+    /// Sent in this many fragments (metadata 2.x), each a JWE of its own;
+    /// 0 or 1: whole.
+    pub fragments: usize,
 }
 
 /// What goes wrong with a submission, on purpose.
@@ -108,11 +114,12 @@ impl Outgoing {
             reply_email: None,
             sender_reference: None,
             tamper: Tamper::None,
+            data_as_attachment: false,
         }
     }
 
     pub fn attach(mut self, filename: &str, media_type: &str, content: Vec<u8>) -> Self {
-        self.attachments.push(OutgoingAttachment { filename: filename.into(), media_type: media_type.into(), purpose: "attachment", content });
+        self.attachments.push(OutgoingAttachment { filename: filename.into(), media_type: media_type.into(), purpose: "attachment", content, fragments: 0 });
         self
     }
 
@@ -291,21 +298,38 @@ impl Double {
         let mut uploaded = HashMap::new();
         let mut announced = Vec::new();
         let mut attachment_tags = serde_json::Map::new();
-        for (index, attachment) in outgoing.attachments.iter().enumerate() {
+        let mut attachments = outgoing.attachments.clone();
+        if outgoing.data_as_attachment {
+            let (data, media_type) = outgoing.data.clone().expect("data to send as an attachment");
+            attachments.push(OutgoingAttachment { filename: "fachdaten".into(), media_type: media_type.into(), purpose: "data", content: data, fragments: 0 });
+        }
+        for (index, attachment) in attachments.iter().enumerate() {
             let id = Uuid::new_v4();
-            announced.push(id);
-            let jwe = key.encrypt(&attachment.content, &attachment.media_type);
-            attachment_tags.insert(id.to_string(), json!(jose::tag(&jwe)));
-            if !(outgoing.tamper == Tamper::MissingAttachment && index == 0) {
-                uploaded.insert(id, jwe);
-            }
-            attachments_meta.push(json!({
+            let mut entry = json!({
                 "attachmentId": id,
                 "hash": { "type": "sha512", "content": hex(&Sha512::digest(&attachment.content)) },
                 "purpose": attachment.purpose,
                 "filename": attachment.filename,
                 "mimeType": attachment.media_type,
-            }));
+            });
+            // Whole, or as fragments with ids of their own.
+            let pieces: Vec<(Uuid, &[u8])> = if attachment.fragments > 1 {
+                let size = attachment.content.len().div_ceil(attachment.fragments).max(1);
+                let pieces: Vec<(Uuid, &[u8])> = attachment.content.chunks(size).map(|chunk| (Uuid::new_v4(), chunk)).collect();
+                entry["fragments"] = json!(pieces.iter().map(|(id, _)| id).collect::<Vec<_>>());
+                pieces
+            } else {
+                vec![(id, &attachment.content[..])]
+            };
+            for (piece, content) in pieces {
+                announced.push(piece);
+                let jwe = key.encrypt(content, &attachment.media_type);
+                attachment_tags.insert(piece.to_string(), json!(jose::tag(&jwe)));
+                if !(outgoing.tamper == Tamper::MissingAttachment && index == 0) {
+                    uploaded.insert(piece, jwe);
+                }
+            }
+            attachments_meta.push(entry);
         }
         let mut content_structure = json!({ "attachments": attachments_meta });
         let mut data_jwe = None;
@@ -318,11 +342,13 @@ impl Double {
                 "hash": { "type": "sha512", "content": hash },
                 "submissionSchema": { "schemaUri": "https://schema.fitko.de/fim/s00000000_1.0.schema.json", "mimeType": media_type },
             });
-            let encrypted = match &other_key {
-                Some(other) => other.encrypt(data, media_type),
-                None => key.encrypt(data, media_type),
-            };
-            data_jwe = Some(encrypted);
+            if !outgoing.data_as_attachment {
+                let encrypted = match &other_key {
+                    Some(other) => other.encrypt(data, media_type),
+                    None => key.encrypt(data, media_type),
+                };
+                data_jwe = Some(encrypted);
+            }
         }
         // Metadata 2.0.0: the service is the submission's (`publicService`
         // in the API), not the metadata's.
