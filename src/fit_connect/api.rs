@@ -35,6 +35,10 @@ pub enum ApiError {
     Refused { status: u16, problem: Option<String> },
     #[error("the answer is not what the Submission API sends: {0}")]
     Malformed(&'static str),
+    /// The answer is longer than this receiver takes (it says so in
+    /// advance): no retry will make it shorter.
+    #[error("the answer is larger than {0} bytes")]
+    TooLarge(usize),
 }
 
 impl ApiError {
@@ -50,6 +54,7 @@ impl ApiError {
             ApiError::AlreadyDecided => "already_decided",
             ApiError::Refused { .. } => "refused",
             ApiError::Malformed(_) => "malformed",
+            ApiError::TooLarge(_) => "too_large",
         }
     }
 }
@@ -117,7 +122,7 @@ pub struct SubmissionApi {
     base: Url,
     client: Client,
     /// The longest JWE taken for metadata, data or an attachment.
-    max_content_bytes: usize,
+    max_jwe_bytes: usize,
 }
 
 /// Where the API lives and how to reach it.
@@ -145,7 +150,10 @@ impl SubmissionApi {
             client_auth: ClientAuth::Post,
         });
         let client = Client::new(endpoint.timeout, endpoint.tls, Some(&auth), context).map_err(|e| e.to_string())?;
-        Ok(Self { base, client, max_content_bytes: endpoint.max_content_bytes })
+        // A compact JWE is base64url: four characters for three bytes, plus
+        // its header, key and tag.
+        let max_jwe_bytes = endpoint.max_content_bytes.saturating_mul(4) / 3 + 64 * 1024;
+        Ok(Self { base, client, max_jwe_bytes })
     }
 
     fn url(&self, path: &str) -> Url {
@@ -180,14 +188,14 @@ impl SubmissionApi {
     }
 
     pub async fn submission(&self, id: Uuid) -> Result<Fetched, ApiError> {
-        let body = self.get(self.url(&format!("/v2/submissions/{id}")), "application/json", MAX_INDEX_BYTES + self.max_content_bytes).await?;
+        let body = self.get(self.url(&format!("/v2/submissions/{id}")), "application/json", MAX_INDEX_BYTES + self.max_jwe_bytes).await?;
         serde_json::from_slice(&body).map_err(|_| ApiError::Malformed("a submission"))
     }
 
     /// The attachment as a compact JWE.
     pub async fn attachment(&self, submission: Uuid, attachment: Uuid) -> Result<String, ApiError> {
         let body = self
-            .get(self.url(&format!("/v2/submissions/{submission}/attachments/{attachment}")), "application/jose", self.max_content_bytes)
+            .get(self.url(&format!("/v2/submissions/{submission}/attachments/{attachment}")), "application/jose", self.max_jwe_bytes)
             .await?;
         String::from_utf8(body).map_err(|_| ApiError::Malformed("an attachment (compact JWE)"))
     }
@@ -271,6 +279,9 @@ impl SubmissionApi {
             .map_err(from_outcome)?;
         if !response.status().is_success() {
             return Err(refusal(response).await);
+        }
+        if response.content_length().is_some_and(|length| length > limit as u64) {
+            return Err(ApiError::TooLarge(limit));
         }
         read_limited(response, limit).await.ok_or(ApiError::Transient {
             message: format!("the answer broke off or is longer than {limit} bytes"),

@@ -452,6 +452,12 @@ impl Destination {
             Ok(fetched) => fetched,
             // Decided meanwhile (by another amtsbote of the destination).
             Err(ApiError::Refused { status: 404, .. }) => return Ok(()),
+            Err(ApiError::TooLarge(limit)) => {
+                let problem = Problem::new(Kind::TechnicalError, Part::Data, format!("the submission is larger than this receiver takes ({limit} bytes)"));
+                tracing::warn!(event = "fit_connect_rejecting", destination = %self.name, fit_connect_submission = %waiting.submission_id,
+                    problem = problem.kind.slug(), detail = %problem.detail, "rejecting a FIT-Connect submission");
+                return self.decide_about(shared, waiting.submission_id, waiting.case_id, None, Verdict::Reject, rejection(&problem)).await;
+            }
             Err(e) => return Err(e.into()),
         };
         shared.metrics.fit_connect_fetched.get_or_create(&label(&self.name)).inc();
@@ -464,6 +470,14 @@ impl Destination {
                 Ok(jwe) => attachments.push((attachment, jwe)),
                 // Announced but not there: the checks name it.
                 Err(ApiError::Refused { status: 404, .. }) => {}
+                Err(ApiError::TooLarge(limit)) => {
+                    let problem = Problem::new(
+                        Kind::TechnicalError,
+                        Part::Attachment(attachment),
+                        format!("the attachment is larger than this receiver takes ({limit} bytes encrypted)"),
+                    );
+                    return self.reject(shared, &fetched, problem).await;
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -559,15 +573,18 @@ impl Destination {
     async fn reject(&self, shared: &Shared, fetched: &Fetched, problem: Problem) -> Result<(), Pause> {
         tracing::warn!(event = "fit_connect_rejecting", destination = %self.name, fit_connect_submission = %fetched.submission_id,
             problem = problem.kind.slug(), instance = %problem.part.instance(), detail = %problem.detail, "rejecting a FIT-Connect submission");
-        let payload = serde_json::to_string(&Rejection { problems: std::slice::from_ref(&problem) }).expect("problems serialize");
-        self.decide(shared, fetched, None, Verdict::Reject, payload).await
+        self.decide(shared, fetched, None, Verdict::Reject, rejection(&problem)).await
     }
 
     /// Records the decision (or finds the one recorded before) and sends it.
     async fn decide(&self, shared: &Shared, fetched: &Fetched, id: Option<Uuid>, verdict: Verdict, payload: String) -> Result<(), Pause> {
+        self.decide_about(shared, fetched.submission_id, fetched.case_id, id, verdict, payload).await
+    }
+
+    async fn decide_about(&self, shared: &Shared, fit_submission: Uuid, case: Uuid, id: Option<Uuid>, verdict: Verdict, payload: String) -> Result<(), Pause> {
         let decision = FitConnectDecision {
-            fit_submission: fetched.submission_id,
-            case_id: fetched.case_id,
+            fit_submission,
+            case_id: case,
             destination: self.id,
             submission: id,
             verdict,
@@ -618,6 +635,11 @@ impl Destination {
         }
         Ok(())
     }
+}
+
+/// What a rejection's event carries, as the ledger records it.
+fn rejection(problem: &Problem) -> String {
+    serde_json::to_string(&Rejection { problems: std::slice::from_ref(problem) }).expect("problems serialize")
 }
 
 /// Why a verified submission was not admitted.

@@ -445,6 +445,10 @@ async fn keys_check_and_probe_from_the_command_line_and_no_secret_or_content_in_
         .attach("geheim.pdf", "application/pdf", b"%PDF-1.7 Inhalt-Vertraulich".to_vec());
     outgoing.reply_email = Some("erika@geheim.example".into());
     let submitted = receiving.double.submit(receiving.destination, outgoing);
+    let url = format!("http://127.0.0.1:{port}/v1/fit-connect/callbacks/stadt-test");
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    assert_eq!(receiving.double.notify_with(receiving.destination, &url, "not-the-secret", now).await, 401, "a forged callback is refused");
+    assert_eq!(receiving.double.notify_with(receiving.destination, &url, CALLBACK_SECRET, now - 600).await, 401, "a stale one too");
     assert_eq!(receiving.double.notify(receiving.destination).await, 200);
     assert_eq!(decided(&receiving.double, &submitted).await, SubmissionState::Accepted);
     let rejected = receiving.double.submit(receiving.destination, Outgoing::json(GEWERBE, json!({ "antragsteller": "Erika Geheimnisträgerin" })).tampered(Tamper::HashMismatch));
@@ -453,10 +457,12 @@ async fn keys_check_and_probe_from_the_command_line_and_no_secret_or_content_in_
     app.terminate(Duration::from_secs(15)).await.expect("amtsbote stops on SIGTERM");
     let logs = std::fs::read_to_string(&log).unwrap();
     assert!(logs.contains("fit_connect_accepted") && logs.contains("fit_connect_rejected"), "the log is of a full run");
+    assert_eq!(logs.matches("fit_connect_callback_refused").count(), 2, "refused callbacks are logged, with why");
     let [(encryption, _), (signing, _)] = &*KEYS;
     let secrets = [
         ("client secret", "s3cret-client"),
         ("callback secret", CALLBACK_SECRET),
+        ("a forger's guess", "not-the-secret"),
         ("decryption key", encryption.d.as_deref().unwrap()),
         ("signing key", signing.p.as_deref().unwrap()),
         ("form data", "Geheimnisträgerin"),
@@ -529,4 +535,21 @@ async fn an_attachment_in_fragments_is_put_together_and_data_sent_as_an_attachme
     assert_eq!(documents.len(), 1, "the data is not also an attachment: {documents:?}");
     use base64::Engine as _;
     assert_eq!(base64::engine::general_purpose::STANDARD.decode(documents[0]["contentBase64"].as_str().unwrap()).unwrap(), large);
+}
+
+#[tokio::test]
+async fn an_attachment_beyond_the_limits_is_rejected_as_a_technical_error_not_retried_for_ever() {
+    let receiving = receiving("200ms").await;
+    let _app = spawn_app(Setup {
+        targets: &[("dms", "dms-json/akte.yaml")],
+        routes: &[(GEWERBE, "", &["dms"])],
+        http_settings: "  max_attachment_bytes: 20000\n",
+        extra: &receiving.yaml,
+        ..Setup::default()
+    })
+    .await;
+    let submitted = receiving.double.submit(receiving.destination, Outgoing::json(GEWERBE, form()).attach("gross.pdf", "application/pdf", pdf("Gross", 100_000)));
+    let SubmissionState::Rejected(problems) = decided(&receiving.double, &submitted).await else { panic!("must be rejected") };
+    assert_eq!(problems[0]["type"], "https://schema.fitko.de/fit-connect/events/problems/technical-error", "{problems:?}");
+    assert!(problems[0]["instance"].as_str().unwrap().starts_with("attachment:"), "{problems:?}");
 }
