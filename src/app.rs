@@ -141,6 +141,7 @@ impl Application {
                 store: store.clone(),
                 metrics: metrics.clone(),
                 limits,
+                max_jwe_bytes: config.http.max_body_bytes,
             };
             Receiving { fit_connect: Arc::new(fit_connect), shared: Arc::new(shared) }
         });

@@ -53,12 +53,6 @@ pub fn check(config: &Config) -> Result<Checked, ConfigProblems> {
         problems.extend(unusable.iter().map(ToString::to_string));
         fit_connect
     });
-    if let Some(fit_connect) = &fit_connect {
-        let senders: Vec<String> = config.senders.iter().map(|s| s.name.to_string()).collect();
-        for name in fit_connect.names().filter(|name| senders.contains(&name.to_string())) {
-            problems.push(format!("fit_connect: destinations: {name}: a sender has this name too; the ledger could not tell them apart"));
-        }
-    }
     let pipeline = Pipeline::build(config).map_err(|built| problems.extend(built));
     match pipeline {
         Ok(pipeline) if problems.is_empty() => {

@@ -55,8 +55,10 @@ pub struct FitConnectRejectionLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FitConnectErrorLabels {
     pub destination: String,
-    /// `unavailable`, `unauthorized`, `refused`, `malformed`, `ledger`,
-    /// `admission`, `keys`, `no_route`.
+    /// What stopped a poll (`unavailable`, `unauthorized`, `ledger`,
+    /// `admission`, `keys`), left a submission for later (`refused`,
+    /// `malformed`, `too_large`, `skipped`, `no_route`), or a decision
+    /// FIT-Connect held otherwise (`decided_otherwise`).
     pub kind: String,
 }
 

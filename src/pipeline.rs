@@ -99,6 +99,9 @@ impl Pipeline {
                 }
             }
         }
+        if let Some(settings) = &config.fit_connect {
+            problems.extend(crate::fit_connect::settings::names_taken_by_senders(settings, config.senders.iter().map(|s| &s.name)));
+        }
         if config.http.max_connections < crate::http::connections::MIN_CONNECTIONS {
             problems.push(format!("http.max_connections must be at least {}", crate::http::connections::MIN_CONNECTIONS));
         }

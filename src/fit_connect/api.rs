@@ -112,6 +112,9 @@ struct EventLog {
 /// Most submissions one list request asks for.
 pub const PAGE_SIZE: u32 = 100;
 
+/// Most waiting submissions one round takes on.
+pub const MAX_WAITING: usize = 10_000;
+
 /// Most events one event-log request asks for (the API's maximum).
 const EVENT_PAGE_SIZE: u32 = 500;
 
@@ -174,14 +177,15 @@ impl SubmissionApi {
         serde_json::from_slice(&body).map_err(|_| ApiError::Malformed("a list of submissions"))
     }
 
-    /// Every submission waiting for `destination`, page by page.
+    /// The submissions waiting for `destination`, page by page, at most
+    /// [`MAX_WAITING`] at a time (the rest come in the next round).
     pub async fn waiting(&self, destination: Uuid) -> Result<Vec<Waiting>, ApiError> {
         let mut all = Vec::new();
         loop {
             let page = self.page(destination, all.len() as u64).await?;
             let got = page.submissions.len();
             all.extend(page.submissions);
-            if got == 0 || all.len() as u64 >= page.total_count {
+            if got == 0 || all.len() as u64 >= page.total_count || all.len() >= MAX_WAITING {
                 return Ok(all);
             }
         }
@@ -283,10 +287,21 @@ impl SubmissionApi {
         if response.content_length().is_some_and(|length| length > limit as u64) {
             return Err(ApiError::TooLarge(limit));
         }
-        read_limited(response, limit).await.ok_or(ApiError::Transient {
-            message: format!("the answer broke off or is longer than {limit} bytes"),
-            retry_after: None,
-        })
+        let mut response = response;
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    body.extend_from_slice(&chunk);
+                    // Announced or not, a longer answer is refused the same.
+                    if body.len() > limit {
+                        return Err(ApiError::TooLarge(limit));
+                    }
+                }
+                Ok(None) => return Ok(body),
+                Err(_) => return Err(ApiError::Transient { message: "the answer broke off".into(), retry_after: None }),
+            }
+        }
     }
 
     /// Reachable, and the credentials accepted (for `check --probe`).

@@ -18,7 +18,7 @@ use super::api::{ApiError, Endpoint, Fetched, SubmissionApi, Waiting};
 use super::callback::{self, CallbackError};
 use super::decision::{self, Acceptance, Rejection};
 use super::problems::{Kind, Part, Problem};
-use super::verify::{self, Keys, Verified};
+use super::verify::{self, AuthenticationTags, Keys, Verified};
 use super::metadata::MetadataSchemas;
 use super::{DestinationConfig, FitConnectSettings};
 use crate::admission::{Admissions, Incoming, NotAdmitted};
@@ -61,6 +61,9 @@ pub struct Shared {
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
     pub limits: crate::submission::Limits,
+    /// The most encrypted bytes one submission may bring, all parts
+    /// together (from `http.max_body_bytes`, as its base64 would be).
+    pub max_jwe_bytes: usize,
 }
 
 struct Destination {
@@ -127,11 +130,16 @@ impl FitConnect {
                 .map(|metadata_schemas| Arc::new(Common { metadata_schemas }))
                 .map_err(|problem| format!("metadata_schemas: {problem}")),
         };
+        let mut ids = std::collections::HashSet::new();
         let destinations = settings
             .destinations
             .iter()
             .map(|(name, config)| {
-                let ready = common.clone().and_then(|common| ready(settings, config, context, max_content_bytes, common));
+                let ready = if ids.insert(config.id) {
+                    common.clone().and_then(|common| ready(settings, config, context, max_content_bytes, common))
+                } else {
+                    Err(format!("id {} is another destination's too; one amtsbote polls a destination once", config.id))
+                };
                 if let Err(problem) = &ready {
                     problems.push(FitConnectError { destination: name.to_string(), problem: problem.clone() });
                 }
@@ -153,10 +161,6 @@ impl FitConnect {
             })
             .collect();
         (Self { destinations, poll_interval: settings.poll_interval }, problems)
-    }
-
-    pub fn names(&self) -> impl Iterator<Item = &SenderName> {
-        self.destinations.keys()
     }
 
     pub fn health(&self) -> Vec<DestinationHealth> {
@@ -291,6 +295,18 @@ enum Pause {
     Admission(NotAdmitted),
     #[error("keys: {0}")]
     Keys(String),
+    /// Trouble with one submission only.
+    #[error("{0}")]
+    Skip(String),
+}
+
+/// What became of a waiting submission.
+enum Handled {
+    /// Decided (now or before), or gone from FIT-Connect.
+    Decided,
+    /// Left waiting at FIT-Connect on purpose (no route, too large for a
+    /// broker message): amtsbote's to fix.
+    Waits,
 }
 
 impl Pause {
@@ -307,6 +323,19 @@ impl Pause {
             Pause::Ledger(_) => "ledger",
             Pause::Admission(_) => "admission",
             Pause::Keys(_) => "keys",
+            Pause::Skip(_) => "skipped",
+        }
+    }
+
+    /// Whether every submission of the destination would meet it (the
+    /// service, the ledger, the broker, the keys are away or wrong), so the
+    /// round stops; else only this submission is left for later.
+    fn stops_the_round(&self) -> bool {
+        match self {
+            Pause::Api(e) => matches!(e, ApiError::Transient { .. } | ApiError::Unauthorized(_)),
+            Pause::Ledger(_) | Pause::Keys(_) => true,
+            Pause::Admission(not_admitted) => !matches!(not_admitted, NotAdmitted::KeyReused | NotAdmitted::Unroutable),
+            Pause::Skip(_) => false,
         }
     }
 }
@@ -396,9 +425,21 @@ impl Destination {
             if submission.destination_id != self.id {
                 continue;
             }
-            self.handle(shared, submission).await?;
-            self.first_seen.lock().expect("first-seen lock").remove(&submission.submission_id);
-            *progress = true;
+            match self.handle(shared, submission).await {
+                Ok(Handled::Decided) => {
+                    self.first_seen.lock().expect("first-seen lock").remove(&submission.submission_id);
+                    *progress = true;
+                }
+                Ok(Handled::Waits) => *progress = true,
+                Err(pause) if pause.stops_the_round() => return Err(pause),
+                // This submission's own trouble: the others go on, it is
+                // tried again next round and ages towards the alert.
+                Err(trouble) => {
+                    tracing::warn!(event = "fit_connect_submission_skipped", destination = %self.name,
+                        fit_connect_submission = %submission.submission_id, error = %trouble, "a FIT-Connect submission is left for the next round");
+                    self.count_error(shared, trouble.kind());
+                }
+            }
         }
         self.record_oldest(shared);
         Ok(())
@@ -439,24 +480,28 @@ impl Destination {
         }
     }
 
-    /// One waiting submission: the decision recorded before, or a new one.
-    async fn handle(&self, shared: &Shared, waiting: &Waiting) -> Result<(), Pause> {
+    /// One waiting submission: the decision recorded before, the
+    /// acceptance of what was admitted before, or a new decision.
+    async fn handle(&self, shared: &Shared, waiting: &Waiting) -> Result<Handled, Pause> {
         if let Some(recorded) = shared.store.fit_connect_decision(waiting.submission_id).await? {
             if recorded.sent_at.is_none() {
                 self.send(shared, &recorded).await?;
             }
-            return Ok(());
+            return Ok(Handled::Decided);
+        }
+        // Admitted before a crash (or by another amtsbote), and not yet
+        // decided: only accepted, whatever the configuration says now.
+        if let Some((id, fingerprint)) = shared.store.accepted_under_key(&idempotency_key(waiting.submission_id)).await? {
+            return self.accept_admitted(shared, waiting, id, fingerprint).await;
         }
         let ready = self.ready();
         let fetched = match ready.api.submission(waiting.submission_id).await {
             Ok(fetched) => fetched,
             // Decided meanwhile (by another amtsbote of the destination).
-            Err(ApiError::Refused { status: 404, .. }) => return Ok(()),
+            Err(ApiError::Refused { status: 404, .. }) => return Ok(Handled::Decided),
             Err(ApiError::TooLarge(limit)) => {
                 let problem = Problem::new(Kind::TechnicalError, Part::Data, format!("the submission is larger than this receiver takes ({limit} bytes)"));
-                tracing::warn!(event = "fit_connect_rejecting", destination = %self.name, fit_connect_submission = %waiting.submission_id,
-                    problem = problem.kind.slug(), detail = %problem.detail, "rejecting a FIT-Connect submission");
-                return self.decide_about(shared, waiting.submission_id, waiting.case_id, None, Verdict::Reject, rejection(&problem)).await;
+                return self.reject_about(shared, waiting.submission_id, waiting.case_id, problem).await;
             }
             Err(e) => return Err(e.into()),
         };
@@ -464,36 +509,52 @@ impl Destination {
         if fetched.submission_id != waiting.submission_id || fetched.destination_id != self.id {
             return Err(ApiError::Malformed("a submission other than the one asked for").into());
         }
+        // Bounded before anything is fetched: the sender decides how much
+        // comes, amtsbote how much it holds.
+        if fetched.attachments.len() > shared.limits.attachments {
+            let detail = format!("the submission has {} attachments; this receiver takes at most {}", fetched.attachments.len(), shared.limits.attachments);
+            return self.reject(shared, &fetched, Problem::new(Kind::TechnicalError, Part::Submission, detail)).await;
+        }
+        let mut held = fetched.encrypted_metadata.len() + fetched.encrypted_data.as_ref().map_or(0, String::len);
         let mut attachments = Vec::with_capacity(fetched.attachments.len());
         for &attachment in &fetched.attachments {
             match ready.api.attachment(fetched.submission_id, attachment).await {
-                Ok(jwe) => attachments.push((attachment, jwe)),
+                Ok(jwe) => {
+                    held += jwe.len();
+                    if held > shared.max_jwe_bytes {
+                        let detail = format!("the submission is larger than this receiver takes ({} bytes encrypted)", shared.max_jwe_bytes);
+                        return self.reject(shared, &fetched, Problem::new(Kind::TechnicalError, Part::Attachment(attachment), detail)).await;
+                    }
+                    attachments.push((attachment, jwe));
+                }
                 // Announced but not there: the checks name it.
                 Err(ApiError::Refused { status: 404, .. }) => {}
                 Err(ApiError::TooLarge(limit)) => {
-                    let problem = Problem::new(
-                        Kind::TechnicalError,
-                        Part::Attachment(attachment),
-                        format!("the attachment is larger than this receiver takes ({limit} bytes encrypted)"),
-                    );
-                    return self.reject(shared, &fetched, problem).await;
+                    let detail = format!("the attachment is larger than this receiver takes ({limit} bytes encrypted)");
+                    return self.reject(shared, &fetched, Problem::new(Kind::TechnicalError, Part::Attachment(attachment), detail)).await;
                 }
                 Err(e) => return Err(e.into()),
             }
         }
+        // Encrypted for a key FIT-Connect has registered but amtsbote lacks
+        // (a rollover in the portal ahead of the configuration): ours to
+        // fix, never a rejection.
+        for kid in verify::unknown_kids(&fetched, &attachments, &ready.decryption) {
+            if ready.api.destination_key(self.id, &kid).await?.is_some() {
+                ready.keys_match.store(false, std::sync::atomic::Ordering::Relaxed);
+                return Err(Pause::Keys(format!("submissions are encrypted for key {kid}, registered at FIT-Connect, which decryption_keys lacks")));
+            }
+        }
         let event_log = ready.api.events(fetched.case_id).await?;
-        let service_keys = self.service_keys(&event_log).await?;
+        let service_keys = self.service_keys(verify::submit_event_kid(fetched.submission_id, &event_log)).await?;
         let keys = Keys { decryption: &ready.decryption, service: &service_keys };
         let limits = verify::Limits { metadata_bytes: MAX_METADATA_BYTES, content_bytes: shared.limits.attachment_bytes };
         let verified = match verify::verify(&fetched, &attachments, &event_log, &keys, &limits, |metadata| ready.common.metadata_schemas.check(metadata)) {
-            Ok(verified) => {
-                if let Some(schema) = verified.set_schema.as_ref().filter(|s| decision::is_set_payload_schema(s)) {
-                    *ready.set_schema.lock().expect("set-schema lock") = Some(schema.clone());
-                }
-                verified
-            }
+            Ok(verified) => verified,
             Err(problem) => return self.reject(shared, &fetched, problem).await,
         };
+        drop(attachments);
+        self.learn(&verified.set_schema, verified.submitted_at, fetched.submission_id);
         match self.admit(shared, &fetched, &verified).await {
             Ok(id) => {
                 let payload = serde_json::to_string(&Acceptance { authentication_tags: &verified.tags }).expect("tags serialize");
@@ -501,31 +562,70 @@ impl Destination {
             }
             Err(Admit::Reject(problem)) => self.reject(shared, &fetched, problem).await,
             Err(Admit::Later(not_admitted)) => match not_admitted {
+                // Ours to fix, not the sender's: the submission waits at
+                // FIT-Connect (the oldest-waiting alert fires) and the
+                // others go on.
                 NotAdmitted::NoRoute { service, region } => {
-                    // Ours to fix, not the sender's: the submission waits
-                    // at FIT-Connect (the oldest-waiting alert fires) and
-                    // the others go on.
                     tracing::error!(event = "fit_connect_no_route", destination = %self.name, fit_connect_submission = %fetched.submission_id,
                         service = %service, region = %region, "no route for a FIT-Connect submission; it waits at FIT-Connect until one is configured");
-                    shared.metrics.fit_connect_errors.get_or_create(&FitConnectErrorLabels {
-                        destination: self.name.to_string(),
-                        kind: "no_route".into(),
-                    }).inc();
-                    Ok(())
+                    self.count_error(shared, "no_route");
+                    Ok(Handled::Waits)
+                }
+                NotAdmitted::TooLarge => {
+                    tracing::error!(event = "fit_connect_too_large_for_the_broker", destination = %self.name, fit_connect_submission = %fetched.submission_id,
+                        "a FIT-Connect submission's form data is larger than broker.max_message_bytes; it waits at FIT-Connect");
+                    self.count_error(shared, "too_large");
+                    Ok(Handled::Waits)
                 }
                 other => Err(Pause::Admission(other)),
             },
         }
     }
 
-    /// The delivery service's keys for the event log's signatures: the
-    /// cached set, fetched again when an event names a key not in it.
-    async fn service_keys(&self, event_log: &[String]) -> Result<Vec<VerifyingKey>, ApiError> {
+    /// A submission admitted before: accepted with the tags of the signed
+    /// event, if they are those it was admitted with (the idempotency key's
+    /// fingerprint).
+    async fn accept_admitted(&self, shared: &Shared, waiting: &Waiting, id: Uuid, fingerprint: [u8; 32]) -> Result<Handled, Pause> {
+        let ready = self.ready();
+        let event_log = ready.api.events(waiting.case_id).await?;
+        let service_keys = self.service_keys(verify::submit_event_kid(waiting.submission_id, &event_log)).await?;
+        match verify::signed_submission(waiting.submission_id, waiting.case_id, &event_log, &service_keys) {
+            Ok(signed) if content_fingerprint(&signed.tags) == fingerprint => {
+                tracing::info!(event = "fit_connect_admitted_before", destination = %self.name, fit_connect_submission = %waiting.submission_id,
+                    submission = %id, "a FIT-Connect submission admitted before is accepted");
+                self.learn(&signed.set_schema, signed.submitted_at, waiting.submission_id);
+                let payload = serde_json::to_string(&Acceptance { authentication_tags: &signed.tags }).expect("tags serialize");
+                self.decide_about(shared, waiting.submission_id, waiting.case_id, Some(id), Verdict::Accept, payload).await
+            }
+            _ => Err(Pause::Skip("admitted before, but the event log no longer names what was admitted: left for an operator".into())),
+        }
+    }
+
+    /// What a verified event tells beyond its submission: the SET payload
+    /// schema to answer in, and when the submission was submitted (for
+    /// the age of what waits).
+    fn learn(&self, set_schema: &Option<String>, submitted_at: Option<i64>, submission: Uuid) {
+        let ready = self.ready();
+        if let Some(schema) = set_schema.as_ref().filter(|s| decision::is_set_payload_schema(s)) {
+            *ready.set_schema.lock().expect("set-schema lock") = Some(schema.clone());
+        }
+        if let Some(at) = submitted_at.and_then(|at| time::OffsetDateTime::from_unix_timestamp(at).ok())
+            && let Some(seen) = self.first_seen.lock().expect("first-seen lock").get_mut(&submission)
+        {
+            *seen = (*seen).min(at);
+        }
+    }
+
+    fn count_error(&self, shared: &Shared, kind: &str) {
+        shared.metrics.fit_connect_errors.get_or_create(&FitConnectErrorLabels { destination: self.name.to_string(), kind: kind.to_owned() }).inc();
+    }
+
+    /// The delivery service's keys: the cached set, fetched again when the
+    /// event to check names a key not in it.
+    async fn service_keys(&self, kid: Option<String>) -> Result<Vec<VerifyingKey>, ApiError> {
         let ready = self.ready();
         let mut cached = ready.service_keys.lock().await;
-        let named: Vec<String> =
-            event_log.iter().filter_map(|jws| crate::jose::Jws::parse(jws).ok()?.header.kid).collect();
-        let known = |keys: &[VerifyingKey]| named.iter().all(|kid| keys.iter().any(|k| k.kid() == Some(kid.as_str())));
+        let known = |keys: &[VerifyingKey]| kid.as_deref().is_none_or(|kid| keys.iter().any(|k| k.kid() == Some(kid)));
         if cached.is_empty() || !known(&cached) {
             let set = ready.api.service_keys().await?;
             *cached = set
@@ -543,11 +643,7 @@ impl Destination {
         let body = Bytes::from(envelope(verified, &ready.region)?);
         let mut submission = Submission::parse(&body, &shared.limits).map_err(|e| Admit::Reject(problem_of(e, verified)))?;
         submission.fit_connect = Some(origin(fetched, verified));
-        let idempotency = IdempotencyKey {
-            key: format!("fit-connect:{}", fetched.submission_id),
-            // What identifies the content, stable across attempts.
-            fingerprint: Sha256::digest(serde_json::to_vec(&verified.tags).expect("tags serialize")).into(),
-        };
+        let idempotency = IdempotencyKey { key: idempotency_key(fetched.submission_id), fingerprint: content_fingerprint(&verified.tags) };
         let pipeline = shared.pipeline.load_full();
         let incoming = Incoming {
             submission,
@@ -570,18 +666,30 @@ impl Destination {
         })
     }
 
-    async fn reject(&self, shared: &Shared, fetched: &Fetched, problem: Problem) -> Result<(), Pause> {
-        tracing::warn!(event = "fit_connect_rejecting", destination = %self.name, fit_connect_submission = %fetched.submission_id,
+    async fn reject(&self, shared: &Shared, fetched: &Fetched, problem: Problem) -> Result<Handled, Pause> {
+        self.reject_about(shared, fetched.submission_id, fetched.case_id, problem).await
+    }
+
+    async fn reject_about(&self, shared: &Shared, fit_submission: Uuid, case: Uuid, problem: Problem) -> Result<Handled, Pause> {
+        tracing::warn!(event = "fit_connect_rejecting", destination = %self.name, fit_connect_submission = %fit_submission,
             problem = problem.kind.slug(), instance = %problem.part.instance(), detail = %problem.detail, "rejecting a FIT-Connect submission");
-        self.decide(shared, fetched, None, Verdict::Reject, rejection(&problem)).await
+        self.decide_about(shared, fit_submission, case, None, Verdict::Reject, rejection(&problem)).await
     }
 
     /// Records the decision (or finds the one recorded before) and sends it.
-    async fn decide(&self, shared: &Shared, fetched: &Fetched, id: Option<Uuid>, verdict: Verdict, payload: String) -> Result<(), Pause> {
+    async fn decide(&self, shared: &Shared, fetched: &Fetched, id: Option<Uuid>, verdict: Verdict, payload: String) -> Result<Handled, Pause> {
         self.decide_about(shared, fetched.submission_id, fetched.case_id, id, verdict, payload).await
     }
 
-    async fn decide_about(&self, shared: &Shared, fit_submission: Uuid, case: Uuid, id: Option<Uuid>, verdict: Verdict, payload: String) -> Result<(), Pause> {
+    async fn decide_about(
+        &self,
+        shared: &Shared,
+        fit_submission: Uuid,
+        case: Uuid,
+        id: Option<Uuid>,
+        verdict: Verdict,
+        payload: String,
+    ) -> Result<Handled, Pause> {
         let decision = FitConnectDecision {
             fit_submission,
             case_id: case,
@@ -596,7 +704,34 @@ impl Destination {
         if recorded.sent_at.is_none() {
             self.send(shared, &recorded).await?;
         }
-        Ok(())
+        Ok(Handled::Decided)
+    }
+
+    /// FIT-Connect answered a decision with `409`: ours, sent before with
+    /// its answer lost, or another one (FIT-Connect's own after 14 days,
+    /// another receiving system's), which an operator must hear of.
+    async fn known_decision(&self, shared: &Shared, decision: &FitConnectDecision) {
+        let ours = match decision.verdict {
+            Verdict::Accept => decision::ACCEPT_SUBMISSION,
+            Verdict::Reject => decision::REJECT_SUBMISSION,
+        };
+        let subject = format!("submission:{}", decision.fit_submission);
+        let events = self.ready().api.events(decision.case_id).await.unwrap_or_default();
+        let decided: Vec<String> = events
+            .iter()
+            .filter_map(|compact| serde_json::from_slice::<serde_json::Value>(crate::jose::Jws::parse(compact).ok()?.payload()).ok())
+            .filter(|claims| claims["sub"] == subject.as_str())
+            .filter_map(|claims| claims["events"].as_object()?.keys().find(|e| e.ends_with("-submission") && !e.ends_with("/submit-submission")).cloned())
+            .collect();
+        if decided.is_empty() || decided.iter().any(|event| event == ours) {
+            tracing::info!(event = "fit_connect_decision_known", destination = %self.name, fit_connect_submission = %decision.fit_submission,
+                "FIT-Connect has this decision already (a lost answer); counted as sent");
+        } else {
+            tracing::error!(event = "fit_connect_decided_otherwise", destination = %self.name, fit_connect_submission = %decision.fit_submission,
+                submission = ?decision.submission, ours = ours, theirs = ?decided,
+                "FIT-Connect holds another decision for the submission than amtsbote's");
+            self.count_error(shared, "decided_otherwise");
+        }
     }
 
     async fn send(&self, shared: &Shared, decision: &FitConnectDecision) -> Result<(), Pause> {
@@ -606,10 +741,7 @@ impl Destination {
             .map_err(|e| Pause::Api(ApiError::Malformed(if matches!(e, crate::jose::JoseError::Malformed(_)) { "a recorded decision" } else { "a signature" })))?;
         match ready.api.decide(decision.case_id, &event).await {
             Ok(()) => {}
-            Err(ApiError::AlreadyDecided) => {
-                tracing::info!(event = "fit_connect_decision_known", destination = %self.name, fit_connect_submission = %decision.fit_submission,
-                    "FIT-Connect has a decision for the submission already (a lost answer); counted as sent");
-            }
+            Err(ApiError::AlreadyDecided) => self.known_decision(shared, decision).await,
             Err(e) => return Err(e.into()),
         }
         shared.store.fit_connect_decision_sent(decision.fit_submission).await?;
@@ -635,6 +767,18 @@ impl Destination {
         }
         Ok(())
     }
+}
+
+/// The idempotency key of a FIT-Connect submission. HTTP intake's keys are
+/// `<sender>:<key>`, and no sender's name holds a `#`: the two never meet.
+fn idempotency_key(fit_submission: Uuid) -> String {
+    format!("#fit-connect:{fit_submission}")
+}
+
+/// What identifies a FIT-Connect submission's content, stable across
+/// attempts: its authentication tags.
+fn content_fingerprint(tags: &AuthenticationTags) -> [u8; 32] {
+    Sha256::digest(serde_json::to_vec(tags).expect("tags serialize")).into()
 }
 
 /// What a rejection's event carries, as the ledger records it.

@@ -85,7 +85,7 @@ pub struct DestinationConfig {
     pub signing_key: SecretRef,
     /// The callback secret set in the self-service portal. With it,
     /// FIT-Connect's callbacks to `/v1/fit-connect/callbacks/<name>` are
-    /// taken (and answered 401 without it); a callback only wakes the
+    /// taken (without it that URL answers 404); a callback only wakes the
     /// poller, it never carries a submission.
     #[serde(default)]
     pub callback_secret: Option<SecretRef>,
@@ -104,3 +104,15 @@ fn default_timeout() -> Duration {
     Duration::from_secs(60)
 }
 
+
+/// The destinations whose names a sender has too: the ledger records both
+/// as the sender, and a sender could read the destination's submissions.
+pub fn names_taken_by_senders<'a>(settings: &'a FitConnectSettings, senders: impl IntoIterator<Item = &'a SenderName>) -> Vec<String> {
+    let senders: Vec<&SenderName> = senders.into_iter().collect();
+    settings
+        .destinations
+        .keys()
+        .filter(|name| senders.contains(name))
+        .map(|name| format!("fit_connect: destinations: {name}: a sender has this name too; give the destination another"))
+        .collect()
+}

@@ -155,15 +155,18 @@ pub fn verify(
     limits: &Limits,
     metadata_schema: impl Fn(&serde_json::Value) -> Result<(), Problem>,
 ) -> Result<Verified, Problem> {
-    let (signed_tags, submitted_at, set_schema) = submit_event(fetched, event_log, keys.service)?;
+    let SignedSubmission { tags: signed_tags, submitted_at, set_schema } =
+        signed_submission(fetched.submission_id, fetched.case_id, event_log, keys.service)?;
 
     let metadata_jwe = parse_jwe(&fetched.encrypted_metadata, Part::Metadata)?;
     let metadata_bytes = decrypt(&metadata_jwe, keys.decryption, limits.metadata_bytes, Part::Metadata)?;
     let metadata_value: serde_json::Value = serde_json::from_slice(&metadata_bytes)
         .map_err(|_| Problem::new(Kind::SyntaxViolation, Part::Metadata, "the metadata is not JSON"))?;
     metadata_schema(&metadata_value)?;
-    let metadata: Metadata = serde_json::from_value(metadata_value.clone())
-        .map_err(|e| Problem::new(Kind::SchemaViolation, Part::Metadata, format!("the metadata does not have the fields it needs: {e}")))?;
+    // serde's message would quote the metadata: say only where.
+    let metadata: Metadata = serde_path_to_error::deserialize(metadata_value.clone()).map_err(|e| {
+        Problem::new(Kind::SchemaViolation, Part::Metadata, format!("the metadata does not have the fields amtsbote reads, at {}", e.path()))
+    })?;
     // The service the sender named to FIT-Connect; metadata 1.x repeats it
     // (`publicServiceType`), and where it does, the two must agree.
     let in_metadata = metadata.public_service.as_ref().or(metadata.public_service_type.as_ref()).map(|s| s.identifier.as_str());
@@ -296,16 +299,20 @@ struct SubmitPayload {
     authentication_tags: Option<AuthenticationTags>,
 }
 
-/// The one `submit-submission` event of the submission: its signature
-/// checked with the delivery service's keys, its claims with the
-/// submission; its authentication tags.
-fn submit_event(
-    fetched: &Fetched,
-    event_log: &[String],
-    service_keys: &[VerifyingKey],
-) -> Result<(AuthenticationTags, Option<i64>, Option<String>), Problem> {
-    let invalid = |detail: &str| Problem::new(Kind::InvalidEventLog, Part::Submission, detail);
-    let subject = format!("submission:{}", fetched.submission_id);
+/// What the delivery service's signed `submit-submission` event says.
+#[derive(Debug)]
+pub struct SignedSubmission {
+    pub tags: AuthenticationTags,
+    /// When the sender submitted it (`iat`).
+    pub submitted_at: Option<i64>,
+    /// The SET payload schema the event declares.
+    pub set_schema: Option<String>,
+}
+
+/// The submission's `submit-submission` event among `event_log`, parsed
+/// but not verified; `None` if there is none.
+fn find_submit_event(submission: Uuid, event_log: &[String]) -> Result<Option<(Jws<'_>, SetClaims)>, Problem> {
+    let subject = format!("submission:{submission}");
     let mut found = None;
     for compact in event_log {
         // Events of other submissions of the case, and the decisions of
@@ -317,11 +324,25 @@ fn submit_event(
             continue;
         }
         if found.is_some() {
-            return Err(invalid("the event log holds more than one submit-submission event for the submission"));
+            return Err(Problem::new(Kind::InvalidEventLog, Part::Submission, "the event log holds more than one submit-submission event for the submission"));
         }
         found = Some((jws, claims));
     }
-    let Some((jws, claims)) = found else {
+    Ok(found)
+}
+
+/// The `kid` that signed the submission's `submit-submission` event: the
+/// delivery service's key to have at hand.
+pub fn submit_event_kid(submission: Uuid, event_log: &[String]) -> Option<String> {
+    find_submit_event(submission, event_log).ok().flatten().and_then(|(jws, _)| jws.header.kid)
+}
+
+/// The one `submit-submission` event of the submission: its signature
+/// checked with the delivery service's keys, its claims with the
+/// submission; its authentication tags.
+pub fn signed_submission(submission: Uuid, case: Uuid, event_log: &[String], service_keys: &[VerifyingKey]) -> Result<SignedSubmission, Problem> {
+    let invalid = |detail: &str| Problem::new(Kind::InvalidEventLog, Part::Submission, detail);
+    let Some((jws, claims)) = find_submit_event(submission, event_log)? else {
         return Err(invalid("the event log holds no submit-submission event for the submission"));
     };
     if jws.header.typ.as_deref() != Some("secevent+jwt") {
@@ -333,7 +354,7 @@ fn submit_event(
         .find(|key| key.kid() == Some(kid))
         .ok_or_else(|| invalid("the submit-submission event is signed with a key the delivery service does not publish"))?;
     jws.verify(key).map_err(|_| invalid("the submit-submission event's signature does not verify"))?;
-    if claims.txn.as_deref() != Some(format!("case:{}", fetched.case_id).as_str()) {
+    if claims.txn.as_deref() != Some(format!("case:{case}").as_str()) {
         return Err(invalid("the submit-submission event belongs to another case (txn)"));
     }
     if claims.events.len() != 1 {
@@ -344,7 +365,22 @@ fn submit_event(
     let tags = payload.authentication_tags.ok_or_else(|| {
         Problem::new(Kind::MissingAuthenticationTags, Part::Submission, "the submit-submission event names no authentication tags")
     })?;
-    Ok((tags, claims.iat, claims.schema))
+    Ok(SignedSubmission { tags, submitted_at: claims.iat, set_schema: claims.schema })
+}
+
+/// The `kid`s the submission's JWEs name that none of `keys` has.
+pub fn unknown_kids<'a>(fetched: &'a Fetched, attachments: &'a [(Uuid, String)], keys: &[DecryptionKey]) -> Vec<String> {
+    let mut jwes = vec![fetched.encrypted_metadata.as_str()];
+    jwes.extend(fetched.encrypted_data.as_deref());
+    jwes.extend(attachments.iter().map(|(_, jwe)| jwe.as_str()));
+    let mut unknown: Vec<String> = jwes
+        .into_iter()
+        .filter_map(|compact| Jwe::parse(compact).ok()?.kid().map(str::to_owned))
+        .filter(|kid| !keys.iter().any(|key| key.kid() == Some(kid.as_str())))
+        .collect();
+    unknown.sort();
+    unknown.dedup();
+    unknown
 }
 
 /// Whether the data is XML (else JSON), by its submission schema.

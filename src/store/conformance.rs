@@ -410,7 +410,12 @@ pub async fn a_fit_connect_submission_is_decided_once_and_its_ids_shown(store: A
     let fit = Uuid::new_v4();
     let id = Uuid::now_v7();
     assert_eq!(store.fit_connect_decision(fit).await.unwrap(), None);
-    store.begin_intake(submission(id), None).await.unwrap();
+    let claimed = key("#fit-connect:x", 7);
+    store.begin_intake(submission(id), claimed).await.unwrap();
+    assert_eq!(store.accepted_under_key("#fit-connect:x").await.unwrap(), None, "not before the broker confirmed it");
+    store.confirm_intake(id).await.unwrap();
+    assert_eq!(store.accepted_under_key("#fit-connect:x").await.unwrap(), Some((id, [7; 32])));
+    assert_eq!(store.accepted_under_key("#fit-connect:y").await.unwrap(), None);
     let accept = FitConnectDecision {
         fit_submission: fit,
         case_id: Uuid::new_v4(),

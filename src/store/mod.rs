@@ -681,6 +681,9 @@ pub trait Store: Send + Sync + 'static {
     /// keys, and operator records older than that; returns how many
     /// submissions went.
     async fn prune(&self, before: OffsetDateTime, limit: u32) -> Result<u64, StoreError>;
+    /// The submission claimed under idempotency key `key`, with the key's
+    /// fingerprint, if the broker confirmed it (accepted, or further on).
+    async fn accepted_under_key(&self, key: &str) -> Result<Option<(Uuid, [u8; 32])>, StoreError>;
     /// Records the decision about a FIT-Connect submission unless one is
     /// recorded already; returns the one recorded, which is the one to
     /// send (one decision per submission, whichever process asks).

@@ -933,6 +933,21 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn accepted_under_key(&self, key: &str) -> Result<Option<(Uuid, [u8; 32])>, StoreError> {
+        let key = key.to_owned();
+        self.read(move |conn| {
+            let found: Option<(String, Vec<u8>)> = conn
+                .prepare_cached(
+                    "SELECT k.submission_id, k.fingerprint FROM idempotency_keys k JOIN submissions s ON s.id = k.submission_id
+                     WHERE k.key = ?1 AND s.state NOT IN ('received', 'refused')",
+                )?
+                .query_row([&key], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            Ok(found.and_then(|(id, fingerprint)| Some((Uuid::parse_str(&id).ok()?, fingerprint.try_into().ok()?))))
+        })
+        .await
+    }
+
     async fn decide_fit_connect(&self, decision: FitConnectDecision) -> Result<FitConnectDecision, StoreError> {
         self.write(move |conn| {
             conn.execute(

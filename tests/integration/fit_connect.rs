@@ -553,3 +553,41 @@ async fn an_attachment_beyond_the_limits_is_rejected_as_a_technical_error_not_re
     assert_eq!(problems[0]["type"], "https://schema.fitko.de/fit-connect/events/problems/technical-error", "{problems:?}");
     assert!(problems[0]["instance"].as_str().unwrap().starts_with("attachment:"), "{problems:?}");
 }
+
+#[tokio::test]
+async fn admitted_before_a_crash_but_undecided_it_is_only_accepted_even_with_its_route_gone() {
+    use crate::helpers::{AppProcess, free_port, write_config};
+    use amtsbote_sample_back_office::SampleBackOffice;
+
+    let receiving = receiving("300ms").await;
+    let back_office = SampleBackOffice::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup { targets: &[("dms", "dms-json/akte.yaml")], routes: &[(GEWERBE, "05", &["dms"])], extra: &receiving.yaml, ..Setup::default() };
+    let config = write_config(&setup, &back_office, dir.path());
+    let log = dir.path().join("amtsbote.log");
+    let port = free_port();
+    let mut app = AppProcess::start(&config, port, &log).await;
+    let submitted = receiving.double.submit(receiving.destination, Outgoing::json(GEWERBE, form()));
+    assert_eq!(decided(&receiving.double, &submitted).await, SubmissionState::Accepted);
+    wait_for("the delivery", Duration::from_secs(30), || !back_office.received().is_empty()).await;
+    app.terminate(Duration::from_secs(15)).await.expect("amtsbote stops");
+
+    // The state a crash between admission and decision leaves: admitted,
+    // delivered, no decision in the ledger, none at FIT-Connect.
+    let ledger = rusqlite::Connection::open(dir.path().join("store.sqlite")).unwrap();
+    assert_eq!(ledger.execute("DELETE FROM fit_connect_decisions", []).unwrap(), 1);
+    drop(ledger);
+    receiving.double.undecide(submitted.submission_id);
+    // And since then the route is gone: a new submission would wait.
+    let yaml = std::fs::read_to_string(&config).unwrap().replace("region: \"05\"", "region: \"09\"");
+    std::fs::write(&config, yaml).unwrap();
+
+    let _app = AppProcess::start(&config, port, &log).await;
+    assert_eq!(decided(&receiving.double, &submitted).await, SubmissionState::Accepted, "accepted, not rejected, not left waiting");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(back_office.received().len(), 1, "not queued again");
+    let taken: Vec<_> = receiving.double.decisions().into_iter().filter(|d| d.status.is_success()).collect();
+    assert_eq!(taken.len(), 2, "the first run's accept and, after the reset, one more: {:?}", receiving.double.decisions());
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(!logs.contains("fit_connect_no_route") && !logs.contains("fit_connect_rejecting"), "neither routed nor checked again: {logs}");
+}

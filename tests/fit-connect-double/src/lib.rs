@@ -257,6 +257,22 @@ impl Double {
         self.lock().faults = faults;
     }
 
+    /// Puts a decided submission back to `submitted` (its decision event
+    /// stays in the log), as if the decision had never reached the service.
+    pub fn undecide(&self, submission: Uuid) {
+        let mut inner = self.lock();
+        let stored = inner.submissions.get_mut(&submission).expect("a submission");
+        stored.state = SubmissionState::Submitted;
+        let case = stored.case_id;
+        let subject = format!("submission:{submission}");
+        // Only the submit event stays: the decision never happened.
+        if let Some(log) = inner.event_logs.get_mut(&case) {
+            log.retain(|event| {
+                jose::parse_jws(event).is_some_and(|(_, claims, _)| claims["sub"] != json!(subject) || claims["events"].get(format!("{EVENTS}submit-submission")).is_some())
+            });
+        }
+    }
+
     /// Lets held decisions go on, and holds no more.
     pub fn release(&self) {
         let mut inner = self.lock();
