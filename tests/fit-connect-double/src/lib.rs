@@ -217,7 +217,10 @@ impl Double {
 
     pub async fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
         let inner = Arc::new(Mutex::new(Inner::default()));
-        let service_key = Arc::new(jose::SigningKey::generate());
+        // One RSA-4096 key per process: making one takes a second of CPU,
+        // which many doubles in one test run would spend again and again.
+        static SERVICE_KEY: std::sync::LazyLock<Arc<jose::SigningKey>> = std::sync::LazyLock::new(|| Arc::new(jose::SigningKey::generate()));
+        let service_key = SERVICE_KEY.clone();
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let double = Self { addr, inner, service_key };
