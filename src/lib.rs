@@ -15,6 +15,12 @@
 //!   [`http::problem`] documents. Beside intake: [`http::operator`] (the
 //!   operator API), [`http::dashboard`], [`http::health`] (`/metrics`,
 //!   `/healthz`, `/readyz`); none imports another.
+//! * [`fit_connect`]: the second source, FITKO's national delivery
+//!   service: one poller per destination (woken by callbacks through
+//!   [`http::fit_connect`]) fetches, decrypts and checks each submission
+//!   ([`jose`] for JWE and JWS), admits it through [`admission`] and only
+//!   then accepts it with a signed event, or rejects it; each decision is
+//!   recorded in the [`store`] before it is sent.
 //! * [`worker`]: one consumer per target; renders the target's [`mapping`]
 //!   (in a sandbox process, with the mapping version the delivery started
 //!   with) and hands the payload to the target's connector (the

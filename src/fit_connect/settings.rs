@@ -116,3 +116,19 @@ pub fn names_taken_by_senders<'a>(settings: &'a FitConnectSettings, senders: imp
         .map(|name| format!("fit_connect: destinations: {name}: a sender has this name too; give the destination another"))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_destination_may_not_share_its_name_with_a_sender() {
+        let yaml = "destinations:\n  stadt-a:\n    id: 5b0f6e43-3c1e-4d9a-9b0e-6f2d8c1a7e55\n    client_id: c\n    client_secret: { env: X }\n    region: \"053150000000\"\n    decryption_keys: [{ env: Y }]\n    signing_key: { env: Z }\n";
+        let settings: FitConnectSettings = crate::yaml::parse_yaml(yaml).unwrap();
+        let senders = [SenderName::parse("oaa").unwrap(), SenderName::parse("stadt-a").unwrap()];
+        let clashes = names_taken_by_senders(&settings, senders.iter());
+        assert_eq!(clashes.len(), 1);
+        assert!(clashes[0].contains("stadt-a"), "{clashes:?}");
+        assert!(names_taken_by_senders(&settings, senders[..1].iter()).is_empty());
+    }
+}
