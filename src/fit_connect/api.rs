@@ -42,10 +42,6 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub fn is_transient(&self) -> bool {
-        matches!(self, ApiError::Transient { .. })
-    }
-
     /// A short label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -94,6 +94,16 @@ async fn decided(double: &Double, submitted: &Submitted) -> SubmissionState {
     double.state(submitted.submission_id).unwrap()
 }
 
+/// For amtsbote as a process of its own (to kill and restart): a back
+/// office, a folder, and a config delivering Köln's Gewerbe to `dms`.
+async fn process_setup(receiving: &Receiving) -> (amtsbote_sample_back_office::SampleBackOffice, tempfile::TempDir, std::path::PathBuf) {
+    let back_office = amtsbote_sample_back_office::SampleBackOffice::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup { targets: &[("dms", "dms-json/akte.yaml")], routes: &[(GEWERBE, "05", &["dms"])], extra: &receiving.yaml, ..Setup::default() };
+    let config = crate::helpers::write_config(&setup, &back_office, dir.path());
+    (back_office, dir, config)
+}
+
 async fn app_for(receiving: &Receiving) -> TestApp {
     spawn_app(Setup {
         targets: &[("fv", "xgewerbeanzeige-2.2/gewerbeanmeldung.yaml"), ("dms", "dms-json/akte.yaml")],
@@ -255,16 +265,12 @@ async fn a_hundred_submissions_through_503s_429s_expiring_tokens_and_lost_answer
 
 #[tokio::test]
 async fn killed_after_admission_and_before_the_decision_it_delivers_once_and_accepts_once() {
-    use crate::helpers::{AppProcess, free_port, write_config};
-    use amtsbote_sample_back_office::SampleBackOffice;
+    use crate::helpers::AppProcess;
 
     let receiving = receiving("500ms").await;
-    let back_office = SampleBackOffice::start(([127, 0, 0, 1], 0).into()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let setup = Setup { targets: &[("dms", "dms-json/akte.yaml")], routes: &[(GEWERBE, "05", &["dms"])], extra: &receiving.yaml, ..Setup::default() };
-    let config = write_config(&setup, &back_office, dir.path());
+    let (back_office, dir, config) = process_setup(&receiving).await;
     let log = dir.path().join("amtsbote.log");
-    let port = free_port();
+    let port = crate::helpers::free_port();
     receiving.double.set_faults(Faults { hold_decisions: true, ..Faults::default() });
     let mut app = AppProcess::start(&config, port, &log).await;
 
@@ -556,16 +562,12 @@ async fn an_attachment_beyond_the_limits_is_rejected_as_a_technical_error_not_re
 
 #[tokio::test]
 async fn admitted_before_a_crash_but_undecided_it_is_only_accepted_even_with_its_route_gone() {
-    use crate::helpers::{AppProcess, free_port, write_config};
-    use amtsbote_sample_back_office::SampleBackOffice;
+    use crate::helpers::AppProcess;
 
     let receiving = receiving("300ms").await;
-    let back_office = SampleBackOffice::start(([127, 0, 0, 1], 0).into()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let setup = Setup { targets: &[("dms", "dms-json/akte.yaml")], routes: &[(GEWERBE, "05", &["dms"])], extra: &receiving.yaml, ..Setup::default() };
-    let config = write_config(&setup, &back_office, dir.path());
+    let (back_office, dir, config) = process_setup(&receiving).await;
     let log = dir.path().join("amtsbote.log");
-    let port = free_port();
+    let port = crate::helpers::free_port();
     let mut app = AppProcess::start(&config, port, &log).await;
     let submitted = receiving.double.submit(receiving.destination, Outgoing::json(GEWERBE, form()));
     assert_eq!(decided(&receiving.double, &submitted).await, SubmissionState::Accepted);
