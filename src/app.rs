@@ -83,8 +83,9 @@ impl Application {
         if !pipeline.sealer.is_sealing() {
             tracing::warn!(event = "plaintext_on_broker", "{}", crate::seal::PLAINTEXT_WARNING);
         }
-        let store = store::open(&config.store)?;
-        let blobs = BlobStore::open(&config.blobs, &amtsbote_connector::Context::new(&config.base_dir))?;
+        let context = amtsbote_connector::Context::new(&config.base_dir);
+        let store = store::open(&config.store, &context).await?;
+        let blobs = BlobStore::open(&config.blobs, &context)?;
         blobs.check().await?;
         blobs.claim(&store.ledger_id().await?).await?;
         let delivery_memory = MemoryBudget::mib(config.blobs.delivery_memory_mib);

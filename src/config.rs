@@ -2,7 +2,7 @@
 //!
 //! Layering: built-in defaults < the config file < `AMTSBOTE_*` variables
 //! (`AMTSBOTE_BROKER_URL`, `AMTSBOTE_HTTP_LISTEN`, `AMTSBOTE_STORE_PATH`,
-//! `AMTSBOTE_BLOBS_PATH`).
+//! `AMTSBOTE_STORE_POSTGRES_URL`, `AMTSBOTE_BLOBS_PATH`).
 //! Secrets (the broker URL carries a password) are held as
 //! [`SecretString`] and never printed. Relative paths in the file are
 //! relative to the file's directory, so a config works from any working
@@ -228,6 +228,12 @@ impl Config {
         }
         if let Some(path) = var("AMTSBOTE_STORE_PATH") {
             self.store.path = path.into();
+        }
+        if let Some(url) = var("AMTSBOTE_STORE_POSTGRES_URL") {
+            match &mut self.store.postgres {
+                Some(postgres) => postgres.url = url.into(),
+                None => self.store.postgres = Some(crate::store::PostgresSettings::at(url.into())),
+            }
         }
         if let Some(path) = var("AMTSBOTE_BLOBS_PATH") {
             self.blobs.path = path.into();

@@ -296,8 +296,12 @@ pub fn timestamp(at: time::OffsetDateTime) -> String {
 /// Now, cut to the milliseconds [`timestamp`] keeps, so that a time read
 /// back equals the one written.
 pub fn now_millis() -> time::OffsetDateTime {
-    let now = time::OffsetDateTime::now_utc();
-    now.replace_millisecond(now.millisecond()).expect("a millisecond of now is valid")
+    to_millis(time::OffsetDateTime::now_utc())
+}
+
+/// `at` cut to the milliseconds [`timestamp`] keeps.
+pub fn to_millis(at: time::OffsetDateTime) -> time::OffsetDateTime {
+    at.replace_millisecond(at.millisecond()).expect("a millisecond of a valid time is valid")
 }
 
 /// Lower-case hex SHA-256 of `bytes`: how the ledger and mapping versions

@@ -293,7 +293,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Parked { config, command } => {
             let config = load_config(&config)?;
-            let store = amtsbote::store::open(&config.store)?;
+            let store = amtsbote::store::open(&config.store, &amtsbote_connector::Context::new(&config.base_dir)).await?;
             let parking = ParkingLot::new(&config.broker, config.targets.keys().cloned().collect(), store.clone());
             parked(&parking, command).await
         }

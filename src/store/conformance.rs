@@ -1,10 +1,10 @@
 //! The behaviour every [`Store`] must have, whatever keeps the ledger.
-//! An implementation's tests expand [`store_conformance!`] with a
+//! An implementation's tests expand [`store_conformance!`] with an async
 //! function that opens a fresh, empty store (and whatever must live as
 //! long as it), so each implementation runs the same suite:
 //!
 //! ```ignore
-//! store_conformance!(|| { let dir = tempdir(); (dir, Arc::new(SqliteStore::open(..)) as Arc<dyn Store>) });
+//! store_conformance!(|| async { let dir = tempdir(); (dir, Arc::new(SqliteStore::open(..)) as Arc<dyn Store>) });
 //! ```
 
 #![allow(dead_code)]
@@ -19,7 +19,8 @@ use super::*;
 use crate::domain::TargetName;
 
 /// Expands one `#[tokio::test]` per conformance test, each on a fresh
-/// store from `$open` (a closure returning `(guard, Arc<dyn Store>)`).
+/// store from `$open` (a closure whose future gives `(guard, Arc<dyn
+/// Store>)`).
 macro_rules! store_conformance {
     ($open:expr) => {
         store_conformance!(@tests $open; idempotency_key_lifecycle, a_refused_key_resumes_under_the_same_id, a_refused_submission_is_kept_as_refused_never_admitted_and_pruned_like_a_finished_one, a_worker_admits_what_intake_accepted_and_accepts_what_a_dead_intake_left_undecided, a_submission_is_finished_with_once_every_delivery_is_delivered_or_discarded, operator_actions_are_recorded_and_change_the_state, a_replay_recorded_after_its_delivery_leaves_the_delivery_standing, each_parked_copy_takes_one_action_whoever_records_it, status_and_timeline_follow_the_deliveries, a_failed_mapping_is_in_the_timeline_without_an_attempt, a_message_stopped_before_the_mapping_is_parked_with_its_reason_and_no_mapping_event, search_filters_and_pages_newest_first, many_concurrent_writes_all_land, a_failing_write_leaves_the_others_of_its_batch, pruning_removes_finished_submissions_past_retention_only, activity_counts_per_target_and_finds_the_oldest_undelivered, each_ledger_has_its_own_id, a_fit_connect_submission_is_decided_once_and_its_ids_shown);
@@ -28,7 +29,7 @@ macro_rules! store_conformance {
         $(
             #[tokio::test]
             async fn $name() {
-                let (_guard, store) = ($open)();
+                let (_guard, store) = ($open)().await;
                 $crate::store::conformance::$name(store).await;
             }
         )*

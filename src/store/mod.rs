@@ -38,10 +38,39 @@ use uuid::Uuid;
 
 use crate::domain::{TargetName, timestamp};
 
+/// A claim of an idempotency key that has not reached the broker's
+/// confirm after this long belongs to a request that died.
+const STALE_CLAIM: Duration = Duration::from_secs(15);
+
+/// The state of a submission across its targets, from its deliveries, as
+/// an SQL expression over a `submissions` row; `received` stays until the
+/// broker confirmed. (A macro, so that `concat!` can build statements; the
+/// same SQL on SQLite and PostgreSQL.)
+macro_rules! submission_state {
+    () => {
+        concat!("CASE
+    WHEN state IN ('received', 'refused') THEN state
+    ", state_once_accepted!())
+    };
+}
+
+/// The cases of [`submission_state`] once the broker has confirmed.
+macro_rules! state_once_accepted {
+    () => {
+        "WHEN EXISTS (SELECT 1 FROM deliveries d WHERE d.submission_id = submissions.id AND d.state = 'parked') THEN 'parked'
+    WHEN NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.submission_id = submissions.id AND d.state <> 'delivered') THEN 'delivered'
+    WHEN NOT EXISTS (SELECT 1 FROM deliveries d
+                     WHERE d.submission_id = submissions.id AND d.state NOT IN ('delivered', 'discarded')) THEN 'discarded'
+    ELSE 'accepted' END"
+    };
+}
+
 #[cfg(test)]
 #[macro_use]
 mod conformance;
+mod postgres;
 mod sqlite;
+pub use postgres::{PostgresSettings, PostgresStore};
 pub use sqlite::{MAX_BATCH, SqliteStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +87,15 @@ pub enum StoreError {
     Join,
     #[error("store: cannot start the writer thread: {0}")]
     Thread(std::io::Error),
+    #[error("store: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// The server did not answer in time, or no connection was to be had.
+    #[error("store: PostgreSQL is unavailable: {0}")]
+    Unavailable(String),
+    #[error("store: migrating the schema failed: {0}")]
+    Migration(String),
+    #[error("store: {0}")]
+    Settings(String),
 }
 
 /// What intake records before it publishes.
@@ -739,12 +777,21 @@ pub async fn prune_periodically(store: Arc<dyn Store>, retention: Duration, mut 
     }
 }
 
+/// Where the ledger is: the embedded SQLite file for one host (the
+/// default), or a PostgreSQL database that the processes of several hosts
+/// share.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSettings {
     /// SQLite file (default `var/amtsbote.sqlite`); created if missing.
+    /// Not used when `postgres` is set.
     #[serde(default = "default_store_path")]
     pub path: PathBuf,
+    /// The ledger on PostgreSQL instead of the SQLite file: needed when
+    /// amtsbote runs on several hosts (see the README, "Running on several
+    /// hosts").
+    #[serde(default)]
+    pub postgres: Option<PostgresSettings>,
     /// How long the ledger keeps a finished (delivered or discarded)
     /// submission's timeline, and operator records (default `90d`).
     /// Submissions still on their way are kept whatever their age.
@@ -754,14 +801,18 @@ pub struct StoreSettings {
 }
 
 /// Opens the ledger the settings name: the one place that picks the
-/// `Store` implementation (today the embedded SQLite file).
-pub fn open(settings: &StoreSettings) -> Result<Arc<dyn Store>, StoreError> {
-    Ok(Arc::new(SqliteStore::open(&settings.path)?))
+/// `Store` implementation. `context` resolves secret references and
+/// relative paths.
+pub async fn open(settings: &StoreSettings, context: &amtsbote_connector::Context) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match &settings.postgres {
+        Some(postgres) => Arc::new(PostgresStore::open(postgres, context).await?),
+        None => Arc::new(SqliteStore::open(&settings.path)?),
+    })
 }
 
 impl Default for StoreSettings {
     fn default() -> Self {
-        Self { path: default_store_path(), retention: default_retention() }
+        Self { path: default_store_path(), postgres: None, retention: default_retention() }
     }
 }
 

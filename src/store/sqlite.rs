@@ -15,10 +15,6 @@ use uuid::Uuid;
 use super::*;
 use crate::domain::{TargetName, timestamp};
 
-/// A claim of an idempotency key that has not reached the broker's
-/// confirm after this long belongs to a request that died.
-const STALE_CLAIM: Duration = Duration::from_secs(15);
-
 /// The most writes one transaction of the writer takes.
 pub const MAX_BATCH: usize = 512;
 
@@ -54,28 +50,6 @@ PRAGMA synchronous = NORMAL;
 PRAGMA foreign_keys = ON;
 PRAGMA temp_store = MEMORY;
 ";
-
-/// The state of a submission across its targets, from its deliveries, as
-/// an SQL expression over a `submissions` row; `received` stays until the
-/// broker confirmed. (A macro, so that `concat!` can build statements.)
-macro_rules! submission_state {
-    () => {
-        concat!("CASE
-    WHEN state IN ('received', 'refused') THEN state
-    ", state_once_accepted!())
-    };
-}
-
-/// The cases of [`submission_state`] once the broker has confirmed.
-macro_rules! state_once_accepted {
-    () => {
-        "WHEN EXISTS (SELECT 1 FROM deliveries d WHERE d.submission_id = submissions.id AND d.state = 'parked') THEN 'parked'
-    WHEN NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.submission_id = submissions.id AND d.state <> 'delivered') THEN 'delivered'
-    WHEN NOT EXISTS (SELECT 1 FROM deliveries d
-                     WHERE d.submission_id = submissions.id AND d.state NOT IN ('delivered', 'discarded')) THEN 'discarded'
-    ELSE 'accepted' END"
-    };
-}
 
 /// Schema versions in order; `PRAGMA user_version` counts those applied.
 const MIGRATIONS: [&str; 8] = [
@@ -1024,7 +998,7 @@ mod tests {
         (dir, store)
     }
 
-    store_conformance!(|| {
+    store_conformance!(|| async {
         let (dir, store) = temp_store();
         (dir, Arc::new(store) as Arc<dyn Store>)
     });
