@@ -92,7 +92,7 @@ impl Application {
         let versions = Arc::new(MappingVersions::new(store.clone()));
         versions.keep(&pipeline).await?;
         let sandbox = Sandbox::new(config.sandbox.clone()).map_err(StartupError::Sandbox)?;
-        let topology = Topology::new(&config.broker.prefix);
+        let topology = Topology::of(&config.broker);
         let targets: Vec<_> = pipeline.targets.keys().cloned().collect();
         let pipeline: SharedPipeline = Arc::new(ArcSwap::from_pointee(pipeline));
         let publisher = Arc::new(Publisher::new(config.broker.endpoint(), topology.clone(), targets.clone()));
@@ -348,8 +348,8 @@ fn fixed_settings(config: &Config) -> Vec<(&'static str, String)> {
     let targets: Vec<String> = config.targets.iter().map(|(name, t)| format!("{name}:{}", t.concurrency)).collect();
     vec![
         ("http", format!("{:?}", config.http)),
-        ("broker", format!("{} {} {:?} {}", config.broker.url.expose_secret(), config.broker.prefix, config.broker.ca_file, config.broker.max_message_bytes)),
-        ("store", format!("{:?}", config.store)),
+        ("broker", format!("{} {:?}", config.broker.url.expose_secret(), config.broker)),
+        ("store", format!("{:?} {:?}", config.store, config.store.postgres.as_ref().map(|postgres| postgres.url.expose_secret()))),
         ("blobs", format!("{:?}", config.blobs)),
         ("sandbox", format!("{:?}", config.sandbox)),
         ("shutdown_deadline", format!("{:?}", config.shutdown_deadline)),

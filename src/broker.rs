@@ -86,15 +86,23 @@ pub enum BrokerError {
     Unroutable(String),
 }
 
-/// Names of exchanges and queues.
+/// Names of exchanges and queues, and how the queues are replicated.
 #[derive(Debug, Clone)]
 pub struct Topology {
     prefix: String,
+    /// Each quorum queue's initial number of replicas; `None` leaves it to
+    /// the broker (all nodes of its cluster).
+    quorum_group_size: Option<u8>,
 }
 
 impl Topology {
     pub fn new(prefix: &str) -> Self {
-        Self { prefix: prefix.to_owned() }
+        Self { prefix: prefix.to_owned(), quorum_group_size: None }
+    }
+
+    /// The topology `settings` describe.
+    pub fn of(settings: &BrokerSettings) -> Self {
+        Self { prefix: settings.prefix.clone(), quorum_group_size: settings.quorum_group_size() }
     }
 
     pub fn exchange(&self) -> String {
@@ -118,18 +126,25 @@ impl Topology {
     }
 
     /// Declares the exchange and, for each target, its queues and binding.
-    pub async fn declare<'a>(&self, channel: &Channel, targets: impl IntoIterator<Item = &'a TargetName>) -> Result<(), BrokerError> {
+    /// `connection` is `channel`'s: with a quorum group size, each queue is
+    /// probed on a channel of its own first (see [`Topology::declare_quorum`]).
+    pub async fn declare<'a>(
+        &self,
+        connection: &Connection,
+        channel: &Channel,
+        targets: impl IntoIterator<Item = &'a TargetName>,
+    ) -> Result<(), BrokerError> {
         let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
         channel.exchange_declare(self.exchange().into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
         for target in targets {
             let parking = self.parking_queue(target);
             let mut args = FieldTable::default();
             args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(PARKING_DELIVERY_LIMIT));
-            channel.queue_declare(parking.as_str().into(), durable_queue(), quorum(args)).await?;
+            self.declare_quorum(connection, channel, &parking, args).await?;
             let mut args = dead_letter_to(&parking);
             args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
             let queue = self.work_queue(target);
-            channel.queue_declare(queue.as_str().into(), durable_queue(), quorum(args)).await?;
+            self.declare_quorum(connection, channel, &queue, args).await?;
             channel
                 .queue_bind(
                     queue.as_str().into(),
@@ -146,7 +161,7 @@ impl Topology {
     /// Declares the delay exchange and a queue for each of `levels` (the
     /// retry ladder); the workers, which publish retries, do this on every
     /// connect.
-    pub async fn declare_delay_ladder(&self, channel: &Channel, levels: &[Duration]) -> Result<(), BrokerError> {
+    pub async fn declare_delay_ladder(&self, connection: &Connection, channel: &Channel, levels: &[Duration]) -> Result<(), BrokerError> {
         let exchange = self.delay_exchange();
         let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
         channel.exchange_declare(exchange.as_str().into(), ExchangeKind::Headers, durable, FieldTable::default()).await?;
@@ -156,7 +171,7 @@ impl Topology {
             // published with, its target's work queue.
             let mut args = dead_letter_to("");
             args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(level.as_millis() as i64));
-            channel.queue_declare(queue.as_str().into(), durable_queue(), quorum(args)).await?;
+            self.declare_quorum(connection, channel, &queue, args).await?;
             let binding = crate::message::delay_binding(level);
             channel
                 .queue_bind(queue.as_str().into(), exchange.as_str().into(), "".into(), QueueBindOptions::default(), binding)
@@ -184,9 +199,28 @@ fn durable_queue() -> QueueDeclareOptions {
     QueueDeclareOptions { durable: true, ..Default::default() }
 }
 
-fn quorum(mut args: FieldTable) -> FieldTable {
-    args.insert("x-queue-type".into(), long_string("quorum"));
-    args
+impl Topology {
+    /// Declares a durable quorum queue with `args`. The broker refuses a
+    /// declaration whose arguments differ from those the queue was created
+    /// with, and the group size counts only at creation: with one set, a
+    /// queue that exists (created before the setting, or by another
+    /// process) is left as it is, and only a missing one is declared, with
+    /// it. The probe runs on a channel of its own, which the broker closes
+    /// when the queue is missing.
+    async fn declare_quorum(&self, connection: &Connection, channel: &Channel, queue: &str, mut args: FieldTable) -> Result<(), BrokerError> {
+        args.insert("x-queue-type".into(), long_string("quorum"));
+        if let Some(size) = self.quorum_group_size {
+            let probe = connection.create_channel().await?;
+            let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+            if probe.queue_declare(queue.into(), passive, FieldTable::default()).await.is_ok() {
+                let _ = probe.close(200, "probed".into()).await;
+                return Ok(());
+            }
+            args.insert("x-quorum-initial-group-size".into(), AMQPValue::LongLongInt(i64::from(size)));
+        }
+        channel.queue_declare(queue.into(), durable_queue(), args).await?;
+        Ok(())
+    }
 }
 
 /// A text value of a queue argument.
@@ -199,6 +233,9 @@ fn long_string(s: &str) -> AMQPValue {
 pub struct Endpoint {
     /// `amqp://` or `amqps://`, with credentials.
     pub url: SecretString,
+    /// The nodes of a cluster, each tried in turn with the URL's
+    /// credentials and vhost; empty: the URL's own host.
+    pub nodes: Vec<BrokerNode>,
     /// PEM file of the CA that signed the broker's certificate (for
     /// `amqps://` with a private CA), besides the system's roots. Read on
     /// every connect, so a renewed CA needs no restart.
@@ -214,30 +251,106 @@ impl Endpoint {
     }
 }
 
-/// Opens a connection, bounded by a timeout so that an unreachable broker
+/// The node a connection of this process reached last: the next connect
+/// tries it first, then the others in turn. Processes start at different
+/// nodes (by process id), which spreads them over a cluster.
+static PREFERRED_NODE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(usize::MAX);
+
+impl Endpoint {
+    /// The URL of each node to try, in the order to try them.
+    fn candidates(&self) -> Vec<(usize, SecretString)> {
+        use std::sync::atomic::Ordering;
+        if self.nodes.is_empty() {
+            return vec![(0, self.url.clone())];
+        }
+        let count = self.nodes.len();
+        let preferred = match PREFERRED_NODE.load(Ordering::Relaxed) {
+            usize::MAX => std::process::id() as usize,
+            node => node,
+        } % count;
+        (0..count)
+            .map(|offset| (preferred + offset) % count)
+            .map(|index| (index, node_url(self.url.expose_secret(), self.nodes[index].as_str()).into()))
+            .collect()
+    }
+}
+
+/// Opens a connection to the broker, or to the first node of its cluster
+/// that answers, each bounded by a timeout so that an unreachable broker
 /// is reported instead of waited for.
 pub async fn connect(endpoint: &Endpoint, name: &str) -> Result<Connection, BrokerError> {
-    let url = &endpoint.url;
-    let unreachable = |reason: String| BrokerError::Unreachable { url: redact_url(url.expose_secret()), reason };
-    let tls = match &endpoint.ca_file {
+    let mut failures = Vec::new();
+    for (index, url) in endpoint.candidates() {
+        match connect_to(&url, endpoint.ca_file.as_deref(), name).await {
+            Ok(connection) => {
+                PREFERRED_NODE.store(index, std::sync::atomic::Ordering::Relaxed);
+                return Ok(connection);
+            }
+            Err(reason) => failures.push(format!("{}: {reason}", redact_url(url.expose_secret()))),
+        }
+    }
+    let url = match endpoint.nodes.len() {
+        0 => redact_url(endpoint.url.expose_secret()),
+        count => format!("cluster ({count} nodes)"),
+    };
+    Err(BrokerError::Unreachable { url, reason: failures.join("; ") })
+}
+
+async fn connect_to(url: &SecretString, ca_file: Option<&std::path::Path>, name: &str) -> Result<Connection, String> {
+    let tls = match ca_file {
         None => OwnedTLSConfig::default(),
         Some(file) => OwnedTLSConfig {
             identity: None,
-            cert_chain: Some(
-                std::fs::read_to_string(file)
-                    .map_err(|e| unreachable(format!("cannot read the CA file {}: {e}", file.display())))?,
-            ),
+            cert_chain: Some(std::fs::read_to_string(file).map_err(|e| format!("cannot read the CA file {}: {e}", file.display()))?),
         },
     };
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    let runtime = lapin::runtime::default_runtime().map_err(|e| unreachable(e.to_string()))?;
+    let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
     let connecting = Connection::connect_with_config(url.expose_secret(), properties, tls, runtime);
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(connection)) => Ok(connection),
-        Ok(Err(e)) => Err(unreachable(e.to_string())),
-        Err(_) => Err(unreachable(format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()))),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {}s", CONNECT_TIMEOUT.as_secs())),
     }
 }
+
+/// `url` with its host and port replaced by `node` (`host:port`).
+fn node_url(url: &str, node: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let userinfo = authority.rfind('@').map(|at| &authority[..=at]).unwrap_or("");
+    format!("{scheme}://{userinfo}{node}{path}")
+}
+
+/// One node of a RabbitMQ cluster: `host:port`, checked when the
+/// configuration is read.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BrokerNode(String);
+
+impl BrokerNode {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let problem = || format!("{text:?} is not a broker node such as rabbit-1.example.org:5672");
+        let (host, port) = text.rsplit_once(':').ok_or_else(problem)?;
+        let host_ok = !host.is_empty() && !host.contains(['/', '@', '?', '#', ' ']);
+        if !host_ok || port.parse::<u16>().map_or(true, |port| port == 0) {
+            return Err(problem());
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for BrokerNode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+crate::domain::text_schema!(BrokerNode, "^[^/@?# ]+:[0-9]{1,5}$");
 
 /// The message id of a delivered message (the submission id), or `""`.
 pub fn message_id(properties: &BasicProperties) -> String {
@@ -366,7 +479,7 @@ impl Publisher {
         let connection = connect(&self.broker, "amtsbote-intake").await?;
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        self.topology.declare(&channel, &self.targets).await?;
+        self.topology.declare(&connection, &channel, &self.targets).await?;
         Ok((connection, channel))
     }
 
@@ -407,11 +520,36 @@ pub struct BrokerSettings {
     /// `413` instead of being refused by the broker.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
+    /// The nodes of a RabbitMQ cluster (`host:port` each), for amtsbote on
+    /// several hosts: every connection goes to the first node that
+    /// answers, starting with the one that answered last, and a lost
+    /// connection is opened again to whichever answers then. The
+    /// credentials and vhost come from `url`, whose own host is then not
+    /// used. Empty (the default): the one broker at `url`.
+    #[serde(default)]
+    pub nodes: Vec<BrokerNode>,
+    /// How many nodes hold each quorum queue when amtsbote creates it
+    /// (RabbitMQ's `x-quorum-initial-group-size`). Default: RabbitMQ's
+    /// own, every node of the cluster up to three. A queue stays available
+    /// while a majority of its replicas is up: three survive the loss of
+    /// one node, five of two. Only queues created after it is set get it;
+    /// a queue that exists keeps its replicas (change them with
+    /// `rabbitmq-queues grow` and `shrink`). Once set, keep it set: a
+    /// queue created with it refuses declarations without it.
+    #[serde(default)]
+    pub quorum_group_size: Option<std::num::NonZeroU8>,
 }
 
 impl Default for BrokerSettings {
     fn default() -> Self {
-        Self { url: default_broker_url(), prefix: default_prefix(), ca_file: None, max_message_bytes: default_max_message_bytes() }
+        Self {
+            url: default_broker_url(),
+            prefix: default_prefix(),
+            ca_file: None,
+            max_message_bytes: default_max_message_bytes(),
+            nodes: Vec::new(),
+            quorum_group_size: None,
+        }
     }
 }
 
@@ -434,7 +572,12 @@ impl BrokerSettings {
     }
 
     pub fn endpoint(&self) -> crate::broker::Endpoint {
-        crate::broker::Endpoint { url: self.url.clone(), ca_file: self.ca_file.clone() }
+        crate::broker::Endpoint { url: self.url.clone(), nodes: self.nodes.clone(), ca_file: self.ca_file.clone() }
+    }
+
+    /// The initial replica count of new quorum queues, if amtsbote sets it.
+    pub fn quorum_group_size(&self) -> Option<u8> {
+        self.quorum_group_size.map(u8::from)
     }
 }
 
@@ -444,4 +587,41 @@ pub fn redact_url(url: &str) -> String {
         (Some((scheme, _)), Some(at)) => format!("{scheme}://{}", &url[at + 1..]),
         _ => url.to_owned(),
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_takes_the_place_of_the_urls_host_and_keeps_credentials_and_vhost() {
+        let url = "amqps://user:p%40ss@lb.example.org:5671/amtsbote?heartbeat=30";
+        assert_eq!(node_url(url, "rabbit-2:5672"), "amqps://user:p%40ss@rabbit-2:5672/amtsbote?heartbeat=30");
+        assert_eq!(node_url("amqp://h:1", "n:2"), "amqp://n:2");
+        assert_eq!(node_url("amqp://u:p@h:1/%2f", "n:2"), "amqp://u:p@n:2/%2f");
+    }
+
+    #[test]
+    fn nodes_are_host_and_port() {
+        assert!(BrokerNode::parse("rabbit-1.example.org:5672").is_ok());
+        assert!(BrokerNode::parse("[::1]:5672").is_ok());
+        for bad in ["rabbit-1", ":5672", "rabbit:0", "rabbit:99999", "user@rabbit:5672", "rabbit/x:5672"] {
+            assert!(BrokerNode::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_node_is_tried_once_starting_with_the_one_that_answered_last() {
+        let endpoint = Endpoint {
+            url: "amqp://u:p@ignored:1/%2f".into(),
+            nodes: ["a:1", "b:2", "c:3"].iter().map(|n| BrokerNode::parse(n).unwrap()).collect(),
+            ca_file: None,
+        };
+        PREFERRED_NODE.store(1, std::sync::atomic::Ordering::Relaxed);
+        let order: Vec<String> = endpoint.candidates().into_iter().map(|(_, url)| url.expose_secret().to_owned()).collect();
+        assert_eq!(order, ["amqp://u:p@b:2/%2f", "amqp://u:p@c:3/%2f", "amqp://u:p@a:1/%2f"]);
+        let single = Endpoint { nodes: Vec::new(), ..endpoint };
+        assert_eq!(single.candidates().len(), 1);
+    }
+
 }

@@ -152,7 +152,7 @@ impl Monitor {
             // Declaring (idempotent) rather than checking passively: a
             // passive check of a queue no worker declared yet would close
             // the channel.
-            self.topology.declare(&channel, &self.targets).await.ok()?;
+            self.topology.declare(&fresh, &channel, &self.targets).await.ok()?;
             *connection = Some((fresh, channel));
         }
         let (_, channel) = connection.as_ref()?;

@@ -134,7 +134,7 @@ impl ParkingLot {
     pub fn new(broker: &BrokerSettings, targets: Vec<TargetName>, store: Arc<dyn Store>) -> Self {
         Self {
             broker: broker.endpoint(),
-            topology: Topology::new(&broker.prefix),
+            topology: Topology::of(broker),
             targets,
             store,
             sweeping: tokio::sync::Mutex::new(()),
@@ -171,7 +171,7 @@ impl ParkingLot {
         let connection = broker::connect(&self.broker, "amtsbote-parking").await?;
         let channel = connection.create_channel().await.map_err(BrokerError::from)?;
         channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(BrokerError::from)?;
-        self.topology.declare(&channel, &targets).await?;
+        self.topology.declare(&connection, &channel, &targets).await?;
         let mut selected = Vec::new();
         let mut result = Ok(());
         for target in &targets {

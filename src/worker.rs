@@ -110,8 +110,8 @@ impl Worker {
         let name = format!("amtsbote-worker-{}", self.target.name);
         let connection = broker::connect(&self.broker, &name).await?;
         let channel = connection.create_channel().await?;
-        self.topology.declare(&channel, [&self.target.name]).await?;
-        self.topology.declare_delay_ladder(&channel, &retry::DELAY_LEVELS).await?;
+        self.topology.declare(&connection, &channel, [&self.target.name]).await?;
+        self.topology.declare_delay_ladder(&connection, &channel, &retry::DELAY_LEVELS).await?;
         channel.basic_qos(self.target.concurrency, BasicQosOptions::default()).await?;
         // Retries and parking are published on their own confirm channel.
         let side = connection.create_channel().await?;

@@ -2,6 +2,7 @@
 //! (started by `scripts/test`) and real HTTP back offices on loopback.
 //! One test binary keeps link time down.
 
+mod cluster;
 mod config_schema;
 mod crashes;
 mod dashboard;

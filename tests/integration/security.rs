@@ -216,7 +216,7 @@ async fn a_route_sending_a_region_to_another_tenants_target_is_refused_at_load()
 /// The bodies of the messages in `queue`, left in the queue.
 async fn peek(queue: &str) -> Vec<Vec<u8>> {
     use lapin::options::BasicGetOptions;
-    let connection = amtsbote::broker::connect(&amtsbote::broker::Endpoint { url: crate::helpers::broker_url().into(), ca_file: None }, "test-peek").await.unwrap();
+    let connection = amtsbote::broker::connect(&amtsbote::broker::Endpoint { url: crate::helpers::broker_url().into(), nodes: Vec::new(), ca_file: None }, "test-peek").await.unwrap();
     let channel = connection.create_channel().await.unwrap();
     let mut bodies = Vec::new();
     while let Some(message) = channel.basic_get(queue.into(), BasicGetOptions { no_ack: false }).await.unwrap() {
