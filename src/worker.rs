@@ -79,6 +79,11 @@ pub struct Worker {
 /// the reconnect backoff from the beginning.
 const HEALTHY_SESSION: Duration = Duration::from_secs(60);
 
+/// How long a worker waits for an unavailable ledger to take an attempt's
+/// outcome before it gives the message back (see `Worker::record`): long
+/// enough for a PostgreSQL restart or failover.
+const LEDGER_PATIENCE: Duration = Duration::from_secs(120);
+
 impl Worker {
     /// Consumes until `shutdown` turns true; then stops taking messages,
     /// lets deliveries in flight finish for up to `deadline`, and returns
@@ -274,14 +279,54 @@ impl Worker {
                 duration: attempt.duration,
                 result,
             };
-            if let Err(e) = self.store.record_attempt(record).await {
-                tracing::error!(event = "store_failed", error = %e, "could not record the delivery attempt");
+            if !self.record(record).await {
+                // The ledger stayed away: the message returns to the queue
+                // unacknowledged, and its next attempt records the
+                // outcome (a delivered one reaches the target again, with
+                // the same delivery id).
+                let _ = message.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                return;
             }
         }
         if let Err(e) = message.ack(BasicAckOptions::default()).await {
             // The broker redelivers; the stable delivery id lets the target
             // recognise the repeat.
             tracing::warn!(event = "ack_failed", error = %e, "acknowledgement failed");
+        }
+    }
+
+    /// Records an attempt's outcome, trying again while the ledger is
+    /// unavailable (a PostgreSQL restart or failover) for up to
+    /// [`LEDGER_PATIENCE`], so that the ledger keeps every delivery's
+    /// true state; false if it stayed away. A write the ledger refuses is
+    /// logged and not tried again.
+    async fn record(&self, record: AttemptRecord) -> bool {
+        use backon::BackoffBuilder as _;
+        let mut pauses = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .with_total_delay(Some(LEDGER_PATIENCE))
+            .without_max_times()
+            .build();
+        loop {
+            match self.store.record_attempt(record.clone()).await {
+                Ok(()) => return true,
+                Err(e) if e.is_unavailable() => match pauses.next() {
+                    Some(pause) => {
+                        tracing::warn!(event = "store_failed", error = %e, "could not record the delivery attempt; trying again");
+                        tokio::time::sleep(pause).await;
+                    }
+                    None => {
+                        tracing::error!(event = "store_failed", error = %e, "could not record the delivery attempt; the message returns to the queue");
+                        return false;
+                    }
+                },
+                Err(e) => {
+                    tracing::error!(event = "store_failed", error = %e, "could not record the delivery attempt");
+                    return true;
+                }
+            }
         }
     }
 

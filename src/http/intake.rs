@@ -262,6 +262,10 @@ fn problem_of(not_admitted: NotAdmitted) -> Problem {
             "the broker did not confirm the submission and the refusal could not be recorded; \
              it may still be delivered: retry with the same Idempotency-Key",
         ),
+        NotAdmitted::Ledger(e) if e.is_unavailable() => {
+            tracing::warn!(event = "store_failed", error = %e, "the ledger is unavailable; the submission was not accepted");
+            unavailable("the ledger is unavailable; nothing was accepted")
+        }
         NotAdmitted::Ledger(e) => internal(e),
     }
 }

@@ -98,6 +98,25 @@ pub enum StoreError {
     Settings(String),
 }
 
+impl StoreError {
+    /// Whether the ledger could not be reached (rather than refusing the
+    /// write): a server that is away, restarting or not answering in time,
+    /// which a retry later may find back.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) => true,
+            // No SQLSTATE: the connection failed, not the statement.
+            // Class 08 is a connection exception; 57P01-03 a server
+            // shutting down or starting.
+            StoreError::Postgres(e) => match e.code() {
+                None => true,
+                Some(code) => code.code().starts_with("08") || ["57P01", "57P02", "57P03"].contains(&code.code()),
+            },
+            _ => false,
+        }
+    }
+}
+
 /// What intake records before it publishes.
 #[derive(Debug, Clone)]
 pub struct NewSubmission {

@@ -71,6 +71,8 @@ pub struct Setup<'a> {
     pub sandbox_settings: &'a str,
     /// YAML added under `blobs:`, indented by two spaces.
     pub blob_settings: &'a str,
+    /// YAML added under `store:`, indented by two spaces (e.g. `postgres:`).
+    pub store_settings: &'a str,
     /// YAML added to every target, indented by four spaces (e.g. `retry:`).
     pub target_settings: &'a str,
     /// YAML added to every route, indented by four spaces (e.g. `schema:`).
@@ -100,6 +102,7 @@ impl Default for Setup<'_> {
             http_settings: "",
             sandbox_settings: "",
             blob_settings: "",
+            store_settings: "",
             target_settings: "",
             route_settings: "",
             mappings: None,
@@ -128,12 +131,13 @@ pub fn config_yaml(setup: &Setup<'_>, back_office: &SampleBackOffice, prefix: &s
         )
     });
     let mut yaml = format!(
-        "http:\n  listen: 127.0.0.1:0\n  max_body_bytes: {}\n{}broker:\n  url: {}\n  prefix: {prefix}\n{}store:\n  path: {}\nblobs:\n  path: {}\n  sweep_every: 1s\n{}mappings: {}\nshutdown_deadline: 5s\nsandbox:\n  program: {}\n  processes: 2\n{}{encryption}{access}targets:\n",
+        "http:\n  listen: 127.0.0.1:0\n  max_body_bytes: {}\n{}broker:\n  url: {}\n  prefix: {prefix}\n{}store:\n  path: {}\n{}blobs:\n  path: {}\n  sweep_every: 1s\n{}mappings: {}\nshutdown_deadline: 5s\nsandbox:\n  program: {}\n  processes: 2\n{}{encryption}{access}targets:\n",
         setup.max_body_bytes.unwrap_or(1 << 20),
         setup.http_settings,
         setup.broker_url.clone().unwrap_or_else(broker_url),
         setup.broker_settings,
         store.join("store.sqlite").display(),
+        setup.store_settings,
         store.join("blobs").display(),
         setup.blob_settings,
         setup.mappings.map(Path::to_owned).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings")).display(),
