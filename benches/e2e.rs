@@ -25,6 +25,10 @@
 //!    own, its sandbox processes', this process's (the load generator and
 //!    the back office), the rest (mostly the broker) and the whole
 //!    machine's.
+//! 6. **The PostgreSQL ledger**, when `AMTSBOTE_BENCH_POSTGRES_URL` names a
+//!    server (`scripts/bench` starts a private one): amtsbote saturated
+//!    again, with its ledger in a fresh database there, and the CPU per
+//!    submission of the PostgreSQL server's processes besides.
 //!
 //! Settings, from the environment: `BENCH_MESSAGES` (default 20000, per
 //! measurement), `BENCH_CLIENTS` (64), `BENCH_HALF_LOAD_SECONDS` (10),
@@ -52,6 +56,7 @@ const SENDER_KEY: &str = "bench-sender-key";
 
 struct Settings {
     broker_url: String,
+    postgres_url: Option<String>,
     messages: usize,
     clients: usize,
     half_load: Duration,
@@ -66,6 +71,7 @@ impl Settings {
         Self {
             broker_url: std::env::var("AMTSBOTE_BENCH_BROKER_URL")
                 .expect("AMTSBOTE_BENCH_BROKER_URL names the broker (scripts/bench starts one)"),
+            postgres_url: std::env::var("AMTSBOTE_BENCH_POSTGRES_URL").ok(),
             messages: number("BENCH_MESSAGES", 20_000),
             clients: number("BENCH_CLIENTS", 64),
             half_load: Duration::from_secs(number("BENCH_HALF_LOAD_SECONDS", 10) as u64),
@@ -88,7 +94,8 @@ async fn run(settings: Settings) {
 
     let back_office = BackOffice::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut amtsbote = Amtsbote::start(&settings, dir.path(), &back_office).await;
+    let sqlite = format!("store:\n  path: {}\n", dir.path().join("ledger.sqlite").display());
+    let mut amtsbote = Amtsbote::start(&settings, dir.path(), &back_office, &sqlite).await;
     let client = reqwest::Client::builder().pool_max_idle_per_host(settings.clients).build().unwrap();
     let submission = Submission::load();
 
@@ -118,6 +125,55 @@ async fn run(settings: Settings) {
     println!("| latency at half load, p50 / p99 / max | {} |", paced.percentiles());
     println!("| CPU per submission: amtsbote / its sandboxes / load and back office / broker and rest / machine | {cpu} |");
     println!("| peak RSS, amtsbote / each sandbox process | {} MiB / {} MiB |", rss.main / 1024, rss.sandboxes / 1024 / rss.sandbox_count.max(1) as u64);
+
+    if let Some(url) = &settings.postgres_url {
+        let ledger = fresh_database(url).await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = format!("store:\n  postgres:\n    url: {ledger}\n    pool_size: 32\n");
+        let mut amtsbote = Amtsbote::start(&settings, dir.path(), &back_office, &store).await;
+        saturate(&client, &amtsbote.base, &submission, &back_office, settings.messages / 10, settings.clients).await;
+        let before = (amtsbote.cpu(), postgres_cpu_seconds());
+        let saturated = saturate(&client, &amtsbote.base, &submission, &back_office, settings.messages, settings.clients).await;
+        let database = (postgres_cpu_seconds() - before.1).max(0.0) / settings.messages as f64;
+        let cpu = amtsbote.cpu().since(&before.0, settings.messages);
+        amtsbote.stop().await;
+        println!();
+        println!(
+            "amtsbote saturated, PostgreSQL ledger: {:.0}/s end to end ({:.0}/s accepted at intake); CPU per submission: {cpu}, of which the PostgreSQL server {:.0} µs",
+            saturated.delivered_rate,
+            saturated.accepted_rate,
+            database * 1e6
+        );
+        println!("| amtsbote end to end, saturated, PostgreSQL ledger | {:.0} submissions/s |", saturated.delivered_rate);
+        println!("| ratio to the broker limit, PostgreSQL ledger | {:.2} |", saturated.delivered_rate / limit);
+        println!("| CPU per submission, PostgreSQL ledger: amtsbote / its sandboxes / load and back office / broker, PostgreSQL and rest / machine | {cpu} |");
+        println!("| CPU per submission of the PostgreSQL server | {:.0} µs |", database * 1e6);
+    }
+}
+
+/// A new database on the server at `url`; the URL that names it.
+async fn fresh_database(url: &str) -> String {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("the PostgreSQL server answers");
+    tokio::spawn(connection);
+    let name = format!("amtsbote_bench_{}", Uuid::new_v4().simple());
+    client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+    let (base, _) = url.rsplit_once('/').expect("a URL with a database");
+    format!("{base}/{name}")
+}
+
+/// User and system time of every PostgreSQL server process, in seconds
+/// (its backends come and go with the pool's connections; those that
+/// ended between two readings are missed, which a warmed-up pool makes
+/// rare).
+fn postgres_cpu_seconds() -> f64 {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|name| name.trim() == "postgres"))
+        .map(cpu_seconds)
+        .sum()
 }
 
 /// What `brokerlimit ... quorum <window> pipe` measures: messages per
@@ -234,21 +290,21 @@ struct Amtsbote {
 }
 
 impl Amtsbote {
-    async fn start(settings: &Settings, dir: &Path, back_office: &BackOffice) -> Self {
+    /// `store`: the config's `store:` section.
+    async fn start(settings: &Settings, dir: &Path, back_office: &BackOffice, store: &str) -> Self {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let hash = amtsbote::domain::hex(&<sha2::Sha256 as sha2::Digest>::digest(SENDER_KEY));
         let seal_key = dir.join("seal.key");
         std::fs::write(&seal_key, amtsbote::access::random_hex32()).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let config = format!(
-            "http:\n  listen: 127.0.0.1:{port}\nbroker:\n  url: {url}\n  prefix: amtsbote-bench-{prefix}\nstore:\n  path: {store}\nmappings: {mappings}\n\
+            "http:\n  listen: 127.0.0.1:{port}\nbroker:\n  url: {url}\n  prefix: amtsbote-bench-{prefix}\n{store}mappings: {mappings}\n\
              encryption:\n  keys:\n    bench: {{ file: {seal} }}\n  seal_with: bench\n\
              senders:\n  - name: bench\n    api_keys_sha256: [{hash}]\n    regions: [\"\"]\n\
              targets:\n  {TARGET}:\n    mapping: xgewerbeanzeige-2.2/gewerbeanmeldung.yaml\n    concurrency: {concurrency}\n    connector:\n      http:\n        url: {back_office}\n\
              routes:\n  - service: \"99050012104000\"\n    region: \"\"\n    targets: [{TARGET}]\n",
             url = settings.broker_url,
             prefix = Uuid::new_v4().simple(),
-            store = dir.join("ledger.sqlite").display(),
             mappings = root.join("mappings").display(),
             seal = seal_key.display(),
             concurrency = settings.target_concurrency,

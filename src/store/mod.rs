@@ -11,8 +11,10 @@
 //! [`Store`] is the seam: each implementation sits in a file of its own
 //! beside this one and runs the same conformance suite
 //! (`conformance.rs`, expanded by `store_conformance!` in the
-//! implementation's tests). [`SqliteStore`] (`sqlite.rs`) is the embedded
-//! one:
+//! implementation's tests). [`PostgresStore`] (`postgres/`) is the ledger
+//! that the processes of several hosts share (see its module
+//! documentation for how they meet); [`SqliteStore`] (`sqlite.rs`) is the
+//! embedded one, the default for one host:
 //!
 //! * WAL and `synchronous=NORMAL`: a crash of the process loses nothing, a
 //!   power loss may lose the last state changes but never a submission,

@@ -46,6 +46,15 @@ fn the_example_config_validates_and_points_editors_at_the_schema() {
 }
 
 #[test]
+fn the_several_hosts_example_validates_and_names_a_cluster_postgres_and_a_bucket() {
+    let example = repository_file("examples/several-hosts/amtsbote.yaml");
+    assert_eq!(schema_problems(&example), Vec::<String>::new());
+    let config = parse_yaml::<Config>(&example).expect("the several-hosts example loads");
+    assert_eq!(config.broker.nodes.len(), 3);
+    assert!(config.store.postgres.is_some() && config.blobs.s3.is_some());
+}
+
+#[test]
 fn the_schema_flags_what_loading_refuses() {
     let example = repository_file("examples/demo/amtsbote.yaml");
     for (from, to, mistake) in [
