@@ -468,6 +468,93 @@ pub enum AttemptResult {
     Parked { reason: &'static str, error: String },
 }
 
+/// An event row of the timeline as every ledger writes it; fields not set
+/// stay NULL.
+#[derive(Default)]
+struct NewEvent<'a> {
+    kind: &'a str,
+    target: Option<&'a str>,
+    attempt: Option<u32>,
+    mapping_version: Option<&'a str>,
+    detail: Option<std::borrow::Cow<'a, str>>,
+    receipt: Option<&'a str>,
+    size: Option<i64>,
+    sha256: Option<&'a str>,
+    operator: Option<&'a str>,
+    duration_ms: Option<i64>,
+}
+
+/// The `accepted` event's detail when a worker accepted what a dead
+/// intake left undecided.
+const ACCEPTED_BY_A_WORKER: &str = "by a worker: intake did not answer (it stopped between publish and answer)";
+/// The `dropped` event's detail.
+const DROPPED_REFUSED: &str = "the broker had a message of this refused submission; it was dropped, not delivered";
+
+/// What recording an attempt writes, in every ledger: its events in order,
+/// and the delivery's new state, last outcome and receipt.
+struct AttemptWrites<'a> {
+    events: Vec<NewEvent<'a>>,
+    state: DeliveryState,
+    outcome: &'a str,
+    receipt: Option<&'a str>,
+}
+
+impl AttemptRecord {
+    fn writes(&self) -> AttemptWrites<'_> {
+        let target = Some(self.target.as_str());
+        let version = Some(self.mapping_version.as_str());
+        let duration_ms = self.duration.map(|d| d.as_millis() as i64);
+        let on = |kind| NewEvent { kind, target, attempt: Some(self.attempt), ..NewEvent::default() };
+        let error = match &self.result {
+            AttemptResult::Parked { error, .. } | AttemptResult::Retrying { error, .. } => Some(error.as_str()),
+            AttemptResult::Delivered { .. } => None,
+        };
+        let rendered = matches!(self.rendering, Rendering::Rendered(_));
+        let mut events = Vec::with_capacity(3);
+        match &self.rendering {
+            Rendering::Rendered(mapped) => events.push(NewEvent {
+                mapping_version: version,
+                size: Some(mapped.size as i64),
+                sha256: Some(&mapped.sha256),
+                ..on("mapped")
+            }),
+            Rendering::Failed => events.push(NewEvent { mapping_version: version, detail: error.map(Into::into), ..on("mapping-failed") }),
+            // The `parked` or `retry-scheduled` event below says why.
+            Rendering::NotReached => {}
+        }
+        let (state, outcome, receipt) = match &self.result {
+            AttemptResult::Delivered { detail, receipt } => {
+                events.push(NewEvent { detail: Some(detail.into()), receipt: receipt.as_deref(), duration_ms, ..on("delivered") });
+                (DeliveryState::Delivered, detail.as_str(), receipt.as_deref())
+            }
+            AttemptResult::Retrying { error, retry_in } => {
+                // Without a rendered payload the connector was not called:
+                // `mapping-failed` above says what went wrong.
+                if rendered {
+                    events.push(NewEvent { detail: Some(error.into()), duration_ms, ..on("attempt-failed") });
+                }
+                let next = format!("next attempt in {}", humantime::format_duration(*retry_in));
+                events.push(NewEvent { detail: Some(next.into()), ..on("retry-scheduled") });
+                (DeliveryState::Retrying, error.as_str(), None)
+            }
+            AttemptResult::Parked { reason, error } => {
+                if rendered {
+                    events.push(NewEvent { detail: Some(error.into()), duration_ms, ..on("attempt-failed") });
+                }
+                // Stopped before the mapping, no other event carries the
+                // error: the parking does.
+                let why = match self.rendering {
+                    Rendering::NotReached => format!("{reason}: {error}").into(),
+                    _ => (*reason).into(),
+                };
+                events.push(NewEvent { detail: Some(why), ..on("parked") });
+                (DeliveryState::Parked, error.as_str(), None)
+            }
+        };
+        AttemptWrites { events, state, outcome, receipt }
+    }
+}
+
 /// One entry of a submission's timeline.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]

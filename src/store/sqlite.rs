@@ -180,21 +180,6 @@ fn now() -> String {
     timestamp(OffsetDateTime::now_utc())
 }
 
-/// An event row; fields not set stay NULL.
-#[derive(Default)]
-struct NewEvent<'a> {
-    kind: &'a str,
-    target: Option<&'a str>,
-    attempt: Option<u32>,
-    mapping_version: Option<&'a str>,
-    detail: Option<&'a str>,
-    receipt: Option<&'a str>,
-    size: Option<i64>,
-    sha256: Option<&'a str>,
-    operator: Option<&'a str>,
-    duration_ms: Option<i64>,
-}
-
 /// Adds an event of a submission the ledger knows (see [`known`]).
 fn add_event(conn: &Connection, submission: &str, at: &str, e: NewEvent<'_>) -> rusqlite::Result<()> {
     conn.prepare_cached(
@@ -202,7 +187,7 @@ fn add_event(conn: &Connection, submission: &str, at: &str, e: NewEvent<'_>) -> 
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?
     .execute(params![
-        submission, at, e.kind, e.target, e.attempt, e.mapping_version, e.detail, e.receipt, e.size, e.sha256, e.operator, e.duration_ms
+        submission, at, e.kind, e.target, e.attempt, e.mapping_version, e.detail.as_deref(), e.receipt, e.size, e.sha256, e.operator, e.duration_ms
     ])?;
     Ok(())
 }
@@ -386,7 +371,7 @@ impl Store for SqliteStore {
             let size = Some(s.size as i64);
             add_event(tx, &id, &received_at, NewEvent { kind: "received", size, sha256: Some(&s.sha256), ..NewEvent::default() })?;
             let targets = s.targets.iter().map(TargetName::as_str).collect::<Vec<_>>().join(", ");
-            add_event(tx, &id, &received_at, NewEvent { kind: "routed", detail: Some(&targets), ..NewEvent::default() })?;
+            add_event(tx, &id, &received_at, NewEvent { kind: "routed", detail: Some(targets.into()), ..NewEvent::default() })?;
             if let Some(k) = &key {
                 tx.prepare_cached(
                     "INSERT INTO idempotency_keys (key, fingerprint, submission_id, created_at, claimed_at) VALUES (?1, ?2, ?3, ?4, ?4)",
@@ -430,7 +415,7 @@ impl Store for SqliteStore {
             )?;
             // The claim is released: a retry with the key resumes at once.
             conn.execute("UPDATE idempotency_keys SET claimed_at = '1970-01-01T00:00:00Z' WHERE submission_id = ?1", [&id])?;
-            add_event(conn, &id, &at, NewEvent { kind: "refused", detail: Some(&reason), ..NewEvent::default() })?;
+            add_event(conn, &id, &at, NewEvent { kind: "refused", detail: Some(reason.as_str().into()), ..NewEvent::default() })?;
             Ok(Refusal::Refused)
         })
         .await
@@ -468,7 +453,7 @@ impl Store for SqliteStore {
             if accepted > 0 {
                 add_event(conn, &id, &now(), NewEvent {
                     kind: "accepted",
-                    detail: Some("by a worker: intake did not answer (it stopped between publish and answer)"),
+                    detail: Some(ACCEPTED_BY_A_WORKER.into()),
                     ..NewEvent::default()
                 })?;
             }
@@ -486,7 +471,7 @@ impl Store for SqliteStore {
                 add_event(conn, &id, &now(), NewEvent {
                     kind: "dropped",
                     target: Some(&target),
-                    detail: Some("the broker had a message of this refused submission; it was dropped, not delivered"),
+                    detail: Some(DROPPED_REFUSED.into()),
                     ..NewEvent::default()
                 })?;
             }
@@ -501,57 +486,10 @@ impl Store for SqliteStore {
             if !known(conn, &id)? {
                 return Ok(());
             }
-            let version = Some(a.mapping_version.as_str());
-            let attempt = Some(a.attempt);
-            let duration_ms = a.duration.map(|d| d.as_millis() as i64);
-            let on = |kind| NewEvent { kind, target: Some(target), attempt, ..NewEvent::default() };
-            let error = match &a.result {
-                AttemptResult::Parked { error, .. } | AttemptResult::Retrying { error, .. } => Some(error.as_str()),
-                AttemptResult::Delivered { .. } => None,
-            };
-            let rendered = matches!(a.rendering, Rendering::Rendered(_));
-            match &a.rendering {
-                Rendering::Rendered(mapped) => add_event(conn, &id, &at, NewEvent {
-                    mapping_version: version,
-                    size: Some(mapped.size as i64),
-                    sha256: Some(&mapped.sha256),
-                    ..on("mapped")
-                })?,
-                Rendering::Failed => {
-                    add_event(conn, &id, &at, NewEvent { mapping_version: version, detail: error, ..on("mapping-failed") })?;
-                }
-                // The `parked` or `retry-scheduled` event below says why.
-                Rendering::NotReached => {}
+            let writes = a.writes();
+            for event in writes.events {
+                add_event(conn, &id, &at, event)?;
             }
-            let (state, outcome, receipt) = match &a.result {
-                AttemptResult::Delivered { detail, receipt } => {
-                    add_event(conn, &id, &at, NewEvent { detail: Some(detail), receipt: receipt.as_deref(), duration_ms, ..on("delivered") })?;
-                    (DeliveryState::Delivered, detail.clone(), receipt.clone())
-                }
-                AttemptResult::Retrying { error, retry_in } => {
-                    // Without a rendered payload the connector was not
-                    // called: `mapping-failed` above says what went wrong.
-                    if rendered {
-                        add_event(conn, &id, &at, NewEvent { detail: Some(error), duration_ms, ..on("attempt-failed") })?;
-                    }
-                    let next = format!("next attempt in {}", humantime::format_duration(*retry_in));
-                    add_event(conn, &id, &at, NewEvent { detail: Some(&next), ..on("retry-scheduled") })?;
-                    (DeliveryState::Retrying, error.clone(), None)
-                }
-                AttemptResult::Parked { reason, error } => {
-                    if rendered {
-                        add_event(conn, &id, &at, NewEvent { detail: Some(error), duration_ms, ..on("attempt-failed") })?;
-                    }
-                    // Stopped before the mapping, no other event carries the
-                    // error: the parking does.
-                    let why = match a.rendering {
-                        Rendering::NotReached => format!("{reason}: {error}"),
-                        _ => (*reason).to_owned(),
-                    };
-                    add_event(conn, &id, &at, NewEvent { detail: Some(&why), ..on("parked") })?;
-                    (DeliveryState::Parked, error.clone(), None)
-                }
-            };
             conn.prepare_cached(
                 "INSERT INTO deliveries (submission_id, target, state, attempts, last_outcome, updated_at, mapping_version, receipt)
                  VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7)
@@ -560,7 +498,7 @@ impl Store for SqliteStore {
                    updated_at = excluded.updated_at, mapping_version = excluded.mapping_version,
                    receipt = coalesce(excluded.receipt, receipt)",
             )?
-            .execute(params![id, target, state.as_str(), outcome, at, a.mapping_version, receipt])?;
+            .execute(params![id, target, writes.state.as_str(), writes.outcome, at, a.mapping_version, writes.receipt])?;
             conn.prepare_cached(UPDATE_SUBMISSION_STATE)?.execute([&id])?;
             Ok(())
         })
@@ -629,7 +567,7 @@ impl Store for SqliteStore {
                     kind,
                     target: Some(&r.target),
                     operator: Some(&r.operator),
-                    detail: Some(&r.parked_reason),
+                    detail: Some(r.parked_reason.as_str().into()),
                     ..NewEvent::default()
                 })?;
             }

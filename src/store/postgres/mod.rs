@@ -215,6 +215,14 @@ const UPDATE_SUBMISSION_STATE: &str = concat!("UPDATE submissions SET state = ",
 const CONFIRM_SUBMISSION: &str =
     concat!("UPDATE submissions SET state = CASE ", state_once_accepted!(), " WHERE id = $1 AND state = 'received'");
 
+/// Runs one statement, prepared once per connection: every write's
+/// statements are fixed texts, and a statement not prepared costs the
+/// server a parse and plan each time.
+async fn exec(tx: &Transaction<'_>, sql: &str, parameters: &[&(dyn ToSql + Sync)]) -> Result<u64, PgError> {
+    let statement = tx.prepare_cached(sql).await?;
+    tx.execute(&statement, parameters).await
+}
+
 /// Locks the submission's row for the rest of the transaction, so that
 /// writes to one submission from several processes follow each other;
 /// its state, or `None` if the ledger does not know it (what happens to a
@@ -228,36 +236,17 @@ async fn lock_submission(tx: &Transaction<'_>, id: Uuid) -> Result<Option<String
 // are, so that comparisons agree with the SQLite ledger's (which compares
 // the times' text).
 
-/// An event row; fields not set stay NULL.
-#[derive(Default)]
-struct NewEvent<'a> {
-    kind: &'a str,
-    target: Option<&'a str>,
-    attempt: Option<i32>,
-    mapping_version: Option<&'a str>,
-    detail: Option<&'a str>,
-    receipt: Option<&'a str>,
-    size: Option<i64>,
-    sha256: Option<&'a str>,
-    operator: Option<&'a str>,
-    duration_ms: Option<i64>,
-}
-
 async fn add_event(tx: &Transaction<'_>, submission: Uuid, at: OffsetDateTime, e: NewEvent<'_>) -> Result<(), PgError> {
-    let statement = tx
-        .prepare_cached(
-            "INSERT INTO events (submission_id, at, kind, target, attempt, mapping_version, detail, receipt, size, sha256, operator, duration_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        )
-        .await?;
-    tx.execute(&statement, &[
+    let sql = "INSERT INTO events (submission_id, at, kind, target, attempt, mapping_version, detail, receipt, size, sha256, operator, duration_ms)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+    exec(tx, sql, &[
         &submission,
         &at,
         &e.kind,
         &e.target,
-        &e.attempt,
+        &e.attempt.map(|n| n as i32),
         &e.mapping_version,
-        &e.detail,
+        &e.detail.as_deref(),
         &e.receipt,
         &e.size,
         &e.sha256,
@@ -278,14 +267,14 @@ async fn begin_intake(tx: &Transaction<'_>, s: &NewSubmission, key: Option<&Idem
         loop {
             // The unique key decides; a concurrent claim of the same key
             // waits here for the first one's commit, then finds it.
-            let claimed = tx
-                .execute(
-                    "INSERT INTO idempotency_keys (key, fingerprint, submission_id, created_at, claimed_at)
-                     VALUES ($1, $2, $3, $4, $4) ON CONFLICT (key) DO NOTHING",
-                    &[&k.key, &k.fingerprint.as_slice(), &s.id, &received_at],
-                )
-                .await?
-                == 1;
+            let claimed = exec(
+                tx,
+                "INSERT INTO idempotency_keys (key, fingerprint, submission_id, created_at, claimed_at)
+                 VALUES ($1, $2, $3, $4, $4) ON CONFLICT (key) DO NOTHING",
+                &[&k.key, &k.fingerprint.as_slice(), &s.id, &received_at],
+            )
+            .await?
+            == 1;
             if claimed {
                 break;
             }
@@ -295,23 +284,26 @@ async fn begin_intake(tx: &Transaction<'_>, s: &NewSubmission, key: Option<&Idem
             // Pruned between the two statements: claim it afresh.
         }
     }
-    let statement = tx
-        .prepare_cached(
-            "INSERT INTO submissions (id, service, region, reference, state, received_at, size, sha256, sender)
-             VALUES ($1, $2, $3, $4, 'received', $5, $6, $7, $8)",
-        )
-        .await?;
     let size = s.size as i64;
-    tx.execute(&statement, &[&s.id, &s.service, &s.region, &s.reference, &received_at, &size, &s.sha256, &s.sender]).await?;
-    let statement =
-        tx.prepare_cached("INSERT INTO deliveries (submission_id, target, state, updated_at) VALUES ($1, $2, 'queued', $3)").await?;
+    exec(
+        tx,
+        "INSERT INTO submissions (id, service, region, reference, state, received_at, size, sha256, sender)
+         VALUES ($1, $2, $3, $4, 'received', $5, $6, $7, $8)",
+        &[&s.id, &s.service, &s.region, &s.reference, &received_at, &size, &s.sha256, &s.sender],
+    )
+    .await?;
     for target in &s.targets {
-        tx.execute(&statement, &[&s.id, &target.as_str(), &received_at]).await?;
+        exec(tx, "INSERT INTO deliveries (submission_id, target, state, updated_at) VALUES ($1, $2, 'queued', $3)", &[
+            &s.id,
+            &target.as_str(),
+            &received_at,
+        ])
+        .await?;
     }
     add_event(tx, s.id, received_at, NewEvent { kind: "received", size: Some(size), sha256: Some(&s.sha256), ..NewEvent::default() })
         .await?;
     let targets = s.targets.iter().map(TargetName::as_str).collect::<Vec<_>>().join(", ");
-    add_event(tx, s.id, received_at, NewEvent { kind: "routed", detail: Some(&targets), ..NewEvent::default() }).await?;
+    add_event(tx, s.id, received_at, NewEvent { kind: "routed", detail: Some(targets.into()), ..NewEvent::default() }).await?;
     Ok(Claim::Fresh)
 }
 
@@ -337,13 +329,14 @@ async fn existing_claim(tx: &Transaction<'_>, k: &IdempotencyKey) -> Result<Opti
         // Refused before: this retry is accepted or refused afresh, under
         // the same id.
         let at = now();
-        tx.execute("UPDATE submissions SET state = 'received' WHERE id = $1", &[&id]).await?;
-        tx.execute(
+        exec(tx, "UPDATE submissions SET state = 'received' WHERE id = $1", &[&id]).await?;
+        exec(
+            tx,
             "UPDATE deliveries SET state = 'queued', last_outcome = NULL, updated_at = $2 WHERE submission_id = $1",
             &[&id, &at],
         )
         .await?;
-        tx.execute("UPDATE idempotency_keys SET claimed_at = $2 WHERE key = $1", &[&k.key, &at]).await?;
+        exec(tx, "UPDATE idempotency_keys SET claimed_at = $2 WHERE key = $1", &[&k.key, &at]).await?;
         add_event(tx, id, at, NewEvent { kind: "resumed", ..NewEvent::default() }).await?;
         return Ok(Some(Claim::Resume { id, received_at }));
     }
@@ -353,7 +346,7 @@ async fn existing_claim(tx: &Transaction<'_>, k: &IdempotencyKey) -> Result<Opti
     if OffsetDateTime::now_utc() - claimed_at.unwrap_or(received_at) <= STALE_CLAIM {
         return Ok(Some(Claim::InProgress));
     }
-    tx.execute("UPDATE idempotency_keys SET claimed_at = $2 WHERE key = $1", &[&k.key, &now()]).await?;
+    exec(tx, "UPDATE idempotency_keys SET claimed_at = $2 WHERE key = $1", &[&k.key, &now()]).await?;
     Ok(Some(Claim::Resume { id, received_at }))
 }
 
@@ -366,14 +359,14 @@ async fn refuse_intake(tx: &Transaction<'_>, id: Uuid, reason: &str) -> Result<R
         Some(_) => return Ok(Refusal::AcceptedMeanwhile),
     }
     let at = now();
-    tx.execute("UPDATE submissions SET state = 'refused' WHERE id = $1", &[&id]).await?;
-    tx.execute("UPDATE deliveries SET state = 'refused', last_outcome = $2, updated_at = $3 WHERE submission_id = $1", &[
+    exec(tx, "UPDATE submissions SET state = 'refused' WHERE id = $1", &[&id]).await?;
+    exec(tx, "UPDATE deliveries SET state = 'refused', last_outcome = $2, updated_at = $3 WHERE submission_id = $1", &[
         &id, &reason, &at,
     ])
     .await?;
     // The claim is released: a retry with the key resumes at once.
-    tx.execute("UPDATE idempotency_keys SET claimed_at = 'epoch' WHERE submission_id = $1", &[&id]).await?;
-    add_event(tx, id, at, NewEvent { kind: "refused", detail: Some(reason), ..NewEvent::default() }).await?;
+    exec(tx, "UPDATE idempotency_keys SET claimed_at = 'epoch' WHERE submission_id = $1", &[&id]).await?;
+    add_event(tx, id, at, NewEvent { kind: "refused", detail: Some(reason.into()), ..NewEvent::default() }).await?;
     Ok(Refusal::Refused)
 }
 
@@ -392,7 +385,7 @@ async fn accept_undecided(tx: &Transaction<'_>, id: Uuid, received_before: Offse
     if accepted > 0 {
         add_event(tx, id, now(), NewEvent {
             kind: "accepted",
-            detail: Some("by a worker: intake did not answer (it stopped between publish and answer)"),
+            detail: Some(ACCEPTED_BY_A_WORKER.into()),
             ..NewEvent::default()
         })
         .await?;
@@ -405,69 +398,18 @@ async fn record_attempt(tx: &Transaction<'_>, a: &AttemptRecord) -> Result<(), P
     if lock_submission(tx, id).await?.is_none() {
         return Ok(());
     }
-    let version = Some(a.mapping_version.as_str());
-    let attempt = Some(a.attempt as i32);
-    let duration_ms = a.duration.map(|d| d.as_millis() as i64);
-    let on = |kind| NewEvent { kind, target: Some(target), attempt, ..NewEvent::default() };
-    let error = match &a.result {
-        AttemptResult::Parked { error, .. } | AttemptResult::Retrying { error, .. } => Some(error.as_str()),
-        AttemptResult::Delivered { .. } => None,
-    };
-    let rendered = matches!(a.rendering, Rendering::Rendered(_));
-    match &a.rendering {
-        Rendering::Rendered(mapped) => {
-            let mapped = NewEvent { mapping_version: version, size: Some(mapped.size as i64), sha256: Some(&mapped.sha256), ..on("mapped") };
-            add_event(tx, id, at, mapped).await?
-        }
-        Rendering::Failed => {
-            add_event(tx, id, at, NewEvent { mapping_version: version, detail: error, ..on("mapping-failed") }).await?;
-        }
-        // The `parked` or `retry-scheduled` event below says why.
-        Rendering::NotReached => {}
+    let writes = a.writes();
+    for event in writes.events {
+        add_event(tx, id, at, event).await?;
     }
-    let (state, outcome, receipt) = match &a.result {
-        AttemptResult::Delivered { detail, receipt } => {
-            let delivered = NewEvent { detail: Some(detail), receipt: receipt.as_deref(), duration_ms, ..on("delivered") };
-            add_event(tx, id, at, delivered).await?;
-            (DeliveryState::Delivered, detail.clone(), receipt.clone())
-        }
-        AttemptResult::Retrying { error, retry_in } => {
-            // Without a rendered payload the connector was not called:
-            // `mapping-failed` above says what went wrong.
-            if rendered {
-                add_event(tx, id, at, NewEvent { detail: Some(error), duration_ms, ..on("attempt-failed") }).await?;
-            }
-            let next = format!("next attempt in {}", humantime::format_duration(*retry_in));
-            add_event(tx, id, at, NewEvent { detail: Some(&next), ..on("retry-scheduled") }).await?;
-            (DeliveryState::Retrying, error.clone(), None)
-        }
-        AttemptResult::Parked { reason, error } => {
-            if rendered {
-                add_event(tx, id, at, NewEvent { detail: Some(error), duration_ms, ..on("attempt-failed") }).await?;
-            }
-            // Stopped before the mapping, no other event carries the
-            // error: the parking does.
-            let why = match a.rendering {
-                Rendering::NotReached => format!("{reason}: {error}"),
-                _ => (*reason).to_owned(),
-            };
-            add_event(tx, id, at, NewEvent { detail: Some(&why), ..on("parked") }).await?;
-            (DeliveryState::Parked, error.clone(), None)
-        }
-    };
-    let statement = tx
-        .prepare_cached(
-            "INSERT INTO deliveries AS d (submission_id, target, state, attempts, last_outcome, updated_at, mapping_version, receipt)
-             VALUES ($1, $2, $3, 1, $4, $5, $6, $7)
-             ON CONFLICT (submission_id, target) DO UPDATE SET
-               state = excluded.state, attempts = d.attempts + 1, last_outcome = excluded.last_outcome,
-               updated_at = excluded.updated_at, mapping_version = excluded.mapping_version,
-               receipt = coalesce(excluded.receipt, d.receipt)",
-        )
-        .await?;
-    tx.execute(&statement, &[&id, &target, &state.as_str(), &outcome, &at, &a.mapping_version, &receipt]).await?;
-    let statement = tx.prepare_cached(UPDATE_SUBMISSION_STATE).await?;
-    tx.execute(&statement, &[&id]).await?;
+    let upsert = "INSERT INTO deliveries AS d (submission_id, target, state, attempts, last_outcome, updated_at, mapping_version, receipt)
+                  VALUES ($1, $2, $3, 1, $4, $5, $6, $7)
+                  ON CONFLICT (submission_id, target) DO UPDATE SET
+                    state = excluded.state, attempts = d.attempts + 1, last_outcome = excluded.last_outcome,
+                    updated_at = excluded.updated_at, mapping_version = excluded.mapping_version,
+                    receipt = coalesce(excluded.receipt, d.receipt)";
+    exec(tx, upsert, &[&id, &target, &writes.state.as_str(), &writes.outcome, &at, &a.mapping_version, &writes.receipt]).await?;
+    exec(tx, UPDATE_SUBMISSION_STATE, &[&id]).await?;
     Ok(())
 }
 
@@ -480,13 +422,13 @@ async fn record_operator_action(tx: &Transaction<'_>, r: &OperatorRecord) -> Res
     };
     let at = now();
     let generation = r.generation.map(|g| g as i32);
-    let inserted = tx
-        .execute(
-            "INSERT INTO operator_actions (at, operator, action, target, submission_id, parked_reason, comment, generation, replay_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
-            &[&at, &r.operator, &r.action.as_str(), &r.target, &r.submission_id, &r.parked_reason, &r.comment, &generation, &r.replay],
-        )
-        .await?;
+    let inserted = exec(
+        tx,
+        "INSERT INTO operator_actions (at, operator, action, target, submission_id, parked_reason, comment, generation, replay_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+        &[&at, &r.operator, &r.action.as_str(), &r.target, &r.submission_id, &r.parked_reason, &r.comment, &generation, &r.replay],
+    )
+    .await?;
     if inserted == 0 {
         let row = tx
             .query_one(
@@ -507,13 +449,14 @@ async fn record_operator_action(tx: &Transaction<'_>, r: &OperatorRecord) -> Res
     // Only a parked delivery changes state here: a replayed one is
     // published before this is recorded, and its worker may have recorded
     // the outcome already, which must stand.
-    tx.execute(
+    exec(
+        tx,
         "UPDATE deliveries SET state = $3, last_outcome = $4, updated_at = $5 WHERE submission_id = $1 AND target = $2 AND state = 'parked'",
         &[&id, &r.target, &state.as_str(), &outcome, &at],
     )
     .await?;
-    tx.execute(UPDATE_SUBMISSION_STATE, &[&id]).await?;
-    let event = NewEvent { kind, target: Some(&r.target), operator: Some(&r.operator), detail: Some(&r.parked_reason), ..NewEvent::default() };
+    exec(tx, UPDATE_SUBMISSION_STATE, &[&id]).await?;
+    let event = NewEvent { kind, target: Some(&r.target), operator: Some(&r.operator), detail: Some(r.parked_reason.as_str().into()), ..NewEvent::default() };
     add_event(tx, id, at, event).await?;
     Ok(ActionClaim::Recorded)
 }
@@ -522,18 +465,19 @@ async fn prune(tx: &Transaction<'_>, before: OffsetDateTime, limit: u32) -> Resu
     // SKIP LOCKED: a row another process prunes (or writes) now is left to
     // it, so processes pruning at once neither wait for nor block each
     // other.
-    let removed = tx
-        .execute(
-            "DELETE FROM submissions WHERE id IN (
-               SELECT id FROM submissions WHERE received_at < $1 AND state IN ('delivered', 'discarded', 'refused')
-               LIMIT $2 FOR UPDATE SKIP LOCKED)",
-            &[&before, &i64::from(limit)],
-        )
-        .await?;
-    tx.execute("DELETE FROM operator_actions WHERE at < $1", &[&before]).await?;
+    let removed = exec(
+        tx,
+        "DELETE FROM submissions WHERE id IN (
+           SELECT id FROM submissions WHERE received_at < $1 AND state IN ('delivered', 'discarded', 'refused')
+           LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        &[&before, &i64::from(limit)],
+    )
+    .await?;
+    exec(tx, "DELETE FROM operator_actions WHERE at < $1", &[&before]).await?;
     // A sent decision is kept as long as its submission: a rejection (no
     // submission) for the retention period.
-    tx.execute(
+    exec(
+        tx,
         "DELETE FROM fit_connect_decisions f WHERE sent_at < $1
            AND (submission_id IS NULL OR NOT EXISTS (SELECT 1 FROM submissions s WHERE s.id = f.submission_id))",
         &[&before],
@@ -566,7 +510,7 @@ impl Store for PostgresStore {
     async fn confirm_intake(&self, id: Uuid) -> Result<(), StoreError> {
         in_transaction!(self, |tx| async move {
             lock_submission(tx, id).await?;
-            if tx.execute(CONFIRM_SUBMISSION, &[&id]).await? > 0 {
+            if exec(tx, CONFIRM_SUBMISSION, &[&id]).await? > 0 {
                 add_event(tx, id, now(), NewEvent { kind: "accepted", ..NewEvent::default() }).await?;
             }
             Ok::<_, PgError>(())
@@ -609,7 +553,7 @@ impl Store for PostgresStore {
                 add_event(tx, id, now(), NewEvent {
                     kind: "dropped",
                     target: Some(target),
-                    detail: Some("the broker had a message of this refused submission; it was dropped, not delivered"),
+                    detail: Some(DROPPED_REFUSED.into()),
                     ..NewEvent::default()
                 })
                 .await?;
@@ -624,7 +568,8 @@ impl Store for PostgresStore {
 
     async fn keep_mapping_version(&self, version: &str, name: &str, source: &str) -> Result<(), StoreError> {
         in_transaction!(self, |tx| async move {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO mapping_versions (version, name, source, first_seen) VALUES ($1, $2, $3, $4) ON CONFLICT (version) DO NOTHING",
                 &[&version, &name, &source, &now()],
             )
@@ -906,7 +851,8 @@ impl Store for PostgresStore {
 
     async fn decide_fit_connect(&self, decision: FitConnectDecision) -> Result<FitConnectDecision, StoreError> {
         in_transaction!(self, |tx| async {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO fit_connect_decisions (fit_submission_id, case_id, destination_id, submission_id, verdict, payload, decided_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (fit_submission_id) DO NOTHING",
                 &[
@@ -935,7 +881,8 @@ impl Store for PostgresStore {
     }
 
     async fn fit_connect_decision_sent(&self, fit_submission: Uuid) -> Result<(), StoreError> {
-        in_transaction!(self, |tx| tx.execute(
+        in_transaction!(self, |tx| exec(
+            tx,
             "UPDATE fit_connect_decisions SET sent_at = $2 WHERE fit_submission_id = $1 AND sent_at IS NULL",
             &[&fit_submission, &now()]
         ))
@@ -943,7 +890,8 @@ impl Store for PostgresStore {
     }
 
     async fn check_writable(&self) -> Result<(), StoreError> {
-        in_transaction!(self, |tx| tx.execute(
+        in_transaction!(self, |tx| exec(
+            tx,
             "INSERT INTO health (id, at) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
             &[&now()]
         ))
