@@ -89,7 +89,7 @@ pub enum StoreError {
     Join,
     #[error("store: cannot start the writer thread: {0}")]
     Thread(std::io::Error),
-    #[error("store: {0}")]
+    #[error("store: {}", with_causes(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// The server did not answer in time, or no connection was to be had.
     #[error("store: PostgreSQL is unavailable: {0}")]
@@ -98,6 +98,19 @@ pub enum StoreError {
     Migration(String),
     #[error("store: {0}")]
     Settings(String),
+}
+
+/// An error with what caused it: tokio-postgres names the step that failed
+/// ("error performing TLS handshake") and keeps the reason (an unknown
+/// issuer, a refused connection) as its source.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text = format!("{text}: {e}");
+        cause = e.source();
+    }
+    text
 }
 
 impl StoreError {

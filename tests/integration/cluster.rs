@@ -120,11 +120,22 @@ struct PrivatePostgres {
 
 impl PrivatePostgres {
     async fn start(name: &str) -> Self {
+        Self::start_with(name, None).await
+    }
+
+    /// With `tls` (certificate and key files), TCP connections only over
+    /// TLS.
+    async fn start_with(name: &str, tls: Option<(&std::path::Path, &std::path::Path)>) -> Self {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join(format!("postgres-{name}"));
         let server = Self { dir, port: crate::helpers::free_port() };
         server.stop().await;
         let _ = std::fs::remove_dir_all(&server.dir);
-        server.start_again().await;
+        let mut start = tokio::process::Command::new(script("postgres-node"));
+        start.arg("start").arg(&server.dir).arg(server.port.to_string());
+        if let Some((certificate, key)) = tls {
+            start.env("AMTSBOTE_POSTGRES_TLS", format!("{} {}", certificate.display(), key.display()));
+        }
+        run(&mut start).await;
         server
     }
 
@@ -372,4 +383,40 @@ async fn three_hosts_survive_a_killed_process_a_lost_broker_node_and_a_database_
 fn base64_of(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The ledger over TLS: the server's certificate checked against
+/// `ca_file` and the host name, the password from a secret file; a server
+/// whose certificate another CA signed is refused.
+#[tokio::test]
+async fn the_ledger_talks_to_postgresql_over_tls_and_checks_the_server() {
+    use amtsbote::store::{PostgresSettings, PostgresStore, Store};
+    use amtsbote_connector_conformance::pki::Pki;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (ours, theirs) = (dir.path().join("ours"), dir.path().join("theirs"));
+    std::fs::create_dir_all(&ours).unwrap();
+    std::fs::create_dir_all(&theirs).unwrap();
+    let (pki, stranger) = (Pki::generate(&ours), Pki::generate(&theirs));
+    let postgres = PrivatePostgres::start_with("tls-test", Some((&pki.server_certificate, &pki.server_key))).await;
+    std::fs::write(dir.path().join("password"), "amtsbote\n").unwrap();
+    let settings = |sslmode: &str, ca: &std::path::Path| -> PostgresSettings {
+        serde_saphyr::from_str(&format!(
+            "url: postgres://amtsbote@localhost:{}/postgres?sslmode={sslmode}\npassword: {{ file: password }}\nca_file: {}\ntimeout: 5s\n",
+            postgres.port,
+            ca.display()
+        ))
+        .unwrap()
+    };
+    let context = amtsbote_connector::Context::new(dir.path());
+    let store = PostgresStore::open(&settings("require", &pki.ca), &context).await.expect("TLS with our CA");
+    store.check_writable().await.unwrap();
+    assert_eq!(store.ledger_id().await.unwrap().len(), 32);
+
+    let Err(refused) = PostgresStore::open(&settings("require", &stranger.ca), &context).await else {
+        panic!("a server whose certificate another CA signed is refused")
+    };
+    assert!(refused.to_string().contains("certificate"), "{refused}");
+    // The server takes no plain connection: what worked above was TLS.
+    assert!(PostgresStore::open(&settings("disable", &pki.ca), &context).await.is_err());
 }
