@@ -22,9 +22,12 @@
 //! 4. **Memory**: peak resident memory (VmHWM) of the amtsbote process and
 //!    of its mapping sandbox processes, over the whole run.
 //! 5. **CPU per submission** in the saturated run, from /proc: amtsbote's
-//!    own, its sandbox processes', this process's (the load generator and
-//!    the back office), the rest (mostly the broker) and the whole
-//!    machine's.
+//!    server and its sandbox processes, the broker's own process (the one
+//!    listening on the broker URL's port, found in /proc/net/tcp), this
+//!    process's (the load generator and the back office), the rest and the
+//!    whole machine's. The headline is amtsbote's CPU per submission
+//!    (server and sandboxes) divided by the broker's in the same run: at
+//!    1.0 or less, amtsbote is never the part a platform adds hosts for.
 //! 6. **The PostgreSQL ledger**, when `AMTSBOTE_BENCH_POSTGRES_URL` names a
 //!    server (`scripts/bench` starts a private one): amtsbote saturated
 //!    again, with its ledger in a fresh database there, and the CPU per
@@ -89,13 +92,19 @@ fn main() {
 
 async fn run(settings: Settings) {
     println!("machine: {} CPUs, {}", std::thread::available_parallelism().map_or(0, |n| n.get()), memory_total());
+    let broker = BrokerProcess::find(&settings.broker_url);
+    let broker_before = broker.cpu_seconds();
     let limit = broker_limit(&settings.broker_url, settings.messages, 256).await;
-    println!("broker limit (quorum, persistent 1 KiB, confirms, window 256, pipe): {limit:.0}/s");
+    let broker_per_message = (broker.cpu_seconds() - broker_before) / settings.messages as f64;
+    println!(
+        "broker limit (quorum, persistent 1 KiB, confirms, window 256, pipe): {limit:.0}/s, the broker's CPU {}/message",
+        micros(broker_per_message)
+    );
 
     let back_office = BackOffice::start().await;
     let dir = tempfile::tempdir().unwrap();
     let sqlite = format!("store:\n  path: {}\n", dir.path().join("ledger.sqlite").display());
-    let mut amtsbote = Amtsbote::start(&settings, dir.path(), &back_office, &sqlite).await;
+    let mut amtsbote = Amtsbote::start(&settings, dir.path(), &back_office, &sqlite, &broker).await;
     let client = reqwest::Client::builder().pool_max_idle_per_host(settings.clients).build().unwrap();
     let submission = Submission::load();
 
@@ -108,29 +117,44 @@ async fn run(settings: Settings) {
         "amtsbote saturated: {:.0}/s end to end ({:.0}/s accepted at intake), {} submissions from {} connections",
         saturated.delivered_rate, saturated.accepted_rate, settings.messages, settings.clients
     );
-    println!("CPU per submission, saturated: amtsbote / its sandboxes / load generator and back office / broker and the rest / whole machine: {cpu}");
+    println!("CPU per submission, saturated: {cpu}");
     let rate = saturated.delivered_rate / 2.0;
     let paced = paced(&client, &amtsbote.base, &submission, &back_office, rate, settings.half_load).await;
     let rss = amtsbote.peak_rss_kib();
     amtsbote.stop().await;
 
     println!("amtsbote at half load ({rate:.0}/s for {}s): {}", settings.half_load.as_secs(), paced.summary());
-    println!("peak RSS: amtsbote {} MiB, mapping sandboxes {} MiB ({} processes)", rss.main / 1024, rss.sandboxes / 1024, rss.sandbox_count);
+    println!(
+        "peak RSS: all amtsbote processes {} MiB (server {} MiB, {} sandbox processes {} MiB)",
+        (rss.main + rss.sandboxes) / 1024,
+        rss.main / 1024,
+        rss.sandbox_count,
+        rss.sandboxes / 1024
+    );
+    println!();
+    println!("{}", cpu.headline());
     println!();
     println!("| measure | value |");
     println!("|---|---|");
+    println!("| **amtsbote ÷ broker, CPU per submission** | **{:.2}** ({} ÷ {}) |", cpu.ratio(), micros(cpu.main + cpu.sandboxes), micros(cpu.broker));
     println!("| broker limit (quorum, 1 KiB, confirms, pipe) | {limit:.0} msg/s |");
     println!("| amtsbote end to end, saturated | {:.0} submissions/s |", saturated.delivered_rate);
     println!("| ratio to the broker limit | {:.2} |", saturated.delivered_rate / limit);
     println!("| latency at half load, p50 / p99 / max | {} |", paced.percentiles());
-    println!("| CPU per submission: amtsbote / its sandboxes / load and back office / broker and rest / machine | {cpu} |");
-    println!("| peak RSS, amtsbote / each sandbox process | {} MiB / {} MiB |", rss.main / 1024, rss.sandboxes / 1024 / rss.sandbox_count.max(1) as u64);
+    println!("| CPU per submission: amtsbote server / sandboxes / broker / load and back office / rest / machine | {cpu} |");
+    println!("| the broker's CPU per message at its limit (lean client) | {} |", micros(broker_per_message));
+    println!(
+        "| peak RSS, all amtsbote processes (server + sandboxes) | {} MiB ({} + {} MiB) |",
+        (rss.main + rss.sandboxes) / 1024,
+        rss.main / 1024,
+        rss.sandboxes / 1024
+    );
 
     if let Some(url) = &settings.postgres_url {
         let ledger = fresh_database(url).await;
         let dir = tempfile::tempdir().unwrap();
         let store = format!("store:\n  postgres:\n    url: {ledger}\n    pool_size: 32\n");
-        let mut amtsbote = Amtsbote::start(&settings, dir.path(), &back_office, &store).await;
+        let mut amtsbote = Amtsbote::start(&settings, dir.path(), &back_office, &store, &broker).await;
         saturate(&client, &amtsbote.base, &submission, &back_office, settings.messages / 10, settings.clients).await;
         let before = (amtsbote.cpu(), postgres_cpu_seconds());
         let saturated = saturate(&client, &amtsbote.base, &submission, &back_office, settings.messages, settings.clients).await;
@@ -139,14 +163,15 @@ async fn run(settings: Settings) {
         amtsbote.stop().await;
         println!();
         println!(
-            "amtsbote saturated, PostgreSQL ledger: {:.0}/s end to end ({:.0}/s accepted at intake); CPU per submission: {cpu}, of which the PostgreSQL server {:.0} µs",
+            "amtsbote saturated, PostgreSQL ledger: {:.0}/s end to end ({:.0}/s accepted at intake); CPU per submission: {cpu}; the PostgreSQL server (in the rest) {:.0} µs",
             saturated.delivered_rate,
             saturated.accepted_rate,
             database * 1e6
         );
         println!("| amtsbote end to end, saturated, PostgreSQL ledger | {:.0} submissions/s |", saturated.delivered_rate);
         println!("| ratio to the broker limit, PostgreSQL ledger | {:.2} |", saturated.delivered_rate / limit);
-        println!("| CPU per submission, PostgreSQL ledger: amtsbote / its sandboxes / load and back office / broker, PostgreSQL and rest / machine | {cpu} |");
+        println!("| CPU per submission, PostgreSQL ledger: amtsbote server / sandboxes / broker / load and back office / rest (PostgreSQL) / machine | {cpu} |");
+        println!("| amtsbote ÷ broker, CPU per submission, PostgreSQL ledger | {:.2} |", cpu.ratio());
         println!("| CPU per submission of the PostgreSQL server | {:.0} µs |", database * 1e6);
     }
 }
@@ -287,11 +312,12 @@ impl BackOffice {
 struct Amtsbote {
     child: tokio::process::Child,
     base: String,
+    broker: BrokerProcess,
 }
 
 impl Amtsbote {
     /// `store`: the config's `store:` section.
-    async fn start(settings: &Settings, dir: &Path, back_office: &BackOffice, store: &str) -> Self {
+    async fn start(settings: &Settings, dir: &Path, back_office: &BackOffice, store: &str, broker: &BrokerProcess) -> Self {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let hash = amtsbote::domain::hex(&<sha2::Sha256 as sha2::Digest>::digest(SENDER_KEY));
         let seal_key = dir.join("seal.key");
@@ -330,7 +356,7 @@ impl Amtsbote {
             assert!(Instant::now() < deadline, "amtsbote did not get ready");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Self { child, base }
+        Self { child, base, broker: broker.clone() }
     }
 
     /// CPU time used so far by amtsbote, by its sandbox processes and by
@@ -341,6 +367,7 @@ impl Amtsbote {
         Cpu {
             main: cpu_seconds(pid),
             sandboxes: children_of(pid).into_iter().map(cpu_seconds).sum(),
+            broker: self.broker.cpu_seconds(),
             load: cpu_seconds(std::process::id()),
             machine: machine_busy_seconds(),
         }
@@ -372,6 +399,8 @@ struct Rss {
 struct Cpu {
     main: f64,
     sandboxes: f64,
+    /// The broker's own process (and its children).
+    broker: f64,
     /// This process: the load generator and the back office.
     load: f64,
     machine: f64,
@@ -385,6 +414,7 @@ impl Cpu {
         CpuPerSubmission {
             main: per(self.main, before.main),
             sandboxes: per(self.sandboxes, before.sandboxes),
+            broker: per(self.broker, before.broker),
             load: per(self.load, before.load),
             machine: per(self.machine, before.machine),
         }
@@ -394,16 +424,97 @@ impl Cpu {
 struct CpuPerSubmission {
     main: f64,
     sandboxes: f64,
+    broker: f64,
     load: f64,
     machine: f64,
 }
 
+impl CpuPerSubmission {
+    /// amtsbote's CPU per submission (server and sandboxes) over the
+    /// broker's per submission, in the same run.
+    fn ratio(&self) -> f64 {
+        (self.main + self.sandboxes) / self.broker.max(f64::MIN_POSITIVE)
+    }
+
+    fn headline(&self) -> String {
+        format!(
+            "amtsbote ÷ broker, CPU per submission: {:.2} (amtsbote {} = server {} + sandboxes {}; broker {})",
+            self.ratio(),
+            micros(self.main + self.sandboxes),
+            micros(self.main),
+            micros(self.sandboxes),
+            micros(self.broker)
+        )
+    }
+}
+
 impl std::fmt::Display for CpuPerSubmission {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let us = |seconds: f64| format!("{:.0} µs", seconds * 1e6);
-        let rest = self.machine - self.main - self.sandboxes - self.load;
-        write!(f, "{} / {} / {} / {} / {}", us(self.main), us(self.sandboxes), us(self.load), us(rest), us(self.machine))
+        let rest = self.machine - self.main - self.sandboxes - self.broker - self.load;
+        write!(
+            f,
+            "amtsbote server {} / sandboxes {} / broker {} / load generator and back office {} / rest {} / machine {}",
+            micros(self.main),
+            micros(self.sandboxes),
+            micros(self.broker),
+            micros(self.load),
+            micros(rest),
+            micros(self.machine)
+        )
     }
+}
+
+fn micros(seconds: f64) -> String {
+    format!("{:.0} µs", seconds * 1e6)
+}
+
+/// The broker's own process: the one that listens on the broker URL's
+/// port (for the private node, RabbitMQ's `beam.smp`).
+#[derive(Clone)]
+struct BrokerProcess {
+    pid: Option<u32>,
+}
+
+impl BrokerProcess {
+    fn find(url: &str) -> Self {
+        let port = url
+            .split_once("://")
+            .map(|(_, rest)| rest.split(['/', '?']).next().unwrap_or(""))
+            .and_then(|authority| authority.rsplit('@').next())
+            .and_then(|host_port| host_port.rsplit_once(':'))
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+            .unwrap_or(5672);
+        let pid = listening_process(port);
+        if pid.is_none() {
+            println!("(the broker's process was not found on port {port}: a broker elsewhere; its CPU counts as 0)");
+        }
+        Self { pid }
+    }
+
+    /// Its CPU time and its children's (Erlang's port programs), in seconds.
+    fn cpu_seconds(&self) -> f64 {
+        self.pid.map_or(0.0, |pid| cpu_seconds(pid) + children_of(pid).into_iter().map(cpu_seconds).sum::<f64>())
+    }
+}
+
+/// The process with a socket listening on TCP `port`, from
+/// /proc/net/tcp{,6} and the processes' descriptors.
+fn listening_process(port: u16) -> Option<u32> {
+    let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .flat_map(|table| std::fs::read_to_string(table).unwrap_or_default().lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = u16::from_str_radix(fields.get(1)?.rsplit(':').next()?, 16).ok()?;
+            // State 0A: LISTEN.
+            (local_port == port && *fields.get(3)? == "0A").then(|| fields.get(9).map(|inode| format!("socket:[{inode}]")))?
+        })
+        .collect();
+    std::fs::read_dir("/proc").ok()?.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok()).find(|pid| {
+        std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|target| inodes.iter().any(|inode| target.to_str() == Some(inode.as_str())))
+        })
+    })
 }
 
 /// Clock ticks per second of /proc's CPU times (USER_HZ, 100 on Linux).
