@@ -715,6 +715,29 @@ pub struct SearchPage {
     pub next: Option<String>,
 }
 
+impl SearchPage {
+    /// The page of `items`, fetched one beyond `limit` to tell whether
+    /// another page follows.
+    fn of(mut items: Vec<SubmissionSummary>, limit: usize) -> Self {
+        let next = (items.len() > limit).then(|| {
+            items.truncate(limit);
+            let last = items.last().expect("a full page has a last entry");
+            Cursor { received_at: last.received_at.clone(), id: last.id }.encode()
+        });
+        Self { items, next }
+    }
+}
+
+/// The deliveries of a search result as the ledgers aggregate them:
+/// `target state,target state,…`.
+fn target_states(aggregated: &str) -> Vec<TargetState> {
+    aggregated
+        .split(',')
+        .filter_map(|t| t.split_once(' '))
+        .map(|(target, state)| TargetState { target: target.to_owned(), state: DeliveryState::parse(state) })
+        .collect()
+}
+
 /// What happened at one target over a period, from the ledger.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -749,7 +749,7 @@ impl Store for SqliteStore {
                 limit + 1
             );
             let mut statement = conn.prepare(&sql)?;
-            let mut items = statement
+            let items = statement
                 .query_map(rusqlite::params_from_iter(values.iter().map(|v| v.as_ref() as &dyn ToSql)), |r| {
                     let targets = r.get::<_, Option<String>>(6)?.unwrap_or_default();
                     Ok(SubmissionSummary {
@@ -759,20 +759,11 @@ impl Store for SqliteStore {
                         region: r.get(3)?,
                         reference: r.get(4)?,
                         received_at: r.get(5)?,
-                        targets: targets
-                            .split(',')
-                            .filter_map(|t| t.split_once(' '))
-                            .map(|(target, state)| TargetState { target: target.to_owned(), state: DeliveryState::parse(state) })
-                            .collect(),
+                        targets: target_states(&targets),
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
-            let next = (items.len() > limit).then(|| {
-                items.truncate(limit);
-                let last = items.last().expect("a full page has a last entry");
-                Cursor { received_at: last.received_at.clone(), id: last.id }.encode()
-            });
-            Ok(SearchPage { items, next })
+            Ok(SearchPage::of(items, limit))
         })
         .await
     }

@@ -719,7 +719,7 @@ impl Store for PostgresStore {
             let client = self.client().await?;
             let parameters: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v.as_ref() as &(dyn ToSql + Sync)).collect();
             let rows = client.query(&sql, &parameters).await?;
-            let mut items: Vec<SubmissionSummary> = rows
+            let items: Vec<SubmissionSummary> = rows
                 .iter()
                 .map(|row| SubmissionSummary {
                     id: row.get(0),
@@ -728,21 +728,10 @@ impl Store for PostgresStore {
                     region: row.get(3),
                     reference: row.get(4),
                     received_at: timestamp(row.get(5)),
-                    targets: row
-                        .get::<_, Option<&str>>(6)
-                        .unwrap_or_default()
-                        .split(',')
-                        .filter_map(|t| t.split_once(' '))
-                        .map(|(target, state)| TargetState { target: target.to_owned(), state: DeliveryState::parse(state) })
-                        .collect(),
+                    targets: target_states(row.get::<_, Option<&str>>(6).unwrap_or_default()),
                 })
                 .collect();
-            let next = (items.len() > limit).then(|| {
-                items.truncate(limit);
-                let last = items.last().expect("a full page has a last entry");
-                Cursor { received_at: last.received_at.clone(), id: last.id }.encode()
-            });
-            Ok(SearchPage { items, next })
+            Ok(SearchPage::of(items, limit))
         })
         .await
     }
