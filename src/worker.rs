@@ -279,11 +279,14 @@ impl Worker {
                 duration: attempt.duration,
                 result,
             };
-            if !self.record(record).await {
+            let delivered = matches!(record.result, AttemptResult::Delivered { .. });
+            if !self.record(record).await && delivered {
                 // The ledger stayed away: the message returns to the queue
-                // unacknowledged, and its next attempt records the
-                // outcome (a delivered one reaches the target again, with
-                // the same delivery id).
+                // unacknowledged, and its next attempt (which reaches the
+                // target again, with the same delivery id) records the
+                // outcome. A retry or a parking is not given back: its
+                // message waits in the delay or parking queue already, and
+                // a second copy would take a second path.
                 let _ = message.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
                 return;
             }
