@@ -23,7 +23,7 @@ use crate::domain::TargetName;
 /// Store>)`).
 macro_rules! store_conformance {
     ($open:expr) => {
-        store_conformance!(@tests $open; idempotency_key_lifecycle, a_refused_key_resumes_under_the_same_id, a_refused_submission_is_kept_as_refused_never_admitted_and_pruned_like_a_finished_one, a_worker_admits_what_intake_accepted_and_accepts_what_a_dead_intake_left_undecided, a_submission_is_finished_with_once_every_delivery_is_delivered_or_discarded, operator_actions_are_recorded_and_change_the_state, a_replay_recorded_after_its_delivery_leaves_the_delivery_standing, each_parked_copy_takes_one_action_whoever_records_it, status_and_timeline_follow_the_deliveries, a_failed_mapping_is_in_the_timeline_without_an_attempt, a_message_stopped_before_the_mapping_is_parked_with_its_reason_and_no_mapping_event, search_filters_and_pages_newest_first, many_concurrent_writes_all_land, a_failing_write_leaves_the_others_of_its_batch, pruning_removes_finished_submissions_past_retention_only, activity_counts_per_target_and_finds_the_oldest_undelivered, each_ledger_has_its_own_id, a_fit_connect_submission_is_decided_once_and_its_ids_shown);
+        store_conformance!(@tests $open; idempotency_key_lifecycle, a_refused_key_resumes_under_the_same_id, a_refused_submission_is_kept_as_refused_never_admitted_and_pruned_like_a_finished_one, a_worker_admits_what_intake_accepted_and_accepts_what_a_dead_intake_left_undecided, a_submission_is_finished_with_once_every_delivery_is_delivered_or_discarded, operator_actions_are_recorded_and_change_the_state, a_replay_recorded_after_its_delivery_leaves_the_delivery_standing, each_parked_copy_takes_one_action_whoever_records_it, status_and_timeline_follow_the_deliveries, a_failed_mapping_is_in_the_timeline_without_an_attempt, a_message_stopped_before_the_mapping_is_parked_with_its_reason_and_no_mapping_event, search_filters_and_pages_newest_first, many_concurrent_writes_all_land, a_failing_write_leaves_the_others_of_its_batch, pruning_removes_finished_submissions_past_retention_only, activity_counts_per_target_and_finds_the_oldest_undelivered, each_ledger_has_its_own_id, a_fit_connect_submission_is_decided_once_and_its_ids_shown, an_attempt_on_a_submission_whose_confirm_was_not_recorded_accepts_it);
     };
     (@tests $open:expr; $($name:ident),* $(,)?) => {
         $(
@@ -458,4 +458,19 @@ pub async fn a_fit_connect_submission_is_decided_once_and_its_ids_shown(store: A
     store.prune(OffsetDateTime::now_utc() + Duration::from_secs(1), 100).await.unwrap();
     assert!(store.fit_connect_decision(rejected).await.unwrap().is_none(), "past it");
     assert!(store.fit_connect_decision(fit).await.unwrap().is_some(), "kept while its submission is");
+}
+
+/// Intake heard the broker's confirm but could not record it (the ledger
+/// was away), and its own worker delivered: the attempt's record accepts
+/// the submission, so the ledger ends with its true state.
+pub async fn an_attempt_on_a_submission_whose_confirm_was_not_recorded_accepts_it(store: Arc<dyn Store>) {
+    let id = Uuid::now_v7();
+    store.begin_intake(submission(id), None).await.unwrap();
+    store.record_attempt(attempt(id, "a", delivered("HTTP 200"))).await.unwrap();
+    store.record_attempt(attempt(id, "b", delivered("HTTP 200"))).await.unwrap();
+    let status = store.status(id).await.unwrap().unwrap();
+    assert_eq!(status.status, SubmissionState::Delivered);
+    let accepted: Vec<&Event> = status.timeline.iter().filter(|e| e.event == "accepted").collect();
+    assert_eq!(accepted.len(), 1, "accepted once, with the first attempt");
+    assert_eq!(store.refuse_intake(id, "late").await.unwrap(), Refusal::AcceptedMeanwhile, "and no longer refusable");
 }

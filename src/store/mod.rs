@@ -500,6 +500,12 @@ struct NewEvent<'a> {
 /// The `accepted` event's detail when a worker accepted what a dead
 /// intake left undecided.
 const ACCEPTED_BY_A_WORKER: &str = "by a worker: intake did not answer (it stopped between publish and answer)";
+/// The `accepted` event's detail when an attempt is recorded for a
+/// submission the ledger still holds as `received`: a worker delivers only
+/// what intake accepted, so intake heard the broker's confirm, but its
+/// record of it has not arrived (it was lost while the ledger was away,
+/// or is still on its way) and must not be waited for.
+const ACCEPTED_WITH_AN_ATTEMPT: &str = "recorded with the first attempt: intake's record of the broker's confirm had not reached the ledger";
 /// The `dropped` event's detail.
 const DROPPED_REFUSED: &str = "the broker had a message of this refused submission; it was dropped, not delivered";
 

@@ -486,6 +486,9 @@ impl Store for SqliteStore {
             if !known(conn, &id)? {
                 return Ok(());
             }
+            if conn.prepare_cached("UPDATE submissions SET state = 'accepted' WHERE id = ?1 AND state = 'received'")?.execute([&id])? > 0 {
+                add_event(conn, &id, &at, NewEvent { kind: "accepted", detail: Some(ACCEPTED_WITH_AN_ATTEMPT.into()), ..NewEvent::default() })?;
+            }
             let writes = a.writes();
             for event in writes.events {
                 add_event(conn, &id, &at, event)?;

@@ -395,8 +395,13 @@ async fn accept_undecided(tx: &Transaction<'_>, id: Uuid, received_before: Offse
 
 async fn record_attempt(tx: &Transaction<'_>, a: &AttemptRecord) -> Result<(), PgError> {
     let (id, target, at) = (a.submission, a.target.as_str(), now());
-    if lock_submission(tx, id).await?.is_none() {
-        return Ok(());
+    match lock_submission(tx, id).await?.as_deref() {
+        None => return Ok(()),
+        Some("received") => {
+            exec(tx, "UPDATE submissions SET state = 'accepted' WHERE id = $1", &[&id]).await?;
+            add_event(tx, id, at, NewEvent { kind: "accepted", detail: Some(ACCEPTED_WITH_AN_ATTEMPT.into()), ..NewEvent::default() }).await?;
+        }
+        Some(_) => {}
     }
     let writes = a.writes();
     for event in writes.events {
