@@ -317,7 +317,7 @@ impl Mapping {
                 })
                 .collect(),
         );
-        let globals = Globals { submission: submission.clone(), codelists, now: Val::from(now as isize) };
+        let globals = Globals::new(submission.clone(), codelists, Val::from(now as isize));
         let scope = Scope { current: submission.clone(), globals: &globals, file: &self.source.name };
         let compiled = &self.compiled;
         let body = match &compiled.format {

@@ -19,14 +19,41 @@ use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event};
 use super::template::{MapTemplate, Template, TemplateError};
 use super::{Place, RenderError, Scope};
 
-struct Element {
-    name: String,
-    attributes: Vec<(String, String)>,
-    text: Option<String>,
-    children: Vec<Element>,
+/// An element to write; names borrow the template's, text shares the
+/// value's bytes where it can (a document has a few hundred of each).
+struct Element<'t> {
+    name: &'t str,
+    attributes: Vec<(std::borrow::Cow<'t, str>, Text)>,
+    text: Option<Text>,
+    children: Vec<Element<'t>>,
 }
 
-impl Element {
+/// The text of an element or attribute, valid for XML.
+pub(super) enum Text {
+    /// A string value's bytes, checked to be UTF-8.
+    Shared(bytes::Bytes),
+    Owned(String),
+}
+
+impl Text {
+    pub(super) fn as_str(&self) -> &str {
+        match self {
+            Text::Shared(bytes) => std::str::from_utf8(bytes).expect("checked to be UTF-8 when made"),
+            Text::Owned(text) => text,
+        }
+    }
+}
+
+impl From<Text> for String {
+    fn from(text: Text) -> Self {
+        match text {
+            Text::Owned(text) => text,
+            shared => shared.as_str().to_owned(),
+        }
+    }
+}
+
+impl Element<'_> {
     fn is_empty(&self) -> bool {
         self.attributes.is_empty() && self.text.is_none() && self.children.is_empty()
     }
@@ -96,11 +123,11 @@ pub fn render(root: &str, namespaces: &[(String, String)], document: &Template, 
     let mut root_element = match elements.pop() {
         Some(e) if elements.is_empty() => e,
         Some(_) => return Err(scope.plain_error("document", "the root element must not repeat ($each on the document)")),
-        None => Element { name: root.into(), attributes: Vec::new(), text: None, children: Vec::new() },
+        None => Element { name: root, attributes: Vec::new(), text: None, children: Vec::new() },
     };
     let declarations = namespaces.iter().map(|(prefix, uri)| {
-        let name = if prefix.is_empty() { "xmlns".to_owned() } else { format!("xmlns:{prefix}") };
-        (name, uri.clone())
+        let name = if prefix.is_empty() { "xmlns".into() } else { format!("xmlns:{prefix}").into() };
+        (name, Text::Owned(uri.clone()))
     });
     root_element.attributes.splice(0..0, declarations);
 
@@ -114,9 +141,9 @@ pub fn render(root: &str, namespaces: &[(String, String)], document: &Template, 
 }
 
 fn write_element(w: &mut Writer<Vec<u8>>, e: &Element) -> std::io::Result<()> {
-    let mut start = BytesStart::new(e.name.as_str());
+    let mut start = BytesStart::new(e.name);
     for (k, v) in &e.attributes {
-        start.push_attribute((k.as_str(), v.as_str()));
+        start.push_attribute((k.as_ref(), v.as_str()));
     }
     if e.text.is_none() && e.children.is_empty() {
         return w.write_event(Event::Empty(start));
@@ -129,13 +156,13 @@ fn write_element(w: &mut Writer<Vec<u8>>, e: &Element) -> std::io::Result<()> {
     for child in &e.children {
         write_element(w, child)?;
     }
-    w.write_event(Event::End(BytesEnd::new(e.name.as_str())))
+    w.write_event(Event::End(BytesEnd::new(e.name)))
 }
 
 /// Appends the elements that `name: template` yields in `scope`.
-fn build(name: &str, template: &Template, scope: &Scope, path: &Place, out: &mut Vec<Element>) -> Result<(), RenderError> {
+fn build<'t>(name: &'t str, template: &'t Template, scope: &Scope, path: &Place, out: &mut Vec<Element<'t>>) -> Result<(), RenderError> {
     match template {
-        Template::Constant(v, _) => out.push(leaf(name, constant_text(v))),
+        Template::Constant(v, _) => out.push(leaf(name, Text::Owned(constant_text(v)))),
         Template::Expr(expr) => {
             for value in scope.eval(expr, path)? {
                 if let Some(text) = text_of(&value).map_err(|m| scope.error(path, expr, m))? {
@@ -153,13 +180,17 @@ fn build(name: &str, template: &Template, scope: &Scope, path: &Place, out: &mut
     Ok(())
 }
 
-fn build_map(name: &str, map: &MapTemplate, scope: &Scope, path: &Place, out: &mut Vec<Element>) -> Result<(), RenderError> {
+fn build_map<'t>(name: &'t str, map: &'t MapTemplate, scope: &Scope, path: &Place, out: &mut Vec<Element<'t>>) -> Result<(), RenderError> {
+    let each_scopes;
     let scopes = match &map.each {
-        Some(each) => scope.each(each, path)?,
-        None => vec![scope.clone()],
+        Some(each) => {
+            each_scopes = scope.each(each, path)?;
+            each_scopes.as_slice()
+        }
+        None => std::slice::from_ref(scope),
     };
-    for scope in &scopes {
-        let mut element = Element { name: name.to_owned(), attributes: Vec::new(), text: None, children: Vec::new() };
+    for scope in scopes {
+        let mut element = Element { name, attributes: Vec::new(), text: None, children: Vec::new() };
         if let Some(text) = &map.text {
             element.text = single_text(text, scope, &Place::Key(path, "$text"))?;
         }
@@ -168,7 +199,7 @@ fn build_map(name: &str, map: &MapTemplate, scope: &Scope, path: &Place, out: &m
             match key.strip_prefix('@') {
                 Some(attr) => {
                     if let Some(value) = single_text(child, scope, &child_path)? {
-                        element.attributes.push((attr.to_owned(), value));
+                        element.attributes.push((attr.into(), value));
                     }
                 }
                 None => build(key, child, scope, &child_path, &mut element.children)?,
@@ -182,9 +213,9 @@ fn build_map(name: &str, map: &MapTemplate, scope: &Scope, path: &Place, out: &m
 }
 
 /// Text of an attribute or `$text`: at most one value.
-fn single_text(template: &Template, scope: &Scope, path: &Place) -> Result<Option<String>, RenderError> {
+fn single_text(template: &Template, scope: &Scope, path: &Place) -> Result<Option<Text>, RenderError> {
     match template {
-        Template::Constant(v, _) => Ok(Some(constant_text(v))),
+        Template::Constant(v, _) => Ok(Some(Text::Owned(constant_text(v)))),
         Template::Expr(expr) => {
             let values = scope.eval(expr, path)?;
             match values.as_slice() {
@@ -197,8 +228,8 @@ fn single_text(template: &Template, scope: &Scope, path: &Place) -> Result<Optio
     }
 }
 
-fn leaf(name: &str, text: String) -> Element {
-    Element { name: name.to_owned(), attributes: Vec::new(), text: Some(text), children: Vec::new() }
+fn leaf(name: &str, text: Text) -> Element<'_> {
+    Element { name, attributes: Vec::new(), text: Some(text), children: Vec::new() }
 }
 
 pub(super) fn constant_text(v: &serde_json::Value) -> String {
@@ -209,17 +240,20 @@ pub(super) fn constant_text(v: &serde_json::Value) -> String {
 }
 
 /// The text an expression's value stands for; `None` for null.
-pub(super) fn text_of(value: &Val) -> Result<Option<String>, String> {
+pub(super) fn text_of(value: &Val) -> Result<Option<Text>, String> {
     let text = match value {
         Val::Null => return Ok(None),
-        Val::Bool(b) => b.to_string(),
-        Val::Num(n) => n.to_string(),
-        Val::TStr(s) => String::from_utf8_lossy(s).into_owned(),
+        Val::Bool(b) => Text::Owned(b.to_string()),
+        Val::Num(n) => Text::Owned(n.to_string()),
+        Val::TStr(s) => match std::str::from_utf8(s) {
+            Ok(_) => Text::Shared((**s).clone()),
+            Err(_) => Text::Owned(String::from_utf8_lossy(s).into_owned()),
+        },
         Val::BStr(_) => return Err("yields a byte string; XML text needs a string".into()),
         Val::Arr(_) => return Err("yields an array; XML text needs a string or number (use $each or .[] to repeat)".into()),
         Val::Obj(_) => return Err("yields an object; XML text needs a string or number".into()),
     };
-    if let Some(c) = text.chars().find(|&c| !is_xml_char(c)) {
+    if let Some(c) = text.as_str().chars().find(|&c| !is_xml_char(c)) {
         return Err(format!("yields text with a character XML 1.0 cannot carry (U+{:04X})", c as u32));
     }
     Ok(Some(text))

@@ -199,8 +199,27 @@ fn known(conn: &Connection, submission: &str) -> rusqlite::Result<bool> {
     conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM submissions WHERE id = ?1)")?.query_row([submission], |r| r.get(0))
 }
 
+/// SQLite counts every allocation it makes under a global mutex, for
+/// statistics amtsbote never reads; the profile of the writer thread
+/// showed the locking. Turning the counting off is only possible before
+/// SQLite's first use in the process, so it is done once, before the
+/// first connection; later attempts are refused by SQLite and change
+/// nothing.
+fn without_memory_statistics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: SQLITE_CONFIG_MEMSTATUS takes one int; sqlite3_config
+        // is documented as callable before sqlite3_initialize, and answers
+        // SQLITE_MISUSE (ignored) after it.
+        unsafe {
+            rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS, 0 as std::ffi::c_int);
+        }
+    });
+}
+
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        without_memory_statistics();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|source| StoreError::Directory { path: dir.display().to_string(), source })?;
@@ -245,11 +264,7 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let (answer, answered) = oneshot::channel();
         let job: Job = Box::new(move |conn: &mut Connection| {
-            let result = conn.savepoint().and_then(|savepoint| {
-                let value = work(&savepoint)?;
-                savepoint.commit()?;
-                Ok(value)
-            });
+            let result = in_savepoint(conn, work);
             Box::new(move |committed: Result<(), String>| {
                 let _ = answer.send(match (result, committed) {
                     (Err(e), _) => Err(StoreError::Sqlite(e)),
@@ -260,6 +275,30 @@ impl SqliteStore {
         });
         self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
         answered.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// Runs `work` in a savepoint, so that its error undoes its own changes and
+/// nothing else of the batch. The statements are prepared once: rusqlite's
+/// `Connection::savepoint` parses them anew for every write, a cost the
+/// profile of the writer thread showed.
+fn in_savepoint<T>(
+    conn: &Connection,
+    work: impl FnOnce(&Connection) -> Result<T, rusqlite::Error>,
+) -> Result<T, rusqlite::Error> {
+    conn.prepare_cached("SAVEPOINT write")?.execute([])?;
+    match work(conn) {
+        Ok(value) => {
+            conn.prepare_cached("RELEASE write")?.execute([])?;
+            Ok(value)
+        }
+        Err(e) => {
+            // As rusqlite's savepoint does when dropped: the write's own
+            // error is the one its caller needs to hear.
+            let _ = conn.prepare_cached("ROLLBACK TO write").and_then(|mut s| s.execute([]));
+            let _ = conn.prepare_cached("RELEASE write").and_then(|mut s| s.execute([]));
+            Err(e)
+        }
     }
 }
 
