@@ -87,7 +87,7 @@ fn fail<T>(message: String) -> Result<T, Error<Val>> {
     Err(own_error(message))
 }
 
-fn text(v: &Val) -> Option<String> {
+pub(super) fn text(v: &Val) -> Option<String> {
     match v {
         Val::TStr(s) => Some(String::from_utf8_lossy(s).into_owned()),
         _ => None,
@@ -276,11 +276,18 @@ fn lookup(code: &Val, table: &Val, name: &Val) -> ValR<Val> {
 }
 
 fn uuid5(namespace: &Val, name: &Val) -> ValR<Val> {
-    let Some(namespace) = text(namespace).and_then(|s| s.parse::<uuid::Uuid>().ok()) else {
-        return fail("uuid needs the submission's id ($submission.id) to be a UUID".into());
-    };
     let name = text(name).unwrap_or_else(|| name.to_string());
-    Ok(Val::from(uuid::Uuid::new_v5(&namespace, name.as_bytes()).to_string()))
+    match text(namespace).and_then(|namespace| uuid5_text(&namespace, &name)) {
+        Some(uuid) => Ok(uuid),
+        None => fail("uuid needs the submission's id ($submission.id) to be a UUID".into()),
+    }
+}
+
+/// The UUID (version 5) for `name` in the namespace `namespace`, if that
+/// is a UUID.
+pub(super) fn uuid5_text(namespace: &str, name: &str) -> Option<Val> {
+    let namespace = namespace.parse::<uuid::Uuid>().ok()?;
+    Some(Val::from(uuid::Uuid::new_v5(&namespace, name.as_bytes()).to_string()))
 }
 
 fn map_text(v: &Val, function: &str, f: impl Fn(&str) -> String) -> ValR<Val> {
