@@ -1,7 +1,8 @@
 //! Mapping throughput: the Gewerbeanmeldung → XGewerbeanzeige 2.2 mapping
 //! on its fixture, (a) evaluated in this process, which is the cost per
 //! document on one core, (b) through the sandbox process as the workers
-//! use it, which adds the round trip over a pipe, and (c) the same
+//! use it, which adds the round trip over a pipe (one request at a time,
+//! and as many at once as a process takes), and (c) the same
 //! document written by a hand-written serializer
 //! (`reference/gewerbeanmeldung.rs`: serde and quick-xml), checked to
 //! write the mapping's bytes exactly. The last line is the mapping
@@ -72,6 +73,18 @@ fn mapping_throughput(c: &mut Criterion) {
     .unwrap();
     group.bench_function("sandbox", |b| {
         b.iter(|| runtime.block_on(sandbox.render(&mapping, &input, &[], 1_700_000_000)).unwrap())
+    });
+    // As the workers use it: four requests in the process's pipe at once
+    // (the default `requests_per_process`).
+    group.throughput(Throughput::Elements(4));
+    group.bench_function("sandbox_pipelined", |b| {
+        let render = || sandbox.render(&mapping, &input, &[], 1_700_000_000);
+        b.iter(|| {
+            let (a, b, c, d) = runtime.block_on(async { tokio::join!(render(), render(), render(), render()) });
+            [a, b, c, d].into_iter().for_each(|r| {
+                r.unwrap();
+            })
+        })
     });
     group.finish();
 }

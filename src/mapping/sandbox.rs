@@ -18,7 +18,7 @@
 //! never holds their base64). A package answer names stored attachments by
 //! blob instead of returning their bytes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,9 +28,10 @@ use jaq_json::Val;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
 
-use super::{Mapping, MappingSource, PackageFormat, PackedContent, PackedFile, RenderError, Rendition, mapping_error};
+use super::{Mapping, MappingSource, PackageFormat, PackedContent, PackedFile, RenderError, Rendition, mapping_error, mapping_error_of};
 use crate::domain::BlobId;
 
 /// How mapping evaluations are bounded (the `sandbox` section of the
@@ -42,6 +43,12 @@ pub struct SandboxSettings {
     /// of CPUs).
     #[serde(default)]
     pub processes: Option<usize>,
+    /// Requests sent to a process at once (default 4): while it evaluates
+    /// one, the next waits in its pipe, so it need not sleep in between.
+    /// A crash or time-out fails only the request being evaluated; the
+    /// others are sent again to another process. 1 sends one at a time.
+    #[serde(default = "default_requests_per_process")]
+    pub requests_per_process: usize,
     /// Longest one evaluation may take (default `5s`).
     #[serde(default = "default_time_limit", with = "humantime_serde")]
     #[schemars(with = "String")]
@@ -62,6 +69,7 @@ impl Default for SandboxSettings {
     fn default() -> Self {
         Self {
             processes: None,
+            requests_per_process: default_requests_per_process(),
             time_limit: default_time_limit(),
             memory_limit_mib: default_memory_limit(),
             output_limit_mib: default_output_limit(),
@@ -70,6 +78,9 @@ impl Default for SandboxSettings {
     }
 }
 
+fn default_requests_per_process() -> usize {
+    4
+}
 fn default_time_limit() -> Duration {
     Duration::from_secs(5)
 }
@@ -148,19 +159,69 @@ struct FileHeader {
 }
 
 /// The pool of sandbox processes.
+///
+/// Each process ([`Lane`]) takes up to `requests_per_process` requests at
+/// once and answers them in order: while it evaluates one, the next
+/// already waits in its pipe, so it need not sleep between them. The time
+/// limit runs for the request at the head of a lane (the one being
+/// evaluated), from when it got there; a crash or time-out is that
+/// request's, and the requests behind it, which the process never
+/// started, are sent again to another process.
 pub struct Sandbox {
     settings: SandboxSettings,
     program: PathBuf,
+    processes: usize,
     permits: Semaphore,
-    idle: Mutex<Vec<Process>>,
+    lanes: Mutex<Vec<Arc<Lane>>>,
 }
 
-struct Process {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    /// Mapping versions this process has compiled.
+/// How often a request is sent again after the process it waited in
+/// ended before reaching it (each time because another request crashed
+/// or outran the time limit there).
+const SEND_ATTEMPTS: usize = 3;
+
+/// One sandbox process and the requests sent to it.
+struct Lane {
+    state: Mutex<LaneState>,
+    /// Wakes the lane's reader when a request is queued, so that the time
+    /// limit of a new head starts running.
+    queued: Notify,
+}
+
+struct LaneState {
+    /// Frames to the process's stdin, written in order by the lane's
+    /// writer; `None` once the process has ended (or is ending).
+    writer: Option<mpsc::UnboundedSender<Vec<Bytes>>>,
+    /// Mapping versions sent to this process (a LOAD frame went before).
     loaded: HashSet<String>,
+    /// Requests written or about to be, in the order of their answers.
+    pending: VecDeque<Pending>,
+}
+
+struct Pending {
+    /// Whether a LOAD frame went before this request, so that its answer
+    /// comes first.
+    load: bool,
+    file: String,
+    queued_at: Instant,
+    reply: oneshot::Sender<Reply>,
+}
+
+enum Reply {
+    Answered(Result<Rendition, EvalError>),
+    /// The process ended before it started on this request.
+    Displaced,
+}
+
+/// Why a lane's process ended.
+enum End {
+    /// Its stdin was closed with nothing pending: the pool let it go.
+    Released,
+    Crashed(std::io::Error),
+    TimedOut,
+    LoadFailed(String),
+    /// It sent an answer nobody asked for.
+    Unasked,
 }
 
 impl Sandbox {
@@ -170,7 +231,8 @@ impl Sandbox {
             None => std::env::current_exe()?,
         };
         let processes = settings.processes.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1);
-        Ok(Arc::new(Self { settings, program, permits: Semaphore::new(processes), idle: Mutex::new(Vec::new()) }))
+        let permits = Semaphore::new(processes.saturating_mul(settings.requests_per_process.max(1)));
+        Ok(Arc::new(Self { settings, program, processes, permits, lanes: Mutex::new(Vec::new()) }))
     }
 
     /// Renders `submission` (the queued message's bytes) with `mapping`;
@@ -178,44 +240,74 @@ impl Sandbox {
     /// mapping reads as their `content`.
     pub async fn render(&self, mapping: &Mapping, submission: &[u8], attached: &[(usize, Bytes)], now: i64) -> Result<Rendition, EvalError> {
         let _permit = self.permits.acquire().await.map_err(|_| EvalError::Unavailable("the sandbox is closed".into()))?;
-        let idle = self.idle.lock().expect("sandbox pool lock").pop();
-        let mut process = match idle {
-            Some(p) => p,
-            None => self.spawn()?,
+        let header = RenderHeader {
+            version: mapping.version().to_owned(),
+            now,
+            attached: attached.iter().map(|(index, bytes)| Attached { index: *index, len: bytes.len() }).collect(),
         };
-        let limit = self.settings.time_limit;
-        match tokio::time::timeout(limit, Self::exchange(&mut process, mapping, submission, attached, now)).await {
-            Ok(Ok(answer)) => {
-                self.idle.lock().expect("sandbox pool lock").push(process);
-                answer
+        let header = serde_json::to_vec(&header).expect("serializes");
+        let mut parts: Vec<&[u8]> = vec![&header, b"\n", submission];
+        parts.extend(attached.iter().map(|(_, bytes)| bytes.as_ref()));
+        let request = frame(tag::RENDER, &parts).map_err(|e| EvalError::Unavailable(e.to_string()))?;
+        for _ in 0..SEND_ATTEMPTS {
+            let (reply, answer) = oneshot::channel();
+            self.send(mapping, request.clone(), reply)?;
+            match answer.await {
+                Ok(Reply::Answered(answer)) => return answer,
+                // Sent again, to a process that is still there.
+                Ok(Reply::Displaced) | Err(_) => continue,
             }
-            Ok(Err(io)) => {
-                // The process died mid-request (the evaluation crashed it),
-                // or it broke the protocol: either way it is done.
-                let status = stop(&mut process).await;
-                tracing::warn!(event = "sandbox_crashed", mapping = mapping.file(), status = ?status, error = %io,
-                    "a mapping evaluation ended its sandbox process");
-                Err(EvalError::Mapping(mapping_error(
-                    mapping,
-                    format!(
-                        "the evaluation crashed (stack overflow from deep recursion, or more than the memory limit of {} MiB)",
-                        self.settings.memory_limit_mib
-                    ),
-                )))
-            }
-            Err(_) => {
-                stop(&mut process).await;
-                tracing::warn!(event = "sandbox_timeout", mapping = mapping.file(), limit_ms = limit.as_millis() as u64,
-                    "a mapping evaluation ran past the time limit and was stopped");
-                Err(EvalError::Mapping(mapping_error(
-                    mapping,
-                    format!("the evaluation took longer than the time limit of {}", humantime::format_duration(limit)),
-                )))
+        }
+        Err(EvalError::Unavailable(format!(
+            "the sandbox processes ended {SEND_ATTEMPTS} times before they reached this request (other requests crashed them)"
+        )))
+    }
+
+    /// Queues a render request on the least busy process, with the
+    /// mapping's LOAD frame before it if that process has not had it.
+    fn send(&self, mapping: &Mapping, request: Vec<Bytes>, reply: oneshot::Sender<Reply>) -> Result<(), EvalError> {
+        loop {
+            let lane = self.lane()?;
+            let mut state = lane.state.lock().expect("sandbox lane lock");
+            let Some(writer) = state.writer.clone() else { continue };
+            let load = !state.loaded.contains(mapping.version());
+            let frames = if load {
+                let source = serde_json::to_vec(mapping.source()).expect("a mapping source serializes");
+                let mut frames = frame(tag::LOAD, &[&source]).map_err(|e| EvalError::Unavailable(e.to_string()))?;
+                frames.extend(request);
+                state.loaded.insert(mapping.version().to_owned());
+                frames
+            } else {
+                request
+            };
+            state.pending.push_back(Pending { load, file: mapping.file().to_owned(), queued_at: Instant::now(), reply });
+            // Sent under the lane's lock, so that frames reach the process
+            // in the order of `pending`. A closed channel means the process
+            // is ending; its reader answers `pending` then.
+            let _ = writer.send(frames);
+            drop(state);
+            lane.queued.notify_one();
+            return Ok(());
+        }
+    }
+
+    /// The live process with the fewest requests, or a new one while
+    /// there are fewer than `processes` and each has work.
+    fn lane(&self) -> Result<Arc<Lane>, EvalError> {
+        let mut lanes = self.lanes.lock().expect("sandbox pool lock");
+        lanes.retain(|lane| lane.state.lock().expect("sandbox lane lock").writer.is_some());
+        let least_busy = lanes.iter().map(|lane| (lane.state.lock().expect("sandbox lane lock").pending.len(), lane)).min_by_key(|(n, _)| *n);
+        match least_busy {
+            Some((n, lane)) if n == 0 || lanes.len() >= self.processes => Ok(lane.clone()),
+            _ => {
+                let lane = self.spawn()?;
+                lanes.push(lane.clone());
+                Ok(lane)
             }
         }
     }
 
-    fn spawn(&self) -> Result<Process, EvalError> {
+    fn spawn(&self) -> Result<Arc<Lane>, EvalError> {
         let mut child = tokio::process::Command::new(&self.program)
             .arg("mapping-sandbox")
             .arg("--memory-limit-mib")
@@ -238,44 +330,118 @@ impl Sandbox {
             .map_err(|e| EvalError::Unavailable(format!("cannot start {}: {e}", self.program.display())))?;
         let stdin = child.stdin.take().expect("piped stdin");
         let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        Ok(Process { child, stdin, stdout, loaded: HashSet::new() })
-    }
-
-    async fn exchange(
-        process: &mut Process,
-        mapping: &Mapping,
-        submission: &[u8],
-        attached: &[(usize, Bytes)],
-        now: i64,
-    ) -> std::io::Result<Result<Rendition, EvalError>> {
-        if !process.loaded.contains(mapping.version()) {
-            let source = serde_json::to_vec(mapping.source()).expect("a mapping source serializes");
-            write_frame(&mut process.stdin, tag::LOAD, &[&source]).await?;
-            let (t, payload) = read_frame(&mut process.stdout).await?;
-            if t != tag::LOADED {
-                let message = String::from_utf8_lossy(&payload).into_owned();
-                return Ok(Err(EvalError::Unavailable(format!("the sandbox could not compile {}: {message}", mapping.file()))));
-            }
-            process.loaded.insert(mapping.version().to_owned());
-        }
-        let header = RenderHeader {
-            version: mapping.version().to_owned(),
-            now,
-            attached: attached.iter().map(|(index, bytes)| Attached { index: *index, len: bytes.len() }).collect(),
-        };
-        let header = serde_json::to_vec(&header).expect("serializes");
-        let mut parts: Vec<&[u8]> = vec![&header, b"\n", submission];
-        parts.extend(attached.iter().map(|(_, bytes)| bytes.as_ref()));
-        write_frame(&mut process.stdin, tag::RENDER, &parts).await?;
-        let (t, payload) = read_frame(&mut process.stdout).await?;
-        Ok(decode_answer(t, payload))
+        let (writer, frames) = mpsc::unbounded_channel();
+        let lane = Arc::new(Lane {
+            state: Mutex::new(LaneState { writer: Some(writer), loaded: HashSet::new(), pending: VecDeque::new() }),
+            queued: Notify::new(),
+        });
+        tokio::spawn(write_frames(stdin, frames));
+        tokio::spawn(read_answers(lane.clone(), child, stdout, self.settings.time_limit, self.settings.memory_limit_mib));
+        Ok(lane)
     }
 }
 
-/// Kills a sandbox process (if it still runs) and reaps it.
-async fn stop(process: &mut Process) -> Option<std::process::ExitStatus> {
-    let _ = process.child.start_kill();
-    process.child.wait().await.ok()
+impl Drop for Sandbox {
+    /// Closes every process's stdin: each ends once it has answered what
+    /// it was sent.
+    fn drop(&mut self) {
+        for lane in self.lanes.lock().expect("sandbox pool lock").drain(..) {
+            lane.state.lock().expect("sandbox lane lock").writer = None;
+        }
+    }
+}
+
+/// A lane's writer: the frames queued for its process, in order, until the
+/// channel closes (stdin closes with it) or the pipe breaks (the process
+/// ended; its reader sees that).
+async fn write_frames(mut stdin: ChildStdin, mut frames: mpsc::UnboundedReceiver<Vec<Bytes>>) {
+    while let Some(parts) = frames.recv().await {
+        for part in &parts {
+            if stdin.write_all(part).await.is_err() {
+                return;
+            }
+        }
+        if stdin.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A lane's reader: matches answers to pending requests in order, keeps
+/// the time limit of the head, and when the process ends answers what is
+/// still pending (the head with its crash or time-out, the rest as
+/// displaced).
+async fn read_answers(lane: Arc<Lane>, mut child: Child, stdout: BufReader<ChildStdout>, limit: Duration, memory_limit_mib: u64) {
+    let mut reading = Box::pin(read_frame(stdout));
+    // When the current head started: its queueing or the answer before it.
+    let mut head_since = Instant::now();
+    let end = loop {
+        let head_queued = lane.state.lock().expect("sandbox lane lock").pending.front().map(|p| p.queued_at);
+        let deadline = head_queued.map(|queued| queued.max(head_since) + limit);
+        tokio::select! {
+            (stdout, frame) = &mut reading => {
+                let (t, payload) = match frame {
+                    Ok(frame) => frame,
+                    Err(_) if lane.state.lock().expect("sandbox lane lock").pending.is_empty() => break End::Released,
+                    Err(io) => break End::Crashed(io),
+                };
+                let mut state = lane.state.lock().expect("sandbox lane lock");
+                let Some(head) = state.pending.front_mut() else { break End::Unasked };
+                if head.load {
+                    if t != tag::LOADED {
+                        break End::LoadFailed(String::from_utf8_lossy(&payload).into_owned());
+                    }
+                    head.load = false;
+                } else {
+                    let head = state.pending.pop_front().expect("a head");
+                    // The requester may have gone (shut down); the answer
+                    // is then nobody's.
+                    let _ = head.reply.send(Reply::Answered(decode_answer(t, payload)));
+                    head_since = Instant::now();
+                }
+                drop(state);
+                reading.set(read_frame(stdout));
+            }
+            _ = lane.queued.notified() => {}
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => break End::TimedOut,
+        }
+    };
+    let pending = {
+        let mut state = lane.state.lock().expect("sandbox lane lock");
+        state.writer = None;
+        std::mem::take(&mut state.pending)
+    };
+    let _ = child.start_kill();
+    let status = child.wait().await.ok();
+    let mut pending = pending.into_iter();
+    let Some(head) = pending.next() else { return };
+    let error = match end {
+        End::Released => return,
+        End::Crashed(io) => {
+            tracing::warn!(event = "sandbox_crashed", mapping = head.file, status = ?status, error = %io,
+                "a mapping evaluation ended its sandbox process");
+            EvalError::Mapping(mapping_error_of(
+                &head.file,
+                format!(
+                    "the evaluation crashed (stack overflow from deep recursion, or more than the memory limit of {memory_limit_mib} MiB)"
+                ),
+            ))
+        }
+        End::TimedOut => {
+            tracing::warn!(event = "sandbox_timeout", mapping = head.file, limit_ms = limit.as_millis() as u64,
+                "a mapping evaluation ran past the time limit and was stopped");
+            EvalError::Mapping(mapping_error_of(
+                &head.file,
+                format!("the evaluation took longer than the time limit of {}", humantime::format_duration(limit)),
+            ))
+        }
+        End::LoadFailed(message) => EvalError::Unavailable(format!("the sandbox could not compile {}: {message}", head.file)),
+        End::Unasked => EvalError::Unavailable("the sandbox sent an answer it should not".into()),
+    };
+    let _ = head.reply.send(Reply::Answered(Err(error)));
+    for displaced in pending {
+        let _ = displaced.reply.send(Reply::Displaced);
+    }
 }
 
 fn decode_answer(t: u8, payload: Vec<u8>) -> Result<Rendition, EvalError> {
@@ -322,39 +488,43 @@ fn decode_answer(t: u8, payload: Vec<u8>) -> Result<Rendition, EvalError> {
 /// Frames larger than this are refused by both sides.
 const MAX_FRAME: usize = 1 << 30;
 
-/// Frames up to this size are written in one piece: each write to the
-/// pipe wakes the sandbox, and a request in five writes would wake it up
-/// to five times.
+/// Frames up to this size are written in one piece.
 const ONE_WRITE: usize = 64 * 1024;
 
-async fn write_frame(w: &mut ChildStdin, tag: u8, parts: &[&[u8]]) -> std::io::Result<()> {
+/// A frame as the parts to write: small frames in one piece (each write
+/// to the pipe wakes the sandbox, and a request in five writes would wake
+/// it up to five times), large ones without copying their bytes.
+fn frame(tag: u8, parts: &[&[u8]]) -> std::io::Result<Vec<Bytes>> {
     let len: usize = parts.iter().map(|p| p.len()).sum();
-    let len32 = u32::try_from(len).map_err(|_| std::io::Error::other("frame too large"))?;
+    let len32 = u32::try_from(len).ok().filter(|&l| l as usize <= MAX_FRAME).ok_or_else(|| std::io::Error::other("frame too large"))?;
     let small = len <= ONE_WRITE;
-    let mut frame = Vec::with_capacity(5 + if small { len } else { 0 });
-    frame.push(tag);
-    frame.extend_from_slice(&len32.to_le_bytes());
+    let mut head = Vec::with_capacity(5 + if small { len } else { 0 });
+    head.push(tag);
+    head.extend_from_slice(&len32.to_le_bytes());
     if small {
-        parts.iter().for_each(|part| frame.extend_from_slice(part));
-        w.write_all(&frame).await?;
-    } else {
-        w.write_all(&frame).await?;
-        for part in parts {
-            w.write_all(part).await?;
-        }
+        parts.iter().for_each(|part| head.extend_from_slice(part));
+        return Ok(vec![head.into()]);
     }
-    w.flush().await
+    let mut frame = vec![Bytes::from(head)];
+    frame.extend(parts.iter().map(|part| Bytes::copy_from_slice(part)));
+    Ok(frame)
 }
 
-async fn read_frame(r: &mut BufReader<ChildStdout>) -> std::io::Result<(u8, Vec<u8>)> {
-    let t = r.read_u8().await?;
-    let len = r.read_u32_le().await? as usize;
-    if len > MAX_FRAME {
-        return Err(std::io::Error::other("frame too large"));
+/// Reads one frame; gives the reader back so that the next read can
+/// start where this one ended.
+async fn read_frame(mut r: BufReader<ChildStdout>) -> (BufReader<ChildStdout>, std::io::Result<(u8, Vec<u8>)>) {
+    async fn read(r: &mut BufReader<ChildStdout>) -> std::io::Result<(u8, Vec<u8>)> {
+        let t = r.read_u8().await?;
+        let len = r.read_u32_le().await? as usize;
+        if len > MAX_FRAME {
+            return Err(std::io::Error::other("frame too large"));
+        }
+        let mut payload = vec![0; len];
+        r.read_exact(&mut payload).await?;
+        Ok((t, payload))
     }
-    let mut payload = vec![0; len];
-    r.read_exact(&mut payload).await?;
-    Ok((t, payload))
+    let frame = read(&mut r).await;
+    (r, frame)
 }
 
 /// The sandbox process's side: sets its limits, then answers requests on

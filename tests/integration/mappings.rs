@@ -24,6 +24,7 @@ fn shipped() -> PathBuf {
 fn sandbox(time_limit: Duration, memory_limit_mib: u64) -> std::sync::Arc<Sandbox> {
     Sandbox::new(SandboxSettings {
         processes: Some(1),
+        requests_per_process: 4,
         time_limit,
         memory_limit_mib,
         output_limit_mib: 1,
@@ -97,6 +98,33 @@ async fn hostile_mappings_are_stopped_and_the_sandbox_keeps_serving() {
     }
     // No environment reaches a mapping.
     assert!(Mapping::parse("output: json\ndocument:\n  x: $ENV.HOME\n", "m.yaml").is_err());
+}
+
+/// Requests queued in one process behind one that crashes it or outruns
+/// the time limit were never started there: they are sent again and
+/// answered, and only the culprit fails; the request answered before it
+/// keeps its answer.
+#[tokio::test]
+async fn requests_queued_behind_a_crash_or_time_out_are_answered_all_the_same() {
+    let sandbox = sandbox(Duration::from_secs(2), 256);
+    let fine = hostile(".a");
+    let input = br#"{"a": 1}"#;
+    for (expression, expected) in [("last(range(1e15))", "time limit"), ("\"x\" * 1000000000 | length", "crashed")] {
+        let culprit = hostile(expression);
+        // Polled in this order, so queued in this order in the one process.
+        let (before, bad, after_1, after_2) = tokio::join!(
+            sandbox.render(&fine, input, &[], 0),
+            sandbox.render(&culprit, input, &[], 0),
+            sandbox.render(&fine, input, &[], 0),
+            sandbox.render(&fine, input, &[], 0),
+        );
+        let Err(EvalError::Mapping(err)) = bad else { panic!("{expression}: {:?}", bad.map(|_| ())) };
+        assert!(err.message.contains(expected), "{expression}: {err}");
+        for answer in [before, after_1, after_2] {
+            let Rendition::Document { body, .. } = answer.unwrap_or_else(|e| panic!("{expression}: {e}")) else { panic!() };
+            assert_eq!(body.as_ref(), b"{\n  \"x\": 1\n}\n");
+        }
+    }
 }
 
 fn amtsbote(args: &[&str]) -> std::process::Output {
