@@ -117,6 +117,9 @@ impl Admissions {
             self.refuse(id, keyed, "the form data is larger than a broker message may be").await;
             return Err(NotAdmitted::TooLarge);
         }
+        // Until intake has decided, this process's workers wait for its
+        // decision rather than ask the ledger.
+        let _deciding = self.recently_accepted.deciding(id);
         match self.publisher.publish(&route.routing_key, &message_id, headers, &message).await {
             Ok(()) => {
                 self.confirm(id).await;

@@ -352,6 +352,13 @@ impl Worker {
         if !first_copy || self.recently_accepted.contains(submission) {
             return Gate::Deliver;
         }
+        // This process's intake published it and waits for the broker's
+        // confirm: its decision arrives here sooner than in the ledger.
+        if self.recently_accepted.is_deciding(submission)
+            && self.recently_accepted.wait_for_decision(submission, DECISION_PAUSES.iter().sum()).await
+        {
+            return Gate::Deliver;
+        }
         // The broker often hands the message over before intake has
         // recorded the broker's confirm: a young undecided submission is
         // asked about again after short pauses before it is held back.

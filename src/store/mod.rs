@@ -343,6 +343,12 @@ pub enum Admission {
 /// often a commit behind the broker's delivery. Other processes, and
 /// copies that come later, ask the ledger ([`Store::admission`]).
 ///
+/// It also knows the submissions this process's intake has published and
+/// not decided on yet: the broker often hands a message to its consumer
+/// before it confirms it to the publisher, and the worker that gets one of
+/// these waits for intake's decision here instead of asking the ledger,
+/// which cannot know more yet.
+///
 /// A hit also skips the ledger's duplicate check (`Accepted { done: true
 /// }`): a second first copy within these seconds (a resumed publish under
 /// the same id) is delivered again, with the same delivery id, as any
@@ -350,7 +356,8 @@ pub enum Admission {
 #[derive(Debug, Default)]
 pub struct RecentlyAccepted {
     generations: Mutex<Generations>,
-    /// Wakes workers waiting for intake to hear the broker's confirm.
+    /// Wakes workers waiting for intake to hear the broker's confirm (or
+    /// to give up on it).
     inserted: tokio::sync::Notify,
 }
 
@@ -359,12 +366,36 @@ struct Generations {
     current: std::collections::HashSet<Uuid>,
     previous: std::collections::HashSet<Uuid>,
     started: Option<std::time::Instant>,
+    /// Published by this process's intake, not decided on yet.
+    deciding: std::collections::HashSet<Uuid>,
 }
 
 /// How long an id stays in [`RecentlyAccepted`]: one to two of these.
 const RECENT: Duration = Duration::from_secs(5);
 
+/// Held by intake from just before it publishes a submission until it has
+/// decided on it, however that ends (dropped with a cancelled request
+/// too).
+#[must_use]
+pub struct Deciding<'a> {
+    recent: &'a RecentlyAccepted,
+    id: Uuid,
+}
+
+impl Drop for Deciding<'_> {
+    fn drop(&mut self) {
+        self.recent.generations.lock().expect("not poisoned").deciding.remove(&self.id);
+        self.recent.inserted.notify_waiters();
+    }
+}
+
 impl RecentlyAccepted {
+    /// Intake is about to publish `id`.
+    pub fn deciding(&self, id: Uuid) -> Deciding<'_> {
+        self.generations.lock().expect("not poisoned").deciding.insert(id);
+        Deciding { recent: self, id }
+    }
+
     pub fn insert(&self, id: Uuid) {
         let mut generations = self.generations.lock().expect("not poisoned");
         generations.rotate();
@@ -390,10 +421,46 @@ impl RecentlyAccepted {
         .is_ok()
     }
 
+    /// Whether this process's intake, deciding on `id` now, accepts it
+    /// within `at_most`; false as soon as it has decided otherwise (or if
+    /// it was not deciding).
+    pub async fn wait_for_decision(&self, id: Uuid, at_most: Duration) -> bool {
+        tokio::time::timeout(at_most, async {
+            loop {
+                let inserted = self.inserted.notified();
+                match self.decision(id) {
+                    Some(accepted) => return accepted,
+                    None => inserted.await,
+                }
+            }
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// Whether this process's intake is deciding on `id` right now.
+    pub fn is_deciding(&self, id: Uuid) -> bool {
+        self.generations.lock().expect("not poisoned").deciding.contains(&id)
+    }
+
     pub fn contains(&self, id: Uuid) -> bool {
         let mut generations = self.generations.lock().expect("not poisoned");
         generations.rotate();
         generations.current.contains(&id) || generations.previous.contains(&id)
+    }
+
+    /// `Some(true)` if accepted, `Some(false)` if neither accepted nor
+    /// being decided on, `None` while intake decides.
+    fn decision(&self, id: Uuid) -> Option<bool> {
+        let mut generations = self.generations.lock().expect("not poisoned");
+        generations.rotate();
+        if generations.current.contains(&id) || generations.previous.contains(&id) {
+            Some(true)
+        } else if generations.deciding.contains(&id) {
+            None
+        } else {
+            Some(false)
+        }
     }
 }
 
@@ -993,6 +1060,30 @@ mod tests {
         assert!(tokio::time::timeout(Duration::from_secs(1), waiting).await.unwrap().unwrap(), "woken by the insert, long before 10 s");
         assert!(recent.contains(id));
         assert!(!recent.wait_for(Uuid::now_v7(), Duration::from_millis(10)).await);
+    }
+
+    #[tokio::test]
+    async fn a_worker_waiting_for_intake_hears_its_decision_either_way_at_once() {
+        let recent = Arc::new(RecentlyAccepted::default());
+        let (accepted, refused) = (Uuid::now_v7(), Uuid::now_v7());
+        assert!(!recent.is_deciding(accepted));
+        assert!(!recent.wait_for_decision(accepted, Duration::from_secs(10)).await, "not deciding: false at once");
+        let wait = |id| {
+            let recent = recent.clone();
+            tokio::spawn(async move { recent.wait_for_decision(id, Duration::from_secs(10)).await })
+        };
+        let deciding_accepted = recent.deciding(accepted);
+        let deciding_refused = recent.deciding(refused);
+        assert!(recent.is_deciding(accepted));
+        let (waiting_accepted, waiting_refused) = (wait(accepted), wait(refused));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        recent.insert(accepted);
+        drop(deciding_accepted);
+        drop(deciding_refused);
+        let heard = |waiting: tokio::task::JoinHandle<bool>| async { tokio::time::timeout(Duration::from_secs(1), waiting).await.unwrap().unwrap() };
+        assert!(heard(waiting_accepted).await, "accepted, heard long before 10 s");
+        assert!(!heard(waiting_refused).await, "refused (intake gave up), heard long before 10 s");
+        assert!(!recent.is_deciding(accepted) && !recent.is_deciding(refused));
     }
 
     #[test]
