@@ -24,7 +24,11 @@
 //! say, which is jaq's error to word) goes to jaq; a test compares both on
 //! every form.
 
+use std::collections::HashSet;
+use std::sync::LazyLock;
+
 use bytes::Bytes;
+use jaq_core::load::parse::{self, Def};
 use jaq_core::load::{Arena, File, Loader, lex};
 use jaq_core::{Ctx, Vars, data, unwrap_valr};
 use jaq_json::Val;
@@ -268,6 +272,10 @@ impl Globals {
 
 impl Expr {
     pub fn compile(code: &str, line: u64) -> Result<Self, ExprError> {
+        Self::compile_with(code, line, Definitions::Reached)
+    }
+
+    fn compile_with(code: &str, line: u64, definitions: Definitions) -> Result<Self, ExprError> {
         let tokens = lex::Lexer::new(code)
             .lex()
             .map_err(|errs| ExprError(format!("syntax error: {}", describe_lex(&errs, code))))?;
@@ -275,10 +283,14 @@ impl Expr {
         let mut codelists = Vec::new();
         find_lookups(&tokens, &mut codelists)?;
 
-        let prelude = jaq_core::load::parse(functions::PRELUDE, |p| p.defs()).expect("the prelude parses");
-        let loader = Loader::new(
-            jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs()).chain(prelude),
-        );
+        let loader = Loader::new(match definitions {
+            Definitions::Reached => {
+                let mut words = HashSet::new();
+                words_in(&tokens, &mut words);
+                definitions_reached(words)
+            }
+            Definitions::All => DEFINITIONS.clone(),
+        });
         let arena = Arena::default();
         let modules = loader.load(&arena, File { code, path: () }).map_err(|errs| {
             let text = errs
@@ -353,6 +365,145 @@ impl Expr {
             out.push(value.map_err(|e| ExprError(describe_runtime(&e)))?);
         }
         Ok(out)
+    }
+}
+
+/// jaq's standard definitions and the prelude's, in order, parsed once.
+static DEFINITIONS: LazyLock<Vec<Def<&'static str>>> = LazyLock::new(|| {
+    let prelude = jaq_core::load::parse(functions::PRELUDE, |p| p.defs()).expect("the prelude parses");
+    jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs()).chain(prelude).collect()
+});
+
+/// Which standard definitions an expression is compiled with.
+enum Definitions {
+    /// Those it can reach.
+    Reached,
+    /// All (only to compare with in tests).
+    #[cfg_attr(not(test), allow(dead_code))]
+    All,
+}
+
+/// The standard definitions an expression can reach from `words` (its
+/// names), in order. jaq compiles every definition it is given into each
+/// expression, about 200 KiB apiece, and a mapping has dozens of
+/// expressions in every sandbox process and in the server; most use a
+/// handful. A definition sees only those before it (and itself), so one
+/// pass from the last to the first finds all it needs. Names are matched
+/// without arity, which may keep a definition too many, never one too few:
+/// a call whose definition was left out could otherwise reach a native of
+/// the same name.
+fn definitions_reached<'s>(mut words: HashSet<&'s str>) -> Vec<Def<&'s str>> {
+    let mut reached: Vec<&Def<&'static str>> = Vec::new();
+    for def in DEFINITIONS.iter().rev() {
+        if words.contains(def.name) {
+            names_in(&def.body, &mut words);
+            reached.push(def);
+        }
+    }
+    reached.into_iter().rev().cloned().collect()
+}
+
+/// Every word and format (`@csv`) among `tokens`: the names an expression
+/// may call.
+fn words_in<'s>(tokens: &[lex::Token<&'s str>], words: &mut HashSet<&'s str>) {
+    for lex::Token(text, tok) in tokens {
+        match tok {
+            lex::Tok::Word | lex::Tok::Fmt => {
+                words.insert(text);
+            }
+            lex::Tok::Block(inner) => words_in(inner, words),
+            lex::Tok::Str(parts) => {
+                for part in parts {
+                    if let lex::StrPart::Term(t) = part {
+                        words_in(std::slice::from_ref(t), words);
+                    }
+                }
+            }
+            lex::Tok::Var | lex::Tok::Num | lex::Tok::Sym => {}
+        }
+    }
+}
+
+/// Every name a definition's body calls (or formats with), its local
+/// definitions' included.
+fn names_in<'s>(term: &parse::Term<&'s str>, names: &mut HashSet<&'s str>) {
+    use parse::Term as T;
+    let all = |terms: &mut dyn Iterator<Item = &parse::Term<&'s str>>, names: &mut HashSet<&'s str>| {
+        terms.for_each(|t| names_in(t, names));
+    };
+    match term {
+        T::Id | T::Recurse | T::Num(_) | T::Break(_) | T::Var(_) => {}
+        T::Str(format, parts) => {
+            names.extend(format.iter().copied());
+            for part in parts {
+                if let lex::StrPart::Term(t) = part {
+                    names_in(t, names);
+                }
+            }
+        }
+        T::Arr(inner) => all(&mut inner.iter().map(|t| &**t), names),
+        T::Obj(pairs) => {
+            for (key, value) in pairs {
+                names_in(key, names);
+                all(&mut value.iter(), names);
+            }
+        }
+        T::Neg(inner) | T::Label(_, inner) => names_in(inner, names),
+        T::BinOp(l, op, r) => {
+            if let parse::BinaryOp::Pipe(Some(pattern)) = op {
+                names_in_pattern(pattern, names);
+            }
+            names_in(l, names);
+            names_in(r, names);
+        }
+        T::Fold(_, xs, pattern, args) => {
+            names_in(xs, names);
+            names_in_pattern(pattern, names);
+            all(&mut args.iter(), names);
+        }
+        T::TryCatch(body, catch) => {
+            names_in(body, names);
+            all(&mut catch.iter().map(|t| &**t), names);
+        }
+        T::IfThenElse(branches, otherwise) => {
+            for (condition, then) in branches {
+                names_in(condition, names);
+                names_in(then, names);
+            }
+            all(&mut otherwise.iter().map(|t| &**t), names);
+        }
+        T::Def(defs, rest) => {
+            for def in defs {
+                names_in(&def.body, names);
+            }
+            names_in(rest, names);
+        }
+        T::Call(name, args) => {
+            names.insert(name);
+            all(&mut args.iter(), names);
+        }
+        T::Path(head, path) => {
+            names_in(head, names);
+            for (part, _) in &path.0 {
+                match part {
+                    jaq_core::path::Part::Index(i) => names_in(i, names),
+                    jaq_core::path::Part::Range(from, to) => all(&mut from.iter().chain(to.iter()), names),
+                }
+            }
+        }
+    }
+}
+
+fn names_in_pattern<'s>(pattern: &parse::Pattern<&'s str>, names: &mut HashSet<&'s str>) {
+    match pattern {
+        parse::Pattern::Var(_) => {}
+        parse::Pattern::Arr(patterns) => patterns.iter().for_each(|p| names_in_pattern(p, names)),
+        parse::Pattern::Obj(pairs) => {
+            for (key, pattern) in pairs {
+                names_in(key, names);
+                names_in_pattern(pattern, names);
+            }
+        }
     }
 }
 
@@ -522,6 +673,33 @@ mod tests {
             r#"if .a then "1" elif .b then "2" else "3" end"#, r#"if .a then "1" else "0" end | .x"#, r#"."a""#, ".a | .b", r#""\(.a)""#, ".if", ".a.and", "..", ".a.1", "$submission", "1", "\"tab\tin\""] {
             assert!(Shortcut::of(code).is_none(), "{code} must go to jaq");
         }
+    }
+
+    #[test]
+    fn an_expression_compiles_with_the_definitions_it_reaches_as_with_all() {
+        // Every standard and prelude definition, called alone: compiled
+        // with only what it reaches, it compiles (or is refused) exactly as
+        // with all definitions, so the reached set is never short.
+        let mut calls: Vec<String> = DEFINITIONS
+            .iter()
+            .filter(|def| !def.name.starts_with('!'))
+            .map(|def| match def.args.len() {
+                0 => def.name.to_owned(),
+                n => format!("{}({})", def.name, vec!["."; n].join("; ")),
+            })
+            .collect();
+        calls.push("[.[] | tostring] | join(\",\") | ascii_downcase | split(\",\") | map(ltrimstr(\"a\")) | @base64".into());
+        for code in &calls {
+            let reached = Expr::compile_with(code, 1, Definitions::Reached).map(|_| ());
+            let all = Expr::compile_with(code, 1, Definitions::All).map(|_| ());
+            assert_eq!(reached.map_err(|e| e.0), all.map_err(|e| e.0), "{code}");
+        }
+        // And runs as with all definitions.
+        let input = val(r#"["ab", "ac", 1]"#);
+        let globals = Globals::new(Val::Null, Val::obj(Default::default()), Val::from(0isize));
+        let code = calls.last().unwrap();
+        let run = |definitions| Expr::compile_with(code, 1, definitions).unwrap().run(&input, &globals).unwrap();
+        assert_eq!(run(Definitions::Reached), run(Definitions::All));
     }
 
     #[test]
