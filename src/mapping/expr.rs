@@ -392,7 +392,7 @@ enum Definitions {
 /// without arity, which may keep a definition too many, never one too few:
 /// a call whose definition was left out could otherwise reach a native of
 /// the same name.
-fn definitions_reached<'s>(mut words: HashSet<&'s str>) -> Vec<Def<&'s str>> {
+fn definitions_reached(mut words: HashSet<&str>) -> Vec<Def<&str>> {
     let mut reached: Vec<&Def<&'static str>> = Vec::new();
     for def in DEFINITIONS.iter().rev() {
         if words.contains(def.name) {
