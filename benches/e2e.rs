@@ -20,7 +20,10 @@
 //!    answered), for `BENCH_HALF_LOAD_SECONDS`; latency is from the
 //!    scheduled send to the back office's receipt.
 //! 4. **Memory**: peak resident memory (VmHWM) of the amtsbote process and
-//!    of its mapping sandbox processes, over the whole run.
+//!    of its mapping sandbox processes, over the whole run; and the peak of
+//!    their proportional set sizes together (PSS, sampled twice a second
+//!    during the saturated and half-load runs), which counts the pages of
+//!    the executable they share once instead of in every process.
 //! 5. **CPU per submission** in the saturated run, from /proc: amtsbote's
 //!    server and its sandbox processes, the broker's own process (the one
 //!    listening on the broker URL's port, found in /proc/net/tcp), this
@@ -111,6 +114,7 @@ async fn run(settings: Settings) {
     // Warm-up: connections, the ledger's pages, the sandbox processes.
     saturate(&client, &amtsbote.base, &submission, &back_office, settings.messages / 10, settings.clients).await;
     let before = amtsbote.cpu();
+    let shared_once = PssSampler::start(amtsbote.child.id().unwrap());
     let saturated = saturate(&client, &amtsbote.base, &submission, &back_office, settings.messages, settings.clients).await;
     let cpu = amtsbote.cpu().since(&before, settings.messages);
     println!(
@@ -121,6 +125,7 @@ async fn run(settings: Settings) {
     let rate = saturated.delivered_rate / 2.0;
     let paced = paced(&client, &amtsbote.base, &submission, &back_office, rate, settings.half_load).await;
     let rss = amtsbote.peak_rss_kib();
+    let pss = shared_once.peak_kib();
     amtsbote.stop().await;
 
     println!("amtsbote at half load ({rate:.0}/s for {}s): {}", settings.half_load.as_secs(), paced.summary());
@@ -131,6 +136,7 @@ async fn run(settings: Settings) {
         rss.sandbox_count,
         rss.sandboxes / 1024
     );
+    println!("peak memory of all amtsbote processes with shared pages counted once (PSS): {} MiB", pss / 1024);
     println!();
     println!("{}", cpu.headline());
     println!();
@@ -149,6 +155,7 @@ async fn run(settings: Settings) {
         rss.main / 1024,
         rss.sandboxes / 1024
     );
+    println!("| peak memory, all amtsbote processes, shared pages once (PSS) | {} MiB |", pss / 1024);
 
     if let Some(url) = &settings.postgres_url {
         let ledger = fresh_database(url).await;
@@ -387,6 +394,41 @@ impl Amtsbote {
         let pid = self.child.id().unwrap().to_string();
         let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
         let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+    }
+}
+
+/// Samples the proportional set size (PSS) of amtsbote and its sandbox
+/// processes twice a second and keeps the peak of their sum: the memory
+/// they take together, the executable's pages they share counted once
+/// (peak RSS counts them in every process).
+struct PssSampler {
+    peak: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PssSampler {
+    fn start(pid: u32) -> Self {
+        let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        std::thread::spawn({
+            let (peak, stop) = (peak.clone(), stop.clone());
+            move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let pss: u64 = std::iter::once(pid)
+                        .chain(children_of(pid))
+                        .map(|p| kib_field(&format!("/proc/{p}/smaps_rollup"), "Pss:"))
+                        .sum();
+                    peak.fetch_max(pss, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        });
+        Self { peak, stop }
+    }
+
+    fn peak_kib(&self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.peak.load(Ordering::Relaxed)
     }
 }
 
