@@ -307,7 +307,14 @@ impl Mapping {
     /// receives, see [`crate::submission`]); `now` is what the `now`
     /// function returns, in seconds since 1970.
     pub fn rendition(&self, submission: &Val, now: i64) -> Result<Rendition, RenderError> {
-        let codelists = Val::obj(
+        self.rendition_with(submission, now, self.code_lists())
+    }
+
+    /// The mapping's code lists as the value `lookup` reads: built once
+    /// per mapping by those who render many submissions with it (a code
+    /// list of all nationalities is some 250 entries).
+    pub fn code_lists(&self) -> Val {
+        Val::obj(
             self.source
                 .codelists
                 .iter()
@@ -316,7 +323,12 @@ impl Mapping {
                     (Val::from(name.clone()), Val::obj(codes))
                 })
                 .collect(),
-        );
+        )
+    }
+
+    /// [`rendition`](Self::rendition) with the mapping's
+    /// [`code_lists`](Self::code_lists) built before.
+    pub fn rendition_with(&self, submission: &Val, now: i64, codelists: Val) -> Result<Rendition, RenderError> {
         let globals = Globals::new(submission.clone(), codelists, Val::from(now as isize));
         let scope = Scope { current: submission.clone(), globals: &globals, file: &self.source.name };
         let compiled = &self.compiled;

@@ -558,7 +558,8 @@ pub const EVALUATION_STACK_BYTES: usize = 2 * 1024 * 1024;
 fn answer_requests(output_limit: usize) -> std::io::Result<()> {
     let mut stdin = std::io::BufReader::new(std::io::stdin().lock());
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
-    let mut mappings: HashMap<String, Mapping> = HashMap::new();
+    // Each mapping with its code lists as a value, built once.
+    let mut mappings: HashMap<String, (Mapping, Val)> = HashMap::new();
     use std::io::{Read as _, Write as _};
     loop {
         let mut head = [0u8; 5];
@@ -581,7 +582,8 @@ fn answer_requests(output_limit: usize) -> std::io::Result<()> {
                 match compiled {
                     Ok(mapping) => {
                         let answer = vec![Bytes::copy_from_slice(mapping.version().as_bytes())];
-                        mappings.insert(mapping.version().to_owned(), mapping);
+                        let code_lists = mapping.code_lists();
+                        mappings.insert(mapping.version().to_owned(), (mapping, code_lists));
                         (tag::LOADED, answer)
                     }
                     Err(message) => (tag::LOAD_ERROR, vec![message.into()]),
@@ -601,14 +603,14 @@ fn answer_requests(output_limit: usize) -> std::io::Result<()> {
     }
 }
 
-fn render_request(mappings: &HashMap<String, Mapping>, payload: &[u8], output_limit: usize) -> (u8, Vec<Bytes>) {
+fn render_request(mappings: &HashMap<String, (Mapping, Val)>, payload: &[u8], output_limit: usize) -> (u8, Vec<Bytes>) {
     let Some(newline) = payload.iter().position(|&b| b == b'\n') else {
         return (tag::PROTOCOL_ERROR, vec![Bytes::from_static(b"malformed request")]);
     };
     let Ok(header) = serde_json::from_slice::<RenderHeader>(&payload[..newline]) else {
         return (tag::PROTOCOL_ERROR, vec![Bytes::from_static(b"malformed request")]);
     };
-    let Some(mapping) = mappings.get(&header.version) else {
+    let Some((mapping, code_lists)) = mappings.get(&header.version) else {
         return (tag::PROTOCOL_ERROR, vec![Bytes::from_static(b"mapping version not loaded")]);
     };
     let attached_len = header.attached.iter().try_fold(0usize, |sum, a| sum.checked_add(a.len));
@@ -627,7 +629,7 @@ fn render_request(mappings: &HashMap<String, Mapping>, payload: &[u8], output_li
             return (tag::PROTOCOL_ERROR, vec![Bytes::from_static(b"no such attachment")]);
         }
     }
-    let rendered = mapping.rendition(&submission, header.now).and_then(|rendition| {
+    let rendered = mapping.rendition_with(&submission, header.now, code_lists.clone()).and_then(|rendition| {
         if rendition.inline_len() > output_limit {
             Err(mapping_error(mapping, format!("the output is larger than the limit of {} MiB", output_limit / (1024 * 1024))))
         } else {
