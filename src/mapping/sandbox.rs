@@ -246,9 +246,11 @@ impl Sandbox {
             attached: attached.iter().map(|(index, bytes)| Attached { index: *index, len: bytes.len() }).collect(),
         };
         let header = serde_json::to_vec(&header).expect("serializes");
-        let mut parts: Vec<&[u8]> = vec![&header, b"\n", submission];
-        parts.extend(attached.iter().map(|(_, bytes)| bytes.as_ref()));
-        let request = frame(tag::RENDER, &parts).map_err(|e| EvalError::Unavailable(e.to_string()))?;
+        let mut parts = vec![Bytes::from(header), Bytes::from_static(b"\n"), Bytes::copy_from_slice(submission)];
+        // The attachments' bytes are shared, not copied, while the request
+        // waits for its process.
+        parts.extend(attached.iter().map(|(_, bytes)| bytes.clone()));
+        let request = frame(tag::RENDER, parts).map_err(|e| EvalError::Unavailable(e.to_string()))?;
         for _ in 0..SEND_ATTEMPTS {
             let (reply, answer) = oneshot::channel();
             self.send(mapping, request.clone(), reply)?;
@@ -273,7 +275,7 @@ impl Sandbox {
             let load = !state.loaded.contains(mapping.version());
             let frames = if load {
                 let source = serde_json::to_vec(mapping.source()).expect("a mapping source serializes");
-                let mut frames = frame(tag::LOAD, &[&source]).map_err(|e| EvalError::Unavailable(e.to_string()))?;
+                let mut frames = frame(tag::LOAD, vec![Bytes::from(source)]).map_err(|e| EvalError::Unavailable(e.to_string()))?;
                 frames.extend(request);
                 state.loaded.insert(mapping.version().to_owned());
                 frames
@@ -493,8 +495,8 @@ const ONE_WRITE: usize = 64 * 1024;
 
 /// A frame as the parts to write: small frames in one piece (each write
 /// to the pipe wakes the sandbox, and a request in five writes would wake
-/// it up to five times), large ones without copying their bytes.
-fn frame(tag: u8, parts: &[&[u8]]) -> std::io::Result<Vec<Bytes>> {
+/// it up to five times), large ones as their parts.
+fn frame(tag: u8, parts: Vec<Bytes>) -> std::io::Result<Vec<Bytes>> {
     let len: usize = parts.iter().map(|p| p.len()).sum();
     let len32 = u32::try_from(len).ok().filter(|&l| l as usize <= MAX_FRAME).ok_or_else(|| std::io::Error::other("frame too large"))?;
     let small = len <= ONE_WRITE;
@@ -506,7 +508,7 @@ fn frame(tag: u8, parts: &[&[u8]]) -> std::io::Result<Vec<Bytes>> {
         return Ok(vec![head.into()]);
     }
     let mut frame = vec![Bytes::from(head)];
-    frame.extend(parts.iter().map(|part| Bytes::copy_from_slice(part)));
+    frame.extend(parts);
     Ok(frame)
 }
 
