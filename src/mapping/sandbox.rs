@@ -381,6 +381,9 @@ async fn read_answers(lane: Arc<Lane>, mut child: Child, stdout: BufReader<Child
         let head_queued = lane.state.lock().expect("sandbox lane lock").pending.front().map(|p| p.queued_at);
         let deadline = head_queued.map(|queued| queued.max(head_since) + limit);
         tokio::select! {
+            // An answer that is there wins over a deadline passing at the
+            // same moment: the head was done in time.
+            biased;
             (stdout, frame) = &mut reading => {
                 let (t, payload) = match frame {
                     Ok(frame) => frame,
