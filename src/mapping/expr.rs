@@ -428,9 +428,6 @@ fn words_in<'s>(tokens: &[lex::Token<&'s str>], words: &mut HashSet<&'s str>) {
 /// definitions' included.
 fn names_in<'s>(term: &parse::Term<&'s str>, names: &mut HashSet<&'s str>) {
     use parse::Term as T;
-    let all = |terms: &mut dyn Iterator<Item = &parse::Term<&'s str>>, names: &mut HashSet<&'s str>| {
-        terms.for_each(|t| names_in(t, names));
-    };
     match term {
         T::Id | T::Recurse | T::Num(_) | T::Break(_) | T::Var(_) => {}
         T::Str(format, parts) => {
@@ -441,11 +438,11 @@ fn names_in<'s>(term: &parse::Term<&'s str>, names: &mut HashSet<&'s str>) {
                 }
             }
         }
-        T::Arr(inner) => all(&mut inner.iter().map(|t| &**t), names),
+        T::Arr(inner) => inner.iter().for_each(|t| names_in(t, names)),
         T::Obj(pairs) => {
             for (key, value) in pairs {
                 names_in(key, names);
-                all(&mut value.iter(), names);
+                value.iter().for_each(|t| names_in(t, names));
             }
         }
         T::Neg(inner) | T::Label(_, inner) => names_in(inner, names),
@@ -459,18 +456,18 @@ fn names_in<'s>(term: &parse::Term<&'s str>, names: &mut HashSet<&'s str>) {
         T::Fold(_, xs, pattern, args) => {
             names_in(xs, names);
             names_in_pattern(pattern, names);
-            all(&mut args.iter(), names);
+            args.iter().for_each(|t| names_in(t, names));
         }
         T::TryCatch(body, catch) => {
             names_in(body, names);
-            all(&mut catch.iter().map(|t| &**t), names);
+            catch.iter().for_each(|t| names_in(t, names));
         }
         T::IfThenElse(branches, otherwise) => {
             for (condition, then) in branches {
                 names_in(condition, names);
                 names_in(then, names);
             }
-            all(&mut otherwise.iter().map(|t| &**t), names);
+            otherwise.iter().for_each(|t| names_in(t, names));
         }
         T::Def(defs, rest) => {
             for def in defs {
@@ -480,14 +477,14 @@ fn names_in<'s>(term: &parse::Term<&'s str>, names: &mut HashSet<&'s str>) {
         }
         T::Call(name, args) => {
             names.insert(name);
-            all(&mut args.iter(), names);
+            args.iter().for_each(|t| names_in(t, names));
         }
         T::Path(head, path) => {
             names_in(head, names);
             for (part, _) in &path.0 {
                 match part {
                     jaq_core::path::Part::Index(i) => names_in(i, names),
-                    jaq_core::path::Part::Range(from, to) => all(&mut from.iter().chain(to.iter()), names),
+                    jaq_core::path::Part::Range(from, to) => from.iter().chain(to).for_each(|t| names_in(t, names)),
                 }
             }
         }

@@ -349,12 +349,7 @@ impl Mapping {
 
 /// An error of the mapping as a whole, not of one place in it.
 pub(crate) fn mapping_error(mapping: &Mapping, message: String) -> RenderError {
-    mapping_error_of(mapping.file(), message)
-}
-
-/// An error of the mapping in `file` as a whole.
-pub(crate) fn mapping_error_of(file: &str, message: String) -> RenderError {
-    RenderError { file: file.to_owned(), line: 0, path: "document".into(), expression: None, message }
+    RenderError { file: mapping.file().to_owned(), line: 0, path: "document".into(), expression: None, message }
 }
 
 /// What a mapping made of a submission: a document, or a package whose

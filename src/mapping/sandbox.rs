@@ -31,7 +31,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::{Mapping, MappingSource, PackageFormat, PackedContent, PackedFile, RenderError, Rendition, mapping_error, mapping_error_of};
+use super::{Mapping, MappingSource, PackageFormat, PackedContent, PackedFile, RenderError, Rendition, mapping_error};
 use crate::domain::BlobId;
 
 /// How mapping evaluations are bounded (the `sandbox` section of the
@@ -202,13 +202,15 @@ struct Pending {
     /// Whether a LOAD frame went before this request, so that its answer
     /// comes first.
     load: bool,
-    file: String,
     queued_at: Instant,
     reply: oneshot::Sender<Reply>,
 }
 
 enum Reply {
     Answered(Result<Rendition, EvalError>),
+    /// The process ended while it evaluated this request; told to the
+    /// requester, who logs it in the submission's context.
+    Ended(End, Option<std::process::ExitStatus>),
     /// The process ended before it started on this request.
     Displaced,
 }
@@ -256,6 +258,7 @@ impl Sandbox {
             self.send(mapping, request.clone(), reply)?;
             match answer.await {
                 Ok(Reply::Answered(answer)) => return answer,
+                Ok(Reply::Ended(end, status)) => return Err(self.ended(mapping, end, status)),
                 // Sent again, to a process that is still there.
                 Ok(Reply::Displaced) | Err(_) => continue,
             }
@@ -263,6 +266,34 @@ impl Sandbox {
         Err(EvalError::Unavailable(format!(
             "the sandbox processes ended {SEND_ATTEMPTS} times before they reached this request (other requests crashed them)"
         )))
+    }
+
+    /// What the end of the process that evaluated a request means for it.
+    fn ended(&self, mapping: &Mapping, end: End, status: Option<std::process::ExitStatus>) -> EvalError {
+        match end {
+            End::Crashed(io) => {
+                tracing::warn!(event = "sandbox_crashed", mapping = mapping.file(), status = ?status, error = %io,
+                    "a mapping evaluation ended its sandbox process");
+                EvalError::Mapping(mapping_error(
+                    mapping,
+                    format!(
+                        "the evaluation crashed (stack overflow from deep recursion, or more than the memory limit of {} MiB)",
+                        self.settings.memory_limit_mib
+                    ),
+                ))
+            }
+            End::TimedOut => {
+                let limit = self.settings.time_limit;
+                tracing::warn!(event = "sandbox_timeout", mapping = mapping.file(), limit_ms = limit.as_millis() as u64,
+                    "a mapping evaluation ran past the time limit and was stopped");
+                EvalError::Mapping(mapping_error(
+                    mapping,
+                    format!("the evaluation took longer than the time limit of {}", humantime::format_duration(limit)),
+                ))
+            }
+            End::LoadFailed(message) => EvalError::Unavailable(format!("the sandbox could not compile {}: {message}", mapping.file())),
+            End::Unasked | End::Released => EvalError::Unavailable("the sandbox sent an answer it should not".into()),
+        }
     }
 
     /// Queues a render request on the least busy process, with the
@@ -282,7 +313,7 @@ impl Sandbox {
             } else {
                 request
             };
-            state.pending.push_back(Pending { load, file: mapping.file().to_owned(), queued_at: Instant::now(), reply });
+            state.pending.push_back(Pending { load, queued_at: Instant::now(), reply });
             // Sent under the lane's lock, so that frames reach the process
             // in the order of `pending`. A closed channel means the process
             // is ending; its reader answers `pending` then.
@@ -338,7 +369,7 @@ impl Sandbox {
             queued: Notify::new(),
         });
         tokio::spawn(write_frames(stdin, frames));
-        tokio::spawn(read_answers(lane.clone(), child, stdout, self.settings.time_limit, self.settings.memory_limit_mib));
+        tokio::spawn(read_answers(lane.clone(), child, stdout, self.settings.time_limit));
         Ok(lane)
     }
 }
@@ -373,7 +404,7 @@ async fn write_frames(mut stdin: ChildStdin, mut frames: mpsc::UnboundedReceiver
 /// the time limit of the head, and when the process ends answers what is
 /// still pending (the head with its crash or time-out, the rest as
 /// displaced).
-async fn read_answers(lane: Arc<Lane>, mut child: Child, stdout: BufReader<ChildStdout>, limit: Duration, memory_limit_mib: u64) {
+async fn read_answers(lane: Arc<Lane>, mut child: Child, stdout: BufReader<ChildStdout>, limit: Duration) {
     let mut reading = Box::pin(read_frame(stdout));
     // When the current head started: its queueing or the answer before it.
     let mut head_since = Instant::now();
@@ -419,31 +450,9 @@ async fn read_answers(lane: Arc<Lane>, mut child: Child, stdout: BufReader<Child
     let _ = child.start_kill();
     let status = child.wait().await.ok();
     let mut pending = pending.into_iter();
-    let Some(head) = pending.next() else { return };
-    let error = match end {
-        End::Released => return,
-        End::Crashed(io) => {
-            tracing::warn!(event = "sandbox_crashed", mapping = head.file, status = ?status, error = %io,
-                "a mapping evaluation ended its sandbox process");
-            EvalError::Mapping(mapping_error_of(
-                &head.file,
-                format!(
-                    "the evaluation crashed (stack overflow from deep recursion, or more than the memory limit of {memory_limit_mib} MiB)"
-                ),
-            ))
-        }
-        End::TimedOut => {
-            tracing::warn!(event = "sandbox_timeout", mapping = head.file, limit_ms = limit.as_millis() as u64,
-                "a mapping evaluation ran past the time limit and was stopped");
-            EvalError::Mapping(mapping_error_of(
-                &head.file,
-                format!("the evaluation took longer than the time limit of {}", humantime::format_duration(limit)),
-            ))
-        }
-        End::LoadFailed(message) => EvalError::Unavailable(format!("the sandbox could not compile {}: {message}", head.file)),
-        End::Unasked => EvalError::Unavailable("the sandbox sent an answer it should not".into()),
-    };
-    let _ = head.reply.send(Reply::Answered(Err(error)));
+    if let Some(head) = pending.next() {
+        let _ = head.reply.send(Reply::Ended(end, status));
+    }
     for displaced in pending {
         let _ = displaced.reply.send(Reply::Displaced);
     }
