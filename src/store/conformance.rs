@@ -276,6 +276,22 @@ pub async fn status_and_timeline_follow_the_deliveries(store: Arc<dyn Store>) {
     assert_eq!(status.timeline[9].receipt.as_deref(), Some("GEW-2026-0815"));
     assert_eq!(status.timeline[9].duration_ms, Some(12));
     assert_eq!(status.timeline[3].mapping_version.as_deref(), Some("sha256:test"));
+    // Each entry holds its own fields only, whether the ledger keeps it in
+    // a row of its own or shares the row with another.
+    let fields = |e: &Event| {
+        let json = serde_json::to_value(e).unwrap();
+        let mut fields = json.as_object().unwrap().keys().filter(|k| *k != "at").cloned().collect::<Vec<_>>();
+        fields.sort();
+        fields
+    };
+    assert_eq!(fields(&status.timeline[0]), ["event", "sha256", "size"]);
+    assert_eq!(fields(&status.timeline[1]), ["detail", "event"]);
+    assert_eq!(fields(&status.timeline[3]), ["attempt", "event", "mappingVersion", "sha256", "size", "target"]);
+    assert_eq!(fields(&status.timeline[4]), ["attempt", "detail", "durationMs", "event", "target"]);
+    assert_eq!(fields(&status.timeline[9]), ["attempt", "detail", "durationMs", "event", "receipt", "target"]);
+    assert_eq!((status.timeline[3].size, status.timeline[3].sha256.as_deref()), (Some(99), Some("cd".repeat(32).as_str())));
+    assert_eq!(status.timeline[0].at, status.timeline[1].at);
+    assert_eq!(status.timeline[8].at, status.timeline[9].at);
 }
 
 pub async fn a_failed_mapping_is_in_the_timeline_without_an_attempt(store: Arc<dyn Store>) {

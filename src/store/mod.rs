@@ -564,6 +564,22 @@ struct NewEvent<'a> {
     duration_ms: Option<i64>,
 }
 
+impl NewSubmission {
+    /// Intake's one event row: `received`, carrying the targets routed to
+    /// (the timeline shows it as `received` and `routed`, see
+    /// [`Event::unfold`]).
+    fn received_event(&self) -> NewEvent<'_> {
+        let targets = self.targets.iter().map(TargetName::as_str).collect::<Vec<_>>().join(", ");
+        NewEvent {
+            kind: "received",
+            size: Some(self.size as i64),
+            sha256: Some(&self.sha256),
+            detail: Some(targets.into()),
+            ..NewEvent::default()
+        }
+    }
+}
+
 /// The `accepted` event's detail when a worker accepted what a dead
 /// intake left undecided.
 const ACCEPTED_BY_A_WORKER: &str = "by a worker: intake did not answer (it stopped between publish and answer)";
@@ -596,28 +612,34 @@ impl AttemptRecord {
             AttemptResult::Delivered { .. } => None,
         };
         let rendered = matches!(self.rendering, Rendering::Rendered(_));
-        let mut events = Vec::with_capacity(3);
-        match &self.rendering {
-            Rendering::Rendered(mapped) => events.push(NewEvent {
+        // The connector's outcome carries what the mapping rendered: one
+        // row, which the timeline shows as `mapped` and the outcome (see
+        // [`Event::unfold`]).
+        let called = |kind| match &self.rendering {
+            Rendering::Rendered(mapped) => NewEvent {
                 mapping_version: version,
                 size: Some(mapped.size as i64),
                 sha256: Some(&mapped.sha256),
-                ..on("mapped")
-            }),
-            Rendering::Failed => events.push(NewEvent { mapping_version: version, detail: error.map(Into::into), ..on("mapping-failed") }),
-            // The `parked` or `retry-scheduled` event below says why.
-            Rendering::NotReached => {}
+                duration_ms,
+                ..on(kind)
+            },
+            _ => NewEvent { duration_ms, ..on(kind) },
+        };
+        let mut events = Vec::with_capacity(2);
+        if let Rendering::Failed = self.rendering {
+            events.push(NewEvent { mapping_version: version, detail: error.map(Into::into), ..on("mapping-failed") });
         }
+        // Not reached: the `parked` or `retry-scheduled` event below says why.
         let (state, outcome, receipt) = match &self.result {
             AttemptResult::Delivered { detail, receipt } => {
-                events.push(NewEvent { detail: Some(detail.into()), receipt: receipt.as_deref(), duration_ms, ..on("delivered") });
+                events.push(NewEvent { detail: Some(detail.into()), receipt: receipt.as_deref(), ..called("delivered") });
                 (DeliveryState::Delivered, detail.as_str(), receipt.as_deref())
             }
             AttemptResult::Retrying { error, retry_in } => {
                 // Without a rendered payload the connector was not called:
                 // `mapping-failed` above says what went wrong.
                 if rendered {
-                    events.push(NewEvent { detail: Some(error.into()), duration_ms, ..on("attempt-failed") });
+                    events.push(NewEvent { detail: Some(error.into()), ..called("attempt-failed") });
                 }
                 let next = format!("next attempt in {}", humantime::format_duration(*retry_in));
                 events.push(NewEvent { detail: Some(next.into()), ..on("retry-scheduled") });
@@ -625,7 +647,7 @@ impl AttemptRecord {
             }
             AttemptResult::Parked { reason, error } => {
                 if rendered {
-                    events.push(NewEvent { detail: Some(error.into()), duration_ms, ..on("attempt-failed") });
+                    events.push(NewEvent { detail: Some(error.into()), ..called("attempt-failed") });
                 }
                 // Stopped before the mapping, no other event carries the
                 // error: the parking does.
@@ -671,6 +693,58 @@ pub struct Event {
     pub operator: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<i64>,
+}
+
+/// A submission's timeline from its event rows, oldest first.
+fn timeline(rows: impl IntoIterator<Item = Event>) -> Vec<Event> {
+    let mut timeline = Vec::new();
+    for row in rows {
+        row.unfold(&mut timeline);
+    }
+    timeline
+}
+
+impl Event {
+    /// Adds the timeline entries of one event row to `timeline`. The ledger
+    /// writes a row per change of state, and two of them carry what the
+    /// timeline shows as an entry of its own: intake's `received` the
+    /// targets of `routed` (in its detail), and the connector's outcome
+    /// (`delivered`, `attempt-failed`) what was `mapped` (its mapping
+    /// version, size and hash). Rows written before they were joined have
+    /// neither and stand alone.
+    fn unfold(mut self, timeline: &mut Vec<Event>) {
+        let bare = |event: &str, at: &str| Event {
+            at: at.to_owned(),
+            event: event.to_owned(),
+            target: None,
+            attempt: None,
+            mapping_version: None,
+            detail: None,
+            receipt: None,
+            size: None,
+            sha256: None,
+            operator: None,
+            duration_ms: None,
+        };
+        match self.event.as_str() {
+            "received" if self.detail.is_some() => {
+                let routed = Event { detail: self.detail.take(), ..bare("routed", &self.at) };
+                timeline.extend([self, routed]);
+            }
+            "delivered" | "attempt-failed" if self.mapping_version.is_some() => {
+                let mapped = Event {
+                    target: self.target.clone(),
+                    attempt: self.attempt,
+                    mapping_version: self.mapping_version.take(),
+                    size: self.size.take(),
+                    sha256: self.sha256.take(),
+                    ..bare("mapped", &self.at)
+                };
+                timeline.extend([mapped, self]);
+            }
+            _ => timeline.push(self),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::*;
-use crate::domain::{TargetName, timestamp};
+use crate::domain::timestamp;
 
 /// The most writes one transaction of the writer takes.
 pub const MAX_BATCH: usize = 512;
@@ -407,10 +407,7 @@ impl Store for SqliteStore {
                 tx.prepare_cached("INSERT INTO deliveries (submission_id, target, state, updated_at) VALUES (?1, ?2, 'queued', ?3)")?
                     .execute(params![id, target.as_str(), received_at])?;
             }
-            let size = Some(s.size as i64);
-            add_event(tx, &id, &received_at, NewEvent { kind: "received", size, sha256: Some(&s.sha256), ..NewEvent::default() })?;
-            let targets = s.targets.iter().map(TargetName::as_str).collect::<Vec<_>>().join(", ");
-            add_event(tx, &id, &received_at, NewEvent { kind: "routed", detail: Some(targets.into()), ..NewEvent::default() })?;
+            add_event(tx, &id, &received_at, s.received_event())?;
             if let Some(k) = &key {
                 tx.prepare_cached(
                     "INSERT INTO idempotency_keys (key, fingerprint, submission_id, created_at, claimed_at) VALUES (?1, ?2, ?3, ?4, ?4)",
@@ -712,7 +709,7 @@ impl Store for SqliteStore {
                     })
                 })?
                 .collect::<Result<_, _>>()?;
-            status.timeline = conn
+            let rows = conn
                 .prepare(
                     "SELECT at, kind, target, attempt, mapping_version, detail, receipt, size, sha256, operator, duration_ms
                      FROM events WHERE submission_id = ?1 ORDER BY at, rowid",
@@ -732,7 +729,8 @@ impl Store for SqliteStore {
                         duration_ms: r.get(10)?,
                     })
                 })?
-                .collect::<Result<_, _>>()?;
+                .collect::<Result<Vec<_>, _>>()?;
+            status.timeline = timeline(rows);
             Ok(Some(status))
         })
         .await
@@ -1010,6 +1008,41 @@ mod tests {
         assert_eq!(SqliteStore::open(&path).unwrap().ledger_id().await.unwrap(), name);
         let (_other_dir, other) = temp_store();
         assert_ne!(other.ledger_id().await.unwrap(), name);
+    }
+
+    #[tokio::test]
+    async fn a_timeline_written_one_row_per_entry_reads_as_before() {
+        let (_dir, store) = temp_store();
+        let id = Uuid::new_v4();
+        store.begin_intake(super::super::conformance::submission(id), None).await.unwrap();
+        let sid = id.to_string();
+        store
+            .write(move |c| {
+                c.execute("DELETE FROM events WHERE submission_id = ?1", [&sid])?;
+                let at = "2026-11-30T10:00:00.000Z";
+                c.execute("INSERT INTO events (submission_id, at, kind, size, sha256) VALUES (?1, ?2, 'received', 1234, 'ab')", [&sid, at])?;
+                c.execute("INSERT INTO events (submission_id, at, kind, detail) VALUES (?1, ?2, 'routed', 'a, b')", [&sid, at])?;
+                c.execute(
+                    "INSERT INTO events (submission_id, at, kind, target, attempt, mapping_version, size, sha256)
+                     VALUES (?1, ?2, 'mapped', 'a', 1, 'sha256:old', 99, 'cd')",
+                    [&sid, at],
+                )?;
+                c.execute(
+                    "INSERT INTO events (submission_id, at, kind, target, attempt, detail, duration_ms)
+                     VALUES (?1, ?2, 'delivered', 'a', 1, 'HTTP 200', 12)",
+                    [&sid, at],
+                )
+            })
+            .await
+            .unwrap();
+        let timeline = store.status(id).await.unwrap().unwrap().timeline;
+        let entries: Vec<_> = timeline.iter().map(|e| (e.event.as_str(), e.detail.as_deref(), e.mapping_version.as_deref())).collect();
+        assert_eq!(entries, [
+            ("received", None, None),
+            ("routed", Some("a, b"), None),
+            ("mapped", None, Some("sha256:old")),
+            ("delivered", Some("HTTP 200"), None)
+        ]);
     }
 
     #[tokio::test]

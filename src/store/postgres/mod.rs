@@ -37,7 +37,7 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::*;
-use crate::domain::{TargetName, timestamp, to_millis};
+use crate::domain::{timestamp, to_millis};
 
 type PgError = tokio_postgres::Error;
 
@@ -300,10 +300,7 @@ async fn begin_intake(tx: &Transaction<'_>, s: &NewSubmission, key: Option<&Idem
         ])
         .await?;
     }
-    add_event(tx, s.id, received_at, NewEvent { kind: "received", size: Some(size), sha256: Some(&s.sha256), ..NewEvent::default() })
-        .await?;
-    let targets = s.targets.iter().map(TargetName::as_str).collect::<Vec<_>>().join(", ");
-    add_event(tx, s.id, received_at, NewEvent { kind: "routed", detail: Some(targets.into()), ..NewEvent::default() }).await?;
+    add_event(tx, s.id, received_at, s.received_event()).await?;
     Ok(Claim::Fresh)
 }
 
@@ -643,7 +640,7 @@ impl Store for PostgresStore {
                     receipt: row.get(6),
                 })
                 .collect();
-            status.timeline = client
+            let rows = client
                 .query(
                     "SELECT at, kind, target, attempt, mapping_version, detail, receipt, size, sha256, operator, duration_ms
                      FROM events WHERE submission_id = $1 ORDER BY at, seq",
@@ -664,7 +661,8 @@ impl Store for PostgresStore {
                     operator: row.get(9),
                     duration_ms: row.get(10),
                 })
-                .collect();
+                .collect::<Vec<_>>();
+            status.timeline = timeline(rows);
             Ok(Some(status))
         })
         .await
