@@ -12,6 +12,21 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc asks for transparent huge pages for its memory (where the
+/// kernel's THP setting is `madvise` or `always`), and a 2 MiB page is
+/// resident as a whole as soon as one byte of it is touched. Without them
+/// the peak resident memory of the server and its sandboxes under load
+/// fell from 118 to 90 MiB at the same CPU (`scripts/bench`). The setting
+/// holds for the sandbox processes too, which inherit it.
+fn without_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE takes an integer argument and changes
+    // only this process's memory policy.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
 /// amtsbote: from online application services to municipal back offices.
 #[derive(Parser)]
 #[command(version, about)]
@@ -229,6 +244,7 @@ impl Select {
 }
 
 fn main() -> ExitCode {
+    without_transparent_huge_pages();
     let cli = Cli::parse();
     if let Command::MappingSandbox { memory_limit_mib, output_limit_mib } = cli.command {
         // No runtime, no logging: one thread answering on stdin/stdout.
