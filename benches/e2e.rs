@@ -683,24 +683,35 @@ async fn saturate(
 }
 
 struct Paced {
+    /// From the scheduled send to the back office's receipt, sorted.
     latencies: Vec<Duration>,
+    /// From the scheduled send to intake's answer (202), sorted: what of
+    /// the latency is intake's.
+    answers: Vec<Duration>,
     late_sends: usize,
 }
 
 impl Paced {
-    fn percentile(&self, p: f64) -> Duration {
-        let index = ((self.latencies.len() as f64 * p).ceil() as usize).clamp(1, self.latencies.len()) - 1;
-        self.latencies[index]
-    }
-
     fn percentiles(&self) -> String {
-        let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
-        format!("{} / {} / {}", ms(self.percentile(0.5)), ms(self.percentile(0.99)), ms(*self.latencies.last().unwrap()))
+        percentiles(&self.latencies)
     }
 
     fn summary(&self) -> String {
-        format!("latency p50 / p99 / max {} ({} submissions, {} sent late)", self.percentiles(), self.latencies.len(), self.late_sends)
+        format!(
+            "latency p50 / p99 / max {} ({} submissions, {} sent late; intake's answer {})",
+            self.percentiles(),
+            self.latencies.len(),
+            self.late_sends,
+            percentiles(&self.answers)
+        )
     }
+}
+
+/// p50 / p99 / max of sorted durations.
+fn percentiles(sorted: &[Duration]) -> String {
+    let percentile = |p: f64| sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1];
+    let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
+    format!("{} / {} / {}", ms(percentile(0.5)), ms(percentile(0.99)), ms(*sorted.last().unwrap()))
 }
 
 /// Submissions at `rate` per second for `duration`, each sent at its
@@ -726,18 +737,24 @@ async fn paced(
             late_sends += 1;
         }
         let (client, base, body) = (client.clone(), base.to_owned(), submission.numbered(1_000_000 + number));
-        sent.spawn(async move { (scheduled, post(&client, &base, body).await) });
+        sent.spawn(async move {
+            let id = post(&client, &base, body).await;
+            (scheduled, scheduled.elapsed(), id)
+        });
     }
     let mut scheduled_of = HashMap::new();
+    let mut answers = Vec::with_capacity(count);
     let target = amtsbote::domain::TargetName::parse(TARGET).unwrap();
     while let Some(result) = sent.join_next().await {
-        let (scheduled, id) = result.unwrap();
+        let (scheduled, answered, id) = result.unwrap();
         scheduled_of.insert(amtsbote::domain::delivery_id(id, &target), scheduled);
+        answers.push(answered);
     }
+    answers.sort();
     back_office.wait_for(count, Duration::from_secs(600)).await;
     let arrivals = back_office.arrivals.lock().unwrap();
     let mut latencies: Vec<Duration> =
         scheduled_of.iter().map(|(delivery, scheduled)| arrivals[delivery].saturating_duration_since(*scheduled)).collect();
     latencies.sort();
-    Paced { latencies, late_sends }
+    Paced { latencies, answers, late_sends }
 }
