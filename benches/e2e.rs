@@ -19,6 +19,9 @@
 //!    rate (open loop: each at its time, whether or not earlier ones were
 //!    answered), for `BENCH_HALF_LOAD_SECONDS`; latency is from the
 //!    scheduled send to the back office's receipt.
+//!    For comparison, the broker alone at the same rate: 1 KiB messages
+//!    published with confirms into a quorum queue, latency to the
+//!    consumer's receipt (the floor any pipeline through it has).
 //! 4. **Memory**: peak resident memory (VmHWM) of the amtsbote process and
 //!    of its mapping sandbox processes, over the whole run; and the peak of
 //!    their proportional set sizes together (PSS, sampled twice a second
@@ -131,6 +134,8 @@ async fn run(settings: Settings) {
     amtsbote.stop().await;
 
     println!("amtsbote at half load ({rate:.0}/s for {}s): {}", settings.half_load.as_secs(), paced.summary());
+    let broker_alone = broker_paced(&settings.broker_url, rate, settings.half_load).await;
+    println!("the broker alone at the same rate (publish to consumer, quorum, confirms): latency p50 / p99 / max {}", percentiles(&broker_alone));
     println!(
         "peak RSS: all amtsbote processes {} MiB (server {} MiB, {} sandbox processes {} MiB)",
         (rss.main + rss.sandboxes) / 1024,
@@ -149,6 +154,7 @@ async fn run(settings: Settings) {
     println!("| amtsbote end to end, saturated | {:.0} submissions/s |", saturated.delivered_rate);
     println!("| ratio to the broker limit | {:.2} |", saturated.delivered_rate / limit);
     println!("| latency at half load, p50 / p99 / max | {} |", paced.percentiles());
+    println!("| the broker alone at that rate (publish to consumer), p50 / p99 / max | {} |", percentiles(&broker_alone));
     println!("| CPU per submission: amtsbote server / sandboxes / broker / load and back office / rest / machine | {cpu} |");
     println!("| the broker's CPU per message at its limit (lean client) | {} |", micros(broker_per_message));
     println!(
@@ -258,6 +264,58 @@ async fn broker_limit(url: &str, messages: usize, window: usize) -> f64 {
     let _ = publishing.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
     let _ = connection.close(200, "measured".into()).await;
     rate
+}
+
+/// The latency floor the broker sets: 1 KiB persistent messages into a
+/// durable quorum queue at `rate` for `duration`, each published at its
+/// scheduled time with a publisher confirm, consumed with manual acks;
+/// sorted latencies from the scheduled time to the consumer's receipt.
+async fn broker_paced(url: &str, rate: f64, duration: Duration) -> Vec<Duration> {
+    let connection = Connection::connect(url, ConnectionProperties::default()).await.expect("the broker is reachable");
+    let publishing = connection.create_channel().await.unwrap();
+    let queue = format!("amtsbote-bench.paced.{}", Uuid::new_v4().simple());
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    publishing
+        .queue_declare(queue.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, arguments)
+        .await
+        .unwrap();
+    publishing.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let consuming = connection.create_channel().await.unwrap();
+    consuming.basic_qos(64, BasicQosOptions::default()).await.unwrap();
+    let mut consumer = consuming
+        .basic_consume(queue.as_str().into(), "paced".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    let count = (rate * duration.as_secs_f64()) as usize;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let started = Instant::now();
+    let drain = tokio::spawn(async move {
+        let mut latencies = Vec::with_capacity(count);
+        while latencies.len() < count {
+            let delivery = consumer.next().await.expect("the consumer runs").unwrap();
+            let number = u64::from_le_bytes(delivery.data[..8].try_into().unwrap());
+            latencies.push((started + interval.mul_f64(number as f64)).elapsed());
+            delivery.ack(BasicAckOptions::default()).await.unwrap();
+        }
+        latencies
+    });
+    let mut confirms = tokio::task::JoinSet::new();
+    for number in 0..count as u64 {
+        tokio::time::sleep_until((started + interval.mul_f64(number as f64)).into()).await;
+        let mut body = vec![b'x'; 1024];
+        body[..8].copy_from_slice(&number.to_le_bytes());
+        let properties = BasicProperties::default().with_delivery_mode(2);
+        let confirm =
+            publishing.basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), &body, properties).await.unwrap();
+        confirms.spawn(async move { confirm.await.unwrap() });
+    }
+    confirms.join_all().await;
+    let mut latencies = drain.await.unwrap();
+    latencies.sort();
+    let _ = publishing.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    let _ = connection.close(200, "measured".into()).await;
+    latencies
 }
 
 /// The back office: answers every POST at once and notes when each
