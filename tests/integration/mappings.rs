@@ -373,3 +373,35 @@ async fn sighup_reloads_the_running_binary_and_a_broken_config_is_refused() {
     submit().await;
     assert_eq!(last_version(seen + 1).await, 2, "the running configuration stays");
 }
+
+/// A 2 MiB transparent huge page is resident whole once a byte of it is
+/// touched; mimalloc asks for them, amtsbote turns them off for itself and
+/// the sandboxes it starts.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_sandbox_process_runs_without_transparent_huge_pages() {
+    let mut sandbox = tokio::process::Command::new(env!("CARGO_BIN_EXE_amtsbote"))
+        .args(["mapping-sandbox", "--memory-limit-mib", "256", "--output-limit-mib", "1"])
+        // As `Sandbox` starts it: within its address-space limit.
+        .env("MIMALLOC_ARENA_RESERVE", "16MiB")
+        .stdin(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let status_file = format!("/proc/{}/status", sandbox.id().unwrap());
+    let field = |status: &str, name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned());
+    // Until the process has come as far as its `main`, they are enabled.
+    let started = std::time::Instant::now();
+    let mut status = std::fs::read_to_string(&status_file).unwrap();
+    while field(&status, "THP_enabled:").as_deref() == Some("1") && started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        status = std::fs::read_to_string(&status_file).unwrap();
+    }
+    drop(sandbox.stdin.take());
+    sandbox.wait().await.unwrap();
+    let state = field(&status, "State:").unwrap();
+    assert!(state.starts_with('S') || state.starts_with('R'), "the sandbox waits for requests: {state}");
+    // Kernels without the field are not asked.
+    let enabled = field(&status, "THP_enabled:");
+    assert!(enabled.as_deref().is_none_or(|v| v == "0"), "THP_enabled: {enabled:?}");
+}
