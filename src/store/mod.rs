@@ -20,9 +20,10 @@
 //!   power loss may lose the last state changes but never a submission,
 //!   which the broker holds.
 //! * Group commit: all writes go to one writer thread, which runs what has
-//!   queued up meanwhile (up to [`MAX_BATCH`] writes) in one transaction,
-//!   each write in its own savepoint, and answers each caller after the
-//!   commit. Under load many writes share one fsync, so the ledger does
+//!   queued up meanwhile (up to [`MAX_BATCH`] writes) in one transaction
+//!   and answers each caller after the commit. A write that fails undoes
+//!   only its own changes: the batch is then run again with each write in
+//!   a savepoint of its own. Under load many writes share one fsync, so the ledger does
 //!   not become the bottleneck; each caller still learns that its own
 //!   write is durable. Under load the writer lingers for
 //!   [`COMMIT_WINDOW`] so that more writes share a commit.
