@@ -219,22 +219,7 @@ fn postgres_cpu_seconds() -> f64 {
 /// What `brokerlimit ... quorum <window> pipe` measures: messages per
 /// second through one queue that is fed and drained at once.
 async fn broker_limit(url: &str, messages: usize, window: usize) -> f64 {
-    let connection = Connection::connect(url, ConnectionProperties::default()).await.expect("the broker is reachable");
-    let publishing = connection.create_channel().await.unwrap();
-    let queue = format!("amtsbote-bench.limit.{}", Uuid::new_v4().simple());
-    let mut arguments = FieldTable::default();
-    arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-    publishing
-        .queue_declare(queue.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, arguments)
-        .await
-        .unwrap();
-    publishing.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-    let consuming = connection.create_channel().await.unwrap();
-    consuming.basic_qos(window as u16, BasicQosOptions::default()).await.unwrap();
-    let mut consumer = consuming
-        .basic_consume(queue.as_str().into(), "limit".into(), BasicConsumeOptions::default(), FieldTable::default())
-        .await
-        .unwrap();
+    let QuorumQueue { connection, publishing, queue, mut consumer, _consuming } = QuorumQueue::open(url, "limit", window as u16).await;
     let body = vec![b'x'; 1024];
     let started = Instant::now();
     let drain = tokio::spawn(async move {
@@ -266,27 +251,46 @@ async fn broker_limit(url: &str, messages: usize, window: usize) -> f64 {
     rate
 }
 
+/// A fresh durable quorum queue with a publishing channel in confirm mode
+/// and a consumer (manual acks, `window` unacknowledged at most), on a
+/// connection of their own.
+struct QuorumQueue {
+    connection: Connection,
+    publishing: lapin::Channel,
+    queue: String,
+    consumer: lapin::Consumer,
+    /// Kept open for as long as the consumer is used.
+    _consuming: lapin::Channel,
+}
+
+impl QuorumQueue {
+    async fn open(url: &str, purpose: &str, window: u16) -> Self {
+        let connection = Connection::connect(url, ConnectionProperties::default()).await.expect("the broker is reachable");
+        let publishing = connection.create_channel().await.unwrap();
+        let queue = format!("amtsbote-bench.{purpose}.{}", Uuid::new_v4().simple());
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        publishing
+            .queue_declare(queue.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, arguments)
+            .await
+            .unwrap();
+        publishing.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+        let consuming = connection.create_channel().await.unwrap();
+        consuming.basic_qos(window, BasicQosOptions::default()).await.unwrap();
+        let consumer = consuming
+            .basic_consume(queue.as_str().into(), purpose.into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await
+            .unwrap();
+        Self { connection, publishing, queue, consumer, _consuming: consuming }
+    }
+}
+
 /// The latency floor the broker sets: 1 KiB persistent messages into a
 /// durable quorum queue at `rate` for `duration`, each published at its
 /// scheduled time with a publisher confirm, consumed with manual acks;
 /// sorted latencies from the scheduled time to the consumer's receipt.
 async fn broker_paced(url: &str, rate: f64, duration: Duration) -> Vec<Duration> {
-    let connection = Connection::connect(url, ConnectionProperties::default()).await.expect("the broker is reachable");
-    let publishing = connection.create_channel().await.unwrap();
-    let queue = format!("amtsbote-bench.paced.{}", Uuid::new_v4().simple());
-    let mut arguments = FieldTable::default();
-    arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-    publishing
-        .queue_declare(queue.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, arguments)
-        .await
-        .unwrap();
-    publishing.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-    let consuming = connection.create_channel().await.unwrap();
-    consuming.basic_qos(64, BasicQosOptions::default()).await.unwrap();
-    let mut consumer = consuming
-        .basic_consume(queue.as_str().into(), "paced".into(), BasicConsumeOptions::default(), FieldTable::default())
-        .await
-        .unwrap();
+    let QuorumQueue { connection, publishing, queue, mut consumer, _consuming } = QuorumQueue::open(url, "paced", 64).await;
     let count = (rate * duration.as_secs_f64()) as usize;
     let interval = Duration::from_secs_f64(1.0 / rate);
     let started = Instant::now();

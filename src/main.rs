@@ -16,7 +16,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// kernel's THP setting is `madvise` or `always`), and a 2 MiB page is
 /// resident as a whole as soon as one byte of it is touched. Without them
 /// the peak resident memory of the server and its sandboxes under load
-/// fell from 118 to 90 MiB at the same CPU (`scripts/bench`). The setting
+/// fell from 118 to 93 MiB at the same CPU (`scripts/bench`). The setting
 /// holds for the sandbox processes too, which inherit it.
 fn without_transparent_huge_pages() {
     #[cfg(target_os = "linux")]

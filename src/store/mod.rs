@@ -23,9 +23,9 @@
 //!   queued up meanwhile (up to [`MAX_BATCH`] writes) in one transaction
 //!   and answers each caller after the commit. A write that fails undoes
 //!   only its own changes: the batch is then run again with each write in
-//!   a savepoint of its own. Under load many writes share one fsync, so the ledger does
-//!   not become the bottleneck; each caller still learns that its own
-//!   write is durable. Under load the writer lingers for
+//!   a savepoint of its own. Under load many writes share one fsync, so
+//!   the ledger does not become the bottleneck; each caller still learns
+//!   that its own write is durable. Under load the writer lingers for
 //!   [`COMMIT_WINDOW`] so that more writes share a commit.
 //! * Reads use their own connection and never wait for the writer.
 //! * [`Store::prune`] removes finished submissions past the retention
