@@ -292,7 +292,9 @@ impl Sandbox {
                 ))
             }
             End::LoadFailed(message) => EvalError::Unavailable(format!("the sandbox could not compile {}: {message}", mapping.file())),
-            End::Unasked | End::Released => EvalError::Unavailable("the sandbox sent an answer it should not".into()),
+            End::Unasked => EvalError::Unavailable("the sandbox sent an answer it should not".into()),
+            // Never told to a requester (see `read_answers`).
+            End::Released => EvalError::Unavailable("the sandbox process was let go".into()),
         }
     }
 
@@ -450,7 +452,11 @@ async fn read_answers(lane: Arc<Lane>, mut child: Child, stdout: BufReader<Child
     let _ = child.start_kill();
     let status = child.wait().await.ok();
     let mut pending = pending.into_iter();
-    if let Some(head) = pending.next() {
+    // A released process evaluated nothing: a request queued while it
+    // went goes to another process, as those behind a head do.
+    if !matches!(end, End::Released)
+        && let Some(head) = pending.next()
+    {
         let _ = head.reply.send(Reply::Ended(end, status));
     }
     for displaced in pending {
