@@ -10,30 +10,21 @@
 //! bounded by running evaluations in the sandbox process
 //! ([`super::sandbox`]).
 //!
-//! Most leaves of a mapping are a string constant (`'"0500"'`) or a plain
-//! path (`.data.betrieb.name`), and many of the rest iterate a path
-//! (`.data.personen[]`), select by one (`select(.email)`), choose between
-//! two strings by one (`if .reisegewerbe then "1" else "0" end`), look a
-//! path's code up (`.rechtsform | lookup("rechtsform")`, also after `[]`)
-//! or name the submission's UUID (`uuid("nachricht")`). Those are answered
-//! without running jaq ([`Shortcut`]): the same values, a fraction of the
-//! cost (a jaq run costs about a microsecond and a half; they were half
-//! the time of the XGewerbeanzeige mapping, 44 µs before, 33 µs after, in
-//! `cargo bench --bench mapping`). Whatever
-//! the shortcut cannot answer exactly as jaq would (indexing a string,
-//! say, which is jaq's error to word) goes to jaq; a test compares both on
-//! every form.
+//! Most leaves of a mapping are evaluated without running jaq
+//! ([`super::native`]): the same values, a fraction of the cost. jaq
+//! evaluates the rest, and whatever the native evaluation is not sure to
+//! answer exactly as jaq would (an error, say, which is jaq's to word).
 
 use std::collections::HashSet;
 use std::sync::LazyLock;
 
-use bytes::Bytes;
 use jaq_core::load::parse::{self, Def};
 use jaq_core::load::{Arena, File, Loader, lex};
 use jaq_core::{Ctx, Vars, data, unwrap_valr};
 use jaq_json::Val;
 
 use super::functions;
+use super::native::Native;
 
 type Data = data::JustLut<Val>;
 type Filter = jaq_core::Filter<Data>;
@@ -57,188 +48,8 @@ pub struct Expr {
     /// Code lists the expression looks up, by name.
     codelists: Vec<String>,
     filter: Filter,
-    shortcut: Option<Shortcut>,
-}
-
-/// An expression whose value needs no jaq: see the module documentation.
-#[derive(Debug, PartialEq)]
-enum Shortcut {
-    /// A string literal without interpolation: its text.
-    Text(Bytes),
-    /// `.`, or `.name` repeated: the keys in order.
-    Path(Vec<Bytes>),
-    /// `PATH[]`: the values of the array (or object) there.
-    Iterate(Vec<Bytes>),
-    /// `select(PATH)`: the input, where the value there is neither null
-    /// nor false.
-    Select(Vec<Bytes>),
-    /// `if PATH then "a" else "b" end`.
-    Choose { condition: Vec<Bytes>, then: Bytes, otherwise: Bytes },
-    /// `PATH | lookup("list")`, or `PATH[] | lookup("list")` (`each`).
-    Lookup { path: Vec<Bytes>, each: bool, list: String },
-    /// `uuid("name")`: the submission's UUID for that name.
-    Uuid(String),
-}
-
-impl Shortcut {
-    /// Recognises the forms above; anything else (or in doubt) is `None`.
-    fn of(code: &str) -> Option<Self> {
-        let code = code.trim();
-        if code.starts_with('"') {
-            return string_literal(code).map(Shortcut::Text);
-        }
-        if let Some(path) = path_of(code) {
-            return Some(Shortcut::Path(path));
-        }
-        if let Some(path) = code.strip_suffix("[]").and_then(path_of) {
-            return Some(Shortcut::Iterate(path));
-        }
-        if let Some(path) = code.strip_prefix("select(").and_then(|c| c.strip_suffix(')')).and_then(|c| path_of(c.trim())) {
-            return Some(Shortcut::Select(path));
-        }
-        if let Some((values, function)) = code.split_once('|')
-            && let Some(list) = function.trim().strip_prefix("lookup(").and_then(|f| f.strip_suffix(')'))
-        {
-            let list = String::from_utf8(string_literal(list.trim())?.to_vec()).ok()?;
-            let values = values.trim();
-            return match values.strip_suffix("[]").and_then(path_of) {
-                Some(path) => Some(Shortcut::Lookup { path, each: true, list }),
-                None => Some(Shortcut::Lookup { path: path_of(values)?, each: false, list }),
-            };
-        }
-        if let Some(name) = code.strip_prefix("uuid(").and_then(|c| c.strip_suffix(')')) {
-            return String::from_utf8(string_literal(name.trim())?.to_vec()).ok().map(Shortcut::Uuid);
-        }
-        let (condition, rest) = code.strip_prefix("if ")?.split_once(" then ")?;
-        let condition = path_of(condition.trim())?;
-        let (then, rest) = leading_string_literal(rest.trim_start())?;
-        let rest = rest.trim_start().strip_prefix("else ")?;
-        let (otherwise, rest) = leading_string_literal(rest.trim_start())?;
-        (rest.trim() == "end").then_some(Shortcut::Choose { condition, then, otherwise })
-    }
-
-    /// The values jaq would give, or `None` where jaq must answer.
-    fn values(&self, input: &Val, globals: &Globals) -> Option<Vec<Val>> {
-        let text = |t: &Bytes| Val::TStr(Box::new(t.clone()));
-        let truthy = |v: Option<&Val>| !matches!(v, None | Some(Val::Null | Val::Bool(false)));
-        Some(match self {
-            Shortcut::Text(t) => vec![text(t)],
-            Shortcut::Path(keys) => vec![at(keys, input)?.cloned().unwrap_or(Val::Null)],
-            Shortcut::Iterate(keys) => match at(keys, input)? {
-                Some(Val::Arr(items)) => items.to_vec(),
-                Some(Val::Obj(object)) => object.values().cloned().collect(),
-                // jaq's error to word.
-                _ => return None,
-            },
-            Shortcut::Select(keys) => {
-                if truthy(at(keys, input)?) {
-                    vec![input.clone()]
-                } else {
-                    Vec::new()
-                }
-            }
-            Shortcut::Choose { condition, then, otherwise } => {
-                vec![text(if truthy(at(condition, input)?) { then } else { otherwise })]
-            }
-            Shortcut::Lookup { path, each, list } => {
-                let Val::Obj(lists) = &globals.codelists else { return None };
-                let Some(Val::Obj(codes)) = lists.get(&Key(list.as_bytes())) else { return None };
-                // A code found, or null: anything else is jaq's error to word.
-                let found = |code: &Val| match code {
-                    Val::Null => Some(Val::Null),
-                    Val::TStr(_) => codes.get(code).cloned(),
-                    _ => None,
-                };
-                match (at(path, input)?, each) {
-                    (value, false) => vec![found(value.unwrap_or(&Val::Null))?],
-                    (Some(Val::Arr(items)), true) => items.iter().map(found).collect::<Option<_>>()?,
-                    _ => return None,
-                }
-            }
-            Shortcut::Uuid(name) => {
-                let Val::Obj(submission) = &globals.submission else { return None };
-                let id = submission.get(&Key(b"id")).and_then(functions::text)?;
-                vec![functions::uuid5_text(&id, name)?]
-            }
-        })
-    }
-}
-
-/// The value at `.k1.k2…` of `input`: `Some(None)` for null (`.a` of null
-/// is null, and so is all that follows), `None` where jaq must answer.
-fn at<'v>(keys: &[Bytes], input: &'v Val) -> Option<Option<&'v Val>> {
-    let mut current = input;
-    for key in keys {
-        match current {
-            Val::Null => return Some(None),
-            Val::Obj(object) => match object.get(&Key(key)) {
-                Some(value) => current = value,
-                None => return Some(None),
-            },
-            _ => return None,
-        }
-    }
-    Some(Some(current))
-}
-
-/// An object key looked up as the string value it equals, without making
-/// that value (a `Val` per step of a path costs an allocation): hashed and
-/// compared as jaq_json hashes and compares `Val::TStr`. Should jaq_json
-/// change its hashing, lookups would miss and the shortcut test, which
-/// compares every form with jaq, fails.
-struct Key<'k>(&'k [u8]);
-
-impl std::hash::Hash for Key<'_> {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        state.write_u8(5);
-        self.0.hash(state);
-    }
-}
-
-impl indexmap::Equivalent<Val> for Key<'_> {
-    fn equivalent(&self, key: &Val) -> bool {
-        matches!(key, Val::TStr(bytes) | Val::BStr(bytes) if bytes.as_ref().as_ref() == self.0)
-    }
-}
-
-/// `.`, or `.name` repeated: the keys.
-fn path_of(code: &str) -> Option<Vec<Bytes>> {
-    if code == "." {
-        return Some(Vec::new());
-    }
-    let names: Vec<&str> = code.strip_prefix('.')?.split('.').collect();
-    names
-        .iter()
-        .all(|name| is_plain_name(name))
-        .then(|| names.into_iter().map(|name| Bytes::copy_from_slice(name.as_bytes())).collect())
-}
-
-/// A string literal without interpolation: jq's string escapes are JSON's
-/// plus `\(`, which JSON refuses.
-fn string_literal(code: &str) -> Option<Bytes> {
-    serde_json::from_str::<String>(code).ok().map(Bytes::from)
-}
-
-/// A string literal at the start of `code`, and what follows it.
-fn leading_string_literal(code: &str) -> Option<(Bytes, &str)> {
-    if !code.starts_with('"') {
-        return None;
-    }
-    let mut strings = serde_json::Deserializer::from_str(code).into_iter::<String>();
-    let text = strings.next()?.ok()?;
-    Some((text.into(), &code[strings.byte_offset()..]))
-}
-
-/// A name `.name` can follow without quotes, and not one of jq's keywords.
-fn is_plain_name(name: &str) -> bool {
-    const KEYWORDS: &[&str] = &[
-        "def", "if", "then", "elif", "else", "end", "as", "reduce", "foreach", "try", "catch", "label", "import", "include",
-        "and", "or", "__loc__",
-    ];
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && !KEYWORDS.contains(&name)
+    /// The expression for the native evaluator, if it can take all of it.
+    native: Option<Native>,
 }
 
 impl std::fmt::Debug for Expr {
@@ -257,16 +68,17 @@ pub struct ExprError(pub String);
 /// bound once per document rather than once per expression run.
 pub struct Globals {
     vars: Vars<Val>,
-    /// For the shortcuts of `lookup` and `uuid`.
-    codelists: Val,
-    submission: Val,
+    /// The same values for the native evaluator.
+    pub(super) submission: Val,
+    pub(super) codelists: Val,
+    pub(super) now: Val,
 }
 
 impl Globals {
     /// `codelists`: code list name → code → value; `now`: what `now`
     /// returns, in seconds since 1970.
     pub fn new(submission: Val, codelists: Val, now: Val) -> Self {
-        Self { vars: Vars::new([submission.clone(), codelists.clone(), now]), codelists, submission }
+        Self { vars: Vars::new([submission.clone(), codelists.clone(), now.clone()]), submission, codelists, now }
     }
 }
 
@@ -328,7 +140,7 @@ impl Expr {
                     .join("; ");
                 ExprError(text)
             })?;
-        Ok(Self { code: code.to_owned(), line, codelists, filter, shortcut: Shortcut::of(code) })
+        Ok(Self { code: code.to_owned(), line, codelists, filter, native: Native::of(code) })
     }
 
     pub fn code(&self) -> &str {
@@ -346,14 +158,20 @@ impl Expr {
 
     /// Runs the expression on `input` and collects its values.
     pub fn eval(&self, input: &Val, globals: &Globals) -> Result<Vec<Val>, ExprError> {
-        if let Some(values) = self.shortcut.as_ref().and_then(|shortcut| shortcut.values(input, globals)) {
+        if let Some(Ok(values)) = self.native.as_ref().map(|native| native.values(input, globals)) {
             return Ok(values);
         }
         self.run(input, globals)
     }
 
+    /// Whether the native evaluator takes the expression.
+    #[cfg(test)]
+    pub(super) fn is_native(&self) -> bool {
+        self.native.is_some()
+    }
+
     /// Runs the expression in jaq.
-    fn run(&self, input: &Val, globals: &Globals) -> Result<Vec<Val>, ExprError> {
+    pub(super) fn run(&self, input: &Val, globals: &Globals) -> Result<Vec<Val>, ExprError> {
         let ctx = Ctx::<Data>::new(&self.filter.lut, globals.vars.clone());
         let mut out = Vec::new();
         for value in self.filter.id.run((ctx, input.clone())).map(unwrap_valr) {
@@ -629,50 +447,6 @@ mod tests {
     }
 
     #[test]
-    fn shortcuts_give_what_jaq_gives() {
-        let inputs = [
-            r#"{"a":{"b":"x","n":1.5,"o":{"k":[1,2]},"z":null},"_x1":true,"s":"text"}"#,
-            r#"{"a":null}"#,
-            r#"{"a":"a string"}"#,
-            r#"{"a":[1]}"#,
-            "null",
-            "7",
-            "[1,2]",
-            r#""top""#,
-            r#"{"rf":"gmbh","rfs":["gmbh","ag"],"bad":["gmbh","zz"],"n":1,"e":[]}"#,
-        ];
-        let codes = [
-            ".", ".a", ".a.b", ".a.n", ".a.o", ".a.o.k", ".a.z", ".a.z.deeper", ".missing", ".missing.more", "._x1", " .s ",
-            ".s.t", r#""plain""#, r#""esc \" \\ \/ \n \u00e4 \u20ac""#, r#""""#, ".[]", ".a[]", ".a.o[]", ".a.o.k[]",
-            ".missing[]", ".s[]", "select(.a)", "select( .a.z )", "select(.a.b)", "select(.missing)", "select(._x1)",
-            "select(.s.t)", "select(.)", r#"if .a then "1" else "0" end"#, r#"if .a.z then "yes" else "no" end"#,
-            r#"if ._x1 then "" else "x\ty" end"#, r#"if .s.t then "1" else "0" end"#, r#".rf | lookup("rf")"#,
-            r#".rfs[] | lookup("rf")"#, r#".bad[] | lookup("rf")"#, r#".e[]|lookup("rf")"#, r#".missing | lookup("rf")"#,
-            r#".rf | lookup("nolist")"#, r#".n | lookup("rf")"#, r#".a.b | lookup( "rf" )"#, r#".rfs | lookup("rf")"#,
-        ];
-        let globals = Globals::new(Val::Null, val(r#"{"rf":{"gmbh":"310","ag":"320"}}"#), Val::from(0isize));
-        for code in codes {
-            let expr = Expr::compile(code, 1).unwrap();
-            assert!(expr.shortcut.is_some(), "{code} should take the shortcut");
-            for input in inputs {
-                let input = val(input);
-                let by_jaq = expr.run(&input, &globals).map(|vs| vs.iter().map(ToString::to_string).collect::<Vec<_>>());
-                let shortcut = expr.eval(&input, &globals).map(|vs| vs.iter().map(ToString::to_string).collect::<Vec<_>>());
-                assert_eq!(shortcut, by_jaq, "{code} on {input}");
-            }
-        }
-        let codes = val(r#"{"rf":"gmbh","rfs":["gmbh","ag"]}"#);
-        for code in [r#".rf | lookup("rf")"#, r#".rfs[] | lookup("rf")"#] {
-            let shortcut = Shortcut::of(code).unwrap();
-            assert!(shortcut.values(&codes, &globals).is_some(), "{code} is answered without jaq");
-        }
-        for code in [".a[]?", ".a?", "select(.a) | .b", "select(.a), select(.b)", r#"if .a then "1" else "\(.b)" end"#,
-            r#"if .a then "1" elif .b then "2" else "3" end"#, r#"if .a then "1" else "0" end | .x"#, r#"."a""#, ".a | .b", r#""\(.a)""#, ".if", ".a.and", "..", ".a.1", "$submission", "1", "\"tab\tin\""] {
-            assert!(Shortcut::of(code).is_none(), "{code} must go to jaq");
-        }
-    }
-
-    #[test]
     fn an_expression_compiles_with_the_definitions_it_reaches_as_with_all() {
         // Every standard and prelude definition, called alone: compiled
         // with only what it reaches, it compiles (or is refused) exactly as
@@ -697,22 +471,6 @@ mod tests {
         let code = calls.last().unwrap();
         let run = |definitions| Expr::compile_with(code, 1, definitions).unwrap().run(&input, &globals).unwrap();
         assert_eq!(run(Definitions::Reached), run(Definitions::All));
-    }
-
-    #[test]
-    fn the_uuid_shortcut_gives_what_jaq_gives() {
-        for submission in [r#"{"id":"6f1c0d2e-3b4a-4c5d-8e9f-0a1b2c3d4e5f"}"#, r#"{"id":"not a uuid"}"#, r#"{"id":7}"#, "{}", "null"] {
-            let globals = Globals::new(val(submission), Val::Null, Val::from(0isize));
-            for code in [r#"uuid("nachricht")"#, r#"uuid("")"#, r#"uuid( "a\u00e4" )"#] {
-                let expr = Expr::compile(code, 1).unwrap();
-                assert!(expr.shortcut.is_some(), "{code} should take the shortcut");
-                let by_jaq = expr.run(&Val::Null, &globals).map(|vs| vs.iter().map(ToString::to_string).collect::<Vec<_>>());
-                let shortcut = expr.eval(&Val::Null, &globals).map(|vs| vs.iter().map(ToString::to_string).collect::<Vec<_>>());
-                assert_eq!(shortcut, by_jaq, "{code} with {submission}");
-            }
-        }
-        let globals = Globals::new(val(r#"{"id":"6f1c0d2e-3b4a-4c5d-8e9f-0a1b2c3d4e5f"}"#), Val::Null, Val::from(0isize));
-        assert!(Shortcut::of(r#"uuid("x")"#).unwrap().values(&Val::Null, &globals).is_some());
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use std::sync::OnceLock;
 
 use jaq_core::native::{Filter, Fun, bome, run, v};
-use jaq_core::{Error, RunPtr, ValR, data};
+use jaq_core::{Cv, Error, RunPtr, ValR, ValXs, data};
 use jaq_json::Val;
 use jiff::Timestamp;
 use jiff::civil::{Date, DateTime};
@@ -38,45 +38,58 @@ def attachments: $submission.attachments[]?;
 def attachments($purpose): attachments | select(.purpose == $purpose);
 "#;
 
-/// The natives, registered next to jaq's standard ones.
+/// The natives, registered next to jaq's standard ones; each computes
+/// what [`direct`] says for its name.
 pub fn natives() -> impl Iterator<Item = Fun<Data>> {
     let natives: Box<[Filter<RunPtr<Data>>]> = Box::new([
-        ("local_date", v(0), |cv| bome(local_date(&cv.1))),
-        ("local_datetime", v(0), |cv| bome(local_datetime(&cv.1))),
-        ("date_format", v(1), |mut cv| {
-            let pattern = cv.0.pop_var();
-            bome(date_format(&cv.1, &pattern))
-        }),
-        ("date_parse", v(1), |mut cv| {
-            let pattern = cv.0.pop_var();
-            bome(date_parse(&cv.1, &pattern))
-        }),
-        ("__lookup", v(2), |mut cv| {
-            let name = cv.0.pop_var();
-            let table = cv.0.pop_var();
-            bome(lookup(&cv.1, &table, &name))
-        }),
-        ("__uuid5", v(2), |mut cv| {
-            let name = cv.0.pop_var();
-            let namespace = cv.0.pop_var();
-            bome(uuid5(&namespace, &name))
-        }),
-        ("upper", v(0), |cv| bome(map_text(&cv.1, "upper", |s| s.to_uppercase()))),
-        ("lower", v(0), |cv| bome(map_text(&cv.1, "lower", |s| s.to_lowercase()))),
-        ("normalize_space", v(0), |cv| {
-            bome(map_text(&cv.1, "normalize_space", |s| s.split_whitespace().collect::<Vec<_>>().join(" ")))
-        }),
-        ("truncate", v(1), |mut cv| {
-            let n = cv.0.pop_var();
-            bome(truncate(&cv.1, &n))
-        }),
-        ("pad_left", v(2), |mut cv| {
-            let fill = cv.0.pop_var();
-            let width = cv.0.pop_var();
-            bome(pad_left(&cv.1, &width, &fill))
-        }),
+        ("local_date", v(0), |cv| by_direct(cv, "local_date", 0)),
+        ("local_datetime", v(0), |cv| by_direct(cv, "local_datetime", 0)),
+        ("date_format", v(1), |cv| by_direct(cv, "date_format", 1)),
+        ("date_parse", v(1), |cv| by_direct(cv, "date_parse", 1)),
+        ("__lookup", v(2), |cv| by_direct(cv, "__lookup", 2)),
+        ("__uuid5", v(2), |cv| by_direct(cv, "__uuid5", 2)),
+        ("upper", v(0), |cv| by_direct(cv, "upper", 0)),
+        ("lower", v(0), |cv| by_direct(cv, "lower", 0)),
+        ("normalize_space", v(0), |cv| by_direct(cv, "normalize_space", 0)),
+        ("truncate", v(1), |cv| by_direct(cv, "truncate", 1)),
+        ("pad_left", v(2), |cv| by_direct(cv, "pad_left", 2)),
     ]);
     natives.into_vec().into_iter().map(run::<Data>)
+}
+
+/// A native as a function of the input and its arguments' values (bound
+/// like `$name` parameters, in order).
+pub(super) type Direct = fn(&Val, &[Val]) -> ValR<Val>;
+
+/// What each native computes, by name and number of arguments: jaq calls
+/// them through [`natives`], the native evaluator ([`super::native`])
+/// directly.
+pub(super) fn direct(name: &str, arity: usize) -> Option<Direct> {
+    Some(match (name, arity) {
+        ("local_date", 0) => |v, _| local_date(v),
+        ("local_datetime", 0) => |v, _| local_datetime(v),
+        ("date_format", 1) => |v, args| date_format(v, &args[0]),
+        ("date_parse", 1) => |v, args| date_parse(v, &args[0]),
+        ("__lookup", 2) => |v, args| lookup(v, &args[0], &args[1]),
+        ("__uuid5", 2) => |_, args| uuid5(&args[0], &args[1]),
+        ("upper", 0) => |v, _| map_text(v, "upper", |s| s.to_uppercase()),
+        ("lower", 0) => |v, _| map_text(v, "lower", |s| s.to_lowercase()),
+        ("normalize_space", 0) => {
+            |v, _| map_text(v, "normalize_space", |s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+        }
+        ("truncate", 1) => |v, args| truncate(v, &args[0]),
+        ("pad_left", 2) => |v, args| pad_left(v, &args[0], &args[1]),
+        _ => return None,
+    })
+}
+
+/// Runs the native `name` for jaq: its arguments come off the context's
+/// variables, the last first.
+fn by_direct<'a>(mut cv: Cv<'a, Data>, name: &str, arity: usize) -> ValXs<'a, Val> {
+    let mut args: Vec<Val> = (0..arity).map(|_| cv.0.pop_var()).collect();
+    args.reverse();
+    let function = direct(name, arity).expect("every native registered has its function");
+    bome(function(&cv.1, &args))
 }
 
 fn own_error(message: String) -> Error<Val> {

@@ -26,6 +26,7 @@ pub mod expr;
 pub mod fixtures;
 pub mod functions;
 mod json;
+mod native;
 mod package;
 pub mod sandbox;
 pub mod schema;

@@ -360,3 +360,117 @@ fn fixtures_hold_only_attachment_names_that_intake_takes() {
     let input = serde_json::json!({"attachments": [{"name": "antrag.pdf", "file": "a/b.pdf"}]});
     assert!(fixtures::prepare_input(input).unwrap_err().to_string().contains("attachments[0].file"));
 }
+
+/// Every leaf of the shipped mappings gives what jaq gives, on each of
+/// their fixtures and on every value nested in it (what `$each` makes
+/// the current value); and every leaf of the XGewerbeanzeige mapping, the
+/// benchmark's, is evaluated natively.
+#[test]
+fn shipped_mappings_evaluate_natively_as_jaq_does() {
+    fn nested(value: &Val, out: &mut Vec<Val>) {
+        out.push(value.clone());
+        match value {
+            Val::Arr(items) => items.iter().for_each(|item| nested(item, out)),
+            Val::Obj(entries) => entries.values().for_each(|item| nested(item, out)),
+            _ => {}
+        }
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");
+    let mut compared = 0;
+    for file in fixtures::mapping_files(&dir).unwrap() {
+        let relative = file.strip_prefix(&dir).unwrap();
+        let mapping = Mapping::load(&dir, relative).unwrap();
+        let expressions: Vec<&Expr> = mapping.compiled.expressions().collect();
+        if relative.starts_with("xgewerbeanzeige-2.2") {
+            let by_jaq: Vec<&str> = expressions.iter().filter(|e| !e.is_native()).map(|e| e.code()).collect();
+            assert!(by_jaq.is_empty(), "{}: {by_jaq:?} go to jaq", relative.display());
+        }
+        for fixture in fixtures::fixtures_of(&file).unwrap() {
+            let input: serde_json::Value = serde_json::from_slice(&std::fs::read(&fixture.input).unwrap()).unwrap();
+            let submission: Val = serde_json::from_value(fixtures::prepare_input(input).unwrap()).unwrap();
+            let globals = Globals::new(submission.clone(), mapping.code_lists(), Val::from(1_700_000_000isize));
+            let mut inputs = Vec::new();
+            nested(&submission, &mut inputs);
+            for expr in &expressions {
+                for input in &inputs {
+                    let text = |r: Result<Vec<Val>, expr::ExprError>| r.map(|vs| vs.iter().map(ToString::to_string).collect::<Vec<_>>());
+                    assert_eq!(text(expr.eval(input, &globals)), text(expr.run(input, &globals)), "{}: {} on {input}", relative.display(), expr.code());
+                    compared += 1;
+                }
+            }
+        }
+    }
+    assert!(compared > 1_000, "{compared}");
+}
+
+/// The XML writer's corners: an attribute written after a child in the
+/// mapping, text with children, elements that end up empty, escaping in
+/// attributes and text, an empty root.
+#[test]
+fn xml_corners_are_written_as_quick_xml_writes_them() {
+    let mapping = r#"
+output: xml
+root: n:root
+namespaces:
+  n: urn:example
+  "": urn:default
+document:
+  n:a:
+    $text: .t
+    n:b: .x
+    "@late": .q
+  n:mixed:
+    $text: '"text"'
+    n:child: '"c"'
+    n:more:
+      n:inner: .x
+  n:empty:
+    n:inner: .missing
+  n:onlyattr:
+    n:inner: .missing
+    "@k": .q
+  n:esc:
+    "@v": .weird
+    $text: .weird
+  n:emptytext: '""'
+  n:list:
+    - .x
+    - n:deep:
+        n:deeper: .x
+    - .missing
+  n:last: 7
+"#;
+    let input = r#"{"t":"T","x":"X","q":"Q","weird":"a<b>&'\"\t\n\r c"}"#;
+    let expected = concat!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n",
+        "<n:root xmlns:n=\"urn:example\" xmlns=\"urn:default\">\n",
+        "  <n:a late=\"Q\">T<n:b>X</n:b>\n",
+        "  </n:a>\n",
+        "  <n:mixed>text<n:child>c</n:child>\n",
+        "    <n:more>\n",
+        "      <n:inner>X</n:inner>\n",
+        "    </n:more>\n",
+        "  </n:mixed>\n",
+        "  <n:onlyattr k=\"Q\"/>\n",
+        "  <n:esc v=\"a&lt;b&gt;&amp;&apos;&quot;&#9;&#10;&#13; c\">a&lt;b&gt;&amp;'\"\t\n&#13; c</n:esc>\n",
+        "  <n:emptytext></n:emptytext>\n",
+        "  <n:list>X</n:list>\n",
+        "  <n:list>\n",
+        "    <n:deep>\n",
+        "      <n:deeper>X</n:deeper>\n",
+        "    </n:deep>\n",
+        "  </n:list>\n",
+        "  <n:last>7</n:last>\n",
+        "</n:root>\n",
+    );
+    assert_eq!(render(mapping, input), expected);
+    let empty = "output: xml\nroot: n:root\nnamespaces:\n  n: urn:example\ndocument:\n  n:x: .missing\n";
+    assert_eq!(render(empty, "{}"), "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<n:root xmlns:n=\"urn:example\"/>\n");
+    let each = "output: xml\nroot: r\ndocument:\n  $each: .xs[]\n  x: .\n";
+    for xs in ["[]", "[null, null]"] {
+        assert_eq!(render(each, &format!(r#"{{"xs":{xs}}}"#)), "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<r/>\n", "{xs}");
+    }
+    assert_eq!(render(each, r#"{"xs":[null, 1]}"#), "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<r>\n  <x>1</x>\n</r>\n");
+    let two = Mapping::parse(each, "t.yaml").unwrap().render(&submission(r#"{"xs":[1, 2]}"#), 0).unwrap_err();
+    assert!(two.to_string().contains("the root element must not repeat"), "{two}");
+}
