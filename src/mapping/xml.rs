@@ -1,4 +1,4 @@
-//! XML output, written with quick-xml.
+//! XML output.
 //!
 //! The document maps onto the root element named by the mapping's `root`.
 //! Keys are element names (`prefix:local`, the prefix declared under
@@ -12,21 +12,9 @@
 use std::collections::HashSet;
 
 use jaq_json::Val;
-use quick_xml::Writer;
-use quick_xml::escape::partial_escape;
-use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event};
 
 use super::template::{MapTemplate, Template, TemplateError};
 use super::{Place, RenderError, Scope};
-
-/// An element to write; names borrow the template's, text shares the
-/// value's bytes where it can (a document has a few hundred of each).
-struct Element<'t> {
-    name: &'t str,
-    attributes: Vec<(std::borrow::Cow<'t, str>, Text)>,
-    text: Option<Text>,
-    children: Vec<Element<'t>>,
-}
 
 /// The text of an element or attribute, valid for XML.
 pub(super) enum Text {
@@ -50,12 +38,6 @@ impl From<Text> for String {
             Text::Owned(text) => text,
             shared => shared.as_str().to_owned(),
         }
-    }
-}
-
-impl Element<'_> {
-    fn is_empty(&self) -> bool {
-        self.attributes.is_empty() && self.text.is_none() && self.children.is_empty()
     }
 }
 
@@ -116,71 +98,137 @@ fn is_ncname(s: &str) -> bool {
         && chars.all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
+/// The document as it is written: elements go out as they are evaluated,
+/// and one that ends up empty is taken back. Line breaks and indentation
+/// follow quick-xml's indenting writer, which wrote these documents
+/// before: a tag starts on a new line, indented two spaces per level,
+/// unless it follows text.
+struct Out {
+    bytes: Vec<u8>,
+    /// Whether the next tag starts on a new line.
+    line_break: bool,
+}
+
+impl Out {
+    fn tag_start(&mut self, depth: usize, name: &str) {
+        if self.line_break {
+            self.bytes.push(b'\n');
+            self.bytes.resize(self.bytes.len() + 2 * depth, b' ');
+        }
+        self.bytes.push(b'<');
+        self.bytes.extend_from_slice(name.as_bytes());
+    }
+
+    fn end_tag(&mut self, depth: usize, name: &str) {
+        if self.line_break {
+            self.bytes.push(b'\n');
+            self.bytes.resize(self.bytes.len() + 2 * depth, b' ');
+        }
+        self.bytes.extend_from_slice(b"</");
+        self.bytes.extend_from_slice(name.as_bytes());
+        self.bytes.push(b'>');
+        self.line_break = true;
+    }
+
+    /// Text: only `<`, `>`, `&` (and `\r`, which a parser would turn into
+    /// a line feed) need escaping; quotes stay readable.
+    fn text(&mut self, text: &str) {
+        escape_into(&mut self.bytes, text, |b| matches!(b, b'<' | b'>' | b'&' | b'\r'));
+        self.line_break = false;
+    }
+
+    fn leaf(&mut self, depth: usize, name: &str, text: &str) {
+        self.tag_start(depth, name);
+        self.bytes.push(b'>');
+        self.text(text);
+        self.end_tag(depth, name);
+    }
+}
+
+/// ` name="value"`, the value escaped as quick-xml escapes attributes
+/// (whitespace other than spaces too, so that a parser keeps it).
+fn attribute(name: &str, value: &str) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(name.len() + value.len() + 4);
+    bytes.push(b' ');
+    bytes.extend_from_slice(name.as_bytes());
+    bytes.extend_from_slice(b"=\"");
+    escape_into(&mut bytes, value, |b| matches!(b, b'<' | b'>' | b'&' | b'\'' | b'"' | b'\t' | b'\n' | b'\r'));
+    bytes.push(b'"');
+    bytes
+}
+
+fn escape_into(out: &mut Vec<u8>, text: &str, escaped: impl Fn(u8) -> bool) {
+    let mut rest = text.as_bytes();
+    while let Some(at) = rest.iter().position(|&b| escaped(b)) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(match rest[at] {
+            b'<' => b"&lt;",
+            b'>' => b"&gt;",
+            b'&' => b"&amp;",
+            b'\'' => b"&apos;",
+            b'"' => b"&quot;",
+            b'\t' => b"&#9;",
+            b'\n' => b"&#10;",
+            _ => b"&#13;",
+        });
+        rest = &rest[at + 1..];
+    }
+    out.extend_from_slice(rest);
+}
+
 pub fn render(root: &str, namespaces: &[(String, String)], document: &Template, scope: &Scope) -> Result<Vec<u8>, RenderError> {
     let Template::Map(map) = document else { unreachable!("checked at load") };
-    let mut elements = Vec::new();
-    build_map(root, map, scope, &Place::At("document"), &mut elements)?;
-    let mut root_element = match elements.pop() {
-        Some(e) if elements.is_empty() => e,
-        Some(_) => return Err(scope.plain_error("document", "the root element must not repeat ($each on the document)")),
-        None => Element { name: root, attributes: Vec::new(), text: None, children: Vec::new() },
-    };
-    let declarations = namespaces.iter().map(|(prefix, uri)| {
-        let name = if prefix.is_empty() { "xmlns".into() } else { format!("xmlns:{prefix}").into() };
-        (name, Text::Owned(uri.clone()))
-    });
-    root_element.attributes.splice(0..0, declarations);
-
-    let mut writer = Writer::new_with_indent(Vec::with_capacity(4096), b' ', 2);
-    let io = |e: std::io::Error| scope.plain_error("document", &format!("writing XML failed: {e}"));
-    writer.write_event(Event::Decl(BytesDecl::new("1.0", Some("UTF-8"), None))).map_err(io)?;
-    write_element(&mut writer, &root_element).map_err(io)?;
-    let mut bytes = writer.into_inner();
-    bytes.push(b'\n');
-    Ok(bytes)
+    let mut out = Out { bytes: Vec::with_capacity(4096), line_break: false };
+    out.bytes.extend_from_slice(br#"<?xml version="1.0" encoding="UTF-8"?>"#);
+    out.line_break = true;
+    let declarations: Vec<u8> = namespaces
+        .iter()
+        .flat_map(|(prefix, uri)| match prefix.as_str() {
+            "" => attribute("xmlns", uri),
+            prefix => attribute(&format!("xmlns:{prefix}"), uri),
+        })
+        .collect();
+    match write_map(&mut out, 0, root, map, scope, &Place::At("document"), &declarations)? {
+        0 => {
+            out.tag_start(0, root);
+            out.bytes.extend_from_slice(&declarations);
+            out.bytes.extend_from_slice(b"/>");
+        }
+        1 => {}
+        _ => return Err(scope.plain_error("document", "the root element must not repeat ($each on the document)")),
+    }
+    out.bytes.push(b'\n');
+    Ok(out.bytes)
 }
 
-fn write_element(w: &mut Writer<Vec<u8>>, e: &Element) -> std::io::Result<()> {
-    let mut start = BytesStart::new(e.name);
-    for (k, v) in &e.attributes {
-        start.push_attribute((k.as_ref(), v.as_str()));
-    }
-    if e.text.is_none() && e.children.is_empty() {
-        return w.write_event(Event::Empty(start));
-    }
-    w.write_event(Event::Start(start))?;
-    if let Some(text) = &e.text {
-        // Only `<`, `>` and `&` need escaping in text; quotes stay readable.
-        w.write_event(Event::Text(BytesText::from_escaped(partial_escape(text.as_str()))))?;
-    }
-    for child in &e.children {
-        write_element(w, child)?;
-    }
-    w.write_event(Event::End(BytesEnd::new(e.name)))
-}
-
-/// Appends the elements that `name: template` yields in `scope`.
-fn build<'t>(name: &'t str, template: &'t Template, scope: &Scope, path: &Place, out: &mut Vec<Element<'t>>) -> Result<(), RenderError> {
+/// Writes the elements that `name: template` yields in `scope`.
+fn build(out: &mut Out, depth: usize, name: &str, template: &Template, scope: &Scope, path: &Place) -> Result<(), RenderError> {
     match template {
-        Template::Constant(v, _) => out.push(leaf(name, Text::Owned(constant_text(v)))),
+        Template::Constant(v, _) => out.leaf(depth, name, &constant_text(v)),
         Template::Expr(expr) => {
             for value in scope.eval(expr, path)? {
                 if let Some(text) = text_of(&value).map_err(|m| scope.error(path, expr, m))? {
-                    out.push(leaf(name, text));
+                    out.leaf(depth, name, text.as_str());
                 }
             }
         }
         Template::List(items) => {
             for (i, item) in items.iter().enumerate() {
-                build(name, item, scope, &Place::Item(path, i), out)?;
+                build(out, depth, name, item, scope, &Place::Item(path, i))?;
             }
         }
-        Template::Map(map) => build_map(name, map, scope, path, out)?,
+        Template::Map(map) => {
+            write_map(out, depth, name, map, scope, path, &[])?;
+        }
     }
     Ok(())
 }
 
-fn build_map<'t>(name: &'t str, map: &'t MapTemplate, scope: &Scope, path: &Place, out: &mut Vec<Element<'t>>) -> Result<(), RenderError> {
+/// Writes the element `name` once per scope of the map's `$each` and
+/// says how many were written: one without attributes, text or children
+/// is taken back. `declarations` (the root's namespaces) go first in the
+/// start tag and do not count.
+fn write_map(out: &mut Out, depth: usize, name: &str, map: &MapTemplate, scope: &Scope, path: &Place, declarations: &[u8]) -> Result<usize, RenderError> {
     let each_scopes;
     let scopes = match &map.each {
         Some(each) => {
@@ -189,27 +237,62 @@ fn build_map<'t>(name: &'t str, map: &'t MapTemplate, scope: &Scope, path: &Plac
         }
         None => std::slice::from_ref(scope),
     };
+    let mut written = 0;
     for scope in scopes {
-        let mut element = Element { name, attributes: Vec::new(), text: None, children: Vec::new() };
-        if let Some(text) = &map.text {
-            element.text = single_text(text, scope, &Place::Key(path, "$text"))?;
+        let (start, line_break) = (out.bytes.len(), out.line_break);
+        out.tag_start(depth, name);
+        out.bytes.extend_from_slice(declarations);
+        // Where the start tag's `>` goes (or went).
+        let mut tag_end = out.bytes.len();
+        let (mut opened, mut attributes, mut content) = (false, false, false);
+        if let Some(text) = &map.text
+            && let Some(text) = single_text(text, scope, &Place::Key(path, "$text"))?
+        {
+            out.bytes.push(b'>');
+            opened = true;
+            out.text(text.as_str());
+            content = true;
         }
         for (key, child) in &map.entries {
             let child_path = Place::Key(path, key);
             match key.strip_prefix('@') {
                 Some(attr) => {
                     if let Some(value) = single_text(child, scope, &child_path)? {
-                        element.attributes.push((attr.into(), value));
+                        // Written after a child in the mapping, it still
+                        // belongs in the start tag.
+                        let attribute = attribute(attr, value.as_str());
+                        let length = attribute.len();
+                        out.bytes.splice(tag_end..tag_end, attribute);
+                        tag_end += length;
+                        attributes = true;
                     }
                 }
-                None => build(key, child, scope, &child_path, &mut element.children)?,
+                None => {
+                    if !opened {
+                        out.bytes.push(b'>');
+                        out.line_break = true;
+                        opened = true;
+                    }
+                    let before = out.bytes.len();
+                    build(out, depth + 1, key, child, scope, &child_path)?;
+                    content |= out.bytes.len() > before;
+                }
             }
         }
-        if !element.is_empty() {
-            out.push(element);
+        if content {
+            out.end_tag(depth, name);
+        } else if attributes {
+            out.bytes.truncate(tag_end);
+            out.bytes.extend_from_slice(b"/>");
+            out.line_break = true;
+        } else {
+            out.bytes.truncate(start);
+            out.line_break = line_break;
+            continue;
         }
+        written += 1;
     }
-    Ok(())
+    Ok(written)
 }
 
 /// Text of an attribute or `$text`: at most one value.
@@ -226,10 +309,6 @@ fn single_text(template: &Template, scope: &Scope, path: &Place) -> Result<Optio
         }
         _ => unreachable!("checked at load"),
     }
-}
-
-fn leaf(name: &str, text: Text) -> Element<'_> {
-    Element { name, attributes: Vec::new(), text: Some(text), children: Vec::new() }
 }
 
 pub(super) fn constant_text(v: &serde_json::Value) -> String {
