@@ -112,7 +112,7 @@ pub fn render(settings: &CsvSettings, document: &Template, scope: &Scope) -> Res
                     let values = row.eval(expr, &path)?;
                     match values.as_slice() {
                         [] => String::new(),
-                        [value] => super::xml::text_of(value).map_err(|m| row.error(&path, expr, m))?.map(String::from).unwrap_or_default(),
+                        [value] => super::xml::text_of(value).map_err(|m| row.error(&path, expr, m))?.map(std::borrow::Cow::into_owned).unwrap_or_default(),
                         _ => return Err(row.error(&path, expr, format!("yields {} values where one is expected", values.len()))),
                     }
                 }

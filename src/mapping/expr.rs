@@ -164,6 +164,13 @@ impl Expr {
         self.run(input, globals)
     }
 
+    /// The value of the expression if it is a plain path (`.a.b`), borrowed
+    /// from `input` (`Some(None)`: null); `None` where [`Self::eval`] must
+    /// answer.
+    pub fn plain_path<'v>(&self, input: &'v Val) -> Option<Option<&'v Val>> {
+        self.native.as_ref()?.plain_path(input)
+    }
+
     /// Whether the native evaluator takes the expression.
     #[cfg(test)]
     pub(super) fn is_native(&self) -> bool {

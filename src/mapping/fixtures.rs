@@ -17,7 +17,6 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use amtsbote_connector::Payload;
-use jaq_json::Val;
 use serde_json::Value;
 
 use super::sandbox::{EvalError, Sandbox};
@@ -265,7 +264,7 @@ async fn check(mapping: &Mapping, fixture: &Fixture, evaluator: &Evaluator<'_>, 
     let bytes = serde_json::to_vec(&input).expect("JSON serializes");
     let result = match evaluator {
         Evaluator::InProcess => {
-            let value: Val = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+            let value = super::input::parse(&bytes::Bytes::from(bytes)).map_err(|e| e.to_string())?;
             mapping.render(&value, now).map_err(|e| e.to_string())
         }
         Evaluator::Sandbox(sandbox) => match sandbox.render(mapping, &bytes, &[], now).await {

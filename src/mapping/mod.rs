@@ -25,6 +25,7 @@ mod csv;
 pub mod expr;
 pub mod fixtures;
 pub mod functions;
+pub mod input;
 mod json;
 mod native;
 mod package;
@@ -471,6 +472,15 @@ pub(crate) struct Scope<'a> {
 impl<'a> Scope<'a> {
     fn eval(&self, expr: &Expr, path: &Place) -> Result<Vec<Val>, RenderError> {
         expr.eval(&self.current, self.globals).map_err(|e| self.error(path, expr, e.0))
+    }
+
+    /// Calls `f` with each value of `expr`, as [`Self::eval`] gives them;
+    /// the value of a plain path (`.a.b`, most leaves) without a copy.
+    fn each_value(&self, expr: &Expr, path: &Place, mut f: impl FnMut(&Val) -> Result<(), RenderError>) -> Result<(), RenderError> {
+        match expr.plain_path(&self.current) {
+            Some(found) => f(found.unwrap_or(&Val::Null)),
+            None => self.eval(expr, path)?.iter().try_for_each(f),
+        }
     }
 
     fn each(&self, expr: &Expr, path: &Place) -> Result<Vec<Scope<'a>>, RenderError> {

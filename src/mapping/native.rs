@@ -333,6 +333,27 @@ impl Native {
         }))
     }
 
+    /// The value of `.name.name…` (names that are literals, without `?`)
+    /// on `input`, borrowed: `Some(None)` for null, `None` where the
+    /// expression is not such a path or jaq must answer (a name of
+    /// something that is neither an object nor null).
+    pub(super) fn plain_path<'v>(&self, input: &'v Val) -> Option<Option<&'v Val>> {
+        let Native::Path(head, parts) = self else { return None };
+        if !matches!(**head, Native::Id) {
+            return None;
+        }
+        let mut current = Some(input);
+        for (part, opt) in parts {
+            let (Part::Index(Native::Value(Literal::Text(name))), Opt::Essential) = (part, opt) else { return None };
+            current = match current {
+                None | Some(Val::Null) => None,
+                Some(Val::Obj(object)) => object.get(&Field(name)),
+                Some(_) => return None,
+            };
+        }
+        Some(current)
+    }
+
     /// The values of the expression on `input`, as jaq gives them.
     pub(super) fn values(&self, input: &Val, globals: &Globals) -> Result<Vec<Val>, Unsure> {
         let mut run = Run { globals, budget: BUDGET };
@@ -678,6 +699,10 @@ mod tests {
         for (i, input) in INPUTS.iter().enumerate() {
             let input = val(input);
             let (native, by_jaq) = both(code, &input, &globals);
+            if let Some(found) = Native::of(code).unwrap().plain_path(&input) {
+                let value = found.cloned().unwrap_or(Val::Null);
+                assert_eq!(Ok(vec![value]), by_jaq, "{code} on {input}, as a plain path");
+            }
             if let Some(values) = native {
                 let by_jaq = by_jaq.unwrap_or_else(|e| panic!("{code} on {input}: jaq fails ({e}), native gives {values:?}"));
                 assert_eq!(values, by_jaq, "{code} on {input}");

@@ -609,7 +609,7 @@ fn answer_requests(output_limit: usize) -> std::io::Result<()> {
                     Err(message) => (tag::LOAD_ERROR, vec![message.into()]),
                 }
             }
-            tag::RENDER => render_request(&mappings, &payload, output_limit),
+            tag::RENDER => render_request(&mappings, &Bytes::from(payload), output_limit),
             _ => return Err(std::io::Error::other("unknown request")),
         };
         let len: usize = answer.iter().map(Bytes::len).sum();
@@ -623,7 +623,7 @@ fn answer_requests(output_limit: usize) -> std::io::Result<()> {
     }
 }
 
-fn render_request(mappings: &HashMap<String, (Mapping, Val)>, payload: &[u8], output_limit: usize) -> (u8, Vec<Bytes>) {
+fn render_request(mappings: &HashMap<String, (Mapping, Val)>, payload: &Bytes, output_limit: usize) -> (u8, Vec<Bytes>) {
     let Some(newline) = payload.iter().position(|&b| b == b'\n') else {
         return (tag::PROTOCOL_ERROR, vec![Bytes::from_static(b"malformed request")]);
     };
@@ -637,7 +637,7 @@ fn render_request(mappings: &HashMap<String, (Mapping, Val)>, payload: &[u8], ou
     let Some(message_end) = attached_len.and_then(|len| payload.len().checked_sub(len)).filter(|&end| end > newline) else {
         return (tag::PROTOCOL_ERROR, vec![Bytes::from_static(b"malformed request")]);
     };
-    let mut submission: Val = match serde_json::from_slice(&payload[newline + 1..message_end]) {
+    let mut submission = match super::input::parse(&payload.slice(newline + 1..message_end)) {
         Ok(v) => v,
         Err(e) => return (tag::UNDECODABLE, vec![format!("{:?}", e.classify()).into()]),
     };

@@ -395,6 +395,10 @@ fn shipped_mappings_evaluate_natively_as_jaq_does() {
                 for input in &inputs {
                     let text = |r: Result<Vec<Val>, expr::ExprError>| r.map(|vs| vs.iter().map(ToString::to_string).collect::<Vec<_>>());
                     assert_eq!(text(expr.eval(input, &globals)), text(expr.run(input, &globals)), "{}: {} on {input}", relative.display(), expr.code());
+                    if let Some(found) = expr.plain_path(input) {
+                        let found = Ok(vec![found.cloned().unwrap_or(Val::Null)]);
+                        assert_eq!(text(found), text(expr.run(input, &globals)), "{}: {} on {input}", relative.display(), expr.code());
+                    }
                     compared += 1;
                 }
             }

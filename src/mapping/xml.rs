@@ -11,35 +11,12 @@
 
 use std::collections::HashSet;
 
+use std::borrow::Cow;
+
 use jaq_json::Val;
 
 use super::template::{MapTemplate, Template, TemplateError};
 use super::{Place, RenderError, Scope};
-
-/// The text of an element or attribute, valid for XML.
-pub(super) enum Text {
-    /// A string value's bytes, checked to be UTF-8.
-    Shared(bytes::Bytes),
-    Owned(String),
-}
-
-impl Text {
-    pub(super) fn as_str(&self) -> &str {
-        match self {
-            Text::Shared(bytes) => std::str::from_utf8(bytes).expect("checked to be UTF-8 when made"),
-            Text::Owned(text) => text,
-        }
-    }
-}
-
-impl From<Text> for String {
-    fn from(text: Text) -> Self {
-        match text {
-            Text::Owned(text) => text,
-            shared => shared.as_str().to_owned(),
-        }
-    }
-}
 
 /// Load-time checks: names are XML names, prefixes are declared, `$text`
 /// and attributes are leaves.
@@ -205,13 +182,12 @@ pub fn render(root: &str, namespaces: &[(String, String)], document: &Template, 
 fn build(out: &mut Out, depth: usize, name: &str, template: &Template, scope: &Scope, path: &Place) -> Result<(), RenderError> {
     match template {
         Template::Constant(v, _) => out.leaf(depth, name, &constant_text(v)),
-        Template::Expr(expr) => {
-            for value in scope.eval(expr, path)? {
-                if let Some(text) = text_of(&value).map_err(|m| scope.error(path, expr, m))? {
-                    out.leaf(depth, name, text.as_str());
-                }
+        Template::Expr(expr) => scope.each_value(expr, path, |value| {
+            if let Some(text) = text_of(value).map_err(|m| scope.error(path, expr, m))? {
+                out.leaf(depth, name, &text);
             }
-        }
+            Ok(())
+        })?,
         Template::List(items) => {
             for (i, item) in items.iter().enumerate() {
                 build(out, depth, name, item, scope, &Place::Item(path, i))?;
@@ -250,7 +226,7 @@ fn write_map(out: &mut Out, depth: usize, name: &str, map: &MapTemplate, scope: 
         {
             out.bytes.push(b'>');
             opened = true;
-            out.text(text.as_str());
+            out.text(&text);
             content = true;
         }
         for (key, child) in &map.entries {
@@ -260,7 +236,7 @@ fn write_map(out: &mut Out, depth: usize, name: &str, map: &MapTemplate, scope: 
                     if let Some(value) = single_text(child, scope, &child_path)? {
                         // Written after a child in the mapping, it still
                         // belongs in the start tag.
-                        let attribute = attribute(attr, value.as_str());
+                        let attribute = attribute(attr, &value);
                         let length = attribute.len();
                         out.bytes.splice(tag_end..tag_end, attribute);
                         tag_end += length;
@@ -296,14 +272,14 @@ fn write_map(out: &mut Out, depth: usize, name: &str, map: &MapTemplate, scope: 
 }
 
 /// Text of an attribute or `$text`: at most one value.
-fn single_text(template: &Template, scope: &Scope, path: &Place) -> Result<Option<Text>, RenderError> {
+fn single_text(template: &Template, scope: &Scope, path: &Place) -> Result<Option<String>, RenderError> {
     match template {
-        Template::Constant(v, _) => Ok(Some(Text::Owned(constant_text(v)))),
+        Template::Constant(v, _) => Ok(Some(constant_text(v))),
         Template::Expr(expr) => {
             let values = scope.eval(expr, path)?;
             match values.as_slice() {
                 [] => Ok(None),
-                [value] => text_of(value).map_err(|m| scope.error(path, expr, m)),
+                [value] => Ok(text_of(value).map_err(|m| scope.error(path, expr, m))?.map(Cow::into_owned)),
                 _ => Err(scope.error(path, expr, format!("yields {} values where one is expected", values.len()))),
             }
         }
@@ -319,20 +295,21 @@ pub(super) fn constant_text(v: &serde_json::Value) -> String {
 }
 
 /// The text an expression's value stands for; `None` for null.
-pub(super) fn text_of(value: &Val) -> Result<Option<Text>, String> {
+pub(super) fn text_of(value: &Val) -> Result<Option<Cow<'_, str>>, String> {
     let text = match value {
         Val::Null => return Ok(None),
-        Val::Bool(b) => Text::Owned(b.to_string()),
-        Val::Num(n) => Text::Owned(n.to_string()),
-        Val::TStr(s) => match std::str::from_utf8(s) {
-            Ok(_) => Text::Shared((**s).clone()),
-            Err(_) => Text::Owned(String::from_utf8_lossy(s).into_owned()),
-        },
+        Val::Bool(b) => Cow::Owned(b.to_string()),
+        Val::Num(n) => Cow::Owned(n.to_string()),
+        Val::TStr(s) => String::from_utf8_lossy(s),
         Val::BStr(_) => return Err("yields a byte string; XML text needs a string".into()),
         Val::Arr(_) => return Err("yields an array; XML text needs a string or number (use $each or .[] to repeat)".into()),
         Val::Obj(_) => return Err("yields an object; XML text needs a string or number".into()),
     };
-    if let Some(c) = text.as_str().chars().find(|&c| !is_xml_char(c)) {
+    // Printable ASCII needs no look at its characters.
+    let plain = |b: &u8| (0x20..0x80).contains(b) || matches!(b, b'\t' | b'\n' | b'\r');
+    if !text.as_bytes().iter().all(plain)
+        && let Some(c) = text.chars().find(|&c| !is_xml_char(c))
+    {
         return Err(format!("yields text with a character XML 1.0 cannot carry (U+{:04X})", c as u32));
     }
     Ok(Some(text))
