@@ -1,6 +1,6 @@
 //! The mapping evaluator: every shipped mapping renders any queued message
 //! (seeded with the fixtures' inputs) to a document or to an error, and
-//! never panics. Runaway mapping programs are the sandbox's business
+//! never panics; the message parses as jaq_json parses it. Runaway mapping programs are the sandbox's business
 //! (time, memory and output limits in a child process), not this target's.
 #![no_main]
 
@@ -31,7 +31,12 @@ static MAPPINGS: LazyLock<Vec<Mapping>> = LazyLock::new(|| {
 });
 
 fuzz_target!(|message: &[u8]| {
-    let Ok(submission) = serde_json::from_slice::<jaq_json::Val>(message) else { return };
+    // The sandbox's parser, whose strings share the message's bytes,
+    // parses as jaq_json's serde support does.
+    let parsed = amtsbote::mapping::input::parse(&bytes::Bytes::copy_from_slice(message));
+    let by_serde = serde_json::from_slice::<jaq_json::Val>(message);
+    assert_eq!(parsed.as_ref().ok(), by_serde.as_ref().ok());
+    let Ok(submission) = parsed else { return };
     for mapping in MAPPINGS.iter() {
         let _ = mapping.render(&submission, 1_763_630_040);
     }

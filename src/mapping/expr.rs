@@ -171,14 +171,15 @@ impl Expr {
         self.native.as_ref()?.plain_path(input)
     }
 
-    /// Whether the native evaluator takes the expression.
-    #[cfg(test)]
-    pub(super) fn is_native(&self) -> bool {
+    /// Whether the native evaluator takes the expression (tests and the
+    /// differential fuzz target compare it with jaq).
+    pub fn is_native(&self) -> bool {
         self.native.is_some()
     }
 
-    /// Runs the expression in jaq.
-    pub(super) fn run(&self, input: &Val, globals: &Globals) -> Result<Vec<Val>, ExprError> {
+    /// Runs the expression in jaq alone, as [`Self::eval`] does when the
+    /// native evaluator does not answer.
+    pub fn run(&self, input: &Val, globals: &Globals) -> Result<Vec<Val>, ExprError> {
         let ctx = Ctx::<Data>::new(&self.filter.lut, globals.vars.clone());
         let mut out = Vec::new();
         for value in self.filter.id.run((ctx, input.clone())).map(unwrap_valr) {

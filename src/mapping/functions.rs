@@ -298,7 +298,7 @@ fn uuid5(namespace: &Val, name: &Val) -> ValR<Val> {
 
 /// The UUID (version 5) for `name` in the namespace `namespace`, if that
 /// is a UUID.
-pub(super) fn uuid5_text(namespace: &str, name: &str) -> Option<Val> {
+fn uuid5_text(namespace: &str, name: &str) -> Option<Val> {
     let namespace = namespace.parse::<uuid::Uuid>().ok()?;
     Some(Val::from(uuid::Uuid::new_v5(&namespace, name.as_bytes()).to_string()))
 }

@@ -31,7 +31,8 @@
 //! both operands even when one has no value), so an error jaq would meet
 //! is met here and hands over. Expressions have no side effects, so
 //! running one again in jaq is safe. Tests compare both on every form and
-//! on every leaf of the shipped mappings with their fixtures.
+//! on every leaf of the shipped mappings with their fixtures; the fuzz
+//! target `native_as_jaq` on generated expressions and values.
 
 use std::borrow::Cow;
 

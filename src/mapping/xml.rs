@@ -9,9 +9,8 @@
 //! Output is deterministic: UTF-8, declaration, two-space indentation, the
 //! namespace declarations on the root in the order written, a final newline.
 
-use std::collections::HashSet;
-
 use std::borrow::Cow;
+use std::collections::HashSet;
 
 use jaq_json::Val;
 
@@ -87,20 +86,22 @@ struct Out {
 }
 
 impl Out {
-    fn tag_start(&mut self, depth: usize, name: &str) {
+    /// A new line, indented to `depth`, if one is due.
+    fn break_line(&mut self, depth: usize) {
         if self.line_break {
             self.bytes.push(b'\n');
             self.bytes.resize(self.bytes.len() + 2 * depth, b' ');
         }
+    }
+
+    fn tag_start(&mut self, depth: usize, name: &str) {
+        self.break_line(depth);
         self.bytes.push(b'<');
         self.bytes.extend_from_slice(name.as_bytes());
     }
 
     fn end_tag(&mut self, depth: usize, name: &str) {
-        if self.line_break {
-            self.bytes.push(b'\n');
-            self.bytes.resize(self.bytes.len() + 2 * depth, b' ');
-        }
+        self.break_line(depth);
         self.bytes.extend_from_slice(b"</");
         self.bytes.extend_from_slice(name.as_bytes());
         self.bytes.push(b'>');
