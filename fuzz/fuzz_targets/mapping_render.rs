@@ -1,7 +1,8 @@
 //! The mapping evaluator: every shipped mapping renders any queued message
 //! (seeded with the fixtures' inputs) to a document or to an error, and
-//! never panics; the message parses as jaq_json parses it. Runaway mapping programs are the sandbox's business
-//! (time, memory and output limits in a child process), not this target's.
+//! never panics; the message parses as jaq_json parses it. Runaway mapping
+//! programs are the sandbox's business (time, memory and output limits in
+//! a child process), not this target's.
 #![no_main]
 
 use std::path::Path;
