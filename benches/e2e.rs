@@ -11,7 +11,8 @@
 //!    does. Nothing is faster through this broker on this machine. It is
 //!    measured before amtsbote's runs and again after them, and the ratio
 //!    is to the mean of both: the limit moves between runs (14,200 to
-//!    21,600/s on this project's machine) by more than amtsbote does.
+//!    23,800/s on this project's machine, up to a fifth within one run)
+//!    by more than amtsbote does.
 //! 2. **Saturation**: the release binary of amtsbote with a demo-like
 //!    config (sealing on, ledger on) takes 1 KiB Gewerbeanmeldung
 //!    submissions over HTTP from `BENCH_CLIENTS` connections, maps each to

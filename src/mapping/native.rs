@@ -132,6 +132,7 @@ pub(super) enum Global {
 }
 
 /// The functions evaluated here, each as the definition jaq uses.
+#[derive(Debug)]
 pub(super) enum Call {
     /// `def empty: …` (no value).
     Empty,
@@ -152,20 +153,6 @@ pub(super) enum Call {
     Direct(Direct, Vec<Native>),
 }
 
-impl std::fmt::Debug for Call {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Call::Empty => f.write_str("empty"),
-            Call::Not => f.write_str("not"),
-            Call::Length => f.write_str("length"),
-            Call::Select(c) => write!(f, "select({c:?})"),
-            Call::Index(i) => write!(f, "index({i:?})"),
-            Call::Join(s) => write!(f, "join({s:?})"),
-            Call::Direct(_, args) => write!(f, "native({args:?})"),
-        }
-    }
-}
-
 impl Native {
     /// The expression `code` compiled, if all of it is evaluated here.
     pub(super) fn of(code: &str) -> Option<Self> {
@@ -175,6 +162,12 @@ impl Native {
 
     fn compile(term: &Term<&str>) -> Option<Self> {
         let boxed = |t: &Term<&str>| Self::compile(t).map(Box::new);
+        // A part that is absent stays absent; one that cannot be compiled
+        // leaves the whole expression to jaq.
+        let optional = |t: &Option<Term<&str>>| match t {
+            Some(t) => Self::compile(t).map(Some),
+            None => Some(None),
+        };
         Some(match term {
             Term::Id => Native::Id,
             Term::Num(n) => Native::Value(match n.parse::<isize>() {
@@ -208,10 +201,7 @@ impl Native {
                     .map(|(part, opt)| {
                         let part = match part {
                             Part::Index(i) => Part::Index(Self::compile(i)?),
-                            Part::Range(from, to) => Part::Range(
-                                from.as_ref().map(Self::compile).map_or(Some(None), |c| c.map(Some))?,
-                                to.as_ref().map(Self::compile).map_or(Some(None), |c| c.map(Some))?,
-                            ),
+                            Part::Range(from, to) => Part::Range(optional(from)?, optional(to)?),
                         };
                         Some((part, *opt))
                     })

@@ -665,7 +665,7 @@ impl AttemptRecord {
 }
 
 /// One entry of a submission's timeline.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Event {
     pub at: String,
@@ -714,19 +714,7 @@ impl Event {
     /// version, size and hash). Rows written before they were joined have
     /// neither and stand alone.
     fn unfold(mut self, timeline: &mut Vec<Event>) {
-        let bare = |event: &str, at: &str| Event {
-            at: at.to_owned(),
-            event: event.to_owned(),
-            target: None,
-            attempt: None,
-            mapping_version: None,
-            detail: None,
-            receipt: None,
-            size: None,
-            sha256: None,
-            operator: None,
-            duration_ms: None,
-        };
+        let bare = |event: &str, at: &str| Event { at: at.to_owned(), event: event.to_owned(), ..Event::default() };
         match self.event.as_str() {
             "received" if self.detail.is_some() => {
                 let routed = Event { detail: self.detail.take(), ..bare("routed", &self.at) };
