@@ -149,3 +149,17 @@ fn xml_whose_json_tree_is_deeper_than_serde_json_reads_is_refused_not_a_panic() 
         other => panic!("expected a field error, got {other:?}"),
     }
 }
+
+#[test]
+fn half_a_surrogate_pair_in_the_form_data_is_refused_naming_the_field() {
+    let with = |text: &str| VALID.replace(r#"{"name":"Anna"}"#, &format!(r#"{{"name":"{text}"}}"#));
+    for lone in [r"Rodr\ude00guez", r"\ud83d", r"\ud83dx", r"\ud83d\u0041", r"ok \uDFFF"] {
+        assert_eq!(pointers(&with(lone)), ["#/data"], "{lone}");
+    }
+    for fine in [r"\ud83d\ude00", r"\\ude00", r"\u00e4 \n \\", r"\uD83D\uDE00"] {
+        let body = with(fine);
+        let s = Submission::parse(body.as_bytes(), &Limits::default()).unwrap_or_else(|e| panic!("{fine}: {e:?}"));
+        let message: serde_json::Value = serde_json::from_slice(&s.to_message(Uuid::nil(), time::OffsetDateTime::UNIX_EPOCH)).unwrap();
+        assert!(message["data"]["name"].is_string(), "{fine}");
+    }
+}

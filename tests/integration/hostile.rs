@@ -50,6 +50,12 @@ fn with_attachments(count: usize, bytes: usize) -> Vec<u8> {
     body.to_string().into_bytes()
 }
 
+/// Form data with `\ude00` alone: JSON text that reads as no character.
+fn lone_surrogate() -> Vec<u8> {
+    let body = String::from_utf8(with_data(json!({ "familienname": "SURROGATE" }))).unwrap();
+    body.replace("SURROGATE", r"Rodr\ude00guez").into_bytes()
+}
+
 fn nested(depth: usize) -> Value {
     (0..depth).fold(json!("x"), |inner, _| json!({ "a": inner }))
 }
@@ -66,6 +72,7 @@ fn cases() -> Vec<Case> {
         case("more attachments than allowed", with_attachments(4, 10), BAD, "invalid-submission", Some("#/attachments")),
         case("an attachment over its limit", with_attachments(1, 5000), BAD, "invalid-submission", Some("#/attachments/0/content")),
         case("form data nested too deep", with_data(nested(40)), BAD, "invalid-submission", Some("#/data")),
+        case("half a surrogate pair in the form data", lone_surrogate(), BAD, "invalid-submission", Some("#/data")),
         case(
             "JSON nested past serde_json's recursion limit",
             format!("{{\"service\":\"{GEWERBE}\",\"region\":\"{KOELN}\",\"data\":{}", "[".repeat(100_000)).into_bytes(),
