@@ -22,7 +22,11 @@
 //! 3. **Half load**: submissions at a fixed rate of half the saturated
 //!    rate (open loop: each at its time, whether or not earlier ones were
 //!    answered), for `BENCH_HALF_LOAD_SECONDS`; latency is from the
-//!    scheduled send to the back office's receipt.
+//!    scheduled send to the back office's receipt. Where amtsbote waited
+//!    meanwhile comes from its own histograms (`/metrics` read before and
+//!    after the run): the ledger's record, the broker's confirm, the
+//!    ledger's record of it, the mapping sandbox; p50 and p99 are
+//!    interpolated within their buckets as `histogram_quantile` does.
 //!    For comparison, the broker alone at the same rate: 1 KiB messages
 //!    published with confirms into a quorum queue, latency to the
 //!    consumer's receipt (the floor any pipeline through it has).
@@ -133,7 +137,9 @@ async fn run(settings: Settings) {
     );
     println!("CPU per submission, saturated: {cpu}");
     let rate = saturated.delivered_rate / 2.0;
+    let histograms_before = Histograms::scrape(&client, &amtsbote.base).await;
     let paced = paced(&client, &amtsbote.base, &submission, &back_office, rate, settings.half_load).await;
+    let waits = Histograms::scrape(&client, &amtsbote.base).await.since(&histograms_before).waits();
     let rss = amtsbote.peak_rss_kib();
     amtsbote.stop().await;
     // Measured again (see the module documentation); the broker is idle
@@ -143,6 +149,7 @@ async fn run(settings: Settings) {
     println!("broker limit measured again after amtsbote's runs: {limit_after:.0}/s; the ratio to the limit is to the mean of both, {limit:.0}/s");
 
     println!("amtsbote at half load ({rate:.0}/s for {}s): {}", settings.half_load.as_secs(), paced.summary());
+    println!("where it waited at half load (amtsbote's own histograms), p50 / p99: {waits}");
     let broker_alone = broker_paced(&settings.broker_url, rate, settings.half_load).await;
     println!("the broker alone at the same rate (publish to consumer, quorum, confirms): latency p50 / p99 / max {}", percentiles(&broker_alone));
     println!(
@@ -164,6 +171,7 @@ async fn run(settings: Settings) {
     println!("| ratio to the broker limit | {:.2} |", saturated.delivered_rate / limit);
     println!("| latency at half load, p50 / p99 / max | {} |", paced.percentiles());
     println!("| the broker alone at that rate (publish to consumer), p50 / p99 / max | {} |", percentiles(&broker_alone));
+    println!("| where amtsbote waited at half load, p50 / p99 | {waits} |");
     println!("| CPU per submission: amtsbote server / sandboxes / broker / load and back office / rest / machine | {cpu} |");
     println!("| the broker's CPU per message at its limit (lean client) | {} |", micros(broker_per_message));
     println!(
@@ -775,6 +783,78 @@ impl Paced {
             self.late_sends,
             percentiles(&self.answers)
         )
+    }
+}
+
+/// The bucket counts of amtsbote's duration histograms, as `/metrics`
+/// has them: by series (the name and labels without `le`), the upper
+/// bounds with their cumulative counts.
+struct Histograms(HashMap<String, Vec<(f64, f64)>>);
+
+impl Histograms {
+    async fn scrape(client: &reqwest::Client, base: &str) -> Self {
+        let text = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+        let mut series: HashMap<String, Vec<(f64, f64)>> = HashMap::new();
+        for line in text.lines() {
+            let Some((name, rest)) = line.split_once("_bucket{") else { continue };
+            let Some((labels, count)) = rest.split_once("} ") else { continue };
+            // Label values here hold no commas: the configured names and
+            // fixed words.
+            let (le, labels): (Vec<&str>, Vec<&str>) = labels.split(',').partition(|label| label.starts_with("le=\""));
+            let bound = le[0].trim_start_matches("le=\"").trim_end_matches('"');
+            let bound = if bound == "+Inf" { f64::INFINITY } else { bound.parse().unwrap() };
+            let count: f64 = count.split_whitespace().next().unwrap().parse().unwrap();
+            series.entry(format!("{name}{{{}}}", labels.join(","))).or_default().push((bound, count));
+        }
+        Self(series)
+    }
+
+    /// What was observed since `earlier`.
+    fn since(mut self, earlier: &Histograms) -> Self {
+        for (name, buckets) in &mut self.0 {
+            if let Some(before) = earlier.0.get(name) {
+                for ((_, count), (_, earlier)) in buckets.iter_mut().zip(before) {
+                    *count -= earlier;
+                }
+            }
+        }
+        self
+    }
+
+    /// The `q` quantile of a series, interpolated within its bucket as
+    /// Prometheus' `histogram_quantile` does; `None` without observations.
+    fn quantile(&self, series: &str, q: f64) -> Option<Duration> {
+        let buckets = self.0.get(series)?;
+        let total = buckets.last()?.1;
+        if total == 0.0 {
+            return None;
+        }
+        let rank = q * total;
+        let mut lower = (0.0, 0.0);
+        for &(bound, count) in buckets {
+            if count >= rank {
+                let seconds = if bound.is_infinite() { lower.0 } else { lower.0 + (bound - lower.0) * (rank - lower.1) / (count - lower.1) };
+                return Some(Duration::from_secs_f64(seconds));
+            }
+            lower = (bound, count);
+        }
+        None
+    }
+
+    /// p50 / p99 of each step intake and the worker wait for.
+    fn waits(&self) -> String {
+        let steps = [
+            ("ledger record", "amtsbote_intake_step_duration_seconds{step=\"ledger_record\"}"),
+            ("broker confirm", "amtsbote_intake_step_duration_seconds{step=\"broker_confirm\"}"),
+            ("ledger confirm", "amtsbote_intake_step_duration_seconds{step=\"ledger_confirm\"}"),
+            ("mapping", &format!("amtsbote_mapping_duration_seconds{{target=\"{TARGET}\"}}")),
+        ];
+        let ms = |d: Option<Duration>| d.map_or("–".to_owned(), |d| format!("{:.1}", d.as_secs_f64() * 1000.0));
+        let waits: Vec<String> = steps
+            .iter()
+            .map(|(step, series)| format!("{step} {} / {} ms", ms(self.quantile(series, 0.5)), ms(self.quantile(series, 0.99))))
+            .collect();
+        waits.join(", ")
     }
 }
 

@@ -14,6 +14,7 @@
 //! Nothing from form data or attachments is logged.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use uuid::Uuid;
@@ -21,7 +22,7 @@ use uuid::Uuid;
 use crate::blobs::BlobStore;
 use crate::broker::{BrokerError, Publisher};
 use crate::domain::SenderName;
-use crate::metrics::{Metrics, ServiceLabel};
+use crate::metrics::{IntakeStep, Metrics, ServiceLabel};
 use crate::pipeline::Pipeline;
 use crate::routing::Route;
 use crate::store::{Claim, IdempotencyKey, NewSubmission, RecentlyAccepted, Refusal, Store, StoreError};
@@ -102,7 +103,8 @@ impl Admissions {
         let keyed = idempotency.is_some();
         let route = route(pipeline, &submission)?;
         check_form_data(route, &submission)?;
-        let (id, received_at) = match self.record(&submission, route, body, body_sha256, sender, idempotency).await? {
+        let recorded = self.timed(IntakeStep::ledger_record, self.record(&submission, route, body, body_sha256, sender, idempotency));
+        let (id, received_at) = match recorded.await? {
             Recorded::AcceptedBefore(id) => return Ok(id),
             Recorded::Pending { id, received_at } => (id, received_at),
         };
@@ -120,9 +122,10 @@ impl Admissions {
         // Until intake has decided, this process's workers wait for its
         // decision rather than ask the ledger.
         let _deciding = self.recently_accepted.deciding(id);
-        match self.publisher.publish(&route.routing_key, &message_id, headers, &message).await {
+        let published = self.timed(IntakeStep::broker_confirm, self.publisher.publish(&route.routing_key, &message_id, headers, &message));
+        match published.await {
             Ok(()) => {
-                self.confirm(id).await;
+                self.timed(IntakeStep::ledger_confirm, self.confirm(id)).await;
                 tracing::info!(event = "submission_accepted", submission = %id, service = submission.service.as_str(),
                     region = %submission.region, targets = %route.routing_key, "submission accepted");
                 self.metrics.submissions_received.get_or_create(&ServiceLabel { service: submission.service.as_str().to_owned() }).inc();
@@ -130,6 +133,14 @@ impl Admissions {
             }
             Err(error) => self.unconfirmed(id, keyed, error).await,
         }
+    }
+
+    /// Waits for `step`, and observes how long it took.
+    async fn timed<T>(&self, step: IntakeStep, step_done: impl Future<Output = T>) -> T {
+        let started = Instant::now();
+        let result = step_done.await;
+        self.metrics.intake_step(step, started.elapsed());
+        result
     }
 
     /// Records the submission, claiming its idempotency key.
@@ -179,7 +190,10 @@ impl Admissions {
         id: Uuid,
         keyed: bool,
     ) -> Result<(), NotAdmitted> {
+        let storing = Instant::now();
+        let mut stored = false;
         for (index, content) in submission.attachments_from(self.keep_above_bytes, body) {
+            stored = true;
             match self.blobs.put(id, content, pipeline.sealer.clone()).await {
                 Ok(blob) => submission.keep_out(index, blob),
                 Err(error) => {
@@ -188,6 +202,9 @@ impl Admissions {
                     return Err(NotAdmitted::AttachmentsNotStored);
                 }
             }
+        }
+        if stored {
+            self.metrics.intake_step(IntakeStep::attachments, storing.elapsed());
         }
         Ok(())
     }

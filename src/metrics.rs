@@ -98,6 +98,40 @@ impl DropReason {
     pub const ALL: [DropReason; 3] = [DropReason::refused, DropReason::duplicate, DropReason::superseded_replay];
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IntakeStepLabel {
+    pub step: IntakeStep,
+}
+
+/// A step of the admission path that waits for another party, timed by
+/// `amtsbote_intake_step_duration_seconds`: where intake's answer (and a
+/// delivery, which starts once the broker has the message) waits.
+/// The variants are spelled as the label values.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum IntakeStep {
+    /// Recording the submission in the ledger (claiming its idempotency key).
+    ledger_record,
+    /// Writing large attachments to the blob store (only submissions that
+    /// have such attachments).
+    attachments,
+    /// Publishing the message until the broker confirmed it.
+    broker_confirm,
+    /// Recording the broker's confirm in the ledger.
+    ledger_confirm,
+}
+
+impl IntakeStep {
+    pub const ALL: [IntakeStep; 4] = [IntakeStep::ledger_record, IntakeStep::attachments, IntakeStep::broker_confirm, IntakeStep::ledger_confirm];
+}
+
+/// Buckets for steps that take from a tenth of a millisecond to about a
+/// second: fine enough (a factor of 1.5) to read a p99 from, as
+/// `scripts/bench` does.
+fn step_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.0001, 1.5, 24)
+}
+
 /// How one delivery attempt ended.
 /// The variants are spelled as the label values.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelValue)]
@@ -137,6 +171,12 @@ pub struct Metrics {
     pub attempt_duration: Family<TargetLabel, Histogram>,
     /// From receipt at intake to confirmed delivery, retries included.
     pub delivery_latency: Family<TargetLabel, Histogram>,
+    /// Time the admission path waited for the ledger, the blob store and
+    /// the broker, by step.
+    pub intake_step_duration: Family<IntakeStepLabel, Histogram>,
+    /// Time a delivery waited for its document from the mapping sandbox
+    /// (a free sandbox process included), by target.
+    pub mapping_duration: Family<TargetLabel, Histogram>,
     /// Messages waiting in the target's work queue.
     pub queue_depth: Family<TargetLabel, Gauge>,
     /// Messages in the target's parking queue.
@@ -209,6 +249,23 @@ impl Metrics {
             "Time from intake to confirmed delivery, retries included",
             Unit::Seconds,
             delivery_latency.clone(),
+        );
+        let intake_step_duration = Family::<IntakeStepLabel, Histogram>::new_with_constructor(|| Histogram::new(step_buckets()));
+        registry.register_with_unit(
+            "intake_step_duration",
+            "Time the admission path waited for the ledger, the blob store and the broker, by step",
+            Unit::Seconds,
+            intake_step_duration.clone(),
+        );
+        for step in IntakeStep::ALL {
+            let _ = intake_step_duration.get_or_create(&IntakeStepLabel { step });
+        }
+        let mapping_duration = Family::<TargetLabel, Histogram>::new_with_constructor(|| Histogram::new(step_buckets()));
+        registry.register_with_unit(
+            "mapping_duration",
+            "Time a delivery waited for its document from the mapping sandbox, by target",
+            Unit::Seconds,
+            mapping_duration.clone(),
         );
         let queue_depth = Family::<TargetLabel, Gauge>::default();
         registry.register("queue_depth", "Messages waiting in the target's work queue", queue_depth.clone());
@@ -287,6 +344,7 @@ impl Metrics {
             let _ = mapping_errors.get_or_create(&label);
             let _ = attempt_duration.get_or_create(&label);
             let _ = delivery_latency.get_or_create(&label);
+            let _ = mapping_duration.get_or_create(&label);
             let _ = queue_depth.get_or_create(&label);
             let _ = parked_deliveries.get_or_create(&label);
             let _ = oldest_undelivered_age.get_or_create(&label);
@@ -302,6 +360,8 @@ impl Metrics {
             dropped,
             attempt_duration,
             delivery_latency,
+            intake_step_duration,
+            mapping_duration,
             queue_depth,
             parked_deliveries,
             oldest_undelivered_age,
@@ -345,6 +405,11 @@ impl Metrics {
         self.delivery_attempts.get_or_create(&AttemptLabels { target: target.to_string(), outcome }).inc();
     }
 
+    /// Observes that the admission path waited `waited` for `step`.
+    pub fn intake_step(&self, step: IntakeStep, waited: std::time::Duration) {
+        self.intake_step_duration.get_or_create(&IntakeStepLabel { step }).observe(waited.as_secs_f64());
+    }
+
     pub fn dropped(&self, target: &TargetName, reason: DropReason) {
         self.dropped.get_or_create(&DropLabels { target: target.to_string(), reason }).inc();
     }
@@ -370,6 +435,8 @@ mod tests {
         assert!(text.contains("amtsbote_submissions_received_total{service=\"99050012104000\"} 1"), "{text}");
         assert!(text.contains("amtsbote_delivery_attempts_total{target=\"fv\",outcome=\"delivered\"} 0"), "{text}");
         assert!(text.contains("amtsbote_delivery_latency_seconds_bucket{"), "{text}");
+        assert!(text.contains("amtsbote_intake_step_duration_seconds_count{step=\"ledger_record\"} 0"), "{text}");
+        assert!(text.contains("amtsbote_mapping_duration_seconds_count{target=\"fv\"} 0"), "{text}");
         assert!(text.contains("amtsbote_build_info{version=\""), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }

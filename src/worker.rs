@@ -541,7 +541,9 @@ impl Worker {
         };
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let mapping_span = tracing::info_span!("mapping", version = mapping.version());
+        let mapping_started = std::time::Instant::now();
         let rendition = self.sandbox.render(mapping, &body, &attached, now).instrument(mapping_span).await;
+        self.metrics.mapping_duration.get_or_create(&Metrics::for_target(&target.name)).observe(mapping_started.elapsed().as_secs_f64());
         drop(attached);
         let rendition = match rendition {
             Ok(rendition) => rendition,

@@ -120,6 +120,13 @@ async fn metrics_count_deliveries_and_parked_per_target_without_ids() {
     assert_eq!(value("amtsbote_queue_depth{target=\"fv\"}"), 0.0);
     assert_eq!(value("amtsbote_delivery_latency_seconds_count{target=\"fv\"}"), 1.0);
     assert_eq!(value("amtsbote_delivery_attempt_duration_seconds_count{target=\"fv\"}"), 2.0);
+    // Both accepted submissions waited for each step; the refused one
+    // never reached the ledger. No attachment was large enough to keep.
+    for step in ["ledger_record", "broker_confirm", "ledger_confirm"] {
+        assert_eq!(value(&format!("amtsbote_intake_step_duration_seconds_count{{step=\"{step}\"}}")), 2.0, "{step}");
+    }
+    assert_eq!(value("amtsbote_intake_step_duration_seconds_count{step=\"attachments\"}"), 0.0);
+    assert_eq!(value("amtsbote_mapping_duration_seconds_count{target=\"fv\"}"), 2.0);
     assert!(value("amtsbote_oldest_undelivered_age_seconds{target=\"fv\"}") >= 0.0);
     assert_eq!(value("amtsbote_broker_connected"), 1.0);
     assert!(text.contains("amtsbote_build_info{version=\""), "{text}");
