@@ -128,9 +128,18 @@ impl<'a> Submission<'a> {
             return Err(InvalidSubmission::Fields(vec![FieldError::new("#", "a submission is a JSON object")]));
         }
         let mut de = serde_json::Deserializer::from_slice(body);
-        let envelope: Envelope<'a> = match serde_path_to_error::deserialize(&mut de) {
+        // Tracking the path makes the parse a third slower (1.8 against
+        // 1.3 µs for the demo's Gewerbeanmeldung): it is done only to word
+        // an error, by parsing the refused envelope once more.
+        let envelope = match Envelope::deserialize(&mut de) {
             Ok(e) => e,
-            Err(e) => return Err(from_serde(e)),
+            Err(plain) => {
+                let mut again = serde_json::Deserializer::from_slice(body);
+                return Err(match serde_path_to_error::deserialize::<_, Envelope<'a>>(&mut again) {
+                    Err(located) => from_serde(located),
+                    Ok(_) => InvalidSubmission::Malformed(plain.to_string()),
+                });
+            }
         };
         if let Err(e) = de.end() {
             return Err(InvalidSubmission::Malformed(e.to_string()));
