@@ -121,6 +121,9 @@ impl Worker {
         // Retries and parking are published on their own confirm channel.
         let side = connection.create_channel().await?;
         side.confirm_select(ConfirmSelectOptions::default()).await?;
+        // Shared by every delivery's task: a lapin `Channel` is a dozen
+        // reference counts to clone, an `Arc` one.
+        let side = Arc::new(side);
         let mut consumer = channel
             .basic_consume(
                 self.topology.work_queue(&self.target.name).into(),
