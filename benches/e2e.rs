@@ -49,7 +49,9 @@
 //!
 //! Settings, from the environment: `BENCH_MESSAGES` (default 20000, per
 //! measurement), `BENCH_CLIENTS` (64), `BENCH_HALF_LOAD_SECONDS` (10),
-//! `BENCH_TARGET_CONCURRENCY` (the target's `concurrency`, 64).
+//! `BENCH_TARGET_CONCURRENCY` (the target's `concurrency`, 64),
+//! `BENCH_RUST_LOG` (amtsbote's `RUST_LOG`, `warn`; it logs in JSON to a
+//! file in the run's folder).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -78,6 +80,10 @@ struct Settings {
     clients: usize,
     half_load: Duration,
     target_concurrency: u16,
+    /// amtsbote's `RUST_LOG`: `warn` by default, so that the figures are
+    /// amtsbote's work, not its log's; `info` (its own default) adds two
+    /// JSON lines per submission.
+    log: String,
 }
 
 impl Settings {
@@ -93,6 +99,7 @@ impl Settings {
             clients: number("BENCH_CLIENTS", 64),
             half_load: Duration::from_secs(number("BENCH_HALF_LOAD_SECONDS", 10) as u64),
             target_concurrency: number("BENCH_TARGET_CONCURRENCY", 64) as u16,
+            log: std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
         }
     }
 }
@@ -105,7 +112,12 @@ fn main() {
 }
 
 async fn run(settings: Settings) {
-    println!("machine: {} CPUs, {}", std::thread::available_parallelism().map_or(0, |n| n.get()), memory_total());
+    println!(
+        "machine: {} CPUs, {}; amtsbote logs at {} (BENCH_RUST_LOG), in JSON, to a file",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        memory_total(),
+        settings.log
+    );
     let broker = BrokerProcess::find(&settings.broker_url);
     let broker_before = broker.cpu_seconds();
     let limit_before = broker_limit(&settings.broker_url, settings.messages, 256).await;
@@ -426,10 +438,14 @@ impl Amtsbote {
         );
         let path = dir.join("amtsbote.yaml");
         std::fs::write(&path, config).unwrap();
+        // Its log goes to a file, in JSON, as under a service manager.
+        let log = dir.join("amtsbote.log");
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_amtsbote"))
             .args(["serve", "--config"])
             .arg(&path)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", &settings.log)
+            .env("AMTSBOTE_LOG_FORMAT", "json")
+            .stderr(std::fs::File::create(&log).unwrap())
             .kill_on_drop(true)
             .spawn()
             .unwrap();
@@ -441,7 +457,7 @@ impl Amtsbote {
             if ready {
                 break;
             }
-            assert!(Instant::now() < deadline, "amtsbote did not get ready");
+            assert!(Instant::now() < deadline, "amtsbote did not get ready; its log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Self { child, base, broker: broker.clone() }
