@@ -2,7 +2,10 @@
 //! happened (`submission_accepted`, `delivered`, `parked`, ...) and ids —
 //! never form data. `RUST_LOG` filters, `AMTSBOTE_LOG_FORMAT=json` switches
 //! to JSON. Logs go to stderr, so that the output of commands such as
-//! `amtsbote parked list --json` can be piped.
+//! `amtsbote parked list --json` can be piped. A thread of their own writes
+//! them, several lines per system call when they come fast; a caller waits
+//! only when 128,000 lines are waiting (no line is dropped), and the lines
+//! still waiting are written when the [`Telemetry`] guard is dropped.
 //!
 //! With the `otel` feature (on by default), setting
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`)
@@ -19,13 +22,20 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+/// Lines gathered into one write when they come faster than the log
+/// thread writes them.
+const LOG_BUFFER: usize = 64 * 1024;
+
 type BoxedLayer = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
 
 /// Keeps the trace exporter alive; dropping it sends the spans still
 /// buffered (at most the export timeout), so hold it until the process
 /// ends.
-#[must_use = "dropping the guard stops the trace export"]
+#[must_use = "dropping the guard stops the trace export and the log writer"]
 pub struct Telemetry {
+    /// Dropped after [`Drop::drop`] has shut the trace export down, so that
+    /// what that logged is written out too.
+    _log_writer: tracing_appender::non_blocking::WorkerGuard,
     #[cfg(feature = "otel")]
     provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
 }
@@ -61,7 +71,11 @@ fn log_filter(rust_log: Option<&str>) -> EnvFilter {
 pub fn init() -> Telemetry {
     let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     let json = std::env::var("AMTSBOTE_LOG_FORMAT").as_deref() == Ok("json");
-    let fmt = tracing_subscriber::fmt::layer().with_target(false).with_writer(std::io::stderr);
+    let (writer, log_writer) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("amtsbote-log")
+        .finish(std::io::BufWriter::with_capacity(LOG_BUFFER, std::io::stderr()));
+    let fmt = tracing_subscriber::fmt::layer().with_target(false).with_writer(writer);
     let fmt = if json { fmt.json().with_filter(filter).boxed() } else { fmt.with_filter(filter).boxed() };
     #[cfg_attr(not(feature = "otel"), allow(unused_mut))] // the export layer joins it
     let mut layers: Vec<BoxedLayer> = vec![fmt];
@@ -80,7 +94,7 @@ pub fn init() -> Telemetry {
         if let Some(problem) = problem {
             tracing::warn!(event = "trace_export_off", error = %problem, "OpenTelemetry export is configured but could not start");
         }
-        Telemetry { provider }
+        Telemetry { _log_writer: log_writer, provider }
     }
     #[cfg(not(feature = "otel"))]
     {
@@ -88,7 +102,7 @@ pub fn init() -> Telemetry {
         if otel_configured() {
             tracing::warn!(event = "trace_export_off", "OTEL_EXPORTER_OTLP_ENDPOINT is set, but this amtsbote was built without the `otel` feature");
         }
-        Telemetry {}
+        Telemetry { _log_writer: log_writer }
     }
 }
 
