@@ -256,10 +256,15 @@ fn main() -> ExitCode {
             }
         };
     }
-    // Dropped after the runtime: sends the last spans.
-    let _telemetry = amtsbote::telemetry::init();
+    let telemetry = amtsbote::telemetry::init();
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
-    match runtime.block_on(run(cli)) {
+    let outcome = runtime.block_on(run(cli));
+    // The runtime first, then telemetry, which sends the last spans and
+    // writes out the log lines still waiting: before the error below, so
+    // that it stays the last line.
+    drop(runtime);
+    drop(telemetry);
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
