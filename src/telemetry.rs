@@ -22,9 +22,12 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-/// Lines gathered into one write when they come faster than the log
+/// Bytes gathered into one write when lines come faster than the log
 /// thread writes them.
 const LOG_BUFFER: usize = 64 * 1024;
+
+/// Lines that may wait for the log thread before a caller waits too.
+const LOG_LINES_WAITING: usize = 128_000;
 
 type BoxedLayer = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
 
@@ -73,6 +76,7 @@ pub fn init() -> Telemetry {
     let json = std::env::var("AMTSBOTE_LOG_FORMAT").as_deref() == Ok("json");
     let (writer, log_writer) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
+        .buffered_lines_limit(LOG_LINES_WAITING)
         .thread_name("amtsbote-log")
         .finish(std::io::BufWriter::with_capacity(LOG_BUFFER, std::io::stderr()));
     let fmt = tracing_subscriber::fmt::layer().with_target(false).with_writer(writer);
