@@ -79,7 +79,9 @@ pub struct Fetched {
     pub case_id: Uuid,
     pub destination_id: Uuid,
     pub encrypted_metadata: String,
-    #[serde(default)]
+    /// `None` also for the empty string, which FIT-Connect sends in its
+    /// place when the data comes as an attachment of purpose `data`.
+    #[serde(default, deserialize_with = "empty_as_none")]
     pub encrypted_data: Option<String>,
     /// The attachments announced at creation, by id.
     #[serde(default)]
@@ -88,6 +90,10 @@ pub struct Fetched {
     /// submission (`publicService` in v2, `serviceType` in v1).
     #[serde(default, alias = "serviceType")]
     pub public_service: Option<PublicService>,
+}
+
+fn empty_as_none<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<String>::deserialize(deserializer)?.filter(|s| !s.is_empty()))
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]

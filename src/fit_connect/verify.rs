@@ -258,14 +258,19 @@ pub fn verify(
         });
     }
     // Data too large for the submission comes as an attachment of purpose
-    // `data` (metadata 2.x); it is the data, not an attachment.
+    // `data` (metadata 2.x); it is the data, not an attachment. Its own
+    // entry's hash was checked above; the data entry's hash is either the
+    // same or, as FITKO specified the placeholder (an empty
+    // `encryptedData`), that of no bytes.
     let mut data = data;
     if data.is_none()
         && let Some(entry) = &metadata.content_structure.data
         && let Some(index) = verified_attachments.iter().position(|a| a.purpose.as_deref() == Some("data"))
     {
         let attachment = verified_attachments.remove(index);
-        check_hash(&entry.hash, &attachment.content, Part::Data)?;
+        if check_hash(&entry.hash, &[], Part::Data).is_err() {
+            check_hash(&entry.hash, &attachment.content, Part::Data)?;
+        }
         data = Some(Data {
             content: attachment.content,
             xml: data_is_xml(&entry.submission_schema)?,

@@ -529,18 +529,23 @@ async fn an_attachment_in_fragments_is_put_together_and_data_sent_as_an_attachme
     let receiving = receiving("200ms").await;
     let app = spawn_app(Setup { targets: &[("dms", "dms-json/akte.yaml")], routes: &[(GEWERBE, "", &["dms"])], extra: &receiving.yaml, ..Setup::default() }).await;
     let large = pdf("Bauplan", 200_000);
-    let mut outgoing = Outgoing::json(GEWERBE, form()).attach("bauplan.pdf", "application/pdf", large.clone());
-    outgoing.attachments[0].fragments = 3;
-    outgoing.data_as_attachment = true;
-    let submitted = receiving.double.submit(receiving.destination, outgoing);
-    assert_eq!(decided(&receiving.double, &submitted).await, SubmissionState::Accepted);
-    wait_for("the delivery", Duration::from_secs(30), || !app.back_office.received().is_empty()).await;
-    let case: Value = serde_json::from_slice(&app.back_office.received()[0].body).unwrap();
-    assert_eq!(case["form"], form(), "the data came as an attachment of purpose data");
-    let documents = case["documents"].as_array().unwrap();
-    assert_eq!(documents.len(), 1, "the data is not also an attachment: {documents:?}");
-    use base64::Engine as _;
-    assert_eq!(base64::engine::general_purpose::STANDARD.decode(documents[0]["contentBase64"].as_str().unwrap()).unwrap(), large);
+    // Both ways of sending data as an attachment: without `encryptedData`,
+    // and with the empty-string placeholder FITKO specified.
+    for (delivered, placeholder) in [false, true].into_iter().enumerate() {
+        let mut outgoing = Outgoing::json(GEWERBE, form()).attach("bauplan.pdf", "application/pdf", large.clone());
+        outgoing.attachments[0].fragments = 3;
+        outgoing.data_as_attachment = true;
+        outgoing.data_placeholder = placeholder;
+        let submitted = receiving.double.submit(receiving.destination, outgoing);
+        assert_eq!(decided(&receiving.double, &submitted).await, SubmissionState::Accepted, "placeholder: {placeholder}");
+        wait_for("the delivery", Duration::from_secs(30), || app.back_office.received().len() > delivered).await;
+        let case: Value = serde_json::from_slice(&app.back_office.received()[delivered].body).unwrap();
+        assert_eq!(case["form"], form(), "the data came as an attachment of purpose data");
+        let documents = case["documents"].as_array().unwrap();
+        assert_eq!(documents.len(), 1, "the data is not also an attachment: {documents:?}");
+        use base64::Engine as _;
+        assert_eq!(base64::engine::general_purpose::STANDARD.decode(documents[0]["contentBase64"].as_str().unwrap()).unwrap(), large);
+    }
 }
 
 #[tokio::test]

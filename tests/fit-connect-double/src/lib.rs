@@ -67,6 +67,10 @@ pub struct Outgoing {
     /// The data goes as an attachment of purpose `data` (metadata 2.x,
     /// for data too large for the submission).
     pub data_as_attachment: bool,
+    /// With `data_as_attachment`: as FITKO specified it, `encryptedData`
+    /// is the empty string and the data entry's hash that of no bytes
+    /// (without: no `encryptedData`, the data's own hash).
+    pub data_placeholder: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -115,6 +119,7 @@ impl Outgoing {
             sender_reference: None,
             tamper: Tamper::None,
             data_as_attachment: false,
+            data_placeholder: false,
         }
     }
 
@@ -354,6 +359,10 @@ impl Double {
         let mut data_jwe = None;
         if let Some((data, media_type)) = &outgoing.data {
             let mut hash = hex(&Sha512::digest(data));
+            if outgoing.data_as_attachment && outgoing.data_placeholder {
+                hash = hex(&Sha512::digest(b""));
+                data_jwe = Some(String::new());
+            }
             if outgoing.tamper == Tamper::HashMismatch {
                 hash = hex(&Sha512::digest(b"something else"));
             }
@@ -389,7 +398,7 @@ impl Double {
         }
         let metadata_jwe = key.encrypt(&serde_json::to_vec(&metadata).expect("JSON"), "application/json");
         let mut tags = json!({ "metadata": jose::tag(&metadata_jwe), "attachments": attachment_tags });
-        if let Some(jwe) = &data_jwe {
+        if let Some(jwe) = data_jwe.as_ref().filter(|jwe| !jwe.is_empty()) {
             tags["data"] = json!(jose::tag(jwe));
         }
         if let Some(jwe) = &mut data_jwe {
