@@ -9,8 +9,12 @@
 //! submissions (default 30000). Printed: submissions per second, this
 //! process's CPU per submission (the writer thread and the tasks that wait
 //! for it, nothing else runs here), and the bytes the WAL received per
-//! submission. `scripts/bench` shows the ledger in its place; this shows
-//! it alone, quickly enough to try a change.
+//! submission. Then it times what a `/metrics` scrape asks of the ledger
+//! (`Store::oldest_undelivered`) and what a dashboard page asks
+//! (`Store::activity` over the last hour, which now holds all of the
+//! run's submissions), each the median of a few samples.
+//! `scripts/bench` shows the ledger in its place; this shows it alone,
+//! quickly enough to try a change.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -48,6 +52,21 @@ fn main() {
             cpu.as_secs_f64() * 1e6 / submissions as f64,
             written as f64 / 1024.0 / submissions as f64,
         );
+        let in_the_hour = submissions + submissions / 10;
+        let scrape = median_of(7, || async {
+            assert!(store.oldest_undelivered().await.unwrap().is_empty(), "everything was delivered");
+        })
+        .await;
+        let page = median_of(7, || async {
+            let activity = store.activity(OffsetDateTime::now_utc() - time::Duration::hours(1)).await.unwrap();
+            assert_eq!(activity["fv"].delivered as usize, in_the_hour);
+        })
+        .await;
+        println!(
+            "with {in_the_hour} submissions in the last hour, the ledger's part of a scrape: {:.2} ms; of a dashboard page: {:.1} ms",
+            scrape.as_secs_f64() * 1e3,
+            page.as_secs_f64() * 1e3
+        );
     });
 }
 
@@ -66,6 +85,18 @@ async fn run(store: &Arc<dyn Store>, submissions: usize, concurrency: usize) {
     for task in tasks {
         task.await.unwrap();
     }
+}
+
+/// The median time of `times` runs of `f`.
+async fn median_of<F: std::future::Future<Output = ()>>(times: usize, f: impl Fn() -> F) -> Duration {
+    let mut samples = Vec::with_capacity(times);
+    for _ in 0..times {
+        let started = Instant::now();
+        f().await;
+        samples.push(started.elapsed());
+    }
+    samples.sort();
+    samples[times / 2]
 }
 
 /// A submission's writes as intake and a worker make them.

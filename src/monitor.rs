@@ -3,11 +3,12 @@
 //! [`crate::http::dashboard`]).
 //!
 //! The [`Monitor`] samples what no request passes by — queue depths and
-//! parked counts from the broker, per-target activity and the oldest
-//! undelivered submission from the ledger — when someone asks (a scrape
-//! reuses a sample younger than [`FRESH_FOR`]; a dashboard page, which a
-//! person reads, always gets a new one), and bounded by
-//! [`SAMPLE_TIMEOUT`] so that a hanging broker cannot hang `/metrics`.
+//! parked counts from the broker, the oldest undelivered submission and
+//! (for a dashboard page only) per-target activity from the ledger — when
+//! someone asks (a scrape reuses a sample younger than [`FRESH_FOR`]; a
+//! dashboard page, which a person reads, always gets a new one), and
+//! bounded by [`SAMPLE_TIMEOUT`] so that a hanging broker cannot hang
+//! `/metrics`.
 //! It keeps one broker connection of its own for that, whose state is the
 //! `amtsbote_broker_connected` gauge.
 
@@ -77,7 +78,17 @@ pub struct Monitor {
 #[derive(Default)]
 struct Sampled {
     connection: Option<(Connection, Channel)>,
-    latest: Option<(Instant, Arc<Overview>)>,
+    /// When the gauges were last set.
+    at: Option<Instant>,
+}
+
+/// What the gauges show, as of one sample.
+struct Sample {
+    now: OffsetDateTime,
+    /// Per target, in the order of `Monitor::targets`: (ready in the work
+    /// queue, in the parking queue); `None` if the broker did not answer.
+    depths: Option<Vec<(u64, u64)>>,
+    oldest_undelivered: std::collections::BTreeMap<String, OffsetDateTime>,
 }
 
 impl Monitor {
@@ -85,29 +96,22 @@ impl Monitor {
         Self { broker, topology, targets, store, metrics, state: tokio::sync::Mutex::new(Sampled::default()) }
     }
 
-    /// The latest overview, sampled anew if older than `max_age`.
-    pub async fn overview(&self, max_age: Duration) -> Arc<Overview> {
+    /// Sets the gauges anew unless they are younger than [`FRESH_FOR`]:
+    /// what a scrape asks. It leaves out the activity counts, whose query
+    /// grows with the traffic of the last hour.
+    pub async fn refresh(&self) {
         let mut state = self.state.lock().await;
-        if let Some((at, overview)) = &state.latest
-            && at.elapsed() < max_age
-        {
-            return overview.clone();
+        if state.at.is_some_and(|at| at.elapsed() < FRESH_FOR) {
+            return;
         }
-        let overview = Arc::new(self.sample(&mut state.connection).await);
-        state.latest = Some((Instant::now(), overview.clone()));
-        overview
+        self.sample(&mut state).await;
     }
 
-    async fn sample(&self, connection: &mut Option<(Connection, Channel)>) -> Overview {
-        let now = OffsetDateTime::now_utc();
-        let depths = tokio::time::timeout(SAMPLE_TIMEOUT, self.queue_depths(connection)).await.ok().flatten();
-        if depths.is_none() {
-            // A timed-out or failed sample starts from a new connection.
-            close(connection).await;
-        }
-        let broker_connected = depths.is_some();
-        self.metrics.broker_connected.set(i64::from(broker_connected));
-        let mut activity = match self.store.activity(now - ACTIVITY_WINDOW).await {
+    /// A new overview with the activity counts, for a person to read; it
+    /// sets the gauges on the way.
+    pub async fn overview(&self) -> Overview {
+        let sample = self.sample(&mut *self.state.lock().await).await;
+        let mut activity = match self.store.activity(sample.now - ACTIVITY_WINDOW).await {
             Ok(activity) => activity,
             Err(e) => {
                 tracing::error!(event = "store_failed", error = %e, "could not read the ledger's activity");
@@ -118,27 +122,43 @@ impl Monitor {
             .targets
             .iter()
             .enumerate()
-            .map(|(index, target)| {
-                let label = Metrics::for_target(target);
-                let activity = activity.remove(target.as_str()).unwrap_or_default();
-                let oldest = activity
-                    .oldest_undelivered
-                    .as_deref()
-                    .and_then(|at| OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok())
-                    .map(|at| (now - at).whole_seconds().max(0));
-                self.metrics.oldest_undelivered_age.get_or_create(&label).set(oldest.unwrap_or(0) as f64);
-                let (queue_depth, parked) = match &depths {
-                    Some(depths) => (Some(depths[index].0), Some(depths[index].1)),
-                    None => (None, None),
-                };
-                if let (Some(depth), Some(parked)) = (queue_depth, parked) {
-                    self.metrics.queue_depth.get_or_create(&label).set(depth as i64);
-                    self.metrics.parked_deliveries.get_or_create(&label).set(parked as i64);
-                }
-                TargetOverview { target: target.to_string(), queue_depth, parked, activity, oldest_undelivered_seconds: oldest }
+            .map(|(index, target)| TargetOverview {
+                target: target.to_string(),
+                queue_depth: sample.depths.as_ref().map(|depths| depths[index].0),
+                parked: sample.depths.as_ref().map(|depths| depths[index].1),
+                activity: activity.remove(target.as_str()).unwrap_or_default(),
+                oldest_undelivered_seconds: sample.oldest_undelivered_seconds(target),
             })
             .collect();
-        Overview { sampled_at: timestamp(now), broker_connected, targets }
+        Overview { sampled_at: timestamp(sample.now), broker_connected: sample.depths.is_some(), targets }
+    }
+
+    async fn sample(&self, state: &mut Sampled) -> Sample {
+        let now = OffsetDateTime::now_utc();
+        let depths = tokio::time::timeout(SAMPLE_TIMEOUT, self.queue_depths(&mut state.connection)).await.ok().flatten();
+        if depths.is_none() {
+            // A timed-out or failed sample starts from a new connection.
+            close(&mut state.connection).await;
+        }
+        self.metrics.broker_connected.set(i64::from(depths.is_some()));
+        let oldest_undelivered = match self.store.oldest_undelivered().await {
+            Ok(oldest) => oldest,
+            Err(e) => {
+                tracing::error!(event = "store_failed", error = %e, "could not read the ledger's oldest undelivered submissions");
+                Default::default()
+            }
+        };
+        let sample = Sample { now, depths, oldest_undelivered };
+        for (index, target) in self.targets.iter().enumerate() {
+            let label = Metrics::for_target(target);
+            self.metrics.oldest_undelivered_age.get_or_create(&label).set(sample.oldest_undelivered_seconds(target).unwrap_or(0) as f64);
+            if let Some(depths) = &sample.depths {
+                self.metrics.queue_depth.get_or_create(&label).set(depths[index].0 as i64);
+                self.metrics.parked_deliveries.get_or_create(&label).set(depths[index].1 as i64);
+            }
+        }
+        state.at = Some(Instant::now());
+        sample
     }
 
     /// (ready in the work queue, in the parking queue) per target, in the
@@ -167,6 +187,12 @@ impl Monitor {
             depths.push((work, parked));
         }
         Some(depths)
+    }
+}
+
+impl Sample {
+    fn oldest_undelivered_seconds(&self, target: &TargetName) -> Option<i64> {
+        self.oldest_undelivered.get(target.as_str()).map(|at| (self.now - *at).whole_seconds().max(0))
     }
 }
 

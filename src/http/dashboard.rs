@@ -240,7 +240,7 @@ async fn overview(State(dashboard): State<Arc<Dashboard>>, headers: HeaderMap) -
         Ok(session) => session,
         Err(sign_in) => return sign_in,
     };
-    let overview = dashboard.monitor.overview(Duration::ZERO).await;
+    let overview = dashboard.monitor.overview().await;
     // Destinations belong to no tenant: operators limited to targets do
     // not see them.
     let destinations = match (&dashboard.fit_connect, &session.operator.scope) {

@@ -15,7 +15,7 @@ use serde_json::json;
 use super::connections::ListenerHealth;
 use crate::broker::Publisher;
 use crate::metrics::{self, Metrics};
-use crate::monitor::{FRESH_FOR, Monitor, SAMPLE_TIMEOUT};
+use crate::monitor::{Monitor, SAMPLE_TIMEOUT};
 use crate::store::Store;
 
 /// What `/readyz` checks, handed in by the application: the same draining
@@ -67,6 +67,6 @@ async fn ready(State(observed): State<Arc<Observed>>) -> Response {
 }
 
 async fn scrape(State(observed): State<Arc<Observed>>) -> Response {
-    observed.monitor.overview(FRESH_FOR).await;
+    observed.monitor.refresh().await;
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], observed.metrics.encode()).into_response()
 }

@@ -882,9 +882,6 @@ pub struct TargetActivity {
     /// Attempts that failed (transiently or permanently, mapping included).
     pub failed: u64,
     pub parked: u64,
-    /// When the oldest submission this target does not have yet (queued,
-    /// retrying or parked) was received.
-    pub oldest_undelivered: Option<String>,
 }
 
 /// A submission's ids at FIT-Connect.
@@ -991,9 +988,12 @@ pub trait Store: Send + Sync + 'static {
     /// The audit trail, newest first; only of the `within` targets if
     /// given.
     async fn audit_trail(&self, limit: u32, within: Option<Vec<String>>) -> Result<Vec<AuditEntry>, StoreError>;
-    /// Per target: deliveries and failures since `since`, and the oldest
-    /// undelivered submission.
+    /// Per target: deliveries and failures since `since`. It counts every
+    /// outcome in the period, so a dashboard page asks, a scrape does not.
     async fn activity(&self, since: OffsetDateTime) -> Result<std::collections::BTreeMap<String, TargetActivity>, StoreError>;
+    /// Per target that has one: when the oldest submission it does not
+    /// have yet (queued, retrying or parked) was received.
+    async fn oldest_undelivered(&self) -> Result<std::collections::BTreeMap<String, OffsetDateTime>, StoreError>;
     /// Removes up to `limit` finished (delivered or discarded) submissions
     /// received before `before`, with their timelines and idempotency
     /// keys, and operator records older than that; returns how many

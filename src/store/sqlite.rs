@@ -869,15 +869,26 @@ impl Store for SqliteStore {
                     _ => entry.failed += count as u64,
                 }
             }
-            let mut oldest = conn.prepare(
+            Ok(activity)
+        })
+        .await
+    }
+
+    async fn oldest_undelivered(&self) -> Result<std::collections::BTreeMap<String, OffsetDateTime>, StoreError> {
+        self.read(move |conn| {
+            let mut oldest = conn.prepare_cached(
                 "SELECT d.target, min(s.received_at) FROM deliveries d JOIN submissions s ON s.id = d.submission_id
                  WHERE d.state IN ('queued', 'retrying', 'parked') AND s.state NOT IN ('received', 'refused') GROUP BY d.target",
             )?;
-            for row in oldest.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+            let rows = oldest.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            let mut by_target = std::collections::BTreeMap::new();
+            for row in rows {
                 let (target, at) = row?;
-                activity.entry(target).or_default().oldest_undelivered = Some(at);
+                if let Ok(at) = OffsetDateTime::parse(&at, &time::format_description::well_known::Rfc3339) {
+                    by_target.insert(target, at);
+                }
             }
-            Ok(activity)
+            Ok(by_target)
         })
         .await
     }

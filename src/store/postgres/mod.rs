@@ -807,6 +807,14 @@ impl Store for PostgresStore {
                     _ => entry.failed += count as u64,
                 }
             }
+            Ok(activity)
+        })
+        .await
+    }
+
+    async fn oldest_undelivered(&self) -> Result<std::collections::BTreeMap<String, OffsetDateTime>, StoreError> {
+        self.timed(async {
+            let client = self.client().await?;
             let oldest = client
                 .query(
                     "SELECT d.target, min(s.received_at) FROM deliveries d JOIN submissions s ON s.id = d.submission_id
@@ -814,10 +822,7 @@ impl Store for PostgresStore {
                     &[],
                 )
                 .await?;
-            for row in &oldest {
-                activity.entry(row.get(0)).or_default().oldest_undelivered = Some(timestamp(row.get(1)));
-            }
-            Ok(activity)
+            Ok(oldest.iter().map(|row| (row.get(0), row.get(1))).collect())
         })
         .await
     }
