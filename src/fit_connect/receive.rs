@@ -25,7 +25,7 @@ use crate::admission::{Admissions, Incoming, NotAdmitted};
 use crate::domain::{Region, SenderName};
 use crate::jose::{DecryptionKey, Jwk, SigningKey, VerifyingKey};
 use crate::metrics::{FitConnectErrorLabels, FitConnectLabel, FitConnectRejectionLabels, Metrics};
-use crate::pipeline::SharedPipeline;
+use crate::pipeline::{Pipeline, SharedPipeline};
 use crate::store::{FitConnectDecision, IdempotencyKey, Store, StoreError, Verdict};
 use crate::submission::{InvalidSubmission, Submission};
 
@@ -77,6 +77,11 @@ struct Destination {
     /// When each submission still waiting was first seen, for the age of
     /// the oldest.
     first_seen: Mutex<HashMap<Uuid, time::OffsetDateTime>>,
+    /// Submissions found to have no route, with the pipeline that had
+    /// none: not fetched and checked again until the configuration is
+    /// reloaded (a `Weak` keeps the old pipeline's address from being
+    /// taken by a new one).
+    unrouted: Mutex<HashMap<Uuid, std::sync::Weak<Pipeline>>>,
 }
 
 struct Ready {
@@ -156,6 +161,7 @@ impl FitConnect {
                     wake: Notify::new(),
                     health: Mutex::new(health),
                     first_seen: Mutex::new(HashMap::new()),
+                    unrouted: Mutex::new(HashMap::new()),
                 };
                 (name.clone(), Arc::new(destination))
             })
@@ -304,8 +310,8 @@ enum Pause {
 enum Handled {
     /// Decided (now or before), or gone from FIT-Connect.
     Decided,
-    /// Left waiting at FIT-Connect on purpose (no route, too large for a
-    /// broker message): amtsbote's to fix.
+    /// Left waiting at FIT-Connect on purpose (no route): amtsbote's to
+    /// fix.
     Waits,
 }
 
@@ -407,6 +413,11 @@ impl Destination {
                 first_seen.entry(w.submission_id).or_insert(now);
             }
         }
+        let pipeline = shared.pipeline.load_full();
+        self.unrouted
+            .lock()
+            .expect("unrouted lock")
+            .retain(|id, had_no_route| std::ptr::eq(had_no_route.as_ptr(), Arc::as_ptr(&pipeline)) && waiting.iter().any(|w| w.submission_id == *id));
         {
             let mut health = self.health.lock().expect("health lock");
             health.up = true;
@@ -422,7 +433,7 @@ impl Destination {
             if *shutdown.borrow() {
                 break;
             }
-            if submission.destination_id != self.id {
+            if submission.destination_id != self.id || self.unrouted.lock().expect("unrouted lock").contains_key(&submission.submission_id) {
                 continue;
             }
             match self.handle(shared, submission).await {
@@ -555,7 +566,8 @@ impl Destination {
         };
         drop(attachments);
         self.learn(&verified.set_schema, verified.submitted_at, fetched.submission_id);
-        match self.admit(shared, &fetched, &verified).await {
+        let pipeline = shared.pipeline.load_full();
+        match self.admit(shared, &pipeline, &fetched, &verified).await {
             Ok(id) => {
                 let payload = serde_json::to_string(&Acceptance { authentication_tags: &verified.tags }).expect("tags serialize");
                 self.decide(shared, &fetched, Some(id), Verdict::Accept, payload).await
@@ -563,18 +575,14 @@ impl Destination {
             Err(Admit::Reject(problem)) => self.reject(shared, &fetched, problem).await,
             Err(Admit::Later(not_admitted)) => match not_admitted {
                 // Ours to fix, not the sender's: the submission waits at
-                // FIT-Connect (the oldest-waiting alert fires) and the
-                // others go on.
+                // FIT-Connect (the oldest-waiting alert fires), the others
+                // go on, and it is looked at again after a reload.
                 NotAdmitted::NoRoute { service, region } => {
                     tracing::error!(event = "fit_connect_no_route", destination = %self.name, fit_connect_submission = %fetched.submission_id,
-                        service = %service, region = %region, "no route for a FIT-Connect submission; it waits at FIT-Connect until one is configured");
+                        service = %service, region = %region,
+                        "no route for a FIT-Connect submission; it waits at FIT-Connect until one is configured and the configuration reloaded");
                     self.count_error(shared, "no_route");
-                    Ok(Handled::Waits)
-                }
-                NotAdmitted::TooLarge => {
-                    tracing::error!(event = "fit_connect_too_large_for_the_broker", destination = %self.name, fit_connect_submission = %fetched.submission_id,
-                        "a FIT-Connect submission's form data is larger than broker.max_message_bytes; it waits at FIT-Connect");
-                    self.count_error(shared, "too_large");
+                    self.unrouted.lock().expect("unrouted lock").insert(fetched.submission_id, Arc::downgrade(&pipeline));
                     Ok(Handled::Waits)
                 }
                 other => Err(Pause::Admission(other)),
@@ -638,13 +646,12 @@ impl Destination {
         Ok(cached.clone())
     }
 
-    async fn admit(&self, shared: &Shared, fetched: &Fetched, verified: &Verified) -> Result<Uuid, Admit> {
+    async fn admit(&self, shared: &Shared, pipeline: &Pipeline, fetched: &Fetched, verified: &Verified) -> Result<Uuid, Admit> {
         let ready = self.ready();
         let body = Bytes::from(envelope(verified, &ready.region)?);
         let mut submission = Submission::parse(&body, &shared.limits).map_err(|e| Admit::Reject(problem_of(e, verified)))?;
         submission.fit_connect = Some(origin(fetched, verified));
         let idempotency = IdempotencyKey { key: idempotency_key(fetched.submission_id), fingerprint: content_fingerprint(&verified.tags) };
-        let pipeline = shared.pipeline.load_full();
         let incoming = Incoming {
             submission,
             body: &body,
@@ -652,7 +659,7 @@ impl Destination {
             sender: &self.name,
             idempotency: Some(idempotency),
         };
-        shared.admissions.admit(&pipeline, incoming).await.map_err(|e| match e {
+        shared.admissions.admit(pipeline, incoming).await.map_err(|e| match e {
             NotAdmitted::InvalidFormData(fields) => Admit::Reject(Problem::new(
                 Kind::SchemaViolation,
                 Part::Data,

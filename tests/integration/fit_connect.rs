@@ -388,6 +388,28 @@ async fn xml_data_becomes_form_data_by_intakes_convention() {
 }
 
 #[tokio::test]
+async fn a_submission_without_a_route_waits_unfetched_until_a_reload_brings_one() {
+    let receiving = receiving("200ms").await;
+    let app = spawn_app(Setup { targets: &[("dms", "dms-json/akte.yaml")], routes: &[(GEWERBE, "", &["dms"])], extra: &receiving.yaml, ..Setup::default() }).await;
+    const UNROUTED: &str = "99102013104000";
+    let waiting = receiving.double.submit(receiving.destination, Outgoing::json(UNROUTED, form()));
+    wait_for("the first look", Duration::from_secs(30), || receiving.double.fetches(waiting.submission_id) == 1).await;
+    // Ten rounds more; the rest of what waits is still taken.
+    let routed = receiving.double.submit(receiving.destination, Outgoing::json(GEWERBE, form()));
+    assert_eq!(decided(&receiving.double, &routed).await, SubmissionState::Accepted);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(receiving.double.fetches(waiting.submission_id), 1, "fetched, decrypted and checked once, not every round");
+    assert_eq!(receiving.double.state(waiting.submission_id), Some(SubmissionState::Submitted), "it waits at FIT-Connect");
+
+    let yaml = std::fs::read_to_string(&app.config_path).unwrap();
+    let yaml = yaml.replacen("routes:\n", &format!("routes:\n  - service: \"{UNROUTED}\"\n    region: \"\"\n    targets: [dms]\n"), 1);
+    std::fs::write(&app.config_path, yaml).unwrap();
+    app.reloader.reload(&amtsbote::config::Config::load(&app.config_path).unwrap()).await.unwrap();
+    assert_eq!(decided(&receiving.double, &waiting).await, SubmissionState::Accepted, "taken once a route is there");
+    wait_for("both deliveries", Duration::from_secs(30), || app.back_office.received().len() == 2).await;
+}
+
+#[tokio::test]
 async fn keys_check_and_probe_from_the_command_line_and_no_secret_or_content_in_any_log() {
     use crate::helpers::{AppProcess, free_port, write_config};
     use amtsbote_sample_back_office::SampleBackOffice;

@@ -204,6 +204,8 @@ struct Inner {
     requests: u32,
     decisions: Vec<DecisionSeen>,
     token_requests: u32,
+    /// How often each submission was fetched.
+    fetches: HashMap<Uuid, u32>,
 }
 
 /// The delivery service on loopback.
@@ -299,6 +301,11 @@ impl Double {
 
     pub fn decisions(&self) -> Vec<DecisionSeen> {
         self.lock().decisions.clone()
+    }
+
+    /// How often the submission was fetched (`GET /v2/submissions/{id}`).
+    pub fn fetches(&self, submission: Uuid) -> u32 {
+        self.lock().fetches.get(&submission).copied().unwrap_or(0)
     }
 
     /// How many tokens were handed out.
@@ -590,7 +597,8 @@ async fn submission(State(double): State<Double>, headers: HeaderMap, Path(id): 
         Ok(caller) => caller,
         Err(response) => return response,
     };
-    let inner = double.lock();
+    let mut inner = double.lock();
+    *inner.fetches.entry(id).or_default() += 1;
     let Some(stored) = inner.submissions.get(&id).filter(|s| s.destination == caller && s.state == SubmissionState::Submitted) else {
         return problem(StatusCode::NOT_FOUND, "submission-not-found", "no such submission waits for this destination");
     };
