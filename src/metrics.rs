@@ -208,6 +208,9 @@ pub struct Metrics {
     pub fit_connect_last_poll: Family<FitConnectLabel, Gauge<f64, AtomicU64>>,
     /// 1 while the destination is usable and its last poll succeeded.
     pub fit_connect_up: Family<FitConnectLabel, Gauge>,
+    /// Submissions waiting at FIT-Connect for which the running
+    /// configuration has no route.
+    pub fit_connect_unrouted: Family<FitConnectLabel, Gauge>,
 }
 
 impl Metrics {
@@ -323,6 +326,12 @@ impl Metrics {
         );
         let fit_connect_up = Family::<FitConnectLabel, Gauge>::default();
         registry.register("fit_connect_up", "1 while the FIT-Connect destination is usable and its last poll succeeded", fit_connect_up.clone());
+        let fit_connect_unrouted = Family::<FitConnectLabel, Gauge>::default();
+        registry.register(
+            "fit_connect_unrouted",
+            "Submissions waiting at FIT-Connect for which the running configuration has no route",
+            fit_connect_unrouted.clone(),
+        );
         registry.register(
             "build",
             "The running amtsbote version",
@@ -377,6 +386,7 @@ impl Metrics {
             fit_connect_oldest_waiting_age,
             fit_connect_last_poll,
             fit_connect_up,
+            fit_connect_unrouted,
         }
     }
 
@@ -389,6 +399,7 @@ impl Metrics {
         let _ = self.fit_connect_fetched.get_or_create(&label);
         let _ = self.fit_connect_accepted.get_or_create(&label);
         let _ = self.fit_connect_oldest_waiting_age.get_or_create(&label);
+        let _ = self.fit_connect_unrouted.get_or_create(&label);
         for problem in problems {
             let _ = self.fit_connect_rejected.get_or_create(&FitConnectRejectionLabels { destination: destination.to_owned(), problem: (*problem).to_owned() });
         }

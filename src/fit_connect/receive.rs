@@ -119,6 +119,8 @@ pub struct DestinationHealth {
     /// (or first seen, before its event log was read).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oldest_waiting_seconds: Option<u64>,
+    /// Of them, those the running configuration has no route for.
+    pub unrouted: usize,
     pub accepted: u64,
     pub rejected: u64,
 }
@@ -456,11 +458,20 @@ impl Destination {
         Ok(())
     }
 
+    /// The age of the oldest waiting submission, and how many wait for
+    /// want of a route.
     fn record_oldest(&self, shared: &Shared) {
         let oldest = self.first_seen.lock().expect("first-seen lock").values().min().copied();
         let age = oldest.map(|at| (time::OffsetDateTime::now_utc() - at).whole_seconds().max(0) as u64);
-        self.health.lock().expect("health lock").oldest_waiting_seconds = age;
-        shared.metrics.fit_connect_oldest_waiting_age.get_or_create(&label(&self.name)).set(age.unwrap_or(0) as f64);
+        let unrouted = self.unrouted.lock().expect("unrouted lock").len();
+        {
+            let mut health = self.health.lock().expect("health lock");
+            health.oldest_waiting_seconds = age;
+            health.unrouted = unrouted;
+        }
+        let metric = label(&self.name);
+        shared.metrics.fit_connect_oldest_waiting_age.get_or_create(&metric).set(age.unwrap_or(0) as f64);
+        shared.metrics.fit_connect_unrouted.get_or_create(&metric).set(unrouted as i64);
     }
 
     /// Whether our keys are the halves of those FIT-Connect has registered

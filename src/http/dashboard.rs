@@ -266,6 +266,7 @@ fn destinations_table(destinations: &[crate::fit_connect::DestinationHealth]) ->
                     th { "Last poll" }
                     th.num { "Waiting" }
                     th.num { "Oldest waiting" }
+                    th.num { "Without route" }
                     th.num { "Accepted" }
                     th.num { "Rejected" }
                 } }
@@ -286,6 +287,7 @@ fn destinations_table(destinations: &[crate::fit_connect::DestinationHealth]) ->
                                     None => "–",
                                 }
                             }
+                            td.num data-unrouted[destination.unrouted > 0] { (destination.unrouted) }
                             td.num { (destination.accepted) }
                             td.num { (destination.rejected) }
                         }
@@ -728,7 +730,7 @@ th { background: #eef1f5; font-weight: 600; font-size: .9em; }
 .state[data-state=delivered], .state[data-state=ok] { background: #dcfae6; color: var(--ok); }
 .state[data-state=parked], .state[data-state=failing] { background: #fee4e2; color: var(--bad); }
 .state[data-state=retrying], .state[data-state=accepted], .state[data-state=queued] { background: #fef0c7; color: var(--warn); }
-[data-low], [data-old] { color: var(--bad); font-weight: 600; }
+[data-low], [data-old], [data-unrouted] { color: var(--bad); font-weight: 600; }
 .error { color: var(--bad); }
 .notice { background: #dcfae6; padding: .5rem .8rem; border-radius: .3rem; }
 .status { color: var(--muted); }

@@ -400,6 +400,12 @@ async fn a_submission_without_a_route_waits_unfetched_until_a_reload_brings_one(
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(receiving.double.fetches(waiting.submission_id), 1, "fetched, decrypted and checked once, not every round");
     assert_eq!(receiving.double.state(waiting.submission_id), Some(SubmissionState::Submitted), "it waits at FIT-Connect");
+    let unrouted = "amtsbote_fit_connect_unrouted{destination=\"stadt-test\"}";
+    let metrics = reqwest::get(format!("{}/metrics", app.base)).await.unwrap().text().await.unwrap();
+    assert_eq!(metric(&metrics, unrouted), Some(1.0), "{metrics}");
+    let cookie = crate::dashboard::sign_in(&app).await;
+    let page = reqwest::Client::new().get(format!("{}/dashboard", app.base)).header("cookie", cookie).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("Without route") && page.contains(r#"data-unrouted>1<"#), "{page}");
 
     let yaml = std::fs::read_to_string(&app.config_path).unwrap();
     let yaml = yaml.replacen("routes:\n", &format!("routes:\n  - service: \"{UNROUTED}\"\n    region: \"\"\n    targets: [dms]\n"), 1);
@@ -407,6 +413,9 @@ async fn a_submission_without_a_route_waits_unfetched_until_a_reload_brings_one(
     app.reloader.reload(&amtsbote::config::Config::load(&app.config_path).unwrap()).await.unwrap();
     assert_eq!(decided(&receiving.double, &waiting).await, SubmissionState::Accepted, "taken once a route is there");
     wait_for("both deliveries", Duration::from_secs(30), || app.back_office.received().len() == 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let metrics = reqwest::get(format!("{}/metrics", app.base)).await.unwrap().text().await.unwrap();
+    assert_eq!(metric(&metrics, unrouted), Some(0.0), "{metrics}");
 }
 
 #[tokio::test]
