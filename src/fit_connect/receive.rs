@@ -43,6 +43,12 @@ const MIN_KEY_BITS: usize = 4096;
 /// The largest metadata document taken.
 const MAX_METADATA_BYTES: usize = 1024 * 1024;
 
+/// How often a destination's keys are compared with those registered at
+/// FIT-Connect even when nothing suggests a change: a key replaced or
+/// withdrawn in the portal is noticed within this time although no
+/// submission names it.
+const KEYS_RECHECKED_EVERY: Duration = Duration::from_secs(3600);
+
 /// The receiving side: its destinations and what they share.
 pub struct FitConnect {
     destinations: BTreeMap<SenderName, Arc<Destination>>,
@@ -94,8 +100,10 @@ struct Ready {
     /// The delivery service's keys, fetched when an event names a key
     /// not among them.
     service_keys: tokio::sync::Mutex<Vec<VerifyingKey>>,
-    /// Our keys were found to be those registered at FIT-Connect.
-    keys_match: std::sync::atomic::AtomicBool,
+    /// When our keys were last found to be those registered at
+    /// FIT-Connect; `None`: to be checked before the next round decides
+    /// anything.
+    keys_checked: Mutex<Option<std::time::Instant>>,
     /// The SET payload schema the delivery service's events last declared.
     set_schema: Mutex<Option<String>>,
 }
@@ -287,7 +295,7 @@ fn ready(
         signing,
         callback_secret,
         service_keys: tokio::sync::Mutex::new(Vec::new()),
-        keys_match: std::sync::atomic::AtomicBool::new(false),
+        keys_checked: Mutex::new(None),
         set_schema: Mutex::new(None),
     })
 }
@@ -402,9 +410,10 @@ impl Destination {
     /// `progress`: whether a submission was handled before a pause.
     async fn poll_round(&self, shared: &Shared, shutdown: &watch::Receiver<bool>, progress: &mut bool) -> Result<(), Pause> {
         let ready = self.ready();
-        if !ready.keys_match.load(std::sync::atomic::Ordering::Relaxed) {
+        let checked = *ready.keys_checked.lock().expect("keys-checked lock");
+        if checked.is_none_or(|at| at.elapsed() >= KEYS_RECHECKED_EVERY) {
             self.check_keys().await?;
-            ready.keys_match.store(true, std::sync::atomic::Ordering::Relaxed);
+            *ready.keys_checked.lock().expect("keys-checked lock") = Some(std::time::Instant::now());
         }
         let waiting = ready.api.waiting(self.id).await?;
         let now = time::OffsetDateTime::now_utc();
@@ -563,7 +572,7 @@ impl Destination {
         // fix, never a rejection.
         for kid in verify::unknown_kids(&fetched, &attachments, &ready.decryption) {
             if ready.api.destination_key(self.id, &kid).await?.is_some() {
-                ready.keys_match.store(false, std::sync::atomic::Ordering::Relaxed);
+                *ready.keys_checked.lock().expect("keys-checked lock") = None;
                 return Err(Pause::Keys(format!("submissions are encrypted for key {kid}, registered at FIT-Connect, which decryption_keys lacks")));
             }
         }
@@ -760,7 +769,15 @@ impl Destination {
         match ready.api.decide(decision.case_id, &event).await {
             Ok(()) => {}
             Err(ApiError::AlreadyDecided) => self.known_decision(shared, decision).await,
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                // Perhaps our signing key is no longer the one registered
+                // (replaced or withdrawn in the portal): checked before
+                // the next round decides anything.
+                if matches!(e, ApiError::Refused { .. }) {
+                    *ready.keys_checked.lock().expect("keys-checked lock") = None;
+                }
+                return Err(e.into());
+            }
         }
         shared.store.fit_connect_decision_sent(decision.fit_submission).await?;
         let metric = label(&self.name);

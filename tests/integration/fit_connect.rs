@@ -346,6 +346,53 @@ async fn a_destination_with_wrong_keys_is_down_and_decides_nothing_while_the_res
 }
 
 #[tokio::test]
+async fn a_decision_refused_for_its_signature_has_the_keys_checked_again_and_the_destination_down_until_they_match() {
+    let receiving = receiving("200ms").await;
+    let app = app_for(&receiving).await;
+    let first = receiving.double.submit(receiving.destination, Outgoing::json(GEWERBE, form()));
+    assert_eq!(decided(&receiving.double, &first).await, SubmissionState::Accepted);
+
+    // The signing key is replaced in FIT-Connect's portal, not in amtsbote.
+    let (_, other_signing) = generate("sig-test", KeyPurpose::Signing).unwrap();
+    let mut registered = Destination {
+        id: receiving.destination,
+        client_id: format!("client-{}", receiving.destination),
+        client_secret: "s3cret-client".into(),
+        encryption_key: serde_json::to_value(&KEYS[0].1).unwrap(),
+        signing_key: serde_json::to_value(&other_signing).unwrap(),
+        callback: None,
+    };
+    receiving.double.register(registered.clone());
+    let second = receiving.double.submit(receiving.destination, Outgoing::json(GEWERBE, form()));
+    let metrics_url = format!("{}/metrics", app.base);
+    let keys_errors = "amtsbote_fit_connect_errors_total{destination=\"stadt-test\",kind=\"keys\"}";
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
+        if metric(&metrics, keys_errors).is_some_and(|n| n >= 1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metric(&metrics, keys_errors).is_some_and(|n| n >= 1.0), "the keys were checked again and found wrong: {metrics}");
+    assert_eq!(metric(&metrics, "amtsbote_fit_connect_up{destination=\"stadt-test\"}"), Some(0.0), "down: the alert fires");
+    let refused = receiving.double.decisions().iter().filter(|d| d.status == reqwest::StatusCode::UNPROCESSABLE_ENTITY).count();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        receiving.double.decisions().iter().filter(|d| d.status == reqwest::StatusCode::UNPROCESSABLE_ENTITY).count(),
+        refused,
+        "while down, nothing more is sent"
+    );
+    assert_eq!(receiving.double.state(second.submission_id), Some(SubmissionState::Submitted));
+
+    // Put right in the portal: the decision recorded before is sent.
+    registered.signing_key = serde_json::to_value(&KEYS[1].1).unwrap();
+    receiving.double.register(registered);
+    assert_eq!(decided(&receiving.double, &second).await, SubmissionState::Accepted);
+    wait_for("both deliveries", Duration::from_secs(30), || app.back_office.received().iter().filter(|r| r.path == "/dms").count() == 2).await;
+}
+
+#[tokio::test]
 async fn data_failing_the_route_schema_is_rejected_as_a_schema_violation_naming_the_field() {
     let receiving = receiving("200ms").await;
     let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/hundesteuer/antrag.schema.json");
