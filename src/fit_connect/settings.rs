@@ -120,7 +120,7 @@ pub fn names_taken_by_senders<'a>(settings: &'a FitConnectSettings, senders: imp
 #[cfg(test)]
 mod tests {
     use crate::domain::SenderName;
-    use crate::fit_connect::settings::{FitConnectSettings, names_taken_by_senders};
+    use super::{FitConnectSettings, names_taken_by_senders};
 
     #[test]
     fn a_destination_may_not_share_its_name_with_a_sender() {

@@ -34,10 +34,16 @@ fn rust_files(dir: &Path, found: &mut Vec<PathBuf>) {
 }
 
 /// `crate::x`, `amtsbote::x` (and in a wing's submodule `super::x`) in
-/// code, comments left out, as the units they name.
+/// code, comments left out, as the units they name. A `super::` inside an
+/// inline module (`mod tests { use super::*; }`) names that module's
+/// parent, the file's own module, not the wing.
 fn imports_of(unit: &str, source: &str, wings: &BTreeSet<String>) -> BTreeSet<String> {
     let mut named = BTreeSet::new();
     let wing_of_unit = unit.split_once("::").map(|(wing, _)| wing.to_owned());
+    // Brace depth, and the depth at which each open inline module began.
+    let mut depth = 0usize;
+    let mut inline_modules: Vec<usize> = Vec::new();
+    let mut literal = Literal::None;
     for line in source.lines() {
         let code = line.split("//").next().unwrap_or("");
         for prefix in ["crate::", "amtsbote::", "super::"] {
@@ -47,16 +53,29 @@ fn imports_of(unit: &str, source: &str, wings: &BTreeSet<String>) -> BTreeSet<St
             let mut rest = code;
             while let Some(at) = rest.find(prefix) {
                 let before = rest[..at].chars().next_back();
-                let after = &rest[at + prefix.len()..];
+                let mut after = &rest[at + prefix.len()..];
+                // `super::super::…`: how many modules up.
+                let mut up = 1;
+                while prefix == "super::"
+                    && let Some(further) = after.strip_prefix(prefix)
+                {
+                    after = further;
+                    up += 1;
+                }
                 rest = after;
                 if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
                     continue;
                 }
-                assert!(!after.starts_with('{'), "{unit}: write one `use` per module, not `{prefix}{{…}}`: {line}");
+                // Still within this file's module: no import.
+                if prefix == "super::" && up <= inline_modules.len() {
+                    continue;
+                }
+                let to_the_wing = prefix == "super::" && up == inline_modules.len() + 1;
+                assert!(!after.starts_with('{') || to_the_wing, "{unit}: write one `use` per module, not `{prefix}{{…}}`: {line}");
                 let word = |text: &str| -> String { text.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect() };
                 let first = word(after);
                 let (wing, part) = match &wing_of_unit {
-                    Some(wing) if prefix == "super::" => (wing.clone(), first.clone()),
+                    Some(wing) if to_the_wing => (wing.clone(), first.clone()),
                     _ => (first.clone(), after.strip_prefix(&format!("{first}::")).map(word).unwrap_or_default()),
                 };
                 let target = if wings.contains(&format!("{wing}::{part}")) { format!("{wing}::{part}") } else { wing };
@@ -65,8 +84,92 @@ fn imports_of(unit: &str, source: &str, wings: &BTreeSet<String>) -> BTreeSet<St
                 }
             }
         }
+        let opens_inline_module = {
+            let item = code.trim_start();
+            let item = ["pub(crate) ", "pub(super) ", "pub "].iter().find_map(|v| item.strip_prefix(v)).unwrap_or(item);
+            item.starts_with("mod ") && item.contains('{')
+        };
+        let mut opened = false;
+        for c in braces(line, &mut literal) {
+            match c {
+                '{' => {
+                    if opens_inline_module && !opened {
+                        inline_modules.push(depth);
+                        opened = true;
+                    }
+                    depth += 1;
+                }
+                '}' => {
+                    depth = depth.saturating_sub(1);
+                    if inline_modules.last() == Some(&depth) {
+                        inline_modules.pop();
+                    }
+                }
+                _ => {}
+            }
+        }
     }
+    assert_eq!(depth, 0, "{unit}: its braces, as read, do not balance");
     named
+}
+
+/// What a line ends in: code, or a string or raw string (with its
+/// number of `#`) that goes on in the next line.
+#[derive(Clone, Copy, PartialEq)]
+enum Literal {
+    None,
+    Str,
+    Raw(usize),
+}
+
+/// The braces in a line, those in string and char literals and comments
+/// left out.
+fn braces(line: &str, literal: &mut Literal) -> Vec<char> {
+    let ident = |c: char| c.is_alphanumeric() || c == '_';
+    let chars: Vec<char> = line.chars().collect();
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        match *literal {
+            Literal::Str if c == '\\' => i += 1,
+            Literal::Str if c == '"' => *literal = Literal::None,
+            Literal::Str => {}
+            Literal::Raw(hashes) => {
+                if c == '"' && chars.get(i + 1..i + 1 + hashes).is_some_and(|h| h.iter().all(|&c| c == '#')) {
+                    *literal = Literal::None;
+                    i += hashes;
+                }
+            }
+            Literal::None => match c {
+                '"' => *literal = Literal::Str,
+                // r"…", r#"…"#, br#"…"#
+                'r' if (i == 0 || !ident(chars[i - 1]) || (chars[i - 1] == 'b' && (i == 1 || !ident(chars[i - 2]))))
+                    && matches!(chars.get(i + 1), Some('"' | '#')) =>
+                {
+                    let hashes = chars[i + 1..].iter().take_while(|&&c| c == '#').count();
+                    if chars.get(i + 1 + hashes) == Some(&'"') {
+                        *literal = Literal::Raw(hashes);
+                        i += 1 + hashes;
+                    }
+                }
+                // A char literal ('{', '\'', '\u{7b}'); a lifetime has no
+                // closing quote there.
+                '\'' => {
+                    if chars.get(i + 2) == Some(&'\'') {
+                        i += 2;
+                    } else if chars.get(i + 1) == Some(&'\\') {
+                        i += chars.get(i + 3..).and_then(|rest| rest.iter().position(|&c| c == '\'')).map_or(0, |end| end + 3);
+                    }
+                }
+                '/' if chars.get(i + 1) == Some(&'/') => break,
+                '{' | '}' => found.push(c),
+                _ => {}
+            },
+        }
+        i += 1;
+    }
+    found
 }
 
 struct Layer {
