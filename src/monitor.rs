@@ -141,10 +141,17 @@ impl Monitor {
             close(&mut state.connection).await;
         }
         self.metrics.broker_connected.set(i64::from(depths.is_some()));
-        let oldest_undelivered = match self.store.oldest_undelivered().await {
-            Ok(oldest) => oldest,
-            Err(e) => {
+        // Bounded like the broker's part: a ledger that hangs must not
+        // hang `/metrics` (nor the next scrape, which waits for the lock).
+        let oldest_undelivered = match tokio::time::timeout(SAMPLE_TIMEOUT, self.store.oldest_undelivered()).await {
+            Ok(Ok(oldest)) => oldest,
+            Ok(Err(e)) => {
                 tracing::error!(event = "store_failed", error = %e, "could not read the ledger's oldest undelivered submissions");
+                Default::default()
+            }
+            Err(_) => {
+                tracing::error!(event = "store_failed", timeout_ms = SAMPLE_TIMEOUT.as_millis() as u64,
+                    "the ledger did not say in time which submissions are oldest undelivered");
                 Default::default()
             }
         };

@@ -86,7 +86,8 @@ struct Destination {
     /// Submissions found to have no route, with the pipeline that had
     /// none: not fetched and checked again until the configuration is
     /// reloaded (a `Weak` keeps the old pipeline's address from being
-    /// taken by a new one).
+    /// taken by a new one). Kept until found routed, so that they count
+    /// as unrouted across a reload.
     unrouted: Mutex<HashMap<Uuid, std::sync::Weak<Pipeline>>>,
 }
 
@@ -320,9 +321,8 @@ enum Pause {
 enum Handled {
     /// Decided (now or before), or gone from FIT-Connect.
     Decided,
-    /// Left waiting at FIT-Connect on purpose (no route): amtsbote's to
-    /// fix.
-    Waits,
+    /// Left waiting at FIT-Connect for want of a route: amtsbote's to fix.
+    Unrouted,
 }
 
 impl Pause {
@@ -410,25 +410,18 @@ impl Destination {
     /// `progress`: whether a submission was handled before a pause.
     async fn poll_round(&self, shared: &Shared, shutdown: &watch::Receiver<bool>, progress: &mut bool) -> Result<(), Pause> {
         let ready = self.ready();
-        let checked = *ready.keys_checked.lock().expect("keys-checked lock");
-        if checked.is_none_or(|at| at.elapsed() >= KEYS_RECHECKED_EVERY) {
-            self.check_keys().await?;
-            *ready.keys_checked.lock().expect("keys-checked lock") = Some(std::time::Instant::now());
-        }
+        self.keys_checked_if_due().await?;
         let waiting = ready.api.waiting(self.id).await?;
         let now = time::OffsetDateTime::now_utc();
         {
+            let still_waiting: std::collections::HashSet<Uuid> = waiting.iter().map(|w| w.submission_id).collect();
             let mut first_seen = self.first_seen.lock().expect("first-seen lock");
-            first_seen.retain(|id, _| waiting.iter().any(|w| w.submission_id == *id));
+            first_seen.retain(|id, _| still_waiting.contains(id));
             for w in &waiting {
                 first_seen.entry(w.submission_id).or_insert(now);
             }
+            self.unrouted.lock().expect("unrouted lock").retain(|id, _| still_waiting.contains(id));
         }
-        let pipeline = shared.pipeline.load_full();
-        self.unrouted
-            .lock()
-            .expect("unrouted lock")
-            .retain(|id, had_no_route| std::ptr::eq(had_no_route.as_ptr(), Arc::as_ptr(&pipeline)) && waiting.iter().any(|w| w.submission_id == *id));
         {
             let mut health = self.health.lock().expect("health lock");
             health.up = true;
@@ -444,15 +437,18 @@ impl Destination {
             if *shutdown.borrow() {
                 break;
             }
-            if submission.destination_id != self.id || self.unrouted.lock().expect("unrouted lock").contains_key(&submission.submission_id) {
+            if submission.destination_id != self.id {
                 continue;
             }
+            // A refused decision may have found our keys out of date.
+            self.keys_checked_if_due().await?;
             match self.handle(shared, submission).await {
                 Ok(Handled::Decided) => {
                     self.first_seen.lock().expect("first-seen lock").remove(&submission.submission_id);
+                    self.unrouted.lock().expect("unrouted lock").remove(&submission.submission_id);
                     *progress = true;
                 }
-                Ok(Handled::Waits) => *progress = true,
+                Ok(Handled::Unrouted) => {}
                 Err(pause) if pause.stops_the_round() => return Err(pause),
                 // This submission's own trouble: the others go on, it is
                 // tried again next round and ages towards the alert.
@@ -481,6 +477,18 @@ impl Destination {
         let metric = label(&self.name);
         shared.metrics.fit_connect_oldest_waiting_age.get_or_create(&metric).set(age.unwrap_or(0) as f64);
         shared.metrics.fit_connect_unrouted.get_or_create(&metric).set(unrouted as i64);
+    }
+
+    /// Compares our keys with FIT-Connect's if that is due: at first, every
+    /// [`KEYS_RECHECKED_EVERY`], and after a hint that they changed.
+    async fn keys_checked_if_due(&self) -> Result<(), Pause> {
+        let ready = self.ready();
+        let checked = *ready.keys_checked.lock().expect("keys-checked lock");
+        if checked.is_none_or(|at| at.elapsed() >= KEYS_RECHECKED_EVERY) {
+            self.check_keys().await?;
+            *ready.keys_checked.lock().expect("keys-checked lock") = Some(std::time::Instant::now());
+        }
+        Ok(())
     }
 
     /// Whether our keys are the halves of those FIT-Connect has registered
@@ -524,6 +532,14 @@ impl Destination {
         // decided: only accepted, whatever the configuration says now.
         if let Some((id, fingerprint)) = shared.store.accepted_under_key(&idempotency_key(waiting.submission_id)).await? {
             return self.accept_admitted(shared, waiting, id, fingerprint).await;
+        }
+        // Found without a route before, and the configuration is the same:
+        // not fetched and checked again. (Asked after the ledger, where
+        // another amtsbote may have decided it.)
+        let pipeline = shared.pipeline.load_full();
+        let had_no_route = self.unrouted.lock().expect("unrouted lock").get(&waiting.submission_id).cloned();
+        if had_no_route.is_some_and(|had_no_route| std::ptr::eq(had_no_route.as_ptr(), Arc::as_ptr(&pipeline))) {
+            return Ok(Handled::Unrouted);
         }
         let ready = self.ready();
         let fetched = match ready.api.submission(waiting.submission_id).await {
@@ -586,7 +602,6 @@ impl Destination {
         };
         drop(attachments);
         self.learn(&verified.set_schema, verified.submitted_at, fetched.submission_id);
-        let pipeline = shared.pipeline.load_full();
         match self.admit(shared, &pipeline, &fetched, &verified).await {
             Ok(id) => {
                 let payload = serde_json::to_string(&Acceptance { authentication_tags: &verified.tags }).expect("tags serialize");
@@ -603,7 +618,7 @@ impl Destination {
                         "no route for a FIT-Connect submission; it waits at FIT-Connect until one is configured and the configuration reloaded");
                     self.count_error(shared, "no_route");
                     self.unrouted.lock().expect("unrouted lock").insert(fetched.submission_id, Arc::downgrade(&pipeline));
-                    Ok(Handled::Waits)
+                    Ok(Handled::Unrouted)
                 }
                 other => Err(Pause::Admission(other)),
             },
@@ -773,7 +788,7 @@ impl Destination {
                 // Perhaps our signing key is no longer the one registered
                 // (replaced or withdrawn in the portal): checked before
                 // the next round decides anything.
-                if matches!(e, ApiError::Refused { .. }) {
+                if matches!(e, ApiError::Refused { status: 400 | 403 | 422, .. }) {
                     *ready.keys_checked.lock().expect("keys-checked lock") = None;
                 }
                 return Err(e.into());

@@ -884,8 +884,13 @@ impl Store for SqliteStore {
             let mut by_target = std::collections::BTreeMap::new();
             for row in rows {
                 let (target, at) = row?;
-                if let Ok(at) = OffsetDateTime::parse(&at, &time::format_description::well_known::Rfc3339) {
-                    by_target.insert(target, at);
+                match OffsetDateTime::parse(&at, &time::format_description::well_known::Rfc3339) {
+                    Ok(at) => {
+                        by_target.insert(target, at);
+                    }
+                    // Written by amtsbote, so never expected; but a target
+                    // left out would read as having nothing undelivered.
+                    Err(_) => tracing::error!(event = "store_failed", target = %target, "a submission's receipt time in the ledger does not read"),
                 }
             }
             Ok(by_target)

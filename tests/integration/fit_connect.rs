@@ -369,7 +369,7 @@ async fn a_decision_refused_for_its_signature_has_the_keys_checked_again_and_the
     let mut metrics = String::new();
     for _ in 0..100 {
         metrics = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
-        if metric(&metrics, keys_errors).is_some_and(|n| n >= 1.0) {
+        if metric(&metrics, keys_errors).is_some_and(|n| n >= 1.0) && metric(&metrics, "amtsbote_fit_connect_up{destination=\"stadt-test\"}") == Some(0.0) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
