@@ -465,6 +465,35 @@ async fn a_submission_without_a_route_waits_unfetched_until_a_reload_brings_one(
     assert_eq!(metric(&metrics, unrouted), Some(0.0), "{metrics}");
 }
 
+/// Several amtsbote may share a destination and a ledger: one without the
+/// route must still send what another (with it) decided and recorded but
+/// did not get to send.
+#[tokio::test]
+async fn an_unrouted_submission_decided_by_another_amtsbote_has_the_recorded_decision_sent() {
+    let receiving = receiving("200ms").await;
+    let app = spawn_app(Setup { targets: &[("dms", "dms-json/akte.yaml")], routes: &[(GEWERBE, "", &["dms"])], extra: &receiving.yaml, ..Setup::default() }).await;
+    let waiting = receiving.double.submit(receiving.destination, Outgoing::json("99102013104000", form()));
+    wait_for("the first look", Duration::from_secs(30), || receiving.double.fetches(waiting.submission_id) == 1).await;
+
+    let ledger = rusqlite::Connection::open(app.config_path.with_file_name("store.sqlite")).unwrap();
+    ledger.busy_timeout(Duration::from_secs(10)).unwrap();
+    let problems = json!({ "problems": [{
+        "type": "https://schema.fitko.de/fit-connect/events/problems/technical-error",
+        "title": "Technischer Fehler", "detail": "decided elsewhere", "instance": "submission",
+    }] });
+    ledger
+        .execute(
+            "INSERT INTO fit_connect_decisions (fit_submission_id, case_id, destination_id, verdict, payload, decided_at)
+             VALUES (?1, ?2, ?3, 'reject', ?4, '2026-12-04T12:00:00.000Z')",
+            rusqlite::params![waiting.submission_id.to_string(), waiting.case_id.to_string(), receiving.destination.to_string(), problems.to_string()],
+        )
+        .unwrap();
+    drop(ledger);
+    let SubmissionState::Rejected(sent) = decided(&receiving.double, &waiting).await else { panic!("the recorded rejection is sent") };
+    assert_eq!(sent[0]["detail"], "decided elsewhere");
+    assert_eq!(receiving.double.fetches(waiting.submission_id), 1, "not fetched again for it");
+}
+
 #[tokio::test]
 async fn keys_check_and_probe_from_the_command_line_and_no_secret_or_content_in_any_log() {
     use crate::helpers::{AppProcess, free_port, write_config};
