@@ -208,8 +208,8 @@ pub struct Metrics {
     pub fit_connect_last_poll: Family<FitConnectLabel, Gauge<f64, AtomicU64>>,
     /// 1 while the destination is usable and its last poll succeeded.
     pub fit_connect_up: Family<FitConnectLabel, Gauge>,
-    /// Submissions waiting at FIT-Connect for which the running
-    /// configuration has no route.
+    /// Submissions waiting at FIT-Connect that were found to have no route
+    /// (looked at again after each reload).
     pub fit_connect_unrouted: Family<FitConnectLabel, Gauge>,
 }
 
@@ -329,7 +329,7 @@ impl Metrics {
         let fit_connect_unrouted = Family::<FitConnectLabel, Gauge>::default();
         registry.register(
             "fit_connect_unrouted",
-            "Submissions waiting at FIT-Connect for which the running configuration has no route",
+            "Submissions waiting at FIT-Connect found to have no route (looked at again after each reload)",
             fit_connect_unrouted.clone(),
         );
         registry.register(

@@ -128,7 +128,8 @@ pub struct DestinationHealth {
     /// (or first seen, before its event log was read).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oldest_waiting_seconds: Option<u64>,
-    /// Of them, those the running configuration has no route for.
+    /// Of them, those found to have no route (looked at again after each
+    /// reload).
     pub unrouted: usize,
     pub accepted: u64,
     pub rejected: u64,

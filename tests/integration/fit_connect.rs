@@ -227,13 +227,7 @@ async fn a_callback_wakes_the_poller_and_a_forged_or_stale_one_is_refused() {
 #[tokio::test]
 async fn a_hundred_submissions_through_503s_429s_expiring_tokens_and_lost_answers_are_each_accepted_and_delivered_once() {
     let receiving = receiving("200ms").await;
-    let app = spawn_app(Setup {
-        targets: &[("dms", "dms-json/akte.yaml")],
-        routes: &[(GEWERBE, "05", &["dms"])],
-        extra: &receiving.yaml,
-        ..Setup::default()
-    })
-    .await;
+    // From the first request on: the first token, too, expires.
     receiving.double.set_faults(Faults {
         fail_every: Some(7),
         throttle: 3,
@@ -241,6 +235,13 @@ async fn a_hundred_submissions_through_503s_429s_expiring_tokens_and_lost_answer
         lose_decision_answers: 5,
         ..Faults::default()
     });
+    let app = spawn_app(Setup {
+        targets: &[("dms", "dms-json/akte.yaml")],
+        routes: &[(GEWERBE, "05", &["dms"])],
+        extra: &receiving.yaml,
+        ..Setup::default()
+    })
+    .await;
     let submitted: Vec<Submitted> =
         (0..100).map(|i| receiving.double.submit(receiving.destination, Outgoing::json(GEWERBE, json!({ "nummer": i })))).collect();
     wait_for("100 decisions", Duration::from_secs(120), || {

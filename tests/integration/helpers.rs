@@ -193,6 +193,18 @@ pub async fn spawn_app(setup: Setup<'_>) -> TestApp {
     let running = tokio::spawn(app.run_until(async move {
         let _ = stopped.await;
     }));
+    // Ready (broker connected, ledger writable) before the test's first
+    // request: under the full suite's load a first connect can outlast
+    // a submission's wait, which answered 503. (With TLS the probe would
+    // need the test's certificates; those tests wait on their own.)
+    if base.starts_with("http://") {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let probe = reqwest::Client::new();
+        while !probe.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+            assert!(tokio::time::Instant::now() < deadline, "amtsbote did not get ready within 60 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     TestApp {
         base,
         client: as_sender(reqwest::Client::builder()).build().unwrap(),
