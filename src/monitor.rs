@@ -7,8 +7,8 @@
 //! (for a dashboard page only) per-target activity from the ledger — when
 //! someone asks (a scrape reuses a sample younger than [`FRESH_FOR`]; a
 //! dashboard page, which a person reads, always gets a new one), and
-//! bounded by [`SAMPLE_TIMEOUT`] so that a hanging broker cannot hang
-//! `/metrics`.
+//! bounded by [`SAMPLE_TIMEOUT`] so that a hanging broker or ledger cannot
+//! hang `/metrics`.
 //! It keeps one broker connection of its own for that, whose state is the
 //! `amtsbote_broker_connected` gauge.
 
