@@ -884,7 +884,7 @@ impl Store for SqliteStore {
             let mut by_target = std::collections::BTreeMap::new();
             for row in rows {
                 let (target, at) = row?;
-                match OffsetDateTime::parse(&at, &time::format_description::well_known::Rfc3339) {
+                match OffsetDateTime::parse(&at, &Rfc3339) {
                     Ok(at) => {
                         by_target.insert(target, at);
                     }

@@ -47,14 +47,7 @@ pub async fn receiving(poll_interval: &str) -> Receiving {
     let signing = write("signing.private.jwk.json", serde_json::to_string(&signing_private).unwrap());
     let client_secret = write("client-secret", "s3cret-client\n".into());
     let callback_secret = write("callback-secret", format!("{CALLBACK_SECRET}\n"));
-    double.register(Destination {
-        id: destination,
-        client_id: format!("client-{destination}"),
-        client_secret: "s3cret-client".into(),
-        encryption_key: serde_json::to_value(&encryption_public).unwrap(),
-        signing_key: serde_json::to_value(&signing_public).unwrap(),
-        callback: None,
-    });
+    double.register(registered(destination, &encryption_public, &signing_public));
     let yaml = format!(
         "fit_connect:\n  submission_api: {}\n  token_url: {}\n  poll_interval: {poll_interval}\n  timeout: 10s\n  destinations:\n    stadt-test:\n      id: {destination}\n      client_id: client-{destination}\n      client_secret: {{ file: {} }}\n      region: \"{REGION}\"\n      decryption_keys: [{{ file: {} }}]\n      signing_key: {{ file: {} }}\n      callback_secret: {{ file: {} }}\n",
         double.submission_api(),
@@ -65,6 +58,31 @@ pub async fn receiving(poll_interval: &str) -> Receiving {
         callback_secret.display(),
     );
     Receiving { double, destination, yaml, _dir: dir }
+}
+
+/// The destination as FIT-Connect has it registered, with these public keys.
+fn registered(destination: Uuid, encryption: &Jwk, signing: &Jwk) -> Destination {
+    Destination {
+        id: destination,
+        client_id: format!("client-{destination}"),
+        client_secret: "s3cret-client".into(),
+        encryption_key: serde_json::to_value(encryption).unwrap(),
+        signing_key: serde_json::to_value(signing).unwrap(),
+        callback: None,
+    }
+}
+
+/// `/metrics` once `done` holds for it, or after 10 s as it is then.
+async fn metrics_when(app: &TestApp, done: impl Fn(&str) -> bool) -> String {
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = reqwest::get(format!("{}/metrics", app.base)).await.unwrap().text().await.unwrap();
+        if done(&metrics) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    metrics
 }
 
 /// A Gewerbeanmeldung's form data, as the shipped fixture has it.
@@ -297,14 +315,7 @@ async fn a_destination_with_wrong_keys_is_down_and_decides_nothing_while_the_res
     let receiving = receiving("200ms").await;
     // FIT-Connect has another encryption key registered under our kid.
     let (_, other_public) = generate("enc-test", KeyPurpose::Encryption).unwrap();
-    let mut registered = Destination {
-        id: receiving.destination,
-        client_id: format!("client-{}", receiving.destination),
-        client_secret: "s3cret-client".into(),
-        encryption_key: serde_json::to_value(&other_public).unwrap(),
-        signing_key: serde_json::to_value(&KEYS[1].1).unwrap(),
-        callback: None,
-    };
+    let mut registered = registered(receiving.destination, &other_public, &KEYS[1].1);
     receiving.double.register(registered.clone());
     // And a second destination whose key file is not a key at all.
     let broken = tempfile::NamedTempFile::new().unwrap();
@@ -318,15 +329,7 @@ async fn a_destination_with_wrong_keys_is_down_and_decides_nothing_while_the_res
     );
     let app = spawn_app(Setup { targets: &[("dms", "dms-json/akte.yaml")], routes: &[(GEWERBE, "", &["dms"])], extra: &yaml, ..Setup::default() }).await;
     let submitted = receiving.double.submit(receiving.destination, Outgoing::json(GEWERBE, form()));
-    let metrics_url = format!("{}/metrics", app.base);
-    let mut metrics = String::new();
-    for _ in 0..100 {
-        metrics = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
-        if metric(&metrics, "amtsbote_fit_connect_errors_total{destination=\"stadt-test\",kind=\"keys\"}").is_some_and(|n| n >= 1.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let metrics = metrics_when(&app, |m| metric(m, "amtsbote_fit_connect_errors_total{destination=\"stadt-test\",kind=\"keys\"}").is_some_and(|n| n >= 1.0)).await;
     assert!(metric(&metrics, "amtsbote_fit_connect_errors_total{destination=\"stadt-test\",kind=\"keys\"}").is_some_and(|n| n >= 1.0), "{metrics}");
     assert_eq!(metric(&metrics, "amtsbote_fit_connect_up{destination=\"stadt-test\"}"), Some(0.0));
     assert_eq!(metric(&metrics, "amtsbote_fit_connect_up{destination=\"stadt-kaputt\"}"), Some(0.0));
@@ -355,26 +358,14 @@ async fn a_decision_refused_for_its_signature_has_the_keys_checked_again_and_the
 
     // The signing key is replaced in FIT-Connect's portal, not in amtsbote.
     let (_, other_signing) = generate("sig-test", KeyPurpose::Signing).unwrap();
-    let mut registered = Destination {
-        id: receiving.destination,
-        client_id: format!("client-{}", receiving.destination),
-        client_secret: "s3cret-client".into(),
-        encryption_key: serde_json::to_value(&KEYS[0].1).unwrap(),
-        signing_key: serde_json::to_value(&other_signing).unwrap(),
-        callback: None,
-    };
+    let mut registered = registered(receiving.destination, &KEYS[0].1, &other_signing);
     receiving.double.register(registered.clone());
     let second = receiving.double.submit(receiving.destination, Outgoing::json(GEWERBE, form()));
-    let metrics_url = format!("{}/metrics", app.base);
     let keys_errors = "amtsbote_fit_connect_errors_total{destination=\"stadt-test\",kind=\"keys\"}";
-    let mut metrics = String::new();
-    for _ in 0..100 {
-        metrics = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
-        if metric(&metrics, keys_errors).is_some_and(|n| n >= 1.0) && metric(&metrics, "amtsbote_fit_connect_up{destination=\"stadt-test\"}") == Some(0.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let metrics = metrics_when(&app, |m| {
+        metric(m, keys_errors).is_some_and(|n| n >= 1.0) && metric(m, "amtsbote_fit_connect_up{destination=\"stadt-test\"}") == Some(0.0)
+    })
+    .await;
     assert!(metric(&metrics, keys_errors).is_some_and(|n| n >= 1.0), "the keys were checked again and found wrong: {metrics}");
     assert_eq!(metric(&metrics, "amtsbote_fit_connect_up{destination=\"stadt-test\"}"), Some(0.0), "down: the alert fires");
     let refused = receiving.double.decisions().iter().filter(|d| d.status == reqwest::StatusCode::UNPROCESSABLE_ENTITY).count();

@@ -174,6 +174,22 @@ pub fn unique_prefix() -> String {
     format!("test-{}", uuid::Uuid::new_v4().simple())
 }
 
+/// Whether `/readyz` at `base` answers 200 (broker connected, store
+/// writable) within `within`.
+pub async fn ready_within(base: &str, within: Duration) -> bool {
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if client.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Starts amtsbote on port 0 with its own queue prefix, store and back office.
 pub async fn spawn_app(setup: Setup<'_>) -> TestApp {
     let back_office = SampleBackOffice::start(([127, 0, 0, 1], 0).into()).await.unwrap();
@@ -195,15 +211,10 @@ pub async fn spawn_app(setup: Setup<'_>) -> TestApp {
     }));
     // Ready (broker connected, ledger writable) before the test's first
     // request: under the full suite's load a first connect can outlast
-    // a submission's wait, which answered 503. (With TLS the probe would
-    // need the test's certificates; those tests wait on their own.)
+    // a submission's wait, which answered 503. (An app serving TLS is not
+    // probed: the probe would need the test's certificates.)
     if base.starts_with("http://") {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        let probe = reqwest::Client::new();
-        while !probe.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
-            assert!(tokio::time::Instant::now() < deadline, "amtsbote did not get ready within 60 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        assert!(ready_within(&base, Duration::from_secs(60)).await, "amtsbote did not get ready within 60 s");
     }
     TestApp {
         base,
@@ -464,17 +475,8 @@ impl AppProcess {
     /// writable); if it does not within `within`, fails with the warnings
     /// and errors of the process's log, which say why.
     pub async fn wait_until_ready(&self, within: Duration) {
-        let client = reqwest::Client::new();
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let ready = client.get(format!("{}/readyz", self.base)).send().await.is_ok_and(|r| r.status().is_success());
-            if ready {
-                return;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                panic!("amtsbote was not ready within {within:?}; its warnings and errors:\n{}", self.problems());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if !ready_within(&self.base, within).await {
+            panic!("amtsbote was not ready within {within:?}; its warnings and errors:\n{}", self.problems());
         }
     }
 
